@@ -1,0 +1,221 @@
+//! Errors as the HTTP API answers them: `{"error": {"code", "message", "field"?}}`
+//! with the fitting status. Messages never contain request values (they may
+//! be personal data) or tokens.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::{DomainError, ValidationError};
+use crate::service::ServiceError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner { code: self.code, message: &self.message, field: self.field.as_deref() },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::unprocessable(e.field, e.problem)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        use DomainError::*;
+        let (status, code) = match &e {
+            NotFound => (StatusCode::NOT_FOUND, "order_not_found"),
+            AlreadyPlaced => (StatusCode::CONFLICT, "already_placed"),
+            ShareOfCancelled => (StatusCode::CONFLICT, "order_cancelled"),
+            ShareOfErased | CancelOfErased => (StatusCode::CONFLICT, "order_erased"),
+            ShareOfErasedClass(_) => (StatusCode::CONFLICT, "field_class_erased"),
+            AlreadyCancelled => (StatusCode::CONFLICT, "already_cancelled"),
+            AlreadyErased => (StatusCode::CONFLICT, "already_erased"),
+            NoFieldClasses => (StatusCode::UNPROCESSABLE_ENTITY, "no_field_classes"),
+            ForeignMerchant { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "foreign_merchant"),
+            IdentityNotApplicable => (StatusCode::UNPROCESSABLE_ENTITY, "identity_not_applicable"),
+            NoContactFields => (StatusCode::UNPROCESSABLE_ENTITY, "no_contact_fields"),
+            NoClassesToErase => (StatusCode::UNPROCESSABLE_ENTITY, "no_field_classes"),
+        };
+        let field = match &e {
+            NoFieldClasses | IdentityNotApplicable | NoContactFields | ShareOfErasedClass(_) | NoClassesToErase => Some("fields"),
+            ForeignMerchant { .. } => Some("party.id"),
+            _ => None,
+        };
+        let mut err = ApiError::new(status, code, e.to_string());
+        err.field = field.map(str::to_owned);
+        err
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Domain(d) => d.into(),
+            ServiceError::VersionMismatch { .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", e.to_string())
+            }
+            ServiceError::IdempotencyMismatch => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", e.to_string())
+                    .field("Idempotency-Key")
+            }
+            ServiceError::IdempotencyInFlight => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_key_in_flight", e.to_string())
+            }
+            ServiceError::Unavailable(_) => {
+                tracing::warn!(error = %e, "Command failed: event log unavailable.");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log_unavailable",
+                    "the event log did not acknowledge the command; nothing was written; retry",
+                )
+            }
+            ServiceError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down; retry")
+            }
+            ServiceError::Internal(detail) => {
+                tracing::error!(%detail, "Internal error.");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}
+
+/// Turns a serde error into a 400 (not JSON) or a 422 (JSON of the wrong
+/// shape) that names the field, without echoing any value.
+pub fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.inner();
+    match inner.classify() {
+        serde_json::error::Category::Data => {}
+        _ => {
+            return ApiError::bad_request(
+                "invalid_json",
+                format!("request body is not valid JSON (line {}, column {})", inner.line(), inner.column()),
+            );
+        }
+    }
+    let text = inner.to_string();
+    let text = text.split(" at line ").next().unwrap_or("");
+    let expected = text.split_once(", expected ").map(|(_, e)| e);
+    let (field, message) = if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.trim_end_matches('`');
+        let field = if path == "." { name.to_owned() } else { format!("{path}.{name}") };
+        (field, "is required".to_owned())
+    } else if text.starts_with("unknown field") {
+        (path, format!("is not a known field{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+    } else if text.starts_with("invalid type") {
+        (path, format!("has the wrong type{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+    } else if text.starts_with("invalid length") {
+        (path, format!("has the wrong length{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+    } else if text.contains("out of range") || text.starts_with("invalid value") {
+        (path, format!("has an invalid value{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+    } else {
+        (path, "is invalid".to_owned())
+    };
+    let field = if field == "." || field.is_empty() { "body".to_owned() } else { field };
+    ApiError::unprocessable(field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        amount: u64,
+        consignee: C,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct C {
+        name: String,
+        mobile: String,
+    }
+
+    fn parse(s: &str) -> ApiError {
+        let mut de = serde_json::Deserializer::from_str(s);
+        json_error(serde_path_to_error::deserialize::<_, T>(&mut de).unwrap_err())
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_and_never_echo_the_value() {
+        let e = parse(r#"{"amount": "13800138000", "consignee": {"name": "x", "mobile": "y"}}"#);
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("amount")));
+        assert!(!e.message.contains("13800138000"), "{}", e.message);
+        let e = parse(r#"{"amount": 1, "consignee": {"name": "x"}}"#);
+        assert_eq!(e.field.as_deref(), Some("consignee.mobile"));
+        assert_eq!(e.message, "is required");
+        let e = parse(r#"{"amount": 1, "consignee": {"name": "x", "mobile": "y", "secret": "Zhang"}}"#);
+        assert_eq!(e.field.as_deref(), Some("consignee.secret"));
+        assert!(!e.message.contains("Zhang"));
+        let e = parse(r#"{"amount": -5, "consignee": {"name": "x", "mobile": "y"}}"#);
+        assert_eq!(e.field.as_deref(), Some("amount"));
+        let e = parse(r#"{"amount": 99999999999999999999999, "consignee": {"name": "x", "mobile": "y"}}"#);
+        assert_eq!(e.field.as_deref(), Some("amount"));
+    }
+
+    #[test]
+    fn syntax_errors_are_400() {
+        let e = parse(r#"{"amount": 1,"#);
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_json"));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse(&deep).status.is_client_error());
+    }
+}

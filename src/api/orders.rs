@@ -1,0 +1,402 @@
+//! The command API: place, share, cancel, erase, and read one order.
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::{parse_body, AppState};
+use crate::domain::validation::{
+    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile,
+    OrderNumber, ProviderId, ValidationError,
+};
+use crate::domain::{
+    CancelReason, Command, ContactInfo, ErasureScope, FieldClass, NewOrder, Party, PersonalData,
+    ShippingInfo,
+};
+use crate::service::{Idempotency, Outcome, OrderView};
+
+// Request bodies. They hold personal data as plain strings for the moment of
+// parsing only, so they derive no Debug.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderBody {
+    order_number: String,
+    merchant_id: String,
+    items: Vec<ItemBody>,
+    currency: String,
+    amount: i64,
+    consignee: ConsigneeBody,
+    #[serde(default)]
+    contact: Option<ContactBody>,
+    #[serde(default)]
+    id_number: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    sku: String,
+    name: String,
+    quantity: i64,
+    unit_price: i64,
+    #[serde(default)]
+    real_name: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsigneeBody {
+    name: String,
+    address: AddressBody,
+    mobile: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressBody {
+    province: String,
+    city: String,
+    district: String,
+    street: String,
+    postal_code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactBody {
+    #[serde(default)]
+    landline: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareBody {
+    party: PartyBody,
+    fields: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartyBody {
+    kind: String,
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EraseBody {
+    /// Only these field classes; absent = the whole order.
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+}
+
+impl PlaceOrderBody {
+    pub fn into_new_order(self) -> Result<NewOrder, ValidationError> {
+        let items = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(n, i)| Item::parse(&format!("items[{n}]"), &i.sku, &i.name, i.quantity, i.unit_price, i.real_name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let a = &self.consignee.address;
+        let shipping = ShippingInfo {
+            name: ConsigneeName::parse("consignee.name", &self.consignee.name)?,
+            address: Address::parse("consignee.address", &a.province, &a.city, &a.district, &a.street, &a.postal_code)?,
+            mobile: Mobile::parse("consignee.mobile", &self.consignee.mobile)?,
+        };
+        let contact = match &self.contact {
+            Some(c) => ContactInfo {
+                landline: c
+                    .landline
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| Landline::parse("contact.landline", s))
+                    .transpose()?,
+                email: c
+                    .email
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| Email::parse("contact.email", s))
+                    .transpose()?,
+            },
+            None => ContactInfo::default(),
+        };
+        let identity = self.id_number.as_deref().map(|s| IdNumber::parse("id_number", s)).transpose()?;
+        NewOrder::new(
+            OrderNumber::parse("order_number", &self.order_number)?,
+            MerchantId::parse("merchant_id", &self.merchant_id)?,
+            items,
+            Currency::parse("currency", &self.currency)?,
+            self.amount,
+            PersonalData { shipping, contact, identity },
+        )
+    }
+}
+
+fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, ApiError> {
+    raw.iter()
+        .enumerate()
+        .map(|(n, s)| {
+            FieldClass::parse(s).ok_or_else(|| {
+                ApiError::unprocessable(format!("{field}[{n}]"), "must be one of shipping, contact, identity")
+            })
+        })
+        .collect()
+}
+
+/// `If-Match: 3` or `If-Match: "3"`.
+fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get("if-match") else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_matches('"'))
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("invalid_header", "If-Match must be an order version number").field("If-Match"))
+}
+
+fn idempotency(state: &AppState, caller: &Role, headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_header", "Idempotency-Key must be 1 to 255 visible ASCII characters")
+                .field("Idempotency-Key")
+        })?;
+    // The digest covers the meaning of the body, not its spacing.
+    let canonical: Value = super::parse_json(body)?;
+    Ok(Some(Idempotency {
+        key: state.mac(&[b"key", caller.to_string().as_bytes(), key.as_bytes()]),
+        request: state.mac(&[b"request", route.as_bytes(), canonical.to_string().as_bytes()]),
+    }))
+}
+
+fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id"))
+}
+
+fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
+    let mut body = json!({ "order_id": outcome.order_id, "version": outcome.version });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert("etag", format!("\"{}\"", outcome.version).parse().expect("digits"));
+    if outcome.replayed {
+        resp.headers_mut().insert("idempotent-replayed", "true".parse().expect("ascii"));
+    }
+    resp
+}
+
+pub async fn place_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Checkout])?;
+    let bytes = super::body_bytes(body)?;
+    let parsed: PlaceOrderBody = parse_body(&bytes)?;
+    let idem = idempotency(&state, &caller.0, &headers, "POST /v1/orders", &bytes)?;
+    let order = parsed.into_new_order()?;
+    let order_id = Uuid::now_v7();
+    let outcome = state.service.execute(order_id, Command::PlaceOrder(order), None, idem).await?;
+    tracing::info!(order_id = %outcome.order_id, version = outcome.version, replayed = outcome.replayed, "Order placed.");
+    let mut resp = written(StatusCode::CREATED, &outcome, json!({}));
+    resp.headers_mut()
+        .insert("location", format!("/v1/orders/{}", outcome.order_id).parse().expect("ascii"));
+    Ok(resp)
+}
+
+pub async fn share_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Checkout])?;
+    let order_id = parse_order_id(&id)?;
+    let bytes = super::body_bytes(body)?;
+    let parsed: ShareBody = parse_body(&bytes)?;
+    let party = match parsed.party.kind.as_str() {
+        "logistics" => Party::Logistics(ProviderId::parse("party.id", &parsed.party.id)?),
+        "merchant" => Party::Merchant(MerchantId::parse("party.id", &parsed.party.id)?),
+        _ => return Err(ApiError::unprocessable("party.kind", "must be logistics or merchant")),
+    };
+    let classes = parse_classes("fields", &parsed.fields)?;
+    let idem = idempotency(&state, &caller.0, &headers, &format!("POST /v1/orders/{order_id}/shares"), &bytes)?;
+    let outcome = state
+        .service
+        .execute(order_id, Command::ShareOrder { party: party.clone(), classes }, expected_version(&headers)?, idem)
+        .await?;
+    tracing::info!(%order_id, %party, version = outcome.version, "Order shared.");
+    Ok(written(StatusCode::OK, &outcome, json!({})))
+}
+
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Checkout])?;
+    let order_id = parse_order_id(&id)?;
+    let bytes = super::body_bytes(body)?;
+    let parsed: CancelBody = parse_body(&bytes)?;
+    let reason = CancelReason::parse(&parsed.reason).ok_or_else(|| {
+        ApiError::unprocessable(
+            "reason",
+            "must be one of customer_request, payment_failed, out_of_stock, fraud_suspected, other",
+        )
+    })?;
+    let idem = idempotency(&state, &caller.0, &headers, &format!("POST /v1/orders/{order_id}/cancel"), &bytes)?;
+    let outcome = state
+        .service
+        .execute(order_id, Command::CancelOrder { reason }, expected_version(&headers)?, idem)
+        .await?;
+    tracing::info!(%order_id, reason = reason.as_str(), version = outcome.version, "Order cancelled.");
+    Ok(written(StatusCode::OK, &outcome, json!({})))
+}
+
+pub async fn erase_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Privacy])?;
+    let order_id = parse_order_id(&id)?;
+    let bytes = super::body_bytes(body)?;
+    let parsed: EraseBody = if bytes.iter().all(u8::is_ascii_whitespace) { EraseBody::default() } else { parse_body(&bytes)? };
+    let scope = match &parsed.fields {
+        None => ErasureScope::Order,
+        Some(f) => ErasureScope::Classes(parse_classes("fields", f)?),
+    };
+    let started = std::time::Instant::now();
+    let outcome = state
+        .service
+        .execute(order_id, Command::EraseOrder { scope: scope.clone() }, expected_version(&headers)?, None)
+        .await?;
+    // Verify what we can: the vault must no longer yield the erased classes.
+    let mut verified = Vec::new();
+    match state.service.vault().get(order_id) {
+        Err(crate::crypto::VaultError::Shredded { .. }) if scope == ErasureScope::Order => {
+            verified.push("order key no longer in the key vault");
+        }
+        Ok(key) if scope.classes().iter().all(|c| key.subkey(*c).is_none()) => {
+            verified.push("erased classes' subkeys no longer in the key vault");
+        }
+        _ => {
+            tracing::error!(%order_id, "Erasure could not be verified in the vault.");
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "erasure_unverified", "the erasure event is logged but key destruction could not be verified; it is retried at next start"));
+        }
+    }
+    tracing::info!(%order_id, elapsed_ms = started.elapsed().as_millis() as u64, "Order erased.");
+    let classes: Vec<&str> = scope.classes().iter().map(|c| c.as_str()).collect();
+    Ok(written(
+        StatusCode::OK,
+        &outcome,
+        json!({
+            "receipt": {
+                "order_id": order_id,
+                "erased_at": super::rfc3339(outcome.occurred_at_ms),
+                "scope": if scope == ErasureScope::Order { "order" } else { "classes" },
+                "fields": classes,
+                "event": outcome.position.map(|(p, o)| json!({ "topic": state.topic, "partition": p, "offset": o })),
+                "key_id": outcome.key_id.map(|k| k.to_string()),
+                "purged": ["key vault: wrapped class subkeys deleted (fsynced)"],
+                "verified": verified,
+            }
+        }),
+    ))
+}
+
+pub async fn get_order(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    caller.require(&[Role::Checkout, Role::Auditor])?;
+    let order_id = parse_order_id(&id)?;
+    let view = state.service.get(order_id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "order does not exist"))?;
+    if !view.personal.is_empty() {
+        tracing::info!(%order_id, role = %caller.0, "Personal fields read.");
+    }
+    let mut resp = Json(order_json(&view)).into_response();
+    resp.headers_mut().insert("etag", format!("\"{}\"", view.record.state.version).parse().expect("digits"));
+    Ok(resp)
+}
+
+/// The JSON form of an order. Personal fields appear only while readable.
+pub fn order_json(view: &OrderView) -> Value {
+    let Some(o) = &view.record.state.order else { return json!({ "order_id": view.order_id }) };
+    let p = &view.personal;
+    let personal = (!p.is_empty()).then(|| {
+        json!({
+            "consignee": p.shipping.as_ref().map(|s| {
+                let s = s.expose();
+                json!({
+                    "name": s.name.as_str(),
+                    "address": {
+                        "province": s.address.province, "city": s.address.city, "district": s.address.district,
+                        "street": s.address.street, "postal_code": s.address.postal_code,
+                    },
+                    "mobile": s.mobile.as_str(),
+                })
+            }),
+            "contact": p.contact.as_ref().map(|c| {
+                let c = c.expose();
+                json!({
+                    "landline": c.landline.as_ref().map(|l| l.as_str()),
+                    "email": c.email.as_ref().map(|e| e.as_str()),
+                })
+            }),
+            "id_number": p.identity.as_ref().map(|i| i.expose().as_str()),
+        })
+    });
+    json!({
+        "order_id": view.order_id,
+        "version": view.record.state.version,
+        "status": o.status().as_str(),
+        "order_number": o.order_number.as_str(),
+        "merchant_id": o.merchant_id.as_str(),
+        "items": o.items.iter().map(|i| json!({
+            "sku": i.sku.as_str(), "name": i.name, "quantity": i.quantity,
+            "unit_price": i.unit_price, "real_name": i.real_name,
+        })).collect::<Vec<_>>(),
+        "amount": o.amount.minor,
+        "currency": o.amount.currency.as_str(),
+        "placed_at": super::rfc3339(view.record.placed_at_ms),
+        "updated_at": super::rfc3339(view.record.updated_at_ms),
+        "cancel_reason": o.cancelled.map(|r| r.as_str()),
+        "shares": o.shares.iter().map(|(party, classes)| json!({
+            "party": match party {
+                Party::Logistics(p) => json!({"kind": "logistics", "id": p.as_str()}),
+                Party::Merchant(m) => json!({"kind": "merchant", "id": m.as_str()}),
+            },
+            "fields": classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "erased_fields": o.erased.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "personal": personal,
+    })
+}

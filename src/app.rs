@@ -1,0 +1,118 @@
+//! Wiring of `orderlog serve`: configuration in, a running HTTP service out.
+//! `main` only parses flags and calls [`App::start`]; tests do the same on
+//! port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, auth::Tokens, AppState};
+use crate::config::{Config, Secret};
+use crate::api::auth::Role;
+use crate::crypto::{KeyVault, KekRing};
+use crate::kafka::{self, embedded::Embedded, KafkaSettings, TopicSpec};
+use crate::service::Service;
+use crate::store::Store;
+
+/// A running orderlog.
+pub struct App {
+    pub addr: SocketAddr,
+    pub service: Service,
+    pub kafka: KafkaSettings,
+    pub topic: String,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    // Kept alive for the app's lifetime; dropped last.
+    _data: Option<tempfile::TempDir>,
+    embedded: Option<Embedded>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("addr", &self.addr).field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+/// How long shutdown may take: in-flight commands, then the producer flush.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+impl App {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let kek = config.kek.load().context("loading the KEK")?;
+        let (embedded, settings, data) = match &config.brokers {
+            Some(brokers) => {
+                let settings = KafkaSettings { brokers: brokers.clone(), extra: config.kafka.clone() };
+                kafka::ensure_topics(&settings, &[TopicSpec::events(&config.topic, config.partitions, config.replication)])
+                    .await
+                    .with_context(|| format!("creating topic {}", config.topic))?;
+                (None, settings, None)
+            }
+            None => {
+                let e = Embedded::start().context("starting the embedded Kafka mock cluster")?;
+                e.create_topic(&config.topic, config.partitions).context("creating the topic on the embedded cluster")?;
+                let settings = KafkaSettings::new(e.bootstrap());
+                let dir = tempfile::Builder::new().prefix("orderlog-embedded-").tempdir()?;
+                (Some(e), settings, Some(dir))
+            }
+        };
+        let data_dir = data.as_ref().map(|d| d.path().to_owned()).unwrap_or_else(|| config.data_dir.clone());
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let store = Store::open(&data_dir)?;
+        let vault = Arc::new(KeyVault::new(store, KekRing::new(kek.clone())));
+        let partitions = {
+            let (s, t) = (settings.clone(), config.topic.clone());
+            tokio::task::spawn_blocking(move || kafka::partition_count(&s, &t, Duration::from_secs(10)))
+                .await?
+                .with_context(|| format!("reading metadata of topic {}", config.topic))?
+        };
+        let service = Service::start(settings.clone(), config.topic.clone(), partitions, vault, config.produce_timeout)
+            .await
+            .context("starting the write service")?;
+        let tokens = Tokens::new(&config.tokens);
+        if tokens.is_empty() {
+            tracing::warn!("No bearer tokens configured: every request will be refused (set ORDERLOG_TOKENS).");
+        }
+        let state = AppState {
+            service: service.clone(),
+            tokens: Arc::new(tokens),
+            mac_key: Arc::new(*kek.derive_secret("idempotency-mac")),
+            topic: config.topic.as_str().into(),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let router = api::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await
+        });
+        tracing::info!(%addr, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
+        Ok(Self { addr, service, kafka: settings, topic: config.topic.clone(), shutdown, server, _data: data, embedded })
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Stops accepting, finishes in-flight requests and commands, flushes the
+    /// producer; bounded by [`SHUTDOWN_LIMIT`].
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        match tokio::time::timeout(SHUTDOWN_LIMIT, self.server).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("HTTP server did not drain in time."),
+        }
+        self.service.shutdown(SHUTDOWN_LIMIT).await;
+        tracing::info!("orderlog stopped.");
+    }
+}
+
+/// One token per role for the embedded demo, with the roles printed.
+pub fn demo_tokens() -> Vec<(Secret, Role)> {
+    api::auth::demo_tokens()
+}

@@ -1,0 +1,306 @@
+//! Configuration, layered: built-in defaults, then a TOML file, then
+//! `ORDERLOG_*` environment variables, then command-line flags (clap reads
+//! flag-or-env; this module merges the result over the file).
+//!
+//! Secrets (bearer tokens, the KEK) are held in types whose `Debug` prints
+//! `[redacted]`, so a logged config never shows them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::auth::Role;
+use crate::crypto::{Kek, KekError};
+use crate::kafka::TOPIC_EVENTS;
+
+/// A secret string: never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{setting}: {problem}")]
+    Invalid { setting: &'static str, problem: String },
+    #[error(transparent)]
+    Kek(#[from] KekError),
+}
+
+/// The config file's shape. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub brokers: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub topic: Option<String>,
+    pub partitions: Option<i32>,
+    pub replication: Option<i32>,
+    pub kek_file: Option<PathBuf>,
+    pub produce_timeout_ms: Option<u64>,
+    /// token = role
+    #[serde(default)]
+    pub tokens: BTreeMap<String, String>,
+    /// Passed through to librdkafka (security.protocol, ssl.*, sasl.*, ...).
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // toml's messages quote the offending line, which may hold a token:
+        // keep only the first line of the message (position and reason).
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.message().lines().next().unwrap_or("invalid TOML").to_owned(),
+        })
+    }
+}
+
+/// Values from flags or environment (clap fills these; `None` = not given).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Config file (TOML).
+    #[arg(long, env = "ORDERLOG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long, env = "ORDERLOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers; without them orderlog runs on an embedded, in-memory broker.
+    #[arg(long, env = "ORDERLOG_BROKERS")]
+    pub brokers: Option<String>,
+    /// RocksDB directory (key vault, views).
+    #[arg(long, env = "ORDERLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Event topic.
+    #[arg(long, env = "ORDERLOG_TOPIC")]
+    pub topic: Option<String>,
+    /// Partitions of the event topic when orderlog creates it.
+    #[arg(long, env = "ORDERLOG_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// Replication factor of the event topic when orderlog creates it.
+    #[arg(long, env = "ORDERLOG_REPLICATION")]
+    pub replication: Option<i32>,
+    /// File holding the KEK (see `orderlog keygen`).
+    #[arg(long, env = "ORDERLOG_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// How long a command may wait for Kafka's acknowledgement before failing (ms).
+    #[arg(long, env = "ORDERLOG_PRODUCE_TIMEOUT_MS")]
+    pub produce_timeout_ms: Option<u64>,
+}
+
+/// Where the KEK comes from.
+#[derive(Debug, Clone)]
+pub enum KekSource {
+    Inline(Secret),
+    File(PathBuf),
+    /// Embedded demo mode only: a fresh KEK per process.
+    Ephemeral,
+}
+
+impl KekSource {
+    pub fn load(&self) -> Result<Kek, KekError> {
+        match self {
+            KekSource::Inline(s) => Kek::parse(s.expose()),
+            KekSource::File(p) => Kek::load_file(p),
+            KekSource::Ephemeral => Ok(Kek::generate()),
+        }
+    }
+}
+
+/// The merged configuration `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None`: embedded mock cluster.
+    pub brokers: Option<String>,
+    pub kafka: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub kek: KekSource,
+    pub tokens: Vec<(Secret, Role)>,
+    pub produce_timeout: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_PARTITIONS: i32 = 6;
+
+/// `token=role,token=role`, as in `ORDERLOG_TOKENS`.
+pub fn parse_tokens(list: &str) -> Result<Vec<(Secret, Role)>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (token, role) = pair.split_once('=').ok_or(ConfigError::Invalid {
+                setting: "ORDERLOG_TOKENS",
+                problem: "each entry must be token=role".into(),
+            })?;
+            parse_token_entry(token, role)
+        })
+        .collect()
+}
+
+fn parse_token_entry(token: &str, role: &str) -> Result<(Secret, Role), ConfigError> {
+    if token.len() < 16 {
+        return Err(ConfigError::Invalid {
+            setting: "tokens",
+            problem: "a token must have at least 16 characters".into(),
+        });
+    }
+    let role = Role::parse(role).map_err(|problem| ConfigError::Invalid { setting: "tokens", problem })?;
+    Ok((Secret::new(token), role))
+}
+
+impl Config {
+    /// Merges defaults, the file, the environment and flags. `env` is passed in
+    /// (rather than read here) so tests can give their own.
+    pub fn resolve(o: &Overrides, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match &o.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let mut tokens = file
+            .tokens
+            .iter()
+            .map(|(t, r)| parse_token_entry(t, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(list) = env.get("ORDERLOG_TOKENS") {
+            tokens = parse_tokens(list)?;
+        }
+        let mut kafka = file.kafka.clone();
+        // ORDERLOG_KAFKA_SECURITY_PROTOCOL=SSL -> security.protocol=SSL
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("ORDERLOG_KAFKA_") {
+                kafka.insert(rest.to_ascii_lowercase().replace('_', "."), v.clone());
+            }
+        }
+        let kek = if let Some(k) = env.get("ORDERLOG_KEK") {
+            KekSource::Inline(Secret::new(k.clone()))
+        } else if let Some(p) = o.kek_file.clone().or(file.kek_file) {
+            KekSource::File(p)
+        } else {
+            KekSource::Ephemeral
+        };
+        let brokers = o.brokers.clone().or(file.brokers).filter(|b| !b.trim().is_empty());
+        if brokers.is_some() && matches!(kek, KekSource::Ephemeral) {
+            return Err(ConfigError::Kek(KekError::Missing));
+        }
+        let partitions = o.partitions.or(file.partitions).unwrap_or(DEFAULT_PARTITIONS);
+        if !(1..=1024).contains(&partitions) {
+            return Err(ConfigError::Invalid { setting: "partitions", problem: "must be between 1 and 1024".into() });
+        }
+        let replication = o.replication.or(file.replication).unwrap_or(1);
+        if !(1..=16).contains(&replication) {
+            return Err(ConfigError::Invalid { setting: "replication", problem: "must be between 1 and 16".into() });
+        }
+        Ok(Self {
+            listen: o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            brokers,
+            kafka,
+            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("orderlog-data")),
+            topic: o.topic.clone().or(file.topic).unwrap_or_else(|| TOPIC_EVENTS.to_owned()),
+            partitions,
+            replication,
+            kek,
+            tokens,
+            produce_timeout: Duration::from_millis(o.produce_timeout_ms.or(file.produce_timeout_ms).unwrap_or(10_000)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orderlog.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\npartitions = 3\ntopic = \"file.topic\"\n[kafka]\n\"security.protocol\" = \"SSL\"\n",
+        )
+        .unwrap();
+        let o = Overrides { config: Some(path), partitions: Some(12), ..Default::default() };
+        let c = Config::resolve(&o, &env(&[])).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.partitions, 12);
+        assert_eq!(c.topic, "file.topic");
+        assert_eq!(c.kafka["security.protocol"], "SSL");
+        assert!(c.brokers.is_none());
+    }
+
+    #[test]
+    fn tokens_and_kafka_settings_come_from_the_environment() {
+        let c = Config::resolve(
+            &Overrides::default(),
+            &env(&[
+                ("ORDERLOG_TOKENS", "aaaaaaaaaaaaaaaa1=checkout, bbbbbbbbbbbbbbbb2=logistics:sf-express"),
+                ("ORDERLOG_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(c.tokens[1].1.to_string(), "logistics:sf-express");
+        assert_eq!(c.kafka["sasl.mechanism"], "SCRAM-SHA-512");
+        assert!(!format!("{c:?}").contains("aaaaaaaaaaaaaaaa1"), "tokens never printed");
+    }
+
+    #[test]
+    fn a_real_cluster_needs_a_kek() {
+        let o = Overrides { brokers: Some("127.0.0.1:9092".into()), ..Default::default() };
+        assert!(matches!(Config::resolve(&o, &env(&[])), Err(ConfigError::Kek(KekError::Missing))));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = Config::resolve(&Overrides { partitions: Some(0), ..Default::default() }, &env(&[])).unwrap_err();
+        assert!(err.to_string().starts_with("partitions"), "{err}");
+        let err = Config::resolve(&Overrides::default(), &env(&[("ORDERLOG_TOKENS", "short=checkout")])).unwrap_err();
+        assert!(err.to_string().contains("16 characters"));
+        let err = parse_tokens("aaaaaaaaaaaaaaaaaa=janitor").unwrap_err();
+        assert!(err.to_string().contains("janitor"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+}

@@ -1,0 +1,386 @@
+//! The key vault: order keys at rest, wrapped under the KEK, in RocksDB.
+//!
+//! There is no cache: every `get` reads and unwraps, so once `destroy` returns
+//! no copy of the key is held by the vault. (Physically purging the deleted
+//! rows from SST files and the WAL is the erasure module's job.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
+
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::kek::{Kek, KekError, KekId, KekRing};
+use super::keys::{KeyId, OrderKey};
+use crate::domain::FieldClass;
+use crate::store::{decode_value, encode_value, Store, StoreError, CF_ORDER_KEYS, CF_SHREDDED_KEYS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("no key for order {0}")]
+    NotFound(Uuid),
+    #[error("the key of order {order_id} was shredded")]
+    Shredded { order_id: Uuid, record: Shredded },
+    #[error("order {0} already has a key")]
+    AlreadyExists(Uuid),
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rocksdb::Error> for VaultError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Store(StoreError::Rocks(e))
+    }
+}
+
+/// A wrapped order key as stored (schema v1 of the `order_keys` row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub kek_id: KekId,
+    pub key_id: KeyId,
+    pub created_at_ms: i64,
+    pub wrapped: Vec<(FieldClass, Vec<u8>)>,
+}
+
+/// What remains after a shred: no key bytes, only the fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shredded {
+    pub key_id: KeyId,
+    pub classes: BTreeSet<FieldClass>,
+    /// True once every class is gone.
+    pub whole: bool,
+    pub at_ms: i64,
+}
+
+/// Counts of a KEK rotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RewrapReport {
+    pub rewrapped: u64,
+    pub already_current: u64,
+}
+
+pub struct KeyVault {
+    store: Store,
+    ring: RwLock<KekRing>,
+}
+
+impl std::fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVault").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+fn sync_writes() -> WriteOptions {
+    // A lost key is an accidental shred: key changes are fsynced.
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+impl KeyVault {
+    pub fn new(store: Store, ring: KekRing) -> Self {
+        Self { store, ring: RwLock::new(ring) }
+    }
+
+    pub fn current_kek_id(&self) -> KekId {
+        self.ring.read().expect("kek ring lock").current().id()
+    }
+
+    fn wrap(kek: &Kek, order_id: &Uuid, key: &OrderKey, created_at_ms: i64) -> StoredKey {
+        StoredKey {
+            kek_id: kek.id(),
+            key_id: key.id(),
+            created_at_ms,
+            wrapped: key
+                .subkeys()
+                .iter()
+                .map(|(class, sub)| (*class, kek.wrap(order_id, key.id(), *class, sub)))
+                .collect(),
+        }
+    }
+
+    /// Generates and stores a new key for an order.
+    pub fn create(&self, order_id: Uuid, now_ms: i64) -> Result<OrderKey, VaultError> {
+        let db = self.store.db();
+        let cf = self.store.cf(CF_ORDER_KEYS);
+        if db.get_pinned_cf(cf, order_id.as_bytes())?.is_some() {
+            return Err(VaultError::AlreadyExists(order_id));
+        }
+        if let Some(record) = self.shred_record(order_id)? {
+            return Err(VaultError::Shredded { order_id, record });
+        }
+        let key = OrderKey::generate();
+        let stored = Self::wrap(self.ring.read().expect("kek ring lock").current(), &order_id, &key, now_ms);
+        db.put_cf_opt(cf, order_id.as_bytes(), encode_value(&stored), &sync_writes())?;
+        Ok(key)
+    }
+
+    /// Stores keys generated elsewhere (a write batch's new orders) in one
+    /// fsynced write. Refuses the whole batch if any order already has a key
+    /// or was shredded.
+    pub fn store_new(&self, keys: &[(Uuid, &OrderKey)], now_ms: i64) -> Result<(), VaultError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let db = self.store.db();
+        let cf = self.store.cf(CF_ORDER_KEYS);
+        let ring = self.ring.read().expect("kek ring lock");
+        let mut batch = WriteBatch::default();
+        for (order_id, key) in keys {
+            if db.get_pinned_cf(cf, order_id.as_bytes())?.is_some() {
+                return Err(VaultError::AlreadyExists(*order_id));
+            }
+            if let Some(record) = self.shred_record(*order_id)? {
+                return Err(VaultError::Shredded { order_id: *order_id, record });
+            }
+            batch.put_cf(cf, order_id.as_bytes(), encode_value(&Self::wrap(ring.current(), order_id, key, now_ms)));
+        }
+        db.write_opt(batch, &sync_writes())?;
+        Ok(())
+    }
+
+    /// Removes the key of an order that never made it into the log (its
+    /// placement failed). Not a shred: no record is kept.
+    pub fn discard(&self, order_id: Uuid) -> Result<(), VaultError> {
+        self.store.db().delete_cf_opt(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes(), &sync_writes())?;
+        Ok(())
+    }
+
+    /// The stored row, if any (wrapped; safe to copy elsewhere, such as a replica topic).
+    pub fn stored(&self, order_id: Uuid) -> Result<Option<StoredKey>, VaultError> {
+        let cf = self.store.cf(CF_ORDER_KEYS);
+        match self.store.db().get_pinned_cf(cf, order_id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode_value(CF_ORDER_KEYS, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn shred_record(&self, order_id: Uuid) -> Result<Option<Shredded>, VaultError> {
+        let cf = self.store.cf(CF_SHREDDED_KEYS);
+        match self.store.db().get_pinned_cf(cf, order_id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode_value(CF_SHREDDED_KEYS, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The order's key with the subkeys of every class not shredded.
+    pub fn get(&self, order_id: Uuid) -> Result<OrderKey, VaultError> {
+        let Some(stored) = self.stored(order_id)? else {
+            return Err(match self.shred_record(order_id)? {
+                Some(record) => VaultError::Shredded { order_id, record },
+                None => VaultError::NotFound(order_id),
+            });
+        };
+        let ring = self.ring.read().expect("kek ring lock");
+        let kek = ring.get(stored.kek_id)?;
+        let mut subkeys = BTreeMap::new();
+        for (class, wrapped) in &stored.wrapped {
+            subkeys.insert(*class, kek.unwrap_key(&order_id, stored.key_id, *class, wrapped)?);
+        }
+        Ok(OrderKey::from_parts(stored.key_id, subkeys))
+    }
+
+    /// Shreds `classes` of the order's key, or all of it with `None`.
+    /// Returns the shred record, which holds no key bytes.
+    pub fn destroy(&self, order_id: Uuid, classes: Option<&BTreeSet<FieldClass>>, now_ms: i64) -> Result<Shredded, VaultError> {
+        let db = self.store.db();
+        let stored = self.stored(order_id)?;
+        let previous = self.shred_record(order_id)?;
+        let Some(mut stored) = stored else {
+            return match previous {
+                Some(record) => Ok(record),
+                None => Err(VaultError::NotFound(order_id)),
+            };
+        };
+        let mut batch = WriteBatch::default();
+        let mut gone: BTreeSet<FieldClass> = previous.map(|p| p.classes).unwrap_or_default();
+        match classes {
+            None => {
+                gone.extend(FieldClass::ALL);
+                stored.wrapped.clear();
+            }
+            Some(classes) => {
+                gone.extend(classes.iter().copied());
+                stored.wrapped.retain(|(c, _)| !classes.contains(c));
+            }
+        }
+        if stored.wrapped.is_empty() {
+            batch.delete_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes());
+        } else {
+            batch.put_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes(), encode_value(&stored));
+        }
+        let record = Shredded {
+            key_id: stored.key_id,
+            whole: stored.wrapped.is_empty(),
+            classes: gone,
+            at_ms: now_ms,
+        };
+        batch.put_cf(self.store.cf(CF_SHREDDED_KEYS), order_id.as_bytes(), encode_value(&record));
+        db.write_opt(batch, &sync_writes())?;
+        Ok(record)
+    }
+
+    /// The shred record of an order, if any class of it was shredded.
+    pub fn shredded(&self, order_id: Uuid) -> Result<Option<Shredded>, VaultError> {
+        self.shred_record(order_id)
+    }
+
+    /// Number of orders with a live (at least partly unshredded) key.
+    pub fn live_keys(&self) -> Result<u64, VaultError> {
+        let mut n = 0;
+        for item in self.store.db().iterator_cf(self.store.cf(CF_ORDER_KEYS), IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Re-wraps every live key under `new`, which becomes the current KEK. The
+    /// old KEK stays in the ring so rows can still be read if this stops half
+    /// way; running it again finishes the job (rows already under `new` are
+    /// skipped). The event log is not touched: only wrapped keys change.
+    pub fn rotate(&self, new: Kek) -> Result<RewrapReport, VaultError> {
+        {
+            let mut ring = self.ring.write().expect("kek ring lock");
+            let old = ring.current().clone();
+            *ring = KekRing::new(new.clone()).with_older(old);
+        }
+        let db = self.store.db();
+        let cf = self.store.cf(CF_ORDER_KEYS);
+        let mut report = RewrapReport::default();
+        let mut batch = WriteBatch::default();
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            let stored: StoredKey = decode_value(CF_ORDER_KEYS, &v)?;
+            if stored.kek_id == new.id() {
+                report.already_current += 1;
+                continue;
+            }
+            let order_id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt { cf: CF_ORDER_KEYS, reason: e.to_string() })?;
+            let key = self.get(order_id)?;
+            batch.put_cf(cf, &k, encode_value(&Self::wrap(&new, &order_id, &key, stored.created_at_ms)));
+            report.rewrapped += 1;
+            if batch.len() >= 1000 {
+                db.write_opt(std::mem::take(&mut batch), &sync_writes())?;
+            }
+        }
+        db.write_opt(batch, &sync_writes())?;
+        Ok(report)
+    }
+
+    /// Forgets every KEK but the current one (after a completed rotation).
+    pub fn forget_old_keks(&self) {
+        let mut ring = self.ring.write().expect("kek ring lock");
+        *ring = KekRing::new(ring.current().clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::kek::Kek;
+
+    fn vault() -> (tempfile::TempDir, KeyVault, Kek) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kek = Kek::generate();
+        (dir, KeyVault::new(store, KekRing::new(kek.clone())), kek)
+    }
+
+    fn same(a: &OrderKey, b: &OrderKey) -> bool {
+        a.id() == b.id()
+            && FieldClass::ALL.iter().all(|c| a.subkey(*c).map(|k| *k.as_ref()) == b.subkey(*c).map(|k| *k.as_ref()))
+    }
+
+    #[test]
+    fn create_then_get_returns_the_same_key() {
+        let (_d, v, _) = vault();
+        let order = Uuid::now_v7();
+        let k = v.create(order, 1).unwrap();
+        assert!(same(&k, &v.get(order).unwrap()));
+        assert!(matches!(v.create(order, 2), Err(VaultError::AlreadyExists(_))));
+        assert!(matches!(v.get(Uuid::now_v7()), Err(VaultError::NotFound(_))));
+        assert_eq!(v.live_keys().unwrap(), 1);
+    }
+
+    #[test]
+    fn keys_are_stored_only_wrapped() {
+        let (dir, v, _) = vault();
+        let order = Uuid::now_v7();
+        let k = v.create(order, 1).unwrap();
+        drop(v);
+        let sub = *k.subkey(FieldClass::Shipping).unwrap().as_ref();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(16).any(|w| w == &sub[..16]), "raw subkey found on disk");
+        }
+    }
+
+    #[test]
+    fn after_destroy_get_fails_and_says_shredded() {
+        let (_d, v, _) = vault();
+        let order = Uuid::now_v7();
+        let k = v.create(order, 1).unwrap();
+        let rec = v.destroy(order, None, 5).unwrap();
+        assert!(rec.whole);
+        assert_eq!(rec.key_id, k.id());
+        match v.get(order) {
+            Err(VaultError::Shredded { record, .. }) => assert_eq!(record.at_ms, 5),
+            other => panic!("expected Shredded, got {other:?}"),
+        }
+        // A shredded order cannot get a new key under the same id.
+        assert!(matches!(v.create(order, 6), Err(VaultError::Shredded { .. })));
+        assert_eq!(v.live_keys().unwrap(), 0);
+        // Destroying again is idempotent and returns the first record.
+        assert_eq!(v.destroy(order, None, 9).unwrap().at_ms, 5);
+    }
+
+    #[test]
+    fn destroying_one_class_keeps_the_others() {
+        let (_d, v, _) = vault();
+        let order = Uuid::now_v7();
+        let k = v.create(order, 1).unwrap();
+        let rec = v.destroy(order, Some(&BTreeSet::from([FieldClass::Identity])), 2).unwrap();
+        assert!(!rec.whole);
+        let left = v.get(order).unwrap();
+        assert!(left.subkey(FieldClass::Identity).is_none());
+        assert_eq!(left.subkey(FieldClass::Shipping).unwrap().as_ref(), k.subkey(FieldClass::Shipping).unwrap().as_ref());
+        let rec = v.destroy(order, Some(&BTreeSet::from([FieldClass::Shipping, FieldClass::Contact])), 3).unwrap();
+        assert!(rec.whole);
+        assert_eq!(rec.classes.len(), 3);
+        assert!(matches!(v.get(order), Err(VaultError::Shredded { .. })));
+    }
+
+    #[test]
+    fn rotation_rewraps_every_key_and_the_old_kek_is_then_useless() {
+        let (dir, v, old) = vault();
+        let orders: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        let keys: Vec<OrderKey> = orders.iter().map(|o| v.create(*o, 1).unwrap()).collect();
+        let new = Kek::generate();
+        let report = v.rotate(new.clone()).unwrap();
+        assert_eq!(report, RewrapReport { rewrapped: 5, already_current: 0 });
+        v.forget_old_keks();
+        for (o, k) in orders.iter().zip(&keys) {
+            assert!(same(k, &v.get(*o).unwrap()));
+            assert_eq!(v.stored(*o).unwrap().unwrap().kek_id, new.id());
+        }
+        assert_eq!(v.rotate(new.clone()).unwrap(), RewrapReport { rewrapped: 0, already_current: 5 });
+        drop(v);
+        // A vault with only the old KEK cannot read anything any more.
+        let v2 = KeyVault::new(Store::open(dir.path()).unwrap(), KekRing::new(old));
+        assert!(matches!(v2.get(orders[0]), Err(VaultError::Kek(KekError::UnknownKek(_)))));
+    }
+
+    #[test]
+    fn a_wrong_kek_is_refused_cleanly() {
+        let (dir, v, _) = vault();
+        let order = Uuid::now_v7();
+        v.create(order, 1).unwrap();
+        drop(v);
+        let stranger = KeyVault::new(Store::open(dir.path()).unwrap(), KekRing::new(Kek::generate()));
+        assert!(matches!(stranger.get(order), Err(VaultError::Kek(KekError::UnknownKek(_)))));
+    }
+}

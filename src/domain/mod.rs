@@ -1,0 +1,21 @@
+//! The order domain: validated field types, the personal-data wrapper, and the
+//! order aggregate's pure `decide`/`apply`.
+//!
+//! No I/O lives here (no Kafka, no RocksDB, no clock, no randomness), and no
+//! technical error variants: a [`DomainError`] is a business refusal.
+
+pub mod fixtures;
+pub mod order;
+pub mod personal;
+pub mod validation;
+
+#[cfg(test)]
+mod order_tests;
+
+pub use order::{
+    apply, decide, fold, CancelReason, Command, ContactInfo, DomainError, ErasureScope, Event,
+    FieldClass, NewOrder, OrderFacts, OrderPlaced, Party, PersonalData, PersonalFields,
+    ShippingInfo, State, Status,
+};
+pub use personal::Personal;
+pub use validation::ValidationError;

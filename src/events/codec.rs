@@ -1,0 +1,418 @@
+//! Encoding and decoding of envelopes, and the sealing boundary: the only place
+//! where domain events with personal data become bytes and back.
+//!
+//! Record layout: `b"OL"`, schema version (u16 big-endian), then the bincode
+//! body of that version. The decoder dispatches on the version, so an old
+//! version is upcast to the current in-memory [`Envelope`] here and nowhere
+//! else.
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::v1::{self, BodyV1, ClassV1, EnvelopeV1, ItemV1, PartyV1, ReasonV1, SealedV1};
+use crate::crypto::{self, KeyId, OpenError, OrderKey, SealContext};
+use crate::domain::validation::{
+    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile, Money,
+    OrderNumber, ProviderId, Sku, ValidationError,
+};
+use crate::domain::{
+    CancelReason, ContactInfo, ErasureScope, Event, FieldClass, OrderPlaced, Party, Personal,
+    PersonalFields, ShippingInfo,
+};
+
+pub const MAGIC: [u8; 2] = *b"OL";
+pub const CURRENT_VERSION: u16 = v1::VERSION;
+/// Upper bound of one encoded event; anything longer is refused before decoding.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// The current in-memory body type (schema v1 has not been superseded yet).
+pub type Body = BodyV1;
+
+/// Hash of an encoded record: the link of the per-order hash chain.
+pub type RecordHash = [u8; 32];
+
+/// Everything about an event except what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventMeta {
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    /// 1 for `OrderPlaced`, then +1 per event of the same order.
+    pub sequence: u64,
+    pub occurred_at_ms: i64,
+    pub key_id: KeyId,
+    /// Hash of the order's previous record; zeros for the first.
+    pub prev_hash: RecordHash,
+}
+
+impl EventMeta {
+    fn seal_context(&self) -> SealContext {
+        SealContext {
+            order_id: self.order_id,
+            event_id: self.event_id,
+            sequence: self.sequence,
+            key_id: self.key_id,
+        }
+    }
+}
+
+/// A decoded envelope: public parts readable, personal parts still sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The version it was stored as (before upcasting).
+    pub schema_version: u16,
+    pub meta: EventMeta,
+    pub body: Body,
+    pub sealed: Vec<SealedV1>,
+}
+
+impl Envelope {
+    pub fn kind(&self) -> &'static str {
+        match self.body {
+            BodyV1::OrderPlaced { .. } => "OrderPlaced",
+            BodyV1::OrderShared { .. } => "OrderShared",
+            BodyV1::OrderCancelled { .. } => "OrderCancelled",
+            BodyV1::OrderErased { .. } => "OrderErased",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is {0} bytes, shorter than the 4-byte header")]
+    TooShort(usize),
+    #[error("record does not start with the orderlog magic bytes")]
+    BadMagic,
+    #[error("unsupported schema version {0} (this build reads 1..={CURRENT_VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed v{version} envelope: {reason}")]
+    Malformed { version: u16, reason: String },
+    #[error("{0} trailing bytes after the envelope")]
+    TrailingBytes(usize),
+    #[error("invalid public field in envelope: {0}")]
+    Invalid(ValidationError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenEventError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("sealed {class} field decrypted but is malformed: {reason}")]
+    Malformed { class: FieldClass, reason: String },
+    #[error("sealed field in a {0} event, which carries no personal data")]
+    Unexpected(&'static str),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_RECORD_BYTES>()
+}
+
+fn class_v1(c: FieldClass) -> ClassV1 {
+    match c {
+        FieldClass::Shipping => ClassV1::Shipping,
+        FieldClass::Contact => ClassV1::Contact,
+        FieldClass::Identity => ClassV1::Identity,
+    }
+}
+
+pub fn class_of(c: ClassV1) -> FieldClass {
+    match c {
+        ClassV1::Shipping => FieldClass::Shipping,
+        ClassV1::Contact => FieldClass::Contact,
+        ClassV1::Identity => FieldClass::Identity,
+    }
+}
+
+fn classes_v1(c: &BTreeSet<FieldClass>) -> Vec<ClassV1> {
+    c.iter().copied().map(class_v1).collect()
+}
+
+fn classes_of(c: &[ClassV1]) -> BTreeSet<FieldClass> {
+    c.iter().copied().map(class_of).collect()
+}
+
+fn reason_v1(r: CancelReason) -> ReasonV1 {
+    match r {
+        CancelReason::CustomerRequest => ReasonV1::CustomerRequest,
+        CancelReason::PaymentFailed => ReasonV1::PaymentFailed,
+        CancelReason::OutOfStock => ReasonV1::OutOfStock,
+        CancelReason::FraudSuspected => ReasonV1::FraudSuspected,
+        CancelReason::Other => ReasonV1::Other,
+    }
+}
+
+fn reason_of(r: ReasonV1) -> CancelReason {
+    match r {
+        ReasonV1::CustomerRequest => CancelReason::CustomerRequest,
+        ReasonV1::PaymentFailed => CancelReason::PaymentFailed,
+        ReasonV1::OutOfStock => CancelReason::OutOfStock,
+        ReasonV1::FraudSuspected => CancelReason::FraudSuspected,
+        ReasonV1::Other => CancelReason::Other,
+    }
+}
+
+fn encode_plain<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode"))
+}
+
+/// Builds the envelope of `event`, sealing its personal fields under `key`
+/// (only `OrderPlaced` has any; other events need no key).
+pub fn seal_event(event: &Event, meta: EventMeta, key: Option<&OrderKey>) -> Result<Envelope, OpenError> {
+    let ctx = meta.seal_context();
+    let mut sealed = Vec::new();
+    let body = match event {
+        Event::OrderPlaced(p) => {
+            let key = key.ok_or(OpenError::Shredded(FieldClass::Shipping))?;
+            if let Some(s) = &p.personal.shipping {
+                let s = s.expose();
+                let plain = encode_plain(&v1::ShippingV1 {
+                    name: s.name.as_str().to_owned(),
+                    province: s.address.province.clone(),
+                    city: s.address.city.clone(),
+                    district: s.address.district.clone(),
+                    street: s.address.street.clone(),
+                    postal_code: s.address.postal_code.clone(),
+                    mobile: s.mobile.as_str().to_owned(),
+                });
+                sealed.push(SealedV1 {
+                    class: ClassV1::Shipping,
+                    ciphertext: crypto::seal(key, &ctx, FieldClass::Shipping, &plain)?,
+                });
+            }
+            if let Some(c) = &p.personal.contact {
+                let c = c.expose();
+                let plain = encode_plain(&v1::ContactV1 {
+                    landline: c.landline.as_ref().map(|l| l.as_str().to_owned()),
+                    email: c.email.as_ref().map(|e| e.as_str().to_owned()),
+                });
+                sealed.push(SealedV1 {
+                    class: ClassV1::Contact,
+                    ciphertext: crypto::seal(key, &ctx, FieldClass::Contact, &plain)?,
+                });
+            }
+            if let Some(id) = &p.personal.identity {
+                let plain = encode_plain(&v1::IdentityV1 { id_number: id.expose().as_str().to_owned() });
+                sealed.push(SealedV1 {
+                    class: ClassV1::Identity,
+                    ciphertext: crypto::seal(key, &ctx, FieldClass::Identity, &plain)?,
+                });
+            }
+            BodyV1::OrderPlaced {
+                order_number: p.order_number.as_str().to_owned(),
+                merchant_id: p.merchant_id.as_str().to_owned(),
+                items: p
+                    .items
+                    .iter()
+                    .map(|i| ItemV1 {
+                        sku: i.sku.as_str().to_owned(),
+                        name: i.name.clone(),
+                        quantity: i.quantity,
+                        unit_price: i.unit_price,
+                        real_name: i.real_name,
+                    })
+                    .collect(),
+                amount_minor: p.amount.minor,
+                currency: p.amount.currency.as_str().as_bytes().try_into().expect("3 ASCII letters"),
+                classes: classes_v1(&p.classes),
+            }
+        }
+        Event::OrderShared { party, classes } => BodyV1::OrderShared {
+            party: match party {
+                Party::Logistics(p) => PartyV1::Logistics(p.as_str().to_owned()),
+                Party::Merchant(m) => PartyV1::Merchant(m.as_str().to_owned()),
+            },
+            classes: classes_v1(classes),
+        },
+        Event::OrderCancelled { reason } => BodyV1::OrderCancelled { reason: reason_v1(*reason) },
+        Event::OrderErased { scope } => match scope {
+            ErasureScope::Order => BodyV1::OrderErased { classes: vec![], whole: true },
+            ErasureScope::Classes(c) => BodyV1::OrderErased { classes: classes_v1(c), whole: false },
+        },
+    };
+    Ok(Envelope { schema_version: CURRENT_VERSION, meta, body, sealed })
+}
+
+/// Encodes an envelope in the current schema version.
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    let wire = EnvelopeV1 {
+        event_id: *env.meta.event_id.as_bytes(),
+        order_id: *env.meta.order_id.as_bytes(),
+        sequence: env.meta.sequence,
+        occurred_at_ms: env.meta.occurred_at_ms,
+        key_id: env.meta.key_id.0,
+        prev_hash: env.meta.prev_hash,
+        body: env.body.clone(),
+        sealed: env.sealed.clone(),
+    };
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
+    bincode::serde::encode_into_std_write(&wire, &mut out, bincode_config()).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Decodes any supported schema version into the current envelope. Never
+/// panics, whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    if bytes.len() < 4 {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = u16::from_be_bytes([bytes[2], bytes[3]]);
+    match version {
+        v1::VERSION => {
+            let (wire, n): (EnvelopeV1, usize) = bincode::serde::decode_from_slice(&bytes[4..], bincode_config())
+                .map_err(|e| DecodeError::Malformed { version, reason: e.to_string() })?;
+            if n != bytes.len() - 4 {
+                return Err(DecodeError::TrailingBytes(bytes.len() - 4 - n));
+            }
+            Ok(upcast_v1(wire))
+        }
+        other => Err(DecodeError::UnsupportedVersion(other)),
+    }
+}
+
+fn upcast_v1(w: EnvelopeV1) -> Envelope {
+    Envelope {
+        schema_version: v1::VERSION,
+        meta: EventMeta {
+            event_id: Uuid::from_bytes(w.event_id),
+            order_id: Uuid::from_bytes(w.order_id),
+            sequence: w.sequence,
+            occurred_at_ms: w.occurred_at_ms,
+            key_id: KeyId(w.key_id),
+            prev_hash: w.prev_hash,
+        },
+        body: w.body,
+        sealed: w.sealed,
+    }
+}
+
+/// SHA-256 of an encoded record; the next event of the order names it as `prev_hash`.
+pub fn record_hash(bytes: &[u8]) -> RecordHash {
+    Sha256::digest(bytes).into()
+}
+
+fn invalid(e: ValidationError) -> DecodeError {
+    DecodeError::Invalid(e)
+}
+
+/// The public part of an envelope as a domain event, with no personal fields.
+pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
+    Ok(match &env.body {
+        BodyV1::OrderPlaced { order_number, merchant_id, items, amount_minor, currency, classes } => {
+            let items = items
+                .iter()
+                .enumerate()
+                .map(|(n, i)| {
+                    Ok(Item {
+                        sku: Sku::parse(&format!("items[{n}].sku"), &i.sku)?,
+                        name: i.name.clone(),
+                        quantity: i.quantity,
+                        unit_price: i.unit_price,
+                        real_name: i.real_name,
+                    })
+                })
+                .collect::<Result<Vec<_>, ValidationError>>()
+                .map_err(invalid)?;
+            let currency = Currency::parse("currency", std::str::from_utf8(currency).unwrap_or("")).map_err(invalid)?;
+            Event::OrderPlaced(OrderPlaced {
+                order_number: OrderNumber::parse("order_number", order_number).map_err(invalid)?,
+                merchant_id: MerchantId::parse("merchant_id", merchant_id).map_err(invalid)?,
+                items,
+                amount: Money { minor: *amount_minor, currency },
+                classes: classes_of(classes),
+                personal: PersonalFields::default(),
+            })
+        }
+        BodyV1::OrderShared { party, classes } => Event::OrderShared {
+            party: match party {
+                PartyV1::Logistics(p) => Party::Logistics(ProviderId::parse("party.id", p).map_err(invalid)?),
+                PartyV1::Merchant(m) => Party::Merchant(MerchantId::parse("party.id", m).map_err(invalid)?),
+            },
+            classes: classes_of(classes),
+        },
+        BodyV1::OrderCancelled { reason } => Event::OrderCancelled { reason: reason_of(*reason) },
+        BodyV1::OrderErased { classes, whole } => Event::OrderErased {
+            scope: if *whole { ErasureScope::Order } else { ErasureScope::Classes(classes_of(classes)) },
+        },
+    })
+}
+
+fn malformed(class: FieldClass) -> impl Fn(ValidationError) -> OpenEventError {
+    move |e| OpenEventError::Malformed { class, reason: e.to_string() }
+}
+
+fn decode_plain<T: serde::de::DeserializeOwned>(class: FieldClass, bytes: &[u8]) -> Result<T, OpenEventError> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(v, _)| v)
+        .map_err(|e| OpenEventError::Malformed { class, reason: e.to_string() })
+}
+
+/// Opens one sealed class of an envelope.
+fn open_class(env: &Envelope, key: &OrderKey, sealed: &SealedV1, out: &mut PersonalFields) -> Result<(), OpenEventError> {
+    let class = class_of(sealed.class);
+    let plain = crypto::open(key, &env.meta.seal_context(), class, &sealed.ciphertext)?;
+    match class {
+        FieldClass::Shipping => {
+            let s: v1::ShippingV1 = decode_plain(class, &plain)?;
+            let m = malformed(class);
+            out.shipping = Some(Personal::new(ShippingInfo {
+                name: ConsigneeName::parse("consignee.name", &s.name).map_err(&m)?,
+                address: Address::parse("consignee.address", &s.province, &s.city, &s.district, &s.street, &s.postal_code)
+                    .map_err(&m)?,
+                mobile: Mobile::parse("consignee.mobile", &s.mobile).map_err(&m)?,
+            }));
+        }
+        FieldClass::Contact => {
+            let c: v1::ContactV1 = decode_plain(class, &plain)?;
+            let m = malformed(class);
+            out.contact = Some(Personal::new(ContactInfo {
+                landline: c.landline.as_deref().map(|l| Landline::parse("contact.landline", l)).transpose().map_err(&m)?,
+                email: c.email.as_deref().map(|e| Email::parse("contact.email", e)).transpose().map_err(&m)?,
+            }));
+        }
+        FieldClass::Identity => {
+            let i: v1::IdentityV1 = decode_plain(class, &plain)?;
+            out.identity = Some(Personal::new(IdNumber::parse("id_number", &i.id_number).map_err(malformed(class))?));
+        }
+    }
+    Ok(())
+}
+
+/// The domain event of an envelope, with every personal class that `key` can
+/// open. A class whose subkey is shredded (or with no key at all) stays
+/// `None`; a ciphertext that fails authentication is an error, never ignored.
+pub fn open_event(env: &Envelope, key: Option<&OrderKey>) -> Result<Event, OpenEventError> {
+    let mut event = public_event(env)?;
+    match &mut event {
+        Event::OrderPlaced(placed) => {
+            if let Some(key) = key {
+                for sealed in &env.sealed {
+                    let class = class_of(sealed.class);
+                    if key.subkey(class).is_some() {
+                        open_class(env, key, sealed, &mut placed.personal)?;
+                    }
+                }
+            }
+        }
+        _ if !env.sealed.is_empty() => return Err(OpenEventError::Unexpected(env.kind())),
+        _ => {}
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;

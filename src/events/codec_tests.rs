@@ -1,0 +1,143 @@
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::{decide, fixtures, Command, State};
+
+fn placed(n: u32, real_name: bool) -> Event {
+    decide(&State::default(), Command::PlaceOrder(fixtures::new_order(n, real_name))).unwrap().remove(0)
+}
+
+fn meta(key: &OrderKey, sequence: u64) -> EventMeta {
+    EventMeta {
+        event_id: Uuid::now_v7(),
+        order_id: Uuid::now_v7(),
+        sequence,
+        occurred_at_ms: 1_733_000_000_000,
+        key_id: key.id(),
+        prev_hash: [7; 32],
+    }
+}
+
+#[test]
+fn a_placed_order_round_trips_through_seal_encode_decode_open() {
+    let key = OrderKey::generate();
+    let event = placed(1, true);
+    let env = seal_event(&event, meta(&key, 1), Some(&key)).unwrap();
+    let bytes = encode(&env);
+    let back = decode(&bytes).unwrap();
+    assert_eq!(back, env);
+    assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
+}
+
+#[test]
+fn the_encoded_record_holds_no_personal_plaintext() {
+    let key = OrderKey::generate();
+    let env = seal_event(&placed(99, true), meta(&key, 1), Some(&key)).unwrap();
+    let bytes = encode(&env);
+    let p = fixtures::personal(99, true, true);
+    for needle in [
+        p.shipping.name.as_str(),
+        p.shipping.mobile.as_str(),
+        p.shipping.address.street.as_str(),
+        p.contact.email.as_ref().unwrap().as_str(),
+        p.identity.as_ref().unwrap().as_str(),
+        "13800000099",
+    ] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "plaintext in record");
+    }
+}
+
+#[test]
+fn without_a_key_only_public_fields_are_read() {
+    let key = OrderKey::generate();
+    let env = seal_event(&placed(1, false), meta(&key, 1), Some(&key)).unwrap();
+    let Event::OrderPlaced(p) = open_event(&env, None).unwrap() else { panic!() };
+    assert!(p.personal.is_empty());
+    assert_eq!(p.order_number.as_str(), "ON-2026-00000001");
+    assert_eq!(p.classes, BTreeSet::from([FieldClass::Shipping, FieldClass::Contact]));
+}
+
+#[test]
+fn a_shredded_class_reads_as_absent_and_the_rest_opens() {
+    let key = OrderKey::generate();
+    let env = seal_event(&placed(1, true), meta(&key, 1), Some(&key)).unwrap();
+    let key = key.without(FieldClass::Identity);
+    let Event::OrderPlaced(p) = open_event(&env, Some(&key)).unwrap() else { panic!() };
+    assert!(p.personal.identity.is_none());
+    assert!(p.personal.shipping.is_some());
+}
+
+#[test]
+fn another_orders_key_or_a_tampered_record_fails_to_open() {
+    let key = OrderKey::generate();
+    let env = seal_event(&placed(1, true), meta(&key, 1), Some(&key)).unwrap();
+    assert!(matches!(
+        open_event(&env, Some(&OrderKey::generate())),
+        Err(OpenEventError::Open(OpenError::WrongKeyId { .. }))
+    ));
+    let mut moved = env.clone();
+    moved.meta.order_id = Uuid::now_v7();
+    assert!(matches!(open_event(&moved, Some(&key)), Err(OpenEventError::Open(OpenError::Unauthentic(_)))));
+    let mut swapped = env.clone();
+    swapped.sealed[0].class = v1::ClassV1::Contact;
+    swapped.sealed[1].class = v1::ClassV1::Shipping;
+    assert!(matches!(open_event(&swapped, Some(&key)), Err(OpenEventError::Open(OpenError::Unauthentic(_)))));
+}
+
+#[test]
+fn the_decoder_names_what_is_wrong() {
+    assert_eq!(decode(b"OL"), Err(DecodeError::TooShort(2)));
+    assert_eq!(decode(b"XX\0\x01abc"), Err(DecodeError::BadMagic));
+    assert_eq!(decode(b"OL\0\x09abc"), Err(DecodeError::UnsupportedVersion(9)));
+    assert!(matches!(decode(b"OL\0\x01\xff\xff"), Err(DecodeError::Malformed { version: 1, .. })));
+    let key = OrderKey::generate();
+    let mut bytes = encode(&seal_event(&placed(1, false), meta(&key, 1), Some(&key)).unwrap());
+    bytes.push(0);
+    assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+}
+
+#[test]
+fn non_personal_events_carry_no_sealed_fields() {
+    let key = OrderKey::generate();
+    for event in [
+        Event::OrderCancelled { reason: CancelReason::Other },
+        Event::OrderErased { scope: ErasureScope::Order },
+    ] {
+        let env = seal_event(&event, meta(&key, 2), Some(&key)).unwrap();
+        assert!(env.sealed.is_empty());
+        assert_eq!(open_event(&decode(&encode(&env)).unwrap(), None).unwrap(), event);
+    }
+}
+
+proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn decoding_a_mutated_record_never_panics(n in 0u32..1000, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let key = OrderKey::generate();
+        let mut bytes = encode(&seal_event(&placed(n, n % 2 == 0), meta(&key, 1), Some(&key)).unwrap());
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] ^= b;
+        }
+        if let Ok(env) = decode(&bytes) {
+            let _ = open_event(&env, Some(&key));
+        }
+    }
+
+    #[test]
+    fn seal_encode_decode_open_round_trips(n in 0u32..100_000, real_name: bool, seq in 1u64..1_000_000, at in any::<i64>()) {
+        let key = OrderKey::generate();
+        let event = placed(n, real_name);
+        let m = EventMeta { sequence: seq, occurred_at_ms: at, ..meta(&key, seq) };
+        let env = seal_event(&event, m, Some(&key)).unwrap();
+        let back = decode(&encode(&env)).unwrap();
+        prop_assert_eq!(&back, &env);
+        prop_assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
+    }
+}

@@ -1,0 +1,14 @@
+//! Events as stored: the versioned envelope, its bincode codec with upcasting,
+//! and the per-order hash chain. Personal fields are sealed here, at the codec
+//! boundary, and nowhere else.
+//!
+//! The Kafka record key is the order id (16 bytes); record headers carry
+//! nothing personal.
+
+pub mod codec;
+pub mod v1;
+
+pub use codec::{
+    decode, encode, open_event, public_event, record_hash, seal_event, DecodeError, Envelope,
+    EventMeta, OpenEventError, RecordHash, CURRENT_VERSION,
+};

@@ -1,0 +1,114 @@
+//! Schema version 1 of the stored event envelope: the exact shape on the wire.
+//!
+//! These types are frozen. Changing a field, its type or its order, or the
+//! order of enum variants, changes the bytes and breaks stored events; the
+//! golden fixtures in `schemas/fixtures/` catch that. A new schema version gets
+//! a new module and an upcast from this one in `codec`.
+//!
+//! bincode (standard configuration: varint integers, enum variants as varint
+//! indices, length-prefixed sequences) encodes fields in declaration order.
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub const VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeV1 {
+    pub event_id: [u8; 16],
+    pub order_id: [u8; 16],
+    pub sequence: u64,
+    pub occurred_at_ms: i64,
+    pub key_id: [u8; 16],
+    pub prev_hash: [u8; 32],
+    pub body: BodyV1,
+    pub sealed: Vec<SealedV1>,
+}
+
+/// Field classes, by variant index: 0 shipping, 1 contact, 2 identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClassV1 {
+    Shipping,
+    Contact,
+    Identity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedV1 {
+    pub class: ClassV1,
+    /// `nonce | SIV tag | ciphertext` of the class's bincode-encoded fields.
+    pub ciphertext: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyV1 {
+    OrderPlaced {
+        order_number: String,
+        merchant_id: String,
+        items: Vec<ItemV1>,
+        amount_minor: u64,
+        currency: [u8; 3],
+        classes: Vec<ClassV1>,
+    },
+    OrderShared {
+        party: PartyV1,
+        classes: Vec<ClassV1>,
+    },
+    OrderCancelled {
+        reason: ReasonV1,
+    },
+    OrderErased {
+        /// Empty means the whole order.
+        classes: Vec<ClassV1>,
+        whole: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemV1 {
+    pub sku: String,
+    pub name: String,
+    pub quantity: u32,
+    pub unit_price: u64,
+    pub real_name: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartyV1 {
+    Logistics(String),
+    Merchant(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReasonV1 {
+    CustomerRequest,
+    PaymentFailed,
+    OutOfStock,
+    FraudSuspected,
+    Other,
+}
+
+/// Sealed plaintext of the shipping class.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct ShippingV1 {
+    pub name: String,
+    pub province: String,
+    pub city: String,
+    pub district: String,
+    pub street: String,
+    pub postal_code: String,
+    pub mobile: String,
+}
+
+/// Sealed plaintext of the contact class.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct ContactV1 {
+    pub landline: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Sealed plaintext of the identity class.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct IdentityV1 {
+    pub id_number: String,
+}

@@ -1,0 +1,115 @@
+//! Kafka plumbing: client configuration, topics, and the embedded broker.
+//!
+//! Topic names and their settings live here as constants, so the code, the
+//! ops scripts and the docs agree on them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// The event log: one record per event, keyed by order id, kept forever.
+pub const TOPIC_EVENTS: &str = "orders.events";
+
+/// Where a Kafka cluster is and how to talk to it.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSettings {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    /// Passed through to librdkafka as is (security.protocol, sasl.*, ssl.*, ...).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self { brokers: brokers.into(), extra: BTreeMap::new() }
+    }
+
+    /// A librdkafka configuration with the bootstrap servers and pass-through settings.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+        self.client_config().create()
+    }
+}
+
+/// Settings of a topic to create.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub config: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    /// The event log: retention forever, never compacted (every event matters).
+    pub fn events(name: impl Into<String>, partitions: i32, replication: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication,
+            config: vec![
+                ("retention.ms", "-1".into()),
+                ("retention.bytes", "-1".into()),
+                ("cleanup.policy", "delete".into()),
+            ],
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(settings: &KafkaSettings, specs: &[TopicSpec]) -> Result<(), KafkaError> {
+    let admin = settings.admin()?;
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            let mut t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
+            for (k, v) in &s.config {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, ?code, "Topic creation failed.");
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub mod embedded;
+
+/// Number of partitions of an existing topic.
+pub fn partition_count(settings: &KafkaSettings, topic: &str, timeout: Duration) -> Result<usize, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = settings.client_config().create()?;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition))?;
+    if let Some(err) = t.error() {
+        return Err(KafkaError::MetadataFetch(err.into()));
+    }
+    Ok(t.partitions().len())
+}

@@ -1,0 +1,25 @@
+//! orderlog: an event-sourced order backend. Orders are append-only streams
+//! of encrypted events in Kafka; views live in RocksDB; personal data is
+//! erased by destroying the order's key (crypto-shredding).
+//!
+//! Crate map:
+//! - [`domain`]: order state machine (`decide`/`apply`), validation newtypes,
+//!   the `Personal<T>` wrapper. Pure: no I/O.
+//! - [`events`]: the versioned envelope, codec, upcasting, hash chain. The
+//!   only place personal fields are sealed and opened.
+//! - [`crypto`]: order keys, per-class subkeys, AES-SIV, KEK, key vault.
+//! - [`store`]: RocksDB column families and typed value codecs.
+//! - [`kafka`]: client settings, topics, the embedded mock cluster.
+//! - [`service`]: the write side: per-partition writers with group commit.
+//! - [`api`]: HTTP routes, authentication, error-to-status mapping.
+//! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod events;
+pub mod kafka;
+pub mod service;
+pub mod store;

@@ -1,0 +1,565 @@
+//! The write side: commands in, events appended to Kafka, answers out.
+//!
+//! Each partition of the event topic has one writer task (single writer per
+//! partition, so commands for one order are serialized). A writer takes every
+//! command waiting in its queue, decides them against the current state,
+//! seals and chains their events, persists new order keys in one fsynced
+//! RocksDB batch, sends all records in one go through the idempotent
+//! producer (acks=all), and answers each command only after Kafka acknowledged
+//! its records: group commit. State lives in memory and is rebuilt from the
+//! log at start.
+
+pub mod log_reader;
+pub mod state;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::crypto::{KeyId, KeyVault, OrderKey, Shredded, VaultError};
+use crate::domain::{self, Command, DomainError, ErasureScope, Event, FieldClass, PersonalFields};
+use crate::events::{self, EventMeta};
+use crate::kafka::KafkaSettings;
+use log_reader::{load_partition, HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
+use state::{IdempotentOutcome, OrderRecord, PartitionState};
+
+/// Most commands one writer puts into one produce round trip.
+pub const MAX_BATCH: usize = 512;
+const QUEUE_DEPTH: usize = 4096;
+
+/// Why a command was not carried out. Only `Unavailable` is worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the order is at version {actual}, not {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this idempotency key is still in progress")]
+    IdempotencyInFlight,
+    #[error("event log unavailable, nothing was acknowledged; retry later: {0}")]
+    Unavailable(String),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<VaultError> for ServiceError {
+    fn from(e: VaultError) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+/// An idempotency key and the digest of the request it came with, both as
+/// keyed MACs (a plain hash of a body full of personal data could be guessed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: [u8; 32],
+    pub request: [u8; 32],
+}
+
+/// What a carried-out command answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub order_id: Uuid,
+    /// The order's version after the command (its number of events).
+    pub version: u64,
+    /// Where the command's last event landed; `None` if it wrote nothing.
+    pub position: Option<(i32, i64)>,
+    pub occurred_at_ms: i64,
+    /// True when this is the stored answer to an earlier identical request.
+    pub replayed: bool,
+    /// Set for erasures: the shred record of the vault.
+    pub shredded: Option<Shredded>,
+    pub key_id: Option<KeyId>,
+}
+
+/// An order as a reader with the right to see its personal data gets it.
+#[derive(Debug, Clone)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub record: OrderRecord,
+    /// Readable personal fields; empty after erasure.
+    pub personal: PersonalFields,
+    pub shredded: Option<Shredded>,
+}
+
+struct Job {
+    order_id: Uuid,
+    command: Command,
+    expected_version: Option<u64>,
+    idempotency: Option<Idempotency>,
+    reply: oneshot::Sender<Result<Outcome, ServiceError>>,
+}
+
+struct Shared {
+    settings: KafkaSettings,
+    topic: String,
+    producer: FutureProducer,
+    vault: Arc<KeyVault>,
+    partitions: Vec<RwLock<PartitionState>>,
+    in_flight: Mutex<HashSet<[u8; 32]>>,
+    produce_timeout: Duration,
+}
+
+/// The write service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    shared: Arc<Shared>,
+    queues: Arc<RwLock<Option<Vec<mpsc::Sender<Job>>>>>,
+    writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("topic", &self.shared.topic).finish_non_exhaustive()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The partition an order's events go to. Chosen here rather than by the
+/// client's partitioner, so writer routing and Kafka placement always agree.
+pub fn partition_of(order_id: &Uuid, partitions: usize) -> usize {
+    let b = order_id.as_bytes();
+    let tail = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
+    (tail % partitions as u64) as usize
+}
+
+fn kafka_unavailable(e: &KafkaError) -> ServiceError {
+    ServiceError::Unavailable(e.to_string())
+}
+
+impl Service {
+    /// Rebuilds state from the log, finishes erasures a crash interrupted,
+    /// and starts one writer per partition.
+    pub async fn start(
+        settings: KafkaSettings,
+        topic: String,
+        partitions: usize,
+        vault: Arc<KeyVault>,
+        produce_timeout: Duration,
+    ) -> Result<Self, ServiceError> {
+        let producer: FutureProducer = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", produce_timeout.as_millis().to_string())
+            .create()
+            .map_err(|e| kafka_unavailable(&e))?;
+        let mut states = Vec::with_capacity(partitions);
+        for p in 0..partitions {
+            let (s, t) = (settings.clone(), topic.clone());
+            let st = tokio::task::spawn_blocking(move || load_partition(&s, &t, p as i32, Duration::from_secs(30)))
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
+                .map_err(|e| kafka_unavailable(&e))?;
+            tracing::info!(partition = p, orders = st.orders.len(), skipped = st.skipped, "Partition state rebuilt from the log.");
+            states.push(st);
+        }
+        // An erasure is appended before the key is destroyed; finish any that
+        // a crash interrupted.
+        for st in &states {
+            for (order_id, rec) in &st.orders {
+                if let Some(o) = &rec.state.order
+                    && !o.erased.is_empty()
+                    && vault.stored(*order_id)?.is_some()
+                {
+                    let classes = (!o.fully_erased).then(|| o.erased.clone());
+                    vault.destroy(*order_id, classes.as_ref(), rec.updated_at_ms)?;
+                    tracing::warn!(%order_id, "Finished an interrupted erasure.");
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            settings,
+            topic,
+            producer,
+            vault,
+            partitions: states.into_iter().map(RwLock::new).collect(),
+            in_flight: Mutex::new(HashSet::new()),
+            produce_timeout,
+        });
+        let mut queues = Vec::with_capacity(partitions);
+        let mut writers = Vec::with_capacity(partitions);
+        for p in 0..partitions {
+            let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+            queues.push(tx);
+            writers.push(tokio::spawn(writer(shared.clone(), p, rx)));
+        }
+        Ok(Self {
+            shared,
+            queues: Arc::new(RwLock::new(Some(queues))),
+            writers: Arc::new(Mutex::new(writers)),
+        })
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.shared.partitions.len()
+    }
+
+    pub fn vault(&self) -> &Arc<KeyVault> {
+        &self.shared.vault
+    }
+
+    /// Carries out a command; answers once its events are acknowledged by Kafka.
+    pub async fn execute(
+        &self,
+        order_id: Uuid,
+        command: Command,
+        expected_version: Option<u64>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Outcome, ServiceError> {
+        let p = partition_of(&order_id, self.partitions());
+        if let Some(idem) = idempotency {
+            let known = self.shared.partitions[p].read().expect("partition lock").idempotency.get(&idem.key).cloned();
+            if let Some(prev) = known {
+                return self.replay(prev, idem);
+            }
+            // Not known on this partition; a place command's order id is new
+            // on every attempt, so also look on the others.
+            for (q, st) in self.shared.partitions.iter().enumerate() {
+                if q != p
+                    && let Some(prev) = st.read().expect("partition lock").idempotency.get(&idem.key).cloned()
+                {
+                    return self.replay(prev, idem);
+                }
+            }
+            if !self.shared.in_flight.lock().expect("in-flight lock").insert(idem.key) {
+                return Err(ServiceError::IdempotencyInFlight);
+            }
+        }
+        let result = self.dispatch(p, order_id, command, expected_version, idempotency).await;
+        if let Some(idem) = idempotency {
+            self.shared.in_flight.lock().expect("in-flight lock").remove(&idem.key);
+        }
+        result
+    }
+
+    fn replay(&self, prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, ServiceError> {
+        if prev.request_digest != idem.request {
+            return Err(ServiceError::IdempotencyMismatch);
+        }
+        Ok(Outcome {
+            order_id: prev.order_id,
+            version: prev.version,
+            position: None,
+            occurred_at_ms: 0,
+            replayed: true,
+            shredded: None,
+            key_id: None,
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        p: usize,
+        order_id: Uuid,
+        command: Command,
+        expected_version: Option<u64>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Outcome, ServiceError> {
+        let tx = {
+            let q = self.queues.read().expect("queues lock");
+            q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
+        };
+        let (reply, rx) = oneshot::channel();
+        tx.send(Job { order_id, command, expected_version, idempotency, reply })
+            .await
+            .map_err(|_| ServiceError::ShuttingDown)?;
+        rx.await.map_err(|_| ServiceError::ShuttingDown)?
+    }
+
+    /// The order's state and, when its key lives, its personal fields.
+    pub fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
+        let p = partition_of(&order_id, self.partitions());
+        let Some(record) = self.shared.partitions[p].read().expect("partition lock").orders.get(&order_id).cloned() else {
+            return Ok(None);
+        };
+        let key = match self.shared.vault.get(order_id) {
+            Ok(k) => Some(k),
+            Err(VaultError::Shredded { .. } | VaultError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut personal = PersonalFields::default();
+        if let (Some(env), Some(key)) = (&record.placed, &key)
+            && let Event::OrderPlaced(p) =
+                events::open_event(env, Some(key)).map_err(|e| ServiceError::Internal(e.to_string()))?
+        {
+            personal = p.personal;
+        }
+        let shredded = self.shared.vault.shredded(order_id)?;
+        Ok(Some(OrderView { order_id, record, personal, shredded }))
+    }
+
+    /// Every order id the writer knows (for tests and audits of small logs).
+    pub fn order_ids(&self) -> Vec<Uuid> {
+        self.shared
+            .partitions
+            .iter()
+            .flat_map(|p| p.read().expect("partition lock").orders.keys().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Stops taking commands, lets the writers finish what they hold, and
+    /// flushes the producer, within `limit`.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.queues.write().expect("queues lock").take();
+        let writers: Vec<_> = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
+        if tokio::time::timeout(limit, join_all(writers)).await.is_err() {
+            tracing::warn!(?limit, "Writers did not finish in time.");
+        }
+        let producer = self.shared.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(limit)).await;
+    }
+}
+
+/// A command decided and sealed, waiting for Kafka.
+struct Pending {
+    job: Job,
+    records: Vec<(Vec<u8>, i64)>,
+    new_key: Option<OrderKey>,
+    outcome: Outcome,
+}
+
+async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        write_batch(&shared, partition, std::mem::take(&mut batch)).await;
+    }
+    tracing::debug!(partition, "Writer stopped.");
+}
+
+async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
+    let now = now_ms();
+    // Tentative copies of the orders this batch touches.
+    let mut tentative: HashMap<Uuid, OrderRecord> = HashMap::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    {
+        let st = shared.partitions[partition].read().expect("partition lock");
+        for job in &jobs {
+            if let Some(r) = st.orders.get(&job.order_id) {
+                tentative.entry(job.order_id).or_insert_with(|| r.clone());
+            }
+        }
+    }
+    for job in jobs {
+        let rec = tentative.entry(job.order_id).or_default();
+        if let Some(expected) = job.expected_version
+            && expected != rec.state.version
+        {
+            let _ = job.reply.send(Err(ServiceError::VersionMismatch { expected, actual: rec.state.version }));
+            continue;
+        }
+        let events = match domain::decide(&rec.state, job.command.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = job.reply.send(Err(e.into()));
+                continue;
+            }
+        };
+        let mut outcome = Outcome {
+            order_id: job.order_id,
+            version: rec.state.version,
+            position: None,
+            occurred_at_ms: now,
+            replayed: false,
+            shredded: None,
+            key_id: rec.key_id,
+        };
+        if events.is_empty() {
+            let _ = job.reply.send(Ok(outcome));
+            continue;
+        }
+        let new_key = matches!(job.command, Command::PlaceOrder(_)).then(OrderKey::generate);
+        let mut records = Vec::with_capacity(events.len());
+        let mut failed = None;
+        for event in &events {
+            let key_id = new_key.as_ref().map(OrderKey::id).or(rec.key_id).unwrap_or(KeyId([0; 16]));
+            let meta = EventMeta {
+                event_id: Uuid::now_v7(),
+                order_id: job.order_id,
+                sequence: rec.state.version + 1,
+                occurred_at_ms: now,
+                key_id,
+                prev_hash: rec.last_hash,
+            };
+            match events::seal_event(event, meta, new_key.as_ref()) {
+                Ok(env) => {
+                    let bytes = events::encode(&env);
+                    let absorbed = rec.absorb(&env, &bytes, -1);
+                    debug_assert!(absorbed, "a fresh event always continues its chain");
+                    records.push((bytes, now));
+                }
+                Err(e) => {
+                    failed = Some(ServiceError::Internal(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // Undo the tentative changes of this job: reload from shared state.
+            let st = shared.partitions[partition].read().expect("partition lock");
+            match st.orders.get(&job.order_id) {
+                Some(r) => *rec = r.clone(),
+                None => *rec = OrderRecord::default(),
+            }
+            let _ = job.reply.send(Err(e));
+            continue;
+        }
+        outcome.version = rec.state.version;
+        outcome.key_id = rec.key_id;
+        pending.push(Pending { job, records, new_key, outcome });
+    }
+    if pending.is_empty() {
+        return;
+    }
+
+    // New order keys first, in one fsynced batch: an event must never reach
+    // the log without its key being safe.
+    let new_keys: Vec<(Uuid, &OrderKey)> =
+        pending.iter().filter_map(|p| p.new_key.as_ref().map(|k| (p.job.order_id, k))).collect();
+    if let Err(e) = shared.vault.store_new(&new_keys, now) {
+        tracing::error!(error = %e, "Storing new order keys failed; batch refused.");
+        for p in pending {
+            let _ = p.job.reply.send(Err(ServiceError::Internal("storing the order key failed".into())));
+        }
+        return;
+    }
+
+    // Send everything, then wait for all acknowledgements: one round trip.
+    let mut deliveries = Vec::with_capacity(pending.len());
+    for p in &pending {
+        let key = p.job.order_id.as_bytes().to_vec();
+        let mut futs = Vec::with_capacity(p.records.len());
+        for (n, (bytes, ts)) in p.records.iter().enumerate() {
+            let mut headers = OwnedHeaders::new();
+            if let Some(idem) = &p.job.idempotency
+                && n + 1 == p.records.len()
+            {
+                headers = headers
+                    .insert(Header { key: HEADER_IDEMPOTENCY_KEY, value: Some(&idem.key[..]) })
+                    .insert(Header { key: HEADER_REQUEST_DIGEST, value: Some(&idem.request[..]) });
+            }
+            let record = FutureRecord::to(&shared.topic)
+                .partition(partition as i32)
+                .key(&key)
+                .payload(bytes)
+                .timestamp(*ts)
+                .headers(headers);
+            futs.push(shared.producer.send(record, shared.produce_timeout));
+        }
+        deliveries.push(join_all(futs));
+    }
+    let results = join_all(deliveries).await;
+
+    let mut any_failed = false;
+    let mut acked: Vec<(Pending, Result<(i32, i64), String>)> = Vec::with_capacity(pending.len());
+    for (p, res) in pending.into_iter().zip(results) {
+        let mut last = Ok((partition as i32, -1));
+        for r in res {
+            match r {
+                Ok(delivery) => {
+                    if last.is_ok() {
+                        last = Ok((delivery.partition, delivery.offset));
+                    }
+                }
+                Err((e, _)) => {
+                    any_failed = true;
+                    last = Err(e.to_string());
+                }
+            }
+        }
+        acked.push((p, last));
+    }
+
+    if any_failed {
+        // The log is the truth: re-read this partition so memory matches
+        // whatever Kafka has, then drop keys of placements that did not land.
+        tracing::warn!(partition, "Some records were not acknowledged; re-reading the partition.");
+        let (s, t) = (shared.settings.clone(), shared.topic.clone());
+        let reloaded = tokio::task::spawn_blocking(move || load_partition(&s, &t, partition as i32, Duration::from_secs(30)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match reloaded {
+            Ok(st) => *shared.partitions[partition].write().expect("partition lock") = st,
+            Err(e) => tracing::error!(partition, error = %e, "Re-reading the partition failed; state may lag the log."),
+        }
+    }
+
+    let mut to_shred: Vec<(Uuid, Option<BTreeSet<FieldClass>>, usize)> = Vec::new();
+    let mut replies = Vec::with_capacity(acked.len());
+    {
+        let mut st = shared.partitions[partition].write().expect("partition lock");
+        for (mut p, res) in acked {
+            match res {
+                Ok(pos) => {
+                    p.outcome.position = Some(pos);
+                    if !any_failed {
+                        let mut rec = tentative.get(&p.job.order_id).cloned().unwrap_or_default();
+                        rec.last_offset = pos.1;
+                        st.orders.insert(p.job.order_id, rec);
+                    }
+                    if let Some(idem) = p.job.idempotency {
+                        st.idempotency.insert(
+                            idem.key,
+                            IdempotentOutcome { request_digest: idem.request, order_id: p.job.order_id, version: p.outcome.version },
+                        );
+                    }
+                    if let Command::EraseOrder { scope } = &p.job.command {
+                        let classes = match scope {
+                            ErasureScope::Order => None,
+                            ErasureScope::Classes(c) => Some(c.clone()),
+                        };
+                        to_shred.push((p.job.order_id, classes, replies.len()));
+                    }
+                    replies.push((p.job.reply, Ok(p.outcome)));
+                }
+                Err(e) => {
+                    if p.new_key.is_some() && !st.orders.contains_key(&p.job.order_id) {
+                        let _ = shared.vault.discard(p.job.order_id);
+                    }
+                    replies.push((p.job.reply, Err(ServiceError::Unavailable(e))));
+                }
+            }
+        }
+    }
+    // Erasure: the OrderErased event is in the log; now destroy the key.
+    for (order_id, classes, idx) in to_shred {
+        match shared.vault.destroy(order_id, classes.as_ref(), now) {
+            Ok(rec) => {
+                if let Ok(outcome) = &mut replies[idx].1 {
+                    outcome.shredded = Some(rec);
+                }
+            }
+            Err(e) => tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; it is retried at next start."),
+        }
+    }
+    for (reply, res) in replies {
+        let _ = reply.send(res);
+    }
+}

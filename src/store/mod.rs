@@ -1,0 +1,97 @@
+//! RocksDB: one database per node, one column family per kind of row.
+//!
+//! ```text
+//! column family    key                          value
+//! order_keys       order id (16 bytes)          StoredKey (bincode): KEK id, key id, wrapped class subkeys
+//! shredded_keys    order id (16 bytes)          Shredded (bincode): key id, classes, when
+//! ```
+//!
+//! Keys are big-endian byte strings so scans come out in order. Plaintext
+//! personal data and unwrapped keys never live here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+
+pub const CF_ORDER_KEYS: &str = "order_keys";
+pub const CF_SHREDDED_KEYS: &str = "shredded_keys";
+
+/// Every column family this version knows; all are created when missing.
+pub const COLUMN_FAMILIES: &[&str] = &[CF_ORDER_KEYS, CF_SHREDDED_KEYS];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb at {path}: {source}")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt {cf} row: {reason}")]
+    Corrupt { cf: &'static str, reason: String },
+}
+
+/// A shared handle on the node's RocksDB.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Obsolete WAL files are deleted at once rather than archived, so
+        // erased data does not linger in old logs.
+        opts.set_wal_ttl_seconds(0);
+        opts.set_wal_size_limit_mb(0);
+        opts.set_keep_log_file_num(5);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self { db: Arc::new(db), path: path.to_owned() })
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The handle of a column family this module declares.
+    pub fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created at open"))
+    }
+}
+
+/// bincode configuration for every stored value: varint integers, with a size
+/// limit so a corrupt length prefix cannot make us allocate gigabytes.
+pub fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 4 * 1024 * 1024 }>()
+}
+
+pub fn encode_value<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode")
+}
+
+pub fn decode_value<T: serde::de::DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|e| StoreError::Corrupt { cf, reason: e.to_string() })?;
+    if n != bytes.len() {
+        return Err(StoreError::Corrupt { cf, reason: format!("{} trailing bytes", bytes.len() - n) });
+    }
+    Ok(v)
+}

@@ -1,0 +1,209 @@
+//! Test harness shared by the black-box tests: a real Kafka broker, started
+//! once per test run and reused by every test binary, and unique names so
+//! tests never see each other's data.
+//!
+//! `ORDERLOG_TEST_BROKERS=host:port` points the tests at an existing cluster.
+//! Otherwise the first test that needs Kafka starts one with
+//! `ops/kafka/start.sh` (under a file lock, so parallel test binaries share
+//! it) and leaves it running for the next run. A test that needs Kafka never
+//! skips: without a broker it fails and says how to get one.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const DEFAULT_TEST_PORT: u16 = 19092;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Directory of the broker the harness starts.
+pub fn kafka_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("orderlog-test-{name}"))
+}
+
+/// Runs `ops/kafka/start.sh` with `args` under a lock; returns the bootstrap servers.
+pub fn start_broker(dir: &std::path::Path, args: &[&str]) -> String {
+    std::fs::create_dir_all(dir).expect("create kafka test dir");
+    let lock = File::create(dir.with_extension("lock")).expect("create lock file");
+    lock.lock().expect("lock kafka test dir");
+    let out = Command::new(repo().join("ops/kafka/start.sh"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ops/kafka/start.sh: {e}"));
+    if !out.status.success() {
+        panic!(
+            "These tests need a real Kafka broker and none could be started.\n\
+             ops/kafka/start.sh said:\n{}\n\
+             Fix that (it needs Java 17 and Maven: run ops/bootstrap.sh), or point the tests at a \
+             running cluster with ORDERLOG_TEST_BROKERS=host:port.",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().expect("start.sh prints the bootstrap servers").trim().to_owned()
+}
+
+/// The bootstrap servers of the test cluster, starting a broker if needed.
+pub fn brokers() -> String {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("ORDERLOG_TEST_BROKERS")
+                && !b.trim().is_empty()
+            {
+                return b;
+            }
+            let port = std::env::var("ORDERLOG_TEST_KAFKA_PORT").unwrap_or_else(|_| DEFAULT_TEST_PORT.to_string());
+            start_broker(&kafka_dir("kafka"), &["--port", &port])
+        })
+        .clone()
+}
+
+/// A name no other test (in this run or an earlier one) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+pub mod app {
+    //! Spawns orderlog in process on port 0 against the test broker.
+
+    use std::collections::BTreeMap;
+
+    use orderlog::app::App;
+    use orderlog::config::{Config, Overrides, Secret};
+    use orderlog::crypto::Kek;
+
+    pub const CHECKOUT: &str = "test-token-checkout-0001";
+    pub const LOGISTICS_SF: &str = "test-token-logistics-sf-express";
+    pub const MERCHANT_M1: &str = "test-token-merchant-m-1";
+    pub const PRIVACY: &str = "test-token-privacy-0001";
+    pub const AUDITOR: &str = "test-token-auditor-0001";
+
+    pub struct TestApp {
+        pub app: App,
+        pub base: String,
+        pub client: reqwest::Client,
+        pub data_dir: tempfile::TempDir,
+        pub kek: Kek,
+        pub config: Config,
+    }
+
+    pub fn config(topic: &str, data_dir: &std::path::Path, kek: &Kek, partitions: i32) -> Config {
+        let env: BTreeMap<String, String> = [
+            (
+                "ORDERLOG_TOKENS".to_string(),
+                format!(
+                    "{CHECKOUT}=checkout,{LOGISTICS_SF}=logistics:sf-express,{MERCHANT_M1}=merchant:m-1,{PRIVACY}=privacy,{AUDITOR}=auditor"
+                ),
+            ),
+            ("ORDERLOG_KEK".to_string(), kek.to_text().to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            brokers: Some(super::brokers()),
+            data_dir: Some(data_dir.to_owned()),
+            topic: Some(topic.to_owned()),
+            partitions: Some(partitions),
+            replication: Some(1),
+            ..Default::default()
+        };
+        Config::resolve(&o, &env).unwrap()
+    }
+
+    impl TestApp {
+        pub async fn spawn() -> Self {
+            Self::spawn_with_partitions(3).await
+        }
+
+        pub async fn spawn_with_partitions(partitions: i32) -> Self {
+            let data_dir = tempfile::tempdir().unwrap();
+            let kek = Kek::generate();
+            let config = config(&super::unique("orders.events"), data_dir.path(), &kek, partitions);
+            let app = App::start(&config).await.expect("orderlog starts against the test broker");
+            let base = format!("http://{}", app.addr);
+            Self { app, base, client: reqwest::Client::new(), data_dir, kek, config }
+        }
+
+        /// Stops this instance and starts a new one on the same topic and data dir.
+        pub async fn restart(self) -> Self {
+            let TestApp { app, client, data_dir, kek, config, .. } = self;
+            app.stop().await;
+            let app = App::start(&config).await.expect("orderlog restarts");
+            let base = format!("http://{}", app.addr);
+            Self { app, base, client, data_dir, kek, config }
+        }
+
+        pub fn post(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+            self.client.post(format!("{}{path}", self.base)).bearer_auth(token)
+        }
+
+        pub fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
+            self.client.get(format!("{}{path}", self.base)).bearer_auth(token)
+        }
+
+        /// Every record of the app's topic, raw.
+        pub fn raw_records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+            super::raw_records(&self.app.kafka.brokers, &self.app.topic)
+        }
+    }
+}
+
+/// Reads every record of `topic` from the start, raw (key, value), headers appended to the value.
+pub fn raw_records(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use std::time::Duration;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("raw-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in 0..parts {
+        let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        if hi > lo {
+            remaining += hi - lo;
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        }
+    }
+    if remaining == 0 {
+        return vec![];
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut value = m.payload().unwrap_or_default().to_vec();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    value.extend_from_slice(h.key.as_bytes());
+                    value.extend_from_slice(h.value.unwrap_or_default());
+                }
+            }
+            out.push((m.key().unwrap_or_default().to_vec(), value));
+        }
+    }
+    assert_eq!(out.len() as i64, remaining, "read every record of {topic}");
+    out
+}

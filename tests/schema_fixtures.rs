@@ -1,0 +1,170 @@
+//! Golden fixtures: every stored schema version must still decode, forever.
+//!
+//! `schemas/fixtures/v1/*.bin` are encoded events of one order (placed, shared,
+//! class-erased, cancelled, erased), sealed under a fixed test key; each `.json`
+//! beside them is what the current decoder must read from it. Regenerate only
+//! when adding a NEW version's fixtures:
+//! `ORDERLOG_WRITE_FIXTURES=1 cargo test --test schema_fixtures`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use orderlog::crypto::{KeyId, OrderKey};
+use orderlog::domain::{
+    decide, fixtures, fold, CancelReason, Command, ErasureScope, Event, FieldClass, Party,
+};
+use orderlog::domain::validation::ProviderId;
+use orderlog::events::{self, Envelope, EventMeta};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn fixture_key() -> OrderKey {
+    OrderKey::derive(KeyId([0x11; 16]), &[0x22; 32])
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/fixtures/v1")
+}
+
+/// What a reader sees of an envelope, personal fields included (fixture data is invented).
+fn summary(env: &Envelope, key: &OrderKey) -> Value {
+    let event = events::open_event(env, Some(key)).expect("fixture opens");
+    let body = match &event {
+        Event::OrderPlaced(p) => {
+            let s = p.personal.shipping.as_ref().map(|s| s.expose());
+            let c = p.personal.contact.as_ref().map(|c| c.expose());
+            json!({
+                "order_number": p.order_number.as_str(),
+                "merchant_id": p.merchant_id.as_str(),
+                "items": p.items.iter().map(|i| json!([i.sku.as_str(), i.name, i.quantity, i.unit_price, i.real_name])).collect::<Vec<_>>(),
+                "amount": p.amount.minor,
+                "currency": p.amount.currency.as_str(),
+                "classes": p.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                "consignee_name": s.map(|s| s.name.as_str()),
+                "postal_code": s.map(|s| s.address.postal_code.as_str()),
+                "mobile": s.map(|s| s.mobile.as_str()),
+                "email": c.and_then(|c| c.email.as_ref()).map(|e| e.as_str()),
+                "id_number": p.personal.identity.as_ref().map(|i| i.expose().as_str()),
+            })
+        }
+        Event::OrderShared { party, classes } => json!({
+            "party": party.to_string(),
+            "classes": classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        }),
+        Event::OrderCancelled { reason } => json!({ "reason": reason.as_str() }),
+        Event::OrderErased { scope } => json!({
+            "whole": *scope == ErasureScope::Order,
+            "classes": scope.classes().iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        }),
+    };
+    json!({
+        "schema_version": env.schema_version,
+        "kind": event.kind(),
+        "event_id": env.meta.event_id.to_string(),
+        "order_id": env.meta.order_id.to_string(),
+        "sequence": env.meta.sequence,
+        "occurred_at_ms": env.meta.occurred_at_ms,
+        "key_id": env.meta.key_id.to_string(),
+        "prev_hash": hex::encode(env.meta.prev_hash),
+        "body": body,
+    })
+}
+
+fn write_fixtures() {
+    let key = fixture_key();
+    let order_id = Uuid::parse_str("01936b2e-0000-7000-8000-000000000001").unwrap();
+    let commands = [
+        ("01-order-placed", Command::PlaceOrder(fixtures::new_order(42, true))),
+        (
+            "02-order-shared",
+            Command::ShareOrder {
+                party: Party::Logistics(ProviderId::parse("id", "sf-express").unwrap()),
+                classes: BTreeSet::from([FieldClass::Shipping, FieldClass::Identity]),
+            },
+        ),
+        (
+            "03-order-erased-identity",
+            Command::EraseOrder { scope: ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])) },
+        ),
+        ("04-order-cancelled", Command::CancelOrder { reason: CancelReason::CustomerRequest }),
+        ("05-order-erased", Command::EraseOrder { scope: ErasureScope::Order }),
+    ];
+    let mut history: Vec<Event> = Vec::new();
+    let mut prev = [0u8; 32];
+    for (n, (name, cmd)) in commands.into_iter().enumerate() {
+        let mut events = decide(&fold(&history), cmd).unwrap();
+        let event = events.remove(0);
+        let meta = EventMeta {
+            event_id: Uuid::parse_str(&format!("01936b2e-0000-7000-9000-{:012}", n + 1)).unwrap(),
+            order_id,
+            sequence: n as u64 + 1,
+            occurred_at_ms: 1_733_000_000_000 + n as i64 * 60_000,
+            key_id: key.id(),
+            prev_hash: prev,
+        };
+        let env = events::seal_event(&event, meta, Some(&key)).unwrap();
+        let bytes = events::encode(&env);
+        prev = events::record_hash(&bytes);
+        std::fs::write(dir().join(format!("{name}.bin")), &bytes).unwrap();
+        let json = serde_json::to_string_pretty(&summary(&env, &key)).unwrap();
+        std::fs::write(dir().join(format!("{name}.json")), json + "\n").unwrap();
+        history.push(event);
+    }
+}
+
+fn fixture_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_golden_fixture_decodes_to_its_recorded_reading() {
+    if std::env::var_os("ORDERLOG_WRITE_FIXTURES").is_some() {
+        write_fixtures();
+    }
+    let files = fixture_files();
+    assert_eq!(files.len(), 5, "expected five v1 fixtures in {}", dir().display());
+    let key = fixture_key();
+    for bin in files {
+        let bytes = std::fs::read(&bin).unwrap();
+        let env = events::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let expected: Value = serde_json::from_str(&std::fs::read_to_string(bin.with_extension("json")).unwrap()).unwrap();
+        assert_eq!(summary(&env, &key), expected, "{}", bin.display());
+        assert_eq!(events::encode(&env), bytes, "{} re-encodes to the same bytes", bin.display());
+    }
+}
+
+#[test]
+fn golden_fixtures_form_an_intact_hash_chain() {
+    let mut prev = [0u8; 32];
+    for (n, bin) in fixture_files().into_iter().enumerate() {
+        let bytes = std::fs::read(&bin).unwrap();
+        let env = events::decode(&bytes).unwrap();
+        assert_eq!(env.meta.sequence, n as u64 + 1);
+        assert_eq!(env.meta.prev_hash, prev, "{} links to its predecessor", bin.display());
+        prev = events::record_hash(&bytes);
+    }
+}
+
+#[test]
+fn golden_fixtures_hold_no_personal_plaintext() {
+    let personal = fixtures::personal(42, true, true);
+    let needles = [
+        personal.shipping.name.as_str().to_owned(),
+        personal.shipping.mobile.as_str().to_owned(),
+        personal.shipping.address.street.clone(),
+        personal.contact.email.as_ref().unwrap().as_str().to_owned(),
+        personal.identity.as_ref().unwrap().as_str().to_owned(),
+    ];
+    for bin in fixture_files() {
+        let bytes = std::fs::read(&bin).unwrap();
+        for n in &needles {
+            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "{} holds plaintext", bin.display());
+        }
+    }
+}
