@@ -14,6 +14,7 @@ use crate::config::{Config, Secret};
 use crate::api::auth::Role;
 use crate::crypto::{KeyVault, KekRing};
 use crate::kafka::{self, embedded::Embedded, KafkaSettings, TopicSpec};
+use crate::projections::{Assignment, Projector, ProjectorConfig};
 use crate::service::Service;
 use crate::store::Store;
 
@@ -23,6 +24,8 @@ pub struct App {
     pub service: Service,
     pub kafka: KafkaSettings,
     pub topic: String,
+    pub store: Store,
+    pub projector: Option<Projector>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Kept alive for the app's lifetime; dropped last.
@@ -45,7 +48,14 @@ impl App {
         let (embedded, settings, data) = match &config.brokers {
             Some(brokers) => {
                 let settings = KafkaSettings { brokers: brokers.clone(), extra: config.kafka.clone() };
-                kafka::ensure_topics(&settings, &[TopicSpec::events(&config.topic, config.partitions, config.replication)])
+                let dlq = format!("{}{}", config.topic, crate::projections::projector::DEAD_LETTER_SUFFIX);
+                kafka::ensure_topics(
+                    &settings,
+                    &[
+                        TopicSpec::events(&config.topic, config.partitions, config.replication),
+                        TopicSpec::events(dlq, 1, config.replication),
+                    ],
+                )
                     .await
                     .with_context(|| format!("creating topic {}", config.topic))?;
                 (None, settings, None)
@@ -53,6 +63,8 @@ impl App {
             None => {
                 let e = Embedded::start().context("starting the embedded Kafka mock cluster")?;
                 e.create_topic(&config.topic, config.partitions).context("creating the topic on the embedded cluster")?;
+                e.create_topic(&format!("{}{}", config.topic, crate::projections::projector::DEAD_LETTER_SUFFIX), 1)
+                    .context("creating the dead-letter topic on the embedded cluster")?;
                 let settings = KafkaSettings::new(e.bootstrap());
                 let dir = tempfile::Builder::new().prefix("orderlog-embedded-").tempdir()?;
                 (Some(e), settings, Some(dir))
@@ -61,7 +73,7 @@ impl App {
         let data_dir = data.as_ref().map(|d| d.path().to_owned()).unwrap_or_else(|| config.data_dir.clone());
         std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let store = Store::open(&data_dir)?;
-        let vault = Arc::new(KeyVault::new(store, KekRing::new(kek.clone())));
+        let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
         let partitions = {
             let (s, t) = (settings.clone(), config.topic.clone());
             tokio::task::spawn_blocking(move || kafka::partition_count(&s, &t, Duration::from_secs(10)))
@@ -71,6 +83,16 @@ impl App {
         let service = Service::start(settings.clone(), config.topic.clone(), partitions, vault, config.produce_timeout)
             .await
             .context("starting the write service")?;
+        let projector = Projector::start(
+            store.clone(),
+            ProjectorConfig {
+                settings: settings.clone(),
+                topic: config.topic.clone(),
+                assignment: Assignment::Group(format!("orderlog-projector.{}", config.topic)),
+                batch_max: 1000,
+            },
+        )
+        .context("starting the projector")?;
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
             tracing::warn!("No bearer tokens configured: every request will be refused (set ORDERLOG_TOKENS).");
@@ -80,6 +102,7 @@ impl App {
             tokens: Arc::new(tokens),
             mac_key: Arc::new(*kek.derive_secret("idempotency-mac")),
             topic: config.topic.as_str().into(),
+            store: store.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -92,7 +115,18 @@ impl App {
             axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await
         });
         tracing::info!(%addr, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
-        Ok(Self { addr, service, kafka: settings, topic: config.topic.clone(), shutdown, server, _data: data, embedded })
+        Ok(Self {
+            addr,
+            service,
+            kafka: settings,
+            topic: config.topic.clone(),
+            store,
+            projector: Some(projector),
+            shutdown,
+            server,
+            _data: data,
+            embedded,
+        })
     }
 
     pub fn is_embedded(&self) -> bool {
@@ -101,13 +135,16 @@ impl App {
 
     /// Stops accepting, finishes in-flight requests and commands, flushes the
     /// producer; bounded by [`SHUTDOWN_LIMIT`].
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
         match tokio::time::timeout(SHUTDOWN_LIMIT, self.server).await {
             Ok(_) => {}
             Err(_) => tracing::warn!("HTTP server did not drain in time."),
         }
         self.service.shutdown(SHUTDOWN_LIMIT).await;
+        if let Some(p) = self.projector.take() {
+            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+        }
         tracing::info!("orderlog stopped.");
     }
 }

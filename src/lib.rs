@@ -10,6 +10,7 @@
 //! - [`crypto`]: order keys, per-class subkeys, AES-SIV, KEK, key vault.
 //! - [`store`]: RocksDB column families and typed value codecs.
 //! - [`kafka`]: client settings, topics, the embedded mock cluster.
+//! - [`projections`]: the projector and the shipping and merchant views.
 //! - [`service`]: the write side: per-partition writers with group commit.
 //! - [`api`]: HTTP routes, authentication, error-to-status mapping.
 //! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
@@ -21,5 +22,6 @@ pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod kafka;
+pub mod projections;
 pub mod service;
 pub mod store;

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod orders;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     /// Key of the idempotency MACs (derived from the KEK at start).
     pub mac_key: Arc<[u8; 32]>,
     pub topic: Arc<str>,
+    /// The node's RocksDB, holding the views.
+    pub store: crate::store::Store,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,6 +63,10 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/v1/orders/{id}/shares", post(orders::share_order)),
         ("POST", "/v1/orders/{id}/cancel", post(orders::cancel_order)),
         ("POST", "/v1/orders/{id}/erase", post(orders::erase_order)),
+        ("GET", "/v1/shipping/{provider}/orders", get(views::shipping_feed)),
+        ("GET", "/v1/shipping/{provider}/orders/{id}", get(views::shipping_order)),
+        ("GET", "/v1/merchants/{merchant}/orders", get(views::merchant_feed)),
+        ("GET", "/v1/merchants/{merchant}/orders/{id}", get(views::merchant_order)),
     ]
 }
 

@@ -30,7 +30,7 @@ use crate::service::{Idempotency, Outcome, OrderView};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlaceOrderBody {
+pub(crate) struct PlaceOrderBody {
     order_number: String,
     merchant_id: String,
     items: Vec<ItemBody>,
@@ -83,7 +83,7 @@ struct ContactBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ShareBody {
+pub(crate) struct ShareBody {
     party: PartyBody,
     fields: Vec<String>,
 }
@@ -97,13 +97,13 @@ struct PartyBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CancelBody {
+pub(crate) struct CancelBody {
     reason: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct EraseBody {
+pub(crate) struct EraseBody {
     /// Only these field classes; absent = the whole order.
     #[serde(default)]
     fields: Option<Vec<String>>,
@@ -326,7 +326,7 @@ pub async fn erase_order(
                 "erased_at": super::rfc3339(outcome.occurred_at_ms),
                 "scope": if scope == ErasureScope::Order { "order" } else { "classes" },
                 "fields": classes,
-                "event": outcome.position.map(|(p, o)| json!({ "topic": state.topic, "partition": p, "offset": o })),
+                "event": outcome.position.map(|(p, o)| json!({ "topic": &*state.topic, "partition": p, "offset": o })),
                 "key_id": outcome.key_id.map(|k| k.to_string()),
                 "purged": ["key vault: wrapped class subkeys deleted (fsynced)"],
                 "verified": verified,

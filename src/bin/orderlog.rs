@@ -21,12 +21,40 @@ struct Cli {
 enum Cmd {
     /// Run the HTTP API. Without --brokers it runs on an embedded, in-memory Kafka (demo only).
     Serve(Overrides),
+    /// Run only the projector: keep the views in DATA_DIR up to date with the log.
+    Project(ProjectArgs),
+    /// Print the digest of the views in a data directory.
+    ViewDigest {
+        #[arg(long, env = "ORDERLOG_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Write a new key-encryption key (KEK) to a file readable by its owner only.
     Keygen {
         /// Where to write it; refuses to overwrite an existing file.
         #[arg(long, default_value = "orderlog.kek")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ProjectArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "ORDERLOG_BROKERS")]
+    brokers: String,
+    #[arg(long, env = "ORDERLOG_TOPIC", default_value = orderlog::kafka::TOPIC_EVENTS)]
+    topic: String,
+    /// RocksDB directory of the views.
+    #[arg(long, env = "ORDERLOG_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Consumer group to share partitions in (default orderlog-projector.<topic>).
+    #[arg(long)]
+    group: Option<String>,
+    /// Read every partition without a consumer group (a rebuild).
+    #[arg(long, conflicts_with = "group")]
+    all_partitions: bool,
+    /// Exit once every partition is projected to its end.
+    #[arg(long)]
+    until_caught_up: bool,
 }
 
 fn init_telemetry() {
@@ -46,6 +74,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Keygen { out } => keygen(out),
         Cmd::Serve(overrides) => serve(overrides),
+        Cmd::Project(args) => project(args),
+        Cmd::ViewDigest { data_dir } => view_digest(data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,6 +84,60 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn kafka_settings(brokers: String) -> orderlog::kafka::KafkaSettings {
+    let mut s = orderlog::kafka::KafkaSettings::new(brokers);
+    for (k, v) in std::env::vars() {
+        if let Some(rest) = k.strip_prefix("ORDERLOG_KAFKA_") {
+            s.extra.insert(rest.to_ascii_lowercase().replace('_', "."), v);
+        }
+    }
+    s
+}
+
+fn project(args: ProjectArgs) -> anyhow::Result<()> {
+    use orderlog::projections::{Assignment, Projector, ProjectorConfig};
+    std::fs::create_dir_all(&args.data_dir)?;
+    let store = orderlog::store::Store::open(&args.data_dir)?;
+    let assignment = if args.all_partitions {
+        Assignment::All
+    } else {
+        Assignment::Group(args.group.unwrap_or_else(|| format!("orderlog-projector.{}", args.topic)))
+    };
+    let config = ProjectorConfig { settings: kafka_settings(args.brokers), topic: args.topic, assignment, batch_max: 1000 };
+    let projector = Projector::start(store, config)?;
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let caught_up = async {
+            loop {
+                if args.until_caught_up && projector.status.caught_up() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            _ = caught_up => {}
+            _ = wait_for_signal() => tracing::info!("Stop requested."),
+        }
+    });
+    let projected = projector.status.projected.load(std::sync::atomic::Ordering::Relaxed);
+    let dead = projector.status.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
+    projector.stop()?;
+    println!("projected {projected} events ({dead} dead-lettered) in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn view_digest(data_dir: PathBuf) -> anyhow::Result<()> {
+    let store = orderlog::store::Store::open(&data_dir)?;
+    let d = orderlog::projections::query::digest(&store)?;
+    for (view, (rows, digest)) in &d.per_view {
+        println!("{view:<16} {rows:>9} rows  {digest}");
+    }
+    println!("{:<16} {:>9}       {}", "total", "", d.total);
+    Ok(())
 }
 
 fn keygen(out: PathBuf) -> anyhow::Result<()> {

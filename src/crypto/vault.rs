@@ -292,7 +292,7 @@ mod tests {
 
     fn same(a: &OrderKey, b: &OrderKey) -> bool {
         a.id() == b.id()
-            && FieldClass::ALL.iter().all(|c| a.subkey(*c).map(|k| *k.as_ref()) == b.subkey(*c).map(|k| *k.as_ref()))
+            && FieldClass::ALL.iter().all(|c| a.subkey(*c).map(|k| **k) == b.subkey(*c).map(|k| **k))
     }
 
     #[test]
@@ -312,7 +312,7 @@ mod tests {
         let order = Uuid::now_v7();
         let k = v.create(order, 1).unwrap();
         drop(v);
-        let sub = *k.subkey(FieldClass::Shipping).unwrap().as_ref();
+        let sub: [u8; 64] = **k.subkey(FieldClass::Shipping).unwrap();
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
             assert!(!bytes.windows(16).any(|w| w == &sub[..16]), "raw subkey found on disk");

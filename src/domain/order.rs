@@ -123,6 +123,8 @@ impl ErasureScope {
     }
 }
 
+crate::redacted_debug!(ShippingInfo, ContactInfo, PersonalData);
+
 /// Shipping class: what a logistics provider needs to deliver.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
 pub struct ShippingInfo {

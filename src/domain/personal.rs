@@ -43,6 +43,18 @@ impl<T: Zeroize> fmt::Display for Personal<T> {
     }
 }
 
+/// Implements `Debug` as `Type([redacted])` for types that hold personal data.
+#[macro_export]
+macro_rules! redacted_debug {
+    ($($t:ty),+ $(,)?) => {$(
+        impl ::std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(concat!(stringify!($t), "([redacted])"))
+            }
+        }
+    )+};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

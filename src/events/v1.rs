@@ -112,3 +112,5 @@ pub struct ContactV1 {
 pub struct IdentityV1 {
     pub id_number: String,
 }
+
+crate::redacted_debug!(ShippingV1, ContactV1, IdentityV1);

@@ -453,7 +453,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     // Send everything, then wait for all acknowledgements: one round trip.
     let mut deliveries = Vec::with_capacity(pending.len());
     for p in &pending {
-        let key = p.job.order_id.as_bytes().to_vec();
+        let key: &[u8] = p.job.order_id.as_bytes();
         let mut futs = Vec::with_capacity(p.records.len());
         for (n, (bytes, ts)) in p.records.iter().enumerate() {
             let mut headers = OwnedHeaders::new();
@@ -466,7 +466,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
             }
             let record = FutureRecord::to(&shared.topic)
                 .partition(partition as i32)
-                .key(&key)
+                .key(key)
                 .payload(bytes)
                 .timestamp(*ts)
                 .headers(headers);

@@ -4,7 +4,15 @@
 //! column family    key                          value
 //! order_keys       order id (16 bytes)          StoredKey (bincode): KEK id, key id, wrapped class subkeys
 //! shredded_keys    order id (16 bytes)          Shredded (bincode): key id, classes, when
+//! view_orders      order id (16 bytes)          ProjectedOrder (bincode): public facts, sealed fields, shares
+//! shipping_feed    provider | partition | offset   FeedEntry (bincode): order id, change
+//! merchant_feed    merchant | partition | offset   FeedEntry (bincode)
+//! view_offsets     partition (u32 BE)           next offset to project (u64 BE)
 //! ```
+//!
+//! `provider` and `merchant` are length-prefixed (one byte) ids; partition is
+//! u32 and offset u64, big-endian, so a feed scans in log order per partition.
+//! A view change and the offset it came from are written in one WriteBatch.
 //!
 //! Keys are big-endian byte strings so scans come out in order. Plaintext
 //! personal data and unwrapped keys never live here.
@@ -16,9 +24,17 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub const CF_ORDER_KEYS: &str = "order_keys";
 pub const CF_SHREDDED_KEYS: &str = "shredded_keys";
+pub const CF_VIEW_ORDERS: &str = "view_orders";
+pub const CF_SHIPPING_FEED: &str = "shipping_feed";
+pub const CF_MERCHANT_FEED: &str = "merchant_feed";
+pub const CF_VIEW_OFFSETS: &str = "view_offsets";
+
+/// The column families that make up the views (digested by audits).
+pub const VIEW_COLUMN_FAMILIES: &[&str] = &[CF_VIEW_ORDERS, CF_SHIPPING_FEED, CF_MERCHANT_FEED];
 
 /// Every column family this version knows; all are created when missing.
-pub const COLUMN_FAMILIES: &[&str] = &[CF_ORDER_KEYS, CF_SHREDDED_KEYS];
+pub const COLUMN_FAMILIES: &[&str] =
+    &[CF_ORDER_KEYS, CF_SHREDDED_KEYS, CF_VIEW_ORDERS, CF_SHIPPING_FEED, CF_MERCHANT_FEED, CF_VIEW_OFFSETS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -84,7 +84,7 @@ pub mod app {
     use std::collections::BTreeMap;
 
     use orderlog::app::App;
-    use orderlog::config::{Config, Overrides, Secret};
+    use orderlog::config::{Config, Overrides};
     use orderlog::crypto::Kek;
 
     pub const CHECKOUT: &str = "test-token-checkout-0001";

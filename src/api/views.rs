@@ -1,0 +1,263 @@
+//! The query API over the views: a logistics provider reads the orders shared
+//! with it, a merchant its own orders, each as a change feed with a cursor
+//! and one order at a time.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::{rfc3339, AppState};
+use crate::crypto::VaultError;
+use crate::domain::validation::{MerchantId, ProviderId};
+use crate::domain::{Event, PersonalFields};
+use crate::events::codec::class_of;
+use crate::events::v1::{ClassV1, PartyV1};
+use crate::projections::query::{self, Cursor, FeedItem};
+use crate::projections::ProjectedOrder;
+use crate::store::{CF_MERCHANT_FEED, CF_SHIPPING_FEED};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+/// Longest a read waits for `min_version`.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedParams {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderParams {
+    min_version: Option<u64>,
+}
+
+fn params<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(p)| p).map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query string: {}", e.body_text().split(": ").last().unwrap_or("bad parameter"))))
+}
+
+fn cursor(after: Option<&str>) -> Result<Cursor, ApiError> {
+    match after {
+        None | Some("") => Ok(Cursor::default()),
+        Some(s) => s.parse().map_err(|_| ApiError::bad_request("invalid_cursor", "after must be a cursor returned by this API").field("after")),
+    }
+}
+
+fn limit(l: Option<usize>) -> Result<usize, ApiError> {
+    match l.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(ApiError::bad_request("invalid_query", "limit must be at least 1").field("limit")),
+        n => Ok(n.min(MAX_LIMIT)),
+    }
+}
+
+/// The personal fields of `classes` that can still be opened.
+fn personal(state: &AppState, order: &ProjectedOrder, classes: &[ClassV1]) -> Result<PersonalFields, ApiError> {
+    if order.sealed.is_empty() || classes.is_empty() {
+        return Ok(PersonalFields::default());
+    }
+    let key = match state.service.vault().get(order.id()) {
+        Ok(k) => k,
+        Err(VaultError::Shredded { .. } | VaultError::NotFound(_)) => return Ok(PersonalFields::default()),
+        Err(e) => return Err(crate::service::ServiceError::from(e).into()),
+    };
+    let mut env = order.sealed_envelope();
+    env.sealed.retain(|s| classes.contains(&s.class));
+    match crate::events::open_event(&env, Some(&key)) {
+        Ok(Event::OrderPlaced(p)) => Ok(p.personal),
+        Ok(_) => Ok(PersonalFields::default()),
+        Err(e) => {
+            tracing::error!(order_id = %order.id(), error = %e, "Sealed view fields failed to open.");
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
+        }
+    }
+}
+
+fn personal_json(p: &PersonalFields) -> Value {
+    json!({
+        "consignee": p.shipping.as_ref().map(|s| {
+            let s = s.expose();
+            json!({
+                "name": s.name.as_str(),
+                "address": {"province": s.address.province, "city": s.address.city, "district": s.address.district,
+                            "street": s.address.street, "postal_code": s.address.postal_code},
+                "mobile": s.mobile.as_str(),
+                "mobile_masked": s.mobile.masked(),
+            })
+        }),
+        "contact": p.contact.as_ref().map(|c| {
+            let c = c.expose();
+            json!({"landline": c.landline.as_ref().map(|l| l.as_str()), "email": c.email.as_ref().map(|e| e.as_str())})
+        }),
+        "id_number": p.identity.as_ref().map(|i| i.expose().as_str()),
+    })
+}
+
+fn class_names(c: &[ClassV1]) -> Vec<&'static str> {
+    c.iter().map(|c| class_of(*c).as_str()).collect()
+}
+
+fn shipping_json(state: &AppState, o: &ProjectedOrder, provider: &PartyV1) -> Result<Value, ApiError> {
+    let classes: Vec<ClassV1> = o.classes_for(provider).into_iter().filter(|c| !o.erased.contains(c)).collect();
+    let p = personal(state, o, &classes)?;
+    let mut v = json!({
+        "order_id": o.id(),
+        "order_number": o.order_number,
+        "status": o.status.as_str(),
+        "version": o.version,
+        "fields": class_names(&classes),
+        "erased_fields": class_names(&o.erased),
+        "updated_at": rfc3339(o.updated_at_ms),
+    });
+    merge(&mut v, personal_json(&p));
+    Ok(v)
+}
+
+fn merchant_json(state: &AppState, o: &ProjectedOrder) -> Result<Value, ApiError> {
+    let me = PartyV1::Merchant(o.merchant_id.clone());
+    let classes: Vec<ClassV1> = o.classes_for(&me).into_iter().filter(|c| !o.erased.contains(c)).collect();
+    let p = personal(state, o, &classes)?;
+    let mut v = json!({
+        "order_id": o.id(),
+        "order_number": o.order_number,
+        "status": o.status.as_str(),
+        "version": o.version,
+        "items": o.items.iter().map(|i| json!({"sku": i.sku, "name": i.name, "quantity": i.quantity, "unit_price": i.unit_price, "real_name": i.real_name})).collect::<Vec<_>>(),
+        "amount": o.amount_minor,
+        "currency": String::from_utf8_lossy(&o.currency),
+        "fields": class_names(&classes),
+        "erased_fields": class_names(&o.erased),
+        "placed_at": rfc3339(o.placed_at_ms),
+        "updated_at": rfc3339(o.updated_at_ms),
+    });
+    merge(&mut v, personal_json(&p));
+    Ok(v)
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(a), Value::Object(b)) = (into, from) {
+        a.extend(b);
+    }
+}
+
+fn feed_json(state: &AppState, items: Vec<FeedItem>, next: Cursor, render: impl Fn(&ProjectedOrder) -> Result<Value, ApiError>) -> Result<Value, ApiError> {
+    let mut changes = Vec::with_capacity(items.len());
+    for it in items {
+        let id = Uuid::from_bytes(it.entry.order_id);
+        let order = query::order(&state.store, id).map_err(internal)?;
+        changes.push(json!({
+            "position": format!("{}-{}", it.partition, it.offset),
+            "order_id": id,
+            "change": it.entry.change.as_str(),
+            "fields": class_names(&it.entry.classes),
+            "version": it.entry.version,
+            "at": rfc3339(it.entry.at_ms),
+            "order": order.as_ref().map(&render).transpose()?,
+        }));
+    }
+    Ok(json!({ "changes": changes, "next_cursor": next.to_string() }))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "View read failed.");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+}
+
+/// The order's view row, waiting up to [`MAX_WAIT`] for `min_version`.
+async fn wait_for(state: &AppState, id: Uuid, min_version: Option<u64>) -> Result<Option<ProjectedOrder>, ApiError> {
+    let deadline = Instant::now() + MAX_WAIT;
+    loop {
+        let o = query::order(&state.store, id).map_err(internal)?;
+        let have = o.as_ref().map_or(0, |o| o.version);
+        match min_version {
+            Some(v) if have < v => {
+                if Instant::now() >= deadline {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "view_lagging",
+                        format!("the view has version {have} of this order, not yet {v}; retry"),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return Ok(o),
+        }
+    }
+}
+
+fn provider_role(caller: &Caller, provider: &str) -> Result<PartyV1, ApiError> {
+    let id = ProviderId::parse("provider", provider)?;
+    caller.require(&[Role::Logistics(id)])?;
+    Ok(PartyV1::Logistics(provider.to_owned()))
+}
+
+fn merchant_role(caller: &Caller, merchant: &str) -> Result<(), ApiError> {
+    let id = MerchantId::parse("merchant", merchant)?;
+    caller.require(&[Role::Merchant(id)])
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id"))
+}
+
+pub async fn shipping_feed(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(provider): Path<String>,
+    q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let party = provider_role(&caller, &provider)?;
+    let p = params(q)?;
+    let (items, next) = query::feed(&state.store, CF_SHIPPING_FEED, &provider, &cursor(p.after.as_deref())?, limit(p.limit)?).map_err(internal)?;
+    Ok(Json(feed_json(&state, items, next, |o| shipping_json(&state, o, &party))?))
+}
+
+pub async fn shipping_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((provider, id)): Path<(String, String)>,
+    q: Result<Query<OrderParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let party = provider_role(&caller, &provider)?;
+    let id = parse_id(&id)?;
+    let p = params(q)?;
+    match wait_for(&state, id, p.min_version).await? {
+        Some(o) if o.shared_with(&party) => Ok(Json(shipping_json(&state, &o, &party)?)),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "no order with this id was shared with this provider")),
+    }
+}
+
+pub async fn merchant_feed(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(merchant): Path<String>,
+    q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    merchant_role(&caller, &merchant)?;
+    let p = params(q)?;
+    let (items, next) = query::feed(&state.store, CF_MERCHANT_FEED, &merchant, &cursor(p.after.as_deref())?, limit(p.limit)?).map_err(internal)?;
+    Ok(Json(feed_json(&state, items, next, |o| merchant_json(&state, o))?))
+}
+
+pub async fn merchant_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((merchant, id)): Path<(String, String)>,
+    q: Result<Query<OrderParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    merchant_role(&caller, &merchant)?;
+    let id = parse_id(&id)?;
+    let p = params(q)?;
+    match wait_for(&state, id, p.min_version).await? {
+        Some(o) if o.merchant_id == merchant => Ok(Json(merchant_json(&state, &o)?)),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "this merchant has no order with this id")),
+    }
+}

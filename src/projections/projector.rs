@@ -1,0 +1,391 @@
+//! The projector: consumes the event log and keeps the views in RocksDB.
+//!
+//! It runs on its own OS thread with a blocking consumer. Messages are folded
+//! in batches; each batch is one RocksDB WriteBatch holding the view changes
+//! *and* the next offset of every partition it covers, so a crash at any
+//! point never applies an event twice or skips one: on restart the projector
+//! resumes from the offsets in RocksDB (seeking back if Kafka's committed
+//! offset, kept only as a hint, is ahead of them). A record that cannot be
+//! projected goes to the dead-letter topic with the reason, and projection
+//! goes on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use rocksdb::WriteBatch;
+use uuid::Uuid;
+
+use super::model::{feed_key, project, FeedTarget, ProjectedOrder};
+use crate::kafka::KafkaSettings;
+use crate::store::{
+    decode_value, encode_value, Store, StoreError, CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS,
+};
+
+/// Suffix of the dead-letter topic: `<events topic>.dead-letter`.
+pub const DEAD_LETTER_SUFFIX: &str = ".dead-letter";
+pub const HEADER_DLQ_REASON: &str = "orderlog-dlq-reason";
+pub const HEADER_DLQ_SOURCE: &str = "orderlog-dlq-source";
+
+/// How the projector gets its partitions.
+#[derive(Debug, Clone)]
+pub enum Assignment {
+    /// Join this consumer group and share the partitions with its other members.
+    Group(String),
+    /// Read every partition of the topic (a single instance, or an audit replay).
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    pub settings: KafkaSettings,
+    pub topic: String,
+    pub assignment: Assignment,
+    /// Most messages folded into one WriteBatch.
+    pub batch_max: usize,
+}
+
+impl ProjectorConfig {
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}{DEAD_LETTER_SUFFIX}", self.topic)
+    }
+}
+
+/// Live figures of a running projector, for metrics and readiness.
+#[derive(Debug, Default)]
+pub struct ProjectorStatus {
+    /// Per partition: (next offset to project, high watermark).
+    pub positions: Mutex<BTreeMap<i32, (i64, i64)>>,
+    pub projected: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub assigned: AtomicBool,
+}
+
+impl ProjectorStatus {
+    /// Records behind the end of the log, per assigned partition.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        self.positions.lock().expect("positions lock").iter().map(|(p, (next, high))| (*p, (high - next).max(0))).collect()
+    }
+
+    /// True once partitions are assigned and none lags.
+    pub fn caught_up(&self) -> bool {
+        self.assigned.load(Ordering::Acquire) && self.lag().values().all(|l| *l == 0)
+    }
+}
+
+/// A running projector; [`Projector::stop`] ends it after its current batch.
+#[derive(Debug)]
+pub struct Projector {
+    stop: Arc<AtomicBool>,
+    pub status: Arc<ProjectorStatus>,
+    handle: Option<std::thread::JoinHandle<Result<(), ProjectorError>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rocksdb::Error> for ProjectorError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Store(StoreError::Rocks(e))
+    }
+}
+
+impl Projector {
+    pub fn start(store: Store, config: ProjectorConfig) -> Result<Self, ProjectorError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(ProjectorStatus::default());
+        let mut run = Run::new(store, config, status.clone())?;
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("projector".into())
+            .spawn(move || {
+                let r = run.run(&stop2);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "Projector stopped on an error.");
+                }
+                r
+            })
+            .expect("spawn projector thread");
+        Ok(Self { stop, status, handle: Some(handle) })
+    }
+
+    /// Blocks until every assigned partition is projected to its end, or `timeout`.
+    pub fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.status.caught_up() {
+                return true;
+            }
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn stop(mut self) -> Result<(), ProjectorError> {
+        self.stop.store(true, Ordering::Release);
+        match self.handle.take() {
+            Some(h) => h.join().unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Run {
+    store: Store,
+    config: ProjectorConfig,
+    status: Arc<ProjectorStatus>,
+    consumer: BaseConsumer,
+    dlq: FutureProducer,
+    /// Next offset per partition, as stored (or about to be, in the batch).
+    next: HashMap<i32, i64>,
+    overlay: HashMap<[u8; 16], ProjectedOrder>,
+    batch: WriteBatch,
+    dirty: HashMap<i32, i64>,
+    pending: usize,
+}
+
+impl Run {
+    fn new(store: Store, config: ProjectorConfig, status: Arc<ProjectorStatus>) -> Result<Self, ProjectorError> {
+        let group = match &config.assignment {
+            Assignment::Group(g) => g.clone(),
+            Assignment::All => format!("orderlog-projector-{}", Uuid::new_v4()),
+        };
+        let consumer: BaseConsumer = config
+            .settings
+            .client_config()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()?;
+        match &config.assignment {
+            Assignment::Group(_) => consumer.subscribe(&[&config.topic])?,
+            Assignment::All => {
+                let md = consumer.fetch_metadata(Some(&config.topic), Duration::from_secs(10))?;
+                let mut tpl = TopicPartitionList::new();
+                for t in md.topics() {
+                    for p in t.partitions() {
+                        tpl.add_partition_offset(&config.topic, p.id(), Offset::Beginning)?;
+                    }
+                }
+                consumer.assign(&tpl)?;
+            }
+        }
+        let dlq: FutureProducer = config
+            .settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(Self {
+            store,
+            config,
+            status,
+            consumer,
+            dlq,
+            next: HashMap::new(),
+            overlay: HashMap::new(),
+            batch: WriteBatch::default(),
+            dirty: HashMap::new(),
+            pending: 0,
+        })
+    }
+
+    fn stored_next(&mut self, partition: i32) -> Result<i64, ProjectorError> {
+        if let Some(n) = self.next.get(&partition) {
+            return Ok(*n);
+        }
+        let cf = self.store.cf(CF_VIEW_OFFSETS);
+        let n = match self.store.db().get_cf(cf, (partition as u32).to_be_bytes())? {
+            Some(v) if v.len() == 8 => i64::from_be_bytes(v[..].try_into().expect("8 bytes")),
+            _ => 0,
+        };
+        self.next.insert(partition, n);
+        Ok(n)
+    }
+
+    fn order(&self, id: &[u8; 16]) -> Result<Option<ProjectedOrder>, ProjectorError> {
+        if let Some(o) = self.overlay.get(id) {
+            return Ok(Some(o.clone()));
+        }
+        match self.store.db().get_pinned_cf(self.store.cf(CF_VIEW_ORDERS), id)? {
+            Some(v) => Ok(Some(decode_value(CF_VIEW_ORDERS, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), ProjectorError> {
+        let mut last_positions = Instant::now() - Duration::from_secs(10);
+        while !stop.load(Ordering::Acquire) {
+            let polled = match self.consumer.poll(Duration::from_millis(100)) {
+                None => None,
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok(m)) => Some(Ok((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()))),
+            };
+            match polled {
+                None => {
+                    self.flush()?;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Projector consume error.");
+                }
+                Some(Ok((partition, offset, key, payload))) => {
+                    let expected = self.stored_next(partition)?;
+                    if offset < expected {
+                        continue; // already in the views
+                    }
+                    if offset > expected {
+                        let (low, _) = self.consumer.fetch_watermarks(&self.config.topic, partition, Duration::from_secs(5))?;
+                        if low <= expected {
+                            // Kafka's committed offset ran ahead of RocksDB (for
+                            // example the data dir was wiped): go back.
+                            self.flush()?;
+                            tracing::info!(partition, from = offset, to = expected, "Seeking back to the views' offset.");
+                            self.consumer.seek(&self.config.topic, partition, Offset::Offset(expected), Duration::from_secs(5))?;
+                            continue;
+                        }
+                        tracing::warn!(partition, expected, low, "Records before the log's start are gone (retention); projecting from what is left.");
+                    }
+                    self.fold(partition, offset, key.as_deref(), &payload)?;
+                    self.next.insert(partition, offset + 1);
+                    self.dirty.insert(partition, offset + 1);
+                    self.pending += 1;
+                    if self.pending >= self.config.batch_max {
+                        self.flush()?;
+                    }
+                }
+            }
+            if last_positions.elapsed() > Duration::from_millis(500) {
+                self.refresh_positions();
+                last_positions = Instant::now();
+            }
+        }
+        self.flush()
+    }
+
+    fn fold(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ProjectorError> {
+        let current = match crate::events::decode(payload) {
+            Ok(env) => self.order(env.meta.order_id.as_bytes())?,
+            Err(_) => None,
+        };
+        match project(current.as_ref(), payload, key, partition as u32) {
+            Ok(p) => {
+                for (target, entry) in &p.feeds {
+                    let (cf, id) = match target {
+                        FeedTarget::Shipping(id) => (CF_SHIPPING_FEED, id),
+                        FeedTarget::Merchant(id) => (CF_MERCHANT_FEED, id),
+                    };
+                    self.batch.put_cf(self.store.cf(cf), feed_key(id, partition as u32, offset as u64), encode_value(entry));
+                }
+                self.overlay.insert(p.order.order_id, p.order);
+                self.status.projected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                // Dead-letter it, and only then move on: the record must be
+                // somewhere before its offset is passed.
+                self.flush()?;
+                let reason = reason.to_string();
+                tracing::warn!(partition, offset, %reason, "Record dead-lettered.");
+                let source = format!("{}/{partition}/{offset}", self.config.topic);
+                let topic = self.config.dead_letter_topic();
+                loop {
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) })
+                        .insert(Header { key: HEADER_DLQ_SOURCE, value: Some(source.as_bytes()) });
+                    let mut record = FutureRecord::to(&topic).payload(payload).headers(headers);
+                    if let Some(k) = key {
+                        record = record.key(k);
+                    }
+                    let sent = match self.dlq.send_result(record) {
+                        Ok(fut) => futures::executor::block_on(fut).map_err(|_| "delivery cancelled".to_owned()).and_then(|r| r.map(|_| ()).map_err(|(e, _)| e.to_string())),
+                        Err((e, _)) => Err(e.to_string()),
+                    };
+                    match sent {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, %topic, "Dead-letter produce failed; retrying.");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+                self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the batch: view rows, feed entries and offsets together.
+    fn flush(&mut self) -> Result<(), ProjectorError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        for (id, o) in self.overlay.drain() {
+            batch.put_cf(self.store.cf(CF_VIEW_ORDERS), id, encode_value(&o));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in self.dirty.drain() {
+            batch.put_cf(self.store.cf(CF_VIEW_OFFSETS), (p as u32).to_be_bytes(), next.to_be_bytes());
+            tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next))?;
+        }
+        self.store.db().write(batch)?;
+        self.pending = 0;
+        self.status.batches.fetch_add(1, Ordering::Relaxed);
+        if matches!(self.config.assignment, Assignment::Group(_)) {
+            // A hint for the next start; RocksDB's offsets are the truth.
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "Offset commit hint failed.");
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_positions(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let parts: Vec<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
+        if parts.is_empty() {
+            return;
+        }
+        let mut positions = BTreeMap::new();
+        for p in parts {
+            let Ok(next) = self.stored_next(p) else { return };
+            match self.consumer.fetch_watermarks(&self.config.topic, p, Duration::from_secs(2)) {
+                Ok((_, high)) => {
+                    positions.insert(p, (next, high));
+                }
+                Err(_) => return,
+            }
+        }
+        // Only "caught up" with nothing unflushed.
+        if self.pending == 0 {
+            *self.status.positions.lock().expect("positions lock") = positions;
+            self.status.assigned.store(true, Ordering::Release);
+        }
+    }
+}

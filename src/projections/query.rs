@@ -1,0 +1,130 @@
+//! Reading the views: change feeds with cursors, single orders, and the
+//! digest that proves two view stores equal.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use rocksdb::{Direction, IteratorMode};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::model::{feed_key, feed_position, feed_prefix, FeedEntry, ProjectedOrder};
+use crate::store::{decode_value, Store, StoreError, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, VIEW_COLUMN_FAMILIES};
+
+/// Where a feed reader is: per partition, the next offset it has not seen.
+/// Opaque to clients: `c1.<partition>-<offset>.<partition>-<offset>...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor(pub BTreeMap<u32, u64>);
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("c1")?;
+        for (p, o) in &self.0 {
+            write!(f, ".{p}-{o}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut parts = s.split('.');
+        if parts.next() != Some("c1") {
+            return Err(());
+        }
+        let mut map = BTreeMap::new();
+        for part in parts {
+            let (p, o) = part.split_once('-').ok_or(())?;
+            map.insert(p.parse().map_err(|_| ())?, o.parse().map_err(|_| ())?);
+        }
+        Ok(Cursor(map))
+    }
+}
+
+/// One feed entry with its position.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    pub partition: u32,
+    pub offset: u64,
+    pub entry: FeedEntry,
+}
+
+/// Partitions the views have projected anything of.
+pub fn partitions(store: &Store) -> Result<Vec<u32>, StoreError> {
+    let mut out = Vec::new();
+    for item in store.db().iterator_cf(store.cf(CF_VIEW_OFFSETS), IteratorMode::Start) {
+        let (k, _) = item?;
+        if k.len() == 4 {
+            out.push(u32::from_be_bytes(k[..].try_into().expect("4 bytes")));
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` entries of `party`'s feed after `after`, and the cursor to
+/// pass next time. Entries come in log order within each partition.
+pub fn feed(store: &Store, cf: &'static str, party: &str, after: &Cursor, limit: usize) -> Result<(Vec<FeedItem>, Cursor), StoreError> {
+    let prefix = feed_prefix(party);
+    let mut next = after.clone();
+    let mut items = Vec::new();
+    for p in partitions(store)? {
+        if items.len() >= limit {
+            break;
+        }
+        let from = after.0.get(&p).copied().unwrap_or(0);
+        let start = feed_key(party, p, from);
+        let iter = store.db().iterator_cf(store.cf(cf), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            let Some((kp, offset)) = k.starts_with(&prefix).then(|| feed_position(prefix.len(), &k)).flatten() else { break };
+            if kp != p {
+                break;
+            }
+            items.push(FeedItem { partition: p, offset, entry: decode_value(cf, &v)? });
+            next.0.insert(p, offset + 1);
+            if items.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok((items, next))
+}
+
+pub fn order(store: &Store, id: Uuid) -> Result<Option<ProjectedOrder>, StoreError> {
+    match store.db().get_pinned_cf(store.cf(CF_VIEW_ORDERS), id.as_bytes())? {
+        Some(v) => Ok(Some(decode_value(CF_VIEW_ORDERS, &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// SHA-256 of every view column family, row by row in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewDigest {
+    pub per_view: BTreeMap<&'static str, (u64, String)>,
+    pub total: String,
+}
+
+pub fn digest(store: &Store) -> Result<ViewDigest, StoreError> {
+    let mut total = Sha256::new();
+    let mut per_view = BTreeMap::new();
+    for cf in VIEW_COLUMN_FAMILIES {
+        let mut h = Sha256::new();
+        let mut rows = 0u64;
+        for item in store.db().iterator_cf(store.cf(cf), IteratorMode::Start) {
+            let (k, v) = item?;
+            for part in [&k[..], &v[..]] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+            rows += 1;
+        }
+        let d = hex::encode(h.finalize());
+        total.update(cf.as_bytes());
+        total.update(&d);
+        per_view.insert(*cf, (rows, d));
+    }
+    Ok(ViewDigest { per_view, total: hex::encode(total.finalize()) })
+}

@@ -1,0 +1,311 @@
+//! The read path against the real broker: shipping and merchant views, change
+//! feeds with cursors, exactly-once projection across a killed projector
+//! process, dead-lettering, and no personal plaintext on disk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::app::{TestApp, CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY};
+use orderlog::domain::fixtures;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn order_body(n: u32, real_name: bool, merchant: &str) -> Value {
+    let mut items = vec![json!({"sku": "SKU-TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800})];
+    let mut amount = 17_600;
+    if real_name {
+        items.push(json!({"sku": "SKU-DRILL", "name": "Drill", "quantity": 1, "unit_price": 39900, "real_name": true}));
+        amount += 39_900;
+    }
+    let mut b = json!({
+        "order_number": format!("ON-V-{n}-{}", uuid::Uuid::new_v4().simple()),
+        "merchant_id": merchant,
+        "items": items, "currency": "CNY", "amount": amount,
+        "consignee": {"name": format!("诸葛亮{n}"), "address": {"province": "四川省", "city": "成都市", "district": "武侯区",
+            "street": format!("武侯祠大街{n}号"), "postal_code": "610041"}, "mobile": format!("1380013{:04}", n)},
+        "contact": {"email": format!("kongming{n}@example.com")},
+    });
+    if real_name {
+        b["id_number"] = json!(fixtures::id_number(n));
+    }
+    b
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> Value {
+    let r = app.post(path, token).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
+    let r = app.get(path, token).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads a feed to its end from `cursor`, `limit` at a time.
+async fn drain(app: &TestApp, base: &str, token: &str, mut cursor: String, limit: usize) -> (Vec<Value>, String) {
+    let mut all = Vec::new();
+    loop {
+        let (s, page) = get(app, &format!("{base}?after={cursor}&limit={limit}"), token).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let changes = page["changes"].as_array().unwrap().clone();
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+        if changes.is_empty() {
+            return (all, cursor);
+        }
+        all.extend(changes);
+    }
+}
+
+#[tokio::test]
+async fn the_shipping_view_shows_a_provider_only_what_was_shared_with_it() {
+    let app = TestApp::spawn().await;
+    let shared = post(&app, "/v1/orders", CHECKOUT, order_body(1, true, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+    let not_shared = post(&app, "/v1/orders", CHECKOUT, order_body(2, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+    let other = post(&app, "/v1/orders", CHECKOUT, order_body(3, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+    let v = post(&app, &format!("/v1/orders/{shared}/shares"), CHECKOUT,
+        json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping"]})).await["version"].as_u64().unwrap();
+    post(&app, &format!("/v1/orders/{other}/shares"), CHECKOUT,
+        json!({"party": {"kind": "logistics", "id": "yto"}, "fields": ["shipping", "contact"]})).await;
+
+    let base = "/v1/shipping/sf-express/orders";
+    let (s, order) = get(&app, &format!("{base}/{shared}?min_version={v}"), LOGISTICS_SF).await;
+    assert_eq!(s, StatusCode::OK, "{order}");
+    assert_eq!(order["status"], "active");
+    assert_eq!(order["fields"], json!(["shipping"]));
+    assert_eq!(order["consignee"]["name"], "诸葛亮1");
+    assert_eq!(order["consignee"]["mobile"], "13800130001");
+    assert_eq!(order["consignee"]["mobile_masked"], "138****0001");
+    assert_eq!(order["contact"], Value::Null, "contact was not shared with sf-express");
+    assert_eq!(order["id_number"], Value::Null, "identity was not shared with sf-express");
+    assert!(order.get("items").is_none() && order.get("amount").is_none(), "a provider sees no prices");
+
+    for id in [&not_shared, &other] {
+        let (s, _) = get(&app, &format!("{base}/{id}"), LOGISTICS_SF).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "an order not shared with sf-express is not in its view");
+    }
+    let (feed, _) = drain(&app, base, LOGISTICS_SF, String::new(), 10).await;
+    assert_eq!(feed.len(), 1);
+    assert_eq!((feed[0]["order_id"].as_str(), feed[0]["change"].as_str()), (Some(shared.as_str()), Some("shared")));
+
+    let (s, e) = get(&app, "/v1/shipping/yto/orders", LOGISTICS_SF).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (s, _) = get(&app, base, CHECKOUT).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    app.app.stop().await;
+}
+
+#[tokio::test]
+async fn cancellations_and_erasures_reach_the_feeds_exactly_once_and_erasure_leaves_no_personal_field() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let id = post(&app, "/v1/orders", CHECKOUT, order_body(100 + n, true, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+        post(&app, &format!("/v1/orders/{id}/shares"), CHECKOUT,
+            json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "identity"]})).await;
+        ids.push(id);
+    }
+    let base = "/v1/shipping/sf-express/orders";
+    // Read part of the feed, then the rest after more changes: nothing twice, nothing missed.
+    let wait_v = |id: &str, v: u64| format!("{base}/{id}?min_version={v}");
+    let (s, _) = get(&app, &wait_v(&ids[5], 2), LOGISTICS_SF).await;
+    assert_eq!(s, StatusCode::OK);
+    let (first, cursor) = drain(&app, base, LOGISTICS_SF, String::new(), 4).await;
+    assert_eq!(first.len(), 6);
+    post(&app, &format!("/v1/orders/{}/cancel", ids[0]), CHECKOUT, json!({"reason": "out_of_stock"})).await;
+    let erased = post(&app, &format!("/v1/orders/{}/erase", ids[1]), PRIVACY, json!({})).await;
+    post(&app, &format!("/v1/orders/{}/erase", ids[2]), PRIVACY, json!({"fields": ["identity"]})).await;
+    let (s, _) = get(&app, &wait_v(&ids[2], 3), LOGISTICS_SF).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = get(&app, &wait_v(&ids[1], erased["version"].as_u64().unwrap()), LOGISTICS_SF).await;
+    assert_eq!(s, StatusCode::OK);
+    let (second, _) = drain(&app, base, LOGISTICS_SF, cursor, 2).await;
+    let seen: Vec<(String, String)> = second.iter().map(|c| (c["order_id"].as_str().unwrap().to_owned(), c["change"].as_str().unwrap().to_owned())).collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.contains(&(ids[0].clone(), "cancelled".into())));
+    assert!(seen.contains(&(ids[1].clone(), "erased".into())));
+    assert!(seen.contains(&(ids[2].clone(), "erased".into())));
+
+    let (_, cancelled) = get(&app, &format!("{base}/{}", ids[0]), LOGISTICS_SF).await;
+    assert_eq!(cancelled["status"], "cancelled", "a cancelled order stays listed so the shipment stops");
+    let (_, gone) = get(&app, &format!("{base}/{}", ids[1]), LOGISTICS_SF).await;
+    assert_eq!(gone["status"], "erased");
+    for f in ["consignee", "contact", "id_number"] {
+        assert_eq!(gone[f], Value::Null, "erased order keeps no {f}");
+    }
+    let (_, partial) = get(&app, &format!("{base}/{}", ids[2]), LOGISTICS_SF).await;
+    assert_eq!(partial["id_number"], Value::Null);
+    assert_eq!(partial["consignee"]["name"], "诸葛亮102");
+    assert_eq!(partial["erased_fields"], json!(["identity"]));
+
+    // A whole fresh read sees every change exactly once.
+    let (all, _) = drain(&app, base, LOGISTICS_SF, String::new(), 3).await;
+    let positions: Vec<&str> = all.iter().map(|c| c["position"].as_str().unwrap()).collect();
+    let unique: std::collections::BTreeSet<&&str> = positions.iter().collect();
+    assert_eq!((all.len(), unique.len()), (9, 9));
+    app.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_merchant_view_lists_its_orders_with_amounts_and_only_shared_fields() {
+    let app = TestApp::spawn().await;
+    let mine = post(&app, "/v1/orders", CHECKOUT, order_body(7, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+    let theirs = post(&app, "/v1/orders", CHECKOUT, order_body(8, false, "m-2")).await["order_id"].as_str().unwrap().to_owned();
+    let base = "/v1/merchants/m-1/orders";
+    let (s, o) = get(&app, &format!("{base}/{mine}?min_version=1"), MERCHANT_M1).await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!((o["amount"].as_u64(), o["currency"].as_str(), o["items"].as_array().unwrap().len()), (Some(17_600), Some("CNY"), 1));
+    assert_eq!(o["consignee"], Value::Null, "nothing personal until shared with the merchant");
+    let v = post(&app, &format!("/v1/orders/{mine}/shares"), CHECKOUT,
+        json!({"party": {"kind": "merchant", "id": "m-1"}, "fields": ["contact"]})).await["version"].as_u64().unwrap();
+    let (_, o) = get(&app, &format!("{base}/{mine}?min_version={v}"), MERCHANT_M1).await;
+    assert_eq!(o["contact"]["email"], "kongming7@example.com");
+    assert_eq!(o["consignee"], Value::Null, "shipping was not shared with the merchant");
+    let (s, _) = get(&app, &format!("{base}/{theirs}"), MERCHANT_M1).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = get(&app, "/v1/merchants/m-2/orders", MERCHANT_M1).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (feed, _) = drain(&app, base, MERCHANT_M1, String::new(), 50).await;
+    let changes: Vec<&str> = feed.iter().map(|c| c["change"].as_str().unwrap()).collect();
+    assert_eq!(changes, vec!["placed", "shared"]);
+    // min_version beyond what exists: the view says it lags instead of answering stale data.
+    let (s, e) = get(&app, &format!("{base}/{mine}?min_version=99"), MERCHANT_M1).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("view_lagging")));
+    let (s, e) = get(&app, &format!("{base}?after=garbage"), MERCHANT_M1).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_cursor")));
+    app.app.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_records_go_to_the_dead_letter_topic_and_projection_goes_on() {
+    let app = TestApp::spawn().await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &app.app.kafka.brokers).create().unwrap();
+    for junk in [&b"not an event"[..], b"OL\x00\x01\xff\xff\xff", b"OL\x00\x07future"] {
+        producer.send(rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&app.app.topic).payload(junk).partition(0), Duration::from_secs(10))
+            .await.map_err(|(e, _)| e).unwrap();
+    }
+    let id = post(&app, "/v1/orders", CHECKOUT, order_body(9, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+    let (s, _) = get(&app, &format!("/v1/merchants/m-1/orders/{id}?min_version=1"), MERCHANT_M1).await;
+    assert_eq!(s, StatusCode::OK, "projection went on past the bad records");
+    let dlq = common::raw_records(&app.app.kafka.brokers, &format!("{}.dead-letter", app.app.topic));
+    assert_eq!(dlq.len(), 3);
+    let text: Vec<String> = dlq.iter().map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect();
+    assert!(text.iter().any(|t| t.contains("unsupported schema version 7")), "{text:?}");
+    assert!(text.iter().all(|t| t.contains("orderlog-dlq-reason")));
+    app.app.stop().await;
+}
+
+fn orderlog_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orderlog")
+}
+
+fn run_projector(brokers: &str, topic: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new(orderlog_bin())
+        .args(["project", "--brokers", brokers, "--topic", topic, "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("ORDERLOG_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn digest(dir: &std::path::Path) -> orderlog::projections::ViewDigest {
+    let store = orderlog::store::Store::open(dir).unwrap();
+    orderlog::projections::query::digest(&store).unwrap()
+}
+
+#[tokio::test]
+async fn a_projector_killed_mid_stream_and_restarted_equals_a_clean_rebuild() {
+    let app = TestApp::spawn_with_partitions(4).await;
+    // A log of a few thousand events: places, shares, cancels, erasures.
+    let svc = app.app.service.clone();
+    let mut ids = Vec::new();
+    for n in 0..1500u32 {
+        let id = uuid::Uuid::now_v7();
+        svc.execute(id, orderlog::domain::Command::PlaceOrder(fixtures::new_order(n, n % 3 == 0)), None, None).await.unwrap();
+        ids.push(id);
+    }
+    use orderlog::domain::{CancelReason, Command as C, ErasureScope, FieldClass, Party};
+    use orderlog::domain::validation::ProviderId;
+    for (n, id) in ids.iter().enumerate() {
+        let party = Party::Logistics(ProviderId::parse("p", if n % 2 == 0 { "sf-express" } else { "yto" }).unwrap());
+        svc.execute(*id, C::ShareOrder { party, classes: [FieldClass::Shipping].into() }, None, None).await.unwrap();
+        if n % 5 == 0 {
+            svc.execute(*id, C::CancelOrder { reason: CancelReason::Other }, None, None).await.unwrap();
+        }
+        if n % 7 == 0 {
+            svc.execute(*id, C::EraseOrder { scope: ErasureScope::Order }, None, None).await.unwrap();
+        }
+    }
+    let brokers = app.app.kafka.brokers.clone();
+    let topic = app.app.topic.clone();
+    let killed = tempfile::tempdir().unwrap();
+    let group = common::unique("kill-test");
+    // Kill it with SIGKILL three times at different moments, then let it finish.
+    for delay_ms in [150u64, 400, 250] {
+        let mut child = run_projector(&brokers, &topic, killed.path(), &["--group", &group]);
+        std::thread::sleep(Duration::from_millis(delay_ms) + Duration::from_millis(300));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let mut child = run_projector(&brokers, &topic, killed.path(), &["--group", &group, "--until-caught-up"]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "projector did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+
+    let clean = tempfile::tempdir().unwrap();
+    let status = run_projector(&brokers, &topic, clean.path(), &["--all-partitions", "--until-caught-up"]).wait().unwrap();
+    assert!(status.success());
+
+    let (a, b) = (digest(killed.path()), digest(clean.path()));
+    assert_eq!(a, b, "views after kills equal a clean rebuild");
+    let rows: BTreeMap<_, _> = a.per_view.iter().map(|(k, (n, _))| (*k, *n)).collect();
+    assert_eq!(rows["view_orders"], 1500);
+    app.app.stop().await;
+}
+
+#[tokio::test]
+async fn no_file_of_the_data_directory_holds_personal_plaintext() {
+    let app = TestApp::spawn().await;
+    let mut needles = Vec::new();
+    for n in 0..20u32 {
+        let body = order_body(500 + n, true, "m-1");
+        needles.push(body["consignee"]["name"].as_str().unwrap().to_owned());
+        needles.push(body["consignee"]["mobile"].as_str().unwrap().to_owned());
+        needles.push(body["consignee"]["address"]["street"].as_str().unwrap().to_owned());
+        needles.push(body["contact"]["email"].as_str().unwrap().to_owned());
+        needles.push(body["id_number"].as_str().unwrap().to_owned());
+        let id = post(&app, "/v1/orders", CHECKOUT, body).await["order_id"].as_str().unwrap().to_owned();
+        let v = post(&app, &format!("/v1/orders/{id}/shares"), CHECKOUT,
+            json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "contact", "identity"]})).await["version"].as_u64().unwrap();
+        let (s, o) = get(&app, &format!("/v1/shipping/sf-express/orders/{id}?min_version={v}"), LOGISTICS_SF).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(o["id_number"], fixtures::id_number(500 + n), "the view does serve the data");
+    }
+    let dir = app.data_dir.path().to_owned();
+    let data_dir = app.data_dir;
+    app.app.stop().await;
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        files += 1;
+        for n in &needles {
+            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "{} holds personal plaintext", path.display());
+        }
+    }
+    assert!(files > 3);
+    drop(data_dir);
+}
