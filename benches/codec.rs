@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use orderlog::crypto::OrderKey;
-use orderlog::domain::{decide, fixtures, Command, Event, State};
+use orderlog::domain::{Command, Event, State, decide, fixtures};
 use orderlog::events::{self, EventMeta};
 use uuid::Uuid;
 
@@ -23,7 +23,11 @@ fn measure(name: &str, iters: u32, mut f: impl FnMut()) -> Duration {
         f();
     }
     let per = start.elapsed() / iters;
-    println!("{name:<32} {:>9.2} us/event  {:>10.0} events/s", per.as_secs_f64() * 1e6, 1.0 / per.as_secs_f64());
+    println!(
+        "{name:<32} {:>9.2} us/event  {:>10.0} events/s",
+        per.as_secs_f64() * 1e6,
+        1.0 / per.as_secs_f64()
+    );
     per
 }
 
@@ -31,10 +35,15 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let iters = if bench { 200_000 } else { 100 };
     let key = OrderKey::generate();
-    let event = decide(&State::default(), Command::PlaceOrder(fixtures::new_order(12_345, true)))
-        .unwrap()
-        .remove(0);
-    let Event::OrderPlaced(p) = &event else { unreachable!() };
+    let event = decide(
+        &State::default(),
+        Command::PlaceOrder(fixtures::new_order(12_345, true)),
+    )
+    .unwrap()
+    .remove(0);
+    let Event::OrderPlaced(p) = &event else {
+        unreachable!()
+    };
     let s = p.personal.shipping.as_ref().unwrap().expose();
     let c = p.personal.contact.as_ref().unwrap().expose();
     let personal_bytes = s.name.as_str().len()
@@ -46,7 +55,10 @@ fn main() {
         + s.mobile.as_str().len()
         + c.landline.as_ref().map_or(0, |l| l.as_str().len())
         + c.email.as_ref().map_or(0, |e| e.as_str().len())
-        + p.personal.identity.as_ref().map_or(0, |i| i.expose().as_str().len());
+        + p.personal
+            .identity
+            .as_ref()
+            .map_or(0, |i| i.expose().as_str().len());
     let meta = EventMeta {
         event_id: Uuid::now_v7(),
         order_id: Uuid::now_v7(),
@@ -60,10 +72,17 @@ fn main() {
     let mut plain_env = env.clone();
     plain_env.sealed.clear();
 
-    println!("# codec benchmark: OrderPlaced with 3 field classes, {personal_bytes} bytes of personal data, record {} bytes", bytes.len());
+    println!(
+        "# codec benchmark: OrderPlaced with 3 field classes, {personal_bytes} bytes of personal data, record {} bytes",
+        bytes.len()
+    );
     println!(
         "# build: profile {}, target features aes={} sse4.1={}; {} iterations",
-        if cfg!(debug_assertions) { "dev (deps -O3, orderlog -O1)" } else { "release" },
+        if cfg!(debug_assertions) {
+            "dev (deps -O3, orderlog -O1)"
+        } else {
+            "release"
+        },
         cfg!(target_feature = "aes"),
         cfg!(target_feature = "sse4.1"),
         iters

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use orderlog::app::App;
 use orderlog::crypto::{Kek, OrderKey};
-use orderlog::domain::{decide, fixtures, Command, State};
+use orderlog::domain::{Command, State, decide, fixtures};
 use orderlog::events::{self, EventMeta};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -45,8 +45,13 @@ fn order_json(n: u32) -> serde_json::Value {
 
 fn report(name: &str, n: usize, elapsed: Duration, baseline: Option<f64>) -> f64 {
     let rate = n as f64 / elapsed.as_secs_f64();
-    let vs = baseline.map(|b| format!("  ({:.2}x raw produce)", rate / b)).unwrap_or_default();
-    println!("{name:<44} {n:>7} in {:>7.2} s = {rate:>9.0} /s{vs}", elapsed.as_secs_f64());
+    let vs = baseline
+        .map(|b| format!("  ({:.2}x raw produce)", rate / b))
+        .unwrap_or_default();
+    println!(
+        "{name:<44} {n:>7} in {:>7.2} s = {rate:>9.0} /s{vs}",
+        elapsed.as_secs_f64()
+    );
     rate
 }
 
@@ -54,27 +59,60 @@ fn report(name: &str, n: usize, elapsed: Duration, baseline: Option<f64>) -> f64
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = if bench { 20_000 } else { 200 };
-    let concurrency: usize = std::env::var("ORDERLOG_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(64);
+    let concurrency: usize = std::env::var("ORDERLOG_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(64);
     let partitions = 6;
     let brokers = common::brokers();
 
     // Size of a real encoded OrderPlaced.
     let key = OrderKey::generate();
-    let event = decide(&State::default(), Command::PlaceOrder(fixtures::new_order(1, true))).unwrap().remove(0);
-    let meta = EventMeta { event_id: Uuid::now_v7(), order_id: Uuid::now_v7(), sequence: 1, occurred_at_ms: 0, key_id: key.id(), prev_hash: [0; 32] };
+    let event = decide(
+        &State::default(),
+        Command::PlaceOrder(fixtures::new_order(1, true)),
+    )
+    .unwrap()
+    .remove(0);
+    let meta = EventMeta {
+        event_id: Uuid::now_v7(),
+        order_id: Uuid::now_v7(),
+        sequence: 1,
+        occurred_at_ms: 0,
+        key_id: key.id(),
+        prev_hash: [0; 32],
+    };
     let record_len = events::encode(&events::seal_event(&event, meta, Some(&key)).unwrap()).len();
 
-    println!("# write path: {n} orders per mode, {concurrency} concurrent, topic with {partitions} partitions, one local Kafka broker at {brokers}");
-    println!("# record size {record_len} bytes (encoded, sealed OrderPlaced); idempotent producer, acks=all; profile {}",
-        if cfg!(debug_assertions) { "dev (deps -O3, orderlog -O1)" } else { "release" });
+    println!(
+        "# write path: {n} orders per mode, {concurrency} concurrent, topic with {partitions} partitions, one local Kafka broker at {brokers}"
+    );
+    println!(
+        "# record size {record_len} bytes (encoded, sealed OrderPlaced); idempotent producer, acks=all; profile {}",
+        if cfg!(debug_assertions) {
+            "dev (deps -O3, orderlog -O1)"
+        } else {
+            "release"
+        }
+    );
 
     // 1. Raw librdkafka produce, same size, same concurrency.
     let topic = common::unique("bench.raw");
     let settings = orderlog::kafka::KafkaSettings::new(&brokers);
-    orderlog::kafka::ensure_topics(&settings, &[orderlog::kafka::TopicSpec::events(&topic, partitions, 1)]).await.unwrap();
-    let producer: FutureProducer = settings.client_config()
-        .set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "1").set("compression.type", "lz4")
-        .create().unwrap();
+    orderlog::kafka::ensure_topics(
+        &settings,
+        &[orderlog::kafka::TopicSpec::events(&topic, partitions, 1)],
+    )
+    .await
+    .unwrap();
+    let producer: FutureProducer = settings
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
     let payload: Vec<u8> = (0..record_len).map(|i| (i * 7919 % 251) as u8).collect();
     let sem = Arc::new(Semaphore::new(concurrency));
     let start = Instant::now();
@@ -84,18 +122,38 @@ async fn main() {
         let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             let key = Uuid::now_v7();
-            let r = producer.send(FutureRecord::to(&topic).key(key.as_bytes().as_slice()).payload(&payload).partition((i % 6) as i32), Duration::from_secs(30)).await;
+            let r = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(key.as_bytes().as_slice())
+                        .payload(&payload)
+                        .partition((i % 6) as i32),
+                    Duration::from_secs(30),
+                )
+                .await;
             drop(permit);
             r.map_err(|(e, _)| e).unwrap();
         }));
     }
-    for t in tasks { t.await.unwrap(); }
-    let raw = report("raw librdkafka produce (baseline)", n, start.elapsed(), None);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let raw = report(
+        "raw librdkafka produce (baseline)",
+        n,
+        start.elapsed(),
+        None,
+    );
 
     // 2 and 3: orderlog.
     let data = tempfile::tempdir().unwrap();
     let kek = Kek::generate();
-    let config = common::app::config(&common::unique("bench.orders"), data.path(), &kek, partitions);
+    let config = common::app::config(
+        &common::unique("bench.orders"),
+        data.path(),
+        &kek,
+        partitions,
+    );
     let app = App::start(&config).await.unwrap();
     let service = app.service.clone();
     let start = Instant::now();
@@ -105,29 +163,54 @@ async fn main() {
         let service = service.clone();
         tasks.push(tokio::spawn(async move {
             let order = fixtures::new_order(i as u32, true);
-            let r = service.execute(Uuid::now_v7(), Command::PlaceOrder(order), None, None).await;
+            let r = service
+                .execute(Uuid::now_v7(), Command::PlaceOrder(order), None, None)
+                .await;
             drop(permit);
             r.unwrap();
         }));
     }
-    for t in tasks { t.await.unwrap(); }
-    report("orderlog library API: place order", n, start.elapsed(), Some(raw));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    report(
+        "orderlog library API: place order",
+        n,
+        start.elapsed(),
+        Some(raw),
+    );
 
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/orders", app.addr);
-    let bodies: Vec<Vec<u8>> = (0..n).map(|i| serde_json::to_vec(&order_json(1_000_000 + i as u32)).unwrap()).collect();
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| serde_json::to_vec(&order_json(1_000_000 + i as u32)).unwrap())
+        .collect();
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for body in bodies {
         let permit = sem.clone().acquire_owned().await.unwrap();
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
-            let r = client.post(&url).bearer_auth(common::app::CHECKOUT).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = client
+                .post(&url)
+                .bearer_auth(common::app::CHECKOUT)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             drop(permit);
             assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
         }));
     }
-    for t in tasks { t.await.unwrap(); }
-    report(&format!("orderlog HTTP: POST /v1/orders, {concurrency} clients"), n, start.elapsed(), Some(raw));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    report(
+        &format!("orderlog HTTP: POST /v1/orders, {concurrency} clients"),
+        n,
+        start.elapsed(),
+        Some(raw),
+    );
     app.stop().await;
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, auth::Tokens, AppState};
-use crate::config::{Config, Secret};
 use crate::api::auth::Role;
-use crate::crypto::{KeyVault, KekRing};
-use crate::kafka::{self, embedded::Embedded, KafkaSettings, TopicSpec};
+use crate::api::{self, AppState, auth::Tokens};
+use crate::config::{Config, Secret};
+use crate::crypto::{KekRing, KeyVault};
+use crate::kafka::{self, KafkaSettings, TopicSpec, embedded::Embedded};
 use crate::projections::{Assignment, Projector, ProjectorConfig};
 use crate::service::Service;
 use crate::store::Store;
@@ -35,7 +35,10 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("addr", &self.addr).field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("addr", &self.addr)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,8 +50,15 @@ impl App {
         let kek = config.kek.load().context("loading the KEK")?;
         let (embedded, settings, data) = match &config.brokers {
             Some(brokers) => {
-                let settings = KafkaSettings { brokers: brokers.clone(), extra: config.kafka.clone() };
-                let dlq = format!("{}{}", config.topic, crate::projections::projector::DEAD_LETTER_SUFFIX);
+                let settings = KafkaSettings {
+                    brokers: brokers.clone(),
+                    extra: config.kafka.clone(),
+                };
+                let dlq = format!(
+                    "{}{}",
+                    config.topic,
+                    crate::projections::projector::DEAD_LETTER_SUFFIX
+                );
                 kafka::ensure_topics(
                     &settings,
                     &[
@@ -56,33 +66,55 @@ impl App {
                         TopicSpec::events(dlq, 1, config.replication),
                     ],
                 )
-                    .await
-                    .with_context(|| format!("creating topic {}", config.topic))?;
+                .await
+                .with_context(|| format!("creating topic {}", config.topic))?;
                 (None, settings, None)
             }
             None => {
                 let e = Embedded::start().context("starting the embedded Kafka mock cluster")?;
-                e.create_topic(&config.topic, config.partitions).context("creating the topic on the embedded cluster")?;
-                e.create_topic(&format!("{}{}", config.topic, crate::projections::projector::DEAD_LETTER_SUFFIX), 1)
-                    .context("creating the dead-letter topic on the embedded cluster")?;
+                e.create_topic(&config.topic, config.partitions)
+                    .context("creating the topic on the embedded cluster")?;
+                e.create_topic(
+                    &format!(
+                        "{}{}",
+                        config.topic,
+                        crate::projections::projector::DEAD_LETTER_SUFFIX
+                    ),
+                    1,
+                )
+                .context("creating the dead-letter topic on the embedded cluster")?;
                 let settings = KafkaSettings::new(e.bootstrap());
-                let dir = tempfile::Builder::new().prefix("orderlog-embedded-").tempdir()?;
+                let dir = tempfile::Builder::new()
+                    .prefix("orderlog-embedded-")
+                    .tempdir()?;
                 (Some(e), settings, Some(dir))
             }
         };
-        let data_dir = data.as_ref().map(|d| d.path().to_owned()).unwrap_or_else(|| config.data_dir.clone());
-        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let data_dir = data
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .unwrap_or_else(|| config.data_dir.clone());
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let store = Store::open(&data_dir)?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
         let partitions = {
             let (s, t) = (settings.clone(), config.topic.clone());
-            tokio::task::spawn_blocking(move || kafka::partition_count(&s, &t, Duration::from_secs(10)))
-                .await?
-                .with_context(|| format!("reading metadata of topic {}", config.topic))?
+            tokio::task::spawn_blocking(move || {
+                kafka::partition_count(&s, &t, Duration::from_secs(10))
+            })
+            .await?
+            .with_context(|| format!("reading metadata of topic {}", config.topic))?
         };
-        let service = Service::start(settings.clone(), config.topic.clone(), partitions, vault, config.produce_timeout)
-            .await
-            .context("starting the write service")?;
+        let service = Service::start(
+            settings.clone(),
+            config.topic.clone(),
+            partitions,
+            vault,
+            config.produce_timeout,
+        )
+        .await
+        .context("starting the write service")?;
         let projector = Projector::start(
             store.clone(),
             ProjectorConfig {
@@ -90,12 +122,15 @@ impl App {
                 topic: config.topic.clone(),
                 assignment: Assignment::Group(format!("orderlog-projector.{}", config.topic)),
                 batch_max: 1000,
+                max_rate: 0,
             },
         )
         .context("starting the projector")?;
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
-            tracing::warn!("No bearer tokens configured: every request will be refused (set ORDERLOG_TOKENS).");
+            tracing::warn!(
+                "No bearer tokens configured: every request will be refused (set ORDERLOG_TOKENS)."
+            );
         }
         let state = AppState {
             service: service.clone(),
@@ -112,7 +147,9 @@ impl App {
         let token = shutdown.clone();
         let router = api::router(state);
         let server = tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await
+            axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
         });
         tracing::info!(%addr, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
         Ok(Self {

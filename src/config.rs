@@ -40,11 +40,17 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("{setting}: {problem}")]
-    Invalid { setting: &'static str, problem: String },
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
     #[error(transparent)]
     Kek(#[from] KekError),
 }
@@ -79,7 +85,12 @@ impl FileConfig {
         // keep only the first line of the message (position and reason).
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
-            message: e.message().lines().next().unwrap_or("invalid TOML").to_owned(),
+            message: e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_owned(),
         })
     }
 }
@@ -176,7 +187,10 @@ fn parse_token_entry(token: &str, role: &str) -> Result<(Secret, Role), ConfigEr
             problem: "a token must have at least 16 characters".into(),
         });
     }
-    let role = Role::parse(role).map_err(|problem| ConfigError::Invalid { setting: "tokens", problem })?;
+    let role = Role::parse(role).map_err(|problem| ConfigError::Invalid {
+        setting: "tokens",
+        problem,
+    })?;
     Ok((Secret::new(token), role))
 }
 
@@ -210,29 +224,57 @@ impl Config {
         } else {
             KekSource::Ephemeral
         };
-        let brokers = o.brokers.clone().or(file.brokers).filter(|b| !b.trim().is_empty());
+        let brokers = o
+            .brokers
+            .clone()
+            .or(file.brokers)
+            .filter(|b| !b.trim().is_empty());
         if brokers.is_some() && matches!(kek, KekSource::Ephemeral) {
             return Err(ConfigError::Kek(KekError::Missing));
         }
-        let partitions = o.partitions.or(file.partitions).unwrap_or(DEFAULT_PARTITIONS);
+        let partitions = o
+            .partitions
+            .or(file.partitions)
+            .unwrap_or(DEFAULT_PARTITIONS);
         if !(1..=1024).contains(&partitions) {
-            return Err(ConfigError::Invalid { setting: "partitions", problem: "must be between 1 and 1024".into() });
+            return Err(ConfigError::Invalid {
+                setting: "partitions",
+                problem: "must be between 1 and 1024".into(),
+            });
         }
         let replication = o.replication.or(file.replication).unwrap_or(1);
         if !(1..=16).contains(&replication) {
-            return Err(ConfigError::Invalid { setting: "replication", problem: "must be between 1 and 16".into() });
+            return Err(ConfigError::Invalid {
+                setting: "replication",
+                problem: "must be between 1 and 16".into(),
+            });
         }
         Ok(Self {
-            listen: o.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            listen: o
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             brokers,
             kafka,
-            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("orderlog-data")),
-            topic: o.topic.clone().or(file.topic).unwrap_or_else(|| TOPIC_EVENTS.to_owned()),
+            data_dir: o
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("orderlog-data")),
+            topic: o
+                .topic
+                .clone()
+                .or(file.topic)
+                .unwrap_or_else(|| TOPIC_EVENTS.to_owned()),
             partitions,
             replication,
             kek,
             tokens,
-            produce_timeout: Duration::from_millis(o.produce_timeout_ms.or(file.produce_timeout_ms).unwrap_or(10_000)),
+            produce_timeout: Duration::from_millis(
+                o.produce_timeout_ms
+                    .or(file.produce_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
         })
     }
 }
@@ -242,7 +284,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -254,7 +299,11 @@ mod tests {
             "listen = \"127.0.0.1:9000\"\npartitions = 3\ntopic = \"file.topic\"\n[kafka]\n\"security.protocol\" = \"SSL\"\n",
         )
         .unwrap();
-        let o = Overrides { config: Some(path), partitions: Some(12), ..Default::default() };
+        let o = Overrides {
+            config: Some(path),
+            partitions: Some(12),
+            ..Default::default()
+        };
         let c = Config::resolve(&o, &env(&[])).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.partitions, 12);
@@ -268,7 +317,10 @@ mod tests {
         let c = Config::resolve(
             &Overrides::default(),
             &env(&[
-                ("ORDERLOG_TOKENS", "aaaaaaaaaaaaaaaa1=checkout, bbbbbbbbbbbbbbbb2=logistics:sf-express"),
+                (
+                    "ORDERLOG_TOKENS",
+                    "aaaaaaaaaaaaaaaa1=checkout, bbbbbbbbbbbbbbbb2=logistics:sf-express",
+                ),
                 ("ORDERLOG_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
             ]),
         )
@@ -276,20 +328,40 @@ mod tests {
         assert_eq!(c.tokens.len(), 2);
         assert_eq!(c.tokens[1].1.to_string(), "logistics:sf-express");
         assert_eq!(c.kafka["sasl.mechanism"], "SCRAM-SHA-512");
-        assert!(!format!("{c:?}").contains("aaaaaaaaaaaaaaaa1"), "tokens never printed");
+        assert!(
+            !format!("{c:?}").contains("aaaaaaaaaaaaaaaa1"),
+            "tokens never printed"
+        );
     }
 
     #[test]
     fn a_real_cluster_needs_a_kek() {
-        let o = Overrides { brokers: Some("127.0.0.1:9092".into()), ..Default::default() };
-        assert!(matches!(Config::resolve(&o, &env(&[])), Err(ConfigError::Kek(KekError::Missing))));
+        let o = Overrides {
+            brokers: Some("127.0.0.1:9092".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Config::resolve(&o, &env(&[])),
+            Err(ConfigError::Kek(KekError::Missing))
+        ));
     }
 
     #[test]
     fn bad_settings_are_named() {
-        let err = Config::resolve(&Overrides { partitions: Some(0), ..Default::default() }, &env(&[])).unwrap_err();
+        let err = Config::resolve(
+            &Overrides {
+                partitions: Some(0),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("partitions"), "{err}");
-        let err = Config::resolve(&Overrides::default(), &env(&[("ORDERLOG_TOKENS", "short=checkout")])).unwrap_err();
+        let err = Config::resolve(
+            &Overrides::default(),
+            &env(&[("ORDERLOG_TOKENS", "short=checkout")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("16 characters"));
         let err = parse_tokens("aaaaaaaaaaaaaaaaaa=janitor").unwrap_err();
         assert!(err.to_string().contains("janitor"), "{err}");

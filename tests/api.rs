@@ -5,10 +5,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::app::{TestApp, AUDITOR, CHECKOUT, LOGISTICS_SF, PRIVACY};
+use common::app::{AUDITOR, CHECKOUT, LOGISTICS_SF, PRIVACY, TestApp};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const NAME: &str = "欧阳娜娜";
 const STREET: &str = "科技园南区高新南七道 99 号 3 栋 1801";
@@ -17,7 +17,9 @@ const EMAIL: &str = "ouyang.nana@example.com";
 const LANDLINE: &str = "0755-86001234";
 
 fn order_body(real_name: bool) -> Value {
-    let mut items = vec![json!({"sku": "SKU-TEA-250", "name": "Longjing tea 250 g", "quantity": 2, "unit_price": 8800})];
+    let mut items = vec![
+        json!({"sku": "SKU-TEA-250", "name": "Longjing tea 250 g", "quantity": 2, "unit_price": 8800}),
+    ];
     let mut amount = 17_600;
     if real_name {
         items.push(json!({"sku": "SKU-DRILL-18V", "name": "Cordless drill", "quantity": 1, "unit_price": 39900, "real_name": true}));
@@ -43,7 +45,12 @@ fn order_body(real_name: bool) -> Value {
 }
 
 async fn place(app: &TestApp, body: &Value) -> (StatusCode, Value) {
-    let r = app.post("/v1/orders", CHECKOUT).json(body).send().await.unwrap();
+    let r = app
+        .post("/v1/orders", CHECKOUT)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     (r.status(), r.json().await.unwrap())
 }
 
@@ -60,7 +67,11 @@ async fn call(app: &TestApp, path: &str, token: &str, body: Value) -> (StatusCod
 }
 
 async fn get_order(app: &TestApp, id: &str, token: &str) -> (StatusCode, Value) {
-    let r = app.get(&format!("/v1/orders/{id}"), token).send().await.unwrap();
+    let r = app
+        .get(&format!("/v1/orders/{id}"), token)
+        .send()
+        .await
+        .unwrap();
     (r.status(), r.json().await.unwrap())
 }
 
@@ -93,17 +104,31 @@ async fn share_cancel_and_erase_each_move_the_order_on_and_erase_removes_persona
     let (s, b) = call(&app, &format!("/v1/orders/{id}/shares"), CHECKOUT,
         json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "identity"]})).await;
     assert_eq!((s, b["version"].as_u64()), (StatusCode::OK, Some(2)), "{b}");
-    let (s, b) = call(&app, &format!("/v1/orders/{id}/shares"), CHECKOUT,
-        json!({"party": {"kind": "merchant", "id": "m-1"}, "fields": ["shipping"]})).await;
+    let (s, b) = call(
+        &app,
+        &format!("/v1/orders/{id}/shares"),
+        CHECKOUT,
+        json!({"party": {"kind": "merchant", "id": "m-1"}, "fields": ["shipping"]}),
+    )
+    .await;
     assert_eq!((s, b["version"].as_u64()), (StatusCode::OK, Some(3)), "{b}");
-    let (s, b) = call(&app, &format!("/v1/orders/{id}/cancel"), CHECKOUT, json!({"reason": "customer_request"})).await;
+    let (s, b) = call(
+        &app,
+        &format!("/v1/orders/{id}/cancel"),
+        CHECKOUT,
+        json!({"reason": "customer_request"}),
+    )
+    .await;
     assert_eq!((s, b["version"].as_u64()), (StatusCode::OK, Some(4)), "{b}");
 
     let (_, order) = get_order(&app, &id, CHECKOUT).await;
     assert_eq!(order["status"], "cancelled");
     assert_eq!(order["cancel_reason"], "customer_request");
     assert_eq!(order["shares"].as_array().unwrap().len(), 2);
-    assert_eq!(order["personal"]["consignee"]["name"], NAME, "cancelling is not erasing");
+    assert_eq!(
+        order["personal"]["consignee"]["name"], NAME,
+        "cancelling is not erasing"
+    );
 
     let (s, receipt) = call(&app, &format!("/v1/orders/{id}/erase"), PRIVACY, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{receipt}");
@@ -118,7 +143,11 @@ async fn share_cancel_and_erase_each_move_the_order_on_and_erase_removes_persona
     let (_, order) = get_order(&app, &id, CHECKOUT).await;
     assert_eq!(order["status"], "erased");
     assert_eq!(order["personal"], Value::Null);
-    assert_eq!(order["order_number"].as_str().unwrap().len(), 35, "public facts survive erasure");
+    assert_eq!(
+        order["order_number"].as_str().unwrap().len(),
+        35,
+        "public facts survive erasure"
+    );
     let text = order.to_string();
     for needle in [NAME, MOBILE, EMAIL, STREET] {
         assert!(!text.contains(needle));
@@ -130,7 +159,13 @@ async fn share_cancel_and_erase_each_move_the_order_on_and_erase_removes_persona
 async fn erasing_one_field_class_keeps_the_rest_readable() {
     let app = TestApp::spawn().await;
     let id = placed_id(&app, true).await;
-    let (s, b) = call(&app, &format!("/v1/orders/{id}/erase"), PRIVACY, json!({"fields": ["identity"]})).await;
+    let (s, b) = call(
+        &app,
+        &format!("/v1/orders/{id}/erase"),
+        PRIVACY,
+        json!({"fields": ["identity"]}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["receipt"]["scope"], "classes");
     let (_, order) = get_order(&app, &id, CHECKOUT).await;
@@ -147,68 +182,248 @@ async fn erasing_one_field_class_keeps_the_rest_readable() {
 async fn errors_get_their_status_and_code_and_write_nothing() {
     let app = TestApp::spawn().await;
     let id = placed_id(&app, false).await;
-    let (s, _) = call(&app, &format!("/v1/orders/{id}/cancel"), CHECKOUT, json!({"reason": "out_of_stock"})).await;
+    let (s, _) = call(
+        &app,
+        &format!("/v1/orders/{id}/cancel"),
+        CHECKOUT,
+        json!({"reason": "out_of_stock"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let before = app.raw_records().len();
     assert_eq!(before, 2);
 
     let url = |p: &str| format!("{}{p}", app.base);
-    let mut cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str, Option<&str>)> = Vec::new();
-    cases.push(("no token", app.client.post(url("/v1/orders")).json(&order_body(false)), StatusCode::UNAUTHORIZED, "unauthenticated", None));
-    cases.push(("unknown token", app.post("/v1/orders", "not-a-known-token-at-all").json(&order_body(false)), StatusCode::UNAUTHORIZED, "unauthenticated", None));
-    cases.push(("wrong role", app.post("/v1/orders", LOGISTICS_SF).json(&order_body(false)), StatusCode::FORBIDDEN, "forbidden", None));
-    cases.push(("checkout may not erase", app.post(&format!("/v1/orders/{id}/erase"), CHECKOUT).json(&json!({})), StatusCode::FORBIDDEN, "forbidden", None));
-    cases.push(("unknown order", app.post(&format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()), CHECKOUT).json(&json!({"reason": "other"})), StatusCode::NOT_FOUND, "order_not_found", None));
-    cases.push(("malformed id", app.post("/v1/orders/not-a-uuid/cancel", CHECKOUT).json(&json!({"reason": "other"})), StatusCode::BAD_REQUEST, "invalid_order_id", Some("id")));
-    cases.push(("invalid JSON", app.post("/v1/orders", CHECKOUT).body("{\"order_number\": ").header("content-type", "application/json"), StatusCode::BAD_REQUEST, "invalid_json", None));
-    cases.push(("empty body", app.post("/v1/orders", CHECKOUT), StatusCode::BAD_REQUEST, "empty_body", None));
+    let mut cases: Vec<(
+        &str,
+        reqwest::RequestBuilder,
+        StatusCode,
+        &str,
+        Option<&str>,
+    )> = Vec::new();
+    cases.push((
+        "no token",
+        app.client.post(url("/v1/orders")).json(&order_body(false)),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
+    ));
+    cases.push((
+        "unknown token",
+        app.post("/v1/orders", "not-a-known-token-at-all")
+            .json(&order_body(false)),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        None,
+    ));
+    cases.push((
+        "wrong role",
+        app.post("/v1/orders", LOGISTICS_SF)
+            .json(&order_body(false)),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    ));
+    cases.push((
+        "checkout may not erase",
+        app.post(&format!("/v1/orders/{id}/erase"), CHECKOUT)
+            .json(&json!({})),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    ));
+    cases.push((
+        "unknown order",
+        app.post(
+            &format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()),
+            CHECKOUT,
+        )
+        .json(&json!({"reason": "other"})),
+        StatusCode::NOT_FOUND,
+        "order_not_found",
+        None,
+    ));
+    cases.push((
+        "malformed id",
+        app.post("/v1/orders/not-a-uuid/cancel", CHECKOUT)
+            .json(&json!({"reason": "other"})),
+        StatusCode::BAD_REQUEST,
+        "invalid_order_id",
+        Some("id"),
+    ));
+    cases.push((
+        "invalid JSON",
+        app.post("/v1/orders", CHECKOUT)
+            .body("{\"order_number\": ")
+            .header("content-type", "application/json"),
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        None,
+    ));
+    cases.push((
+        "empty body",
+        app.post("/v1/orders", CHECKOUT),
+        StatusCode::BAD_REQUEST,
+        "empty_body",
+        None,
+    ));
     let mut bad_mobile = order_body(false);
     bad_mobile["consignee"]["mobile"] = json!("12345");
-    cases.push(("bad mobile", app.post("/v1/orders", CHECKOUT).json(&bad_mobile), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("consignee.mobile")));
+    cases.push((
+        "bad mobile",
+        app.post("/v1/orders", CHECKOUT).json(&bad_mobile),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("consignee.mobile"),
+    ));
     let mut bad_id = order_body(true);
     bad_id["id_number"] = json!("110105194912310021");
-    cases.push(("bad id checksum", app.post("/v1/orders", CHECKOUT).json(&bad_id), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("id_number")));
+    cases.push((
+        "bad id checksum",
+        app.post("/v1/orders", CHECKOUT).json(&bad_id),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("id_number"),
+    ));
     let mut no_id = order_body(true);
     no_id.as_object_mut().unwrap().remove("id_number");
-    cases.push(("real-name without id", app.post("/v1/orders", CHECKOUT).json(&no_id), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("id_number")));
+    cases.push((
+        "real-name without id",
+        app.post("/v1/orders", CHECKOUT).json(&no_id),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("id_number"),
+    ));
     let mut bad_amount = order_body(false);
     bad_amount["amount"] = json!(1);
-    cases.push(("amount mismatch", app.post("/v1/orders", CHECKOUT).json(&bad_amount), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("amount")));
+    cases.push((
+        "amount mismatch",
+        app.post("/v1/orders", CHECKOUT).json(&bad_amount),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("amount"),
+    ));
     let mut unknown = order_body(false);
     unknown["coupon"] = json!("X");
-    cases.push(("unknown field", app.post("/v1/orders", CHECKOUT).json(&unknown), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("coupon")));
+    cases.push((
+        "unknown field",
+        app.post("/v1/orders", CHECKOUT).json(&unknown),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("coupon"),
+    ));
     let mut bad_email = order_body(false);
     bad_email["contact"]["email"] = json!("ouyang@");
-    cases.push(("bad email", app.post("/v1/orders", CHECKOUT).json(&bad_email), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("contact.email")));
+    cases.push((
+        "bad email",
+        app.post("/v1/orders", CHECKOUT).json(&bad_email),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("contact.email"),
+    ));
     let mut empty_name = order_body(false);
     empty_name["consignee"]["name"] = json!("  ");
-    cases.push(("empty name", app.post("/v1/orders", CHECKOUT).json(&empty_name), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("consignee.name")));
+    cases.push((
+        "empty name",
+        app.post("/v1/orders", CHECKOUT).json(&empty_name),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("consignee.name"),
+    ));
     let mut long_name = order_body(false);
     long_name["consignee"]["name"] = json!("名".repeat(65));
-    cases.push(("long name", app.post("/v1/orders", CHECKOUT).json(&long_name), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("consignee.name")));
-    cases.push(("huge body", app.post("/v1/orders", CHECKOUT).body(vec![b' '; 200 * 1024]), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None));
-    cases.push(("cancel twice", app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT).json(&json!({"reason": "other"})), StatusCode::CONFLICT, "already_cancelled", None));
-    cases.push(("share cancelled", app.post(&format!("/v1/orders/{id}/shares"), CHECKOUT).json(&json!({"party": {"kind": "logistics", "id": "sf"}, "fields": ["shipping"]})), StatusCode::CONFLICT, "order_cancelled", None));
-    cases.push(("stale If-Match", app.post(&format!("/v1/orders/{id}/erase"), PRIVACY).header("if-match", "1").json(&json!({})), StatusCode::PRECONDITION_FAILED, "version_mismatch", None));
-    cases.push(("bad reason", app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT).json(&json!({"reason": "bored"})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("reason")));
-    cases.push(("bad field class", app.post(&format!("/v1/orders/{id}/erase"), PRIVACY).json(&json!({"fields": ["shoe_size"]})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("fields[0]")));
-    cases.push(("no route", app.get("/v1/nothing", CHECKOUT), StatusCode::NOT_FOUND, "no_route", None));
+    cases.push((
+        "long name",
+        app.post("/v1/orders", CHECKOUT).json(&long_name),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("consignee.name"),
+    ));
+    cases.push((
+        "huge body",
+        app.post("/v1/orders", CHECKOUT)
+            .body(vec![b' '; 200 * 1024]),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        None,
+    ));
+    cases.push((
+        "cancel twice",
+        app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
+            .json(&json!({"reason": "other"})),
+        StatusCode::CONFLICT,
+        "already_cancelled",
+        None,
+    ));
+    cases.push((
+        "share cancelled",
+        app.post(&format!("/v1/orders/{id}/shares"), CHECKOUT)
+            .json(&json!({"party": {"kind": "logistics", "id": "sf"}, "fields": ["shipping"]})),
+        StatusCode::CONFLICT,
+        "order_cancelled",
+        None,
+    ));
+    cases.push((
+        "stale If-Match",
+        app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)
+            .header("if-match", "1")
+            .json(&json!({})),
+        StatusCode::PRECONDITION_FAILED,
+        "version_mismatch",
+        None,
+    ));
+    cases.push((
+        "bad reason",
+        app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
+            .json(&json!({"reason": "bored"})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("reason"),
+    ));
+    cases.push((
+        "bad field class",
+        app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)
+            .json(&json!({"fields": ["shoe_size"]})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("fields[0]"),
+    ));
+    cases.push((
+        "no route",
+        app.get("/v1/nothing", CHECKOUT),
+        StatusCode::NOT_FOUND,
+        "no_route",
+        None,
+    ));
 
     for (name, req, status, code, field) in cases {
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), status, "{name}");
-        let body: Value = r.json().await.unwrap_or_else(|e| panic!("{name}: error body is JSON: {e}"));
+        let body: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: error body is JSON: {e}"));
         assert_eq!(body["error"]["code"], code, "{name}: {body}");
-        assert!(!body["error"]["message"].as_str().unwrap().is_empty(), "{name}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{name}"
+        );
         if let Some(f) = field {
             assert_eq!(body["error"]["field"], f, "{name}: {body}");
         }
         let text = body.to_string();
         for needle in [NAME, MOBILE, EMAIL, "110105194912310021", "ouyang@"] {
-            assert!(!text.contains(needle), "{name}: error echoes personal data: {text}");
+            assert!(
+                !text.contains(needle),
+                "{name}: error echoes personal data: {text}"
+            );
         }
     }
-    assert_eq!(app.raw_records().len(), before, "no error wrote anything to Kafka");
+    assert_eq!(
+        app.raw_records().len(),
+        before,
+        "no error wrote anything to Kafka"
+    );
     app.app.stop().await;
 }
 
@@ -216,7 +431,12 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
 async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() {
     let app = TestApp::spawn().await;
     let body = order_body(false);
-    let send = |b: &Value| app.post("/v1/orders", CHECKOUT).header("idempotency-key", "checkout-req-42").json(b).send();
+    let send = |b: &Value| {
+        app.post("/v1/orders", CHECKOUT)
+            .header("idempotency-key", "checkout-req-42")
+            .json(b)
+            .send()
+    };
     let first = send(&body).await.unwrap();
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.unwrap();
@@ -238,7 +458,13 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
 
     // Idempotency survives a restart: it is rebuilt from the log.
     let app = app.restart().await;
-    let r = app.post("/v1/orders", CHECKOUT).header("idempotency-key", "checkout-req-42").json(&body).send().await.unwrap();
+    let r = app
+        .post("/v1/orders", CHECKOUT)
+        .header("idempotency-key", "checkout-req-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.json::<Value>().await.unwrap(), first);
     assert_eq!(app.raw_records().len(), 1);
@@ -266,10 +492,18 @@ async fn concurrent_writers_on_one_order_lose_no_update_and_versions_strictly_in
             b["version"].as_u64().unwrap()
         })
         .collect();
-    assert_eq!(versions, (2..=n + 1).collect::<BTreeSet<u64>>(), "each write got its own version");
+    assert_eq!(
+        versions,
+        (2..=n + 1).collect::<BTreeSet<u64>>(),
+        "each write got its own version"
+    );
     let (_, order) = get_order(&app, &id, CHECKOUT).await;
     assert_eq!(order["version"], n + 1);
-    assert_eq!(order["shares"].as_array().unwrap().len() as u64, n, "no lost update");
+    assert_eq!(
+        order["shares"].as_array().unwrap().len() as u64,
+        n,
+        "no lost update"
+    );
 
     // With If-Match, exactly one of the racing writers wins.
     let v = n + 1;
@@ -287,8 +521,18 @@ async fn concurrent_writers_on_one_order_lose_no_update_and_versions_strictly_in
         }
     });
     let statuses = futures::future::join_all(futs).await;
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::PRECONDITION_FAILED).count(), 7);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
+            .count(),
+        7
+    );
     app.app.stop().await;
 }
 
@@ -302,15 +546,32 @@ async fn the_topic_holds_no_personal_plaintext_and_keys_are_order_ids() {
             json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "contact", "identity"]})).await;
         ids.push(id);
     }
-    call(&app, &format!("/v1/orders/{}/erase", ids[0]), PRIVACY, json!({})).await;
+    call(
+        &app,
+        &format!("/v1/orders/{}/erase", ids[0]),
+        PRIVACY,
+        json!({}),
+    )
+    .await;
     let records = app.raw_records();
     assert_eq!(records.len(), 11);
     let id_number = fixtures::id_number(7);
     for (key, value) in &records {
         let key_uuid = uuid::Uuid::from_slice(key).expect("record key is the 16-byte order id");
         assert!(ids.contains(&key_uuid.to_string()));
-        for needle in [NAME, MOBILE, EMAIL, LANDLINE, STREET, id_number.as_str(), "518057"] {
-            assert!(!value.windows(needle.len()).any(|w| w == needle.as_bytes()), "plaintext {needle:?} in the topic");
+        for needle in [
+            NAME,
+            MOBILE,
+            EMAIL,
+            LANDLINE,
+            STREET,
+            id_number.as_str(),
+            "518057",
+        ] {
+            assert!(
+                !value.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "plaintext {needle:?} in the topic"
+            );
             assert!(!key.windows(needle.len()).any(|w| w == needle.as_bytes()));
         }
     }
@@ -321,25 +582,53 @@ async fn the_topic_holds_no_personal_plaintext_and_keys_are_order_ids() {
 async fn state_is_rebuilt_from_the_log_on_restart() {
     let app = TestApp::spawn().await;
     let id = placed_id(&app, false).await;
-    call(&app, &format!("/v1/orders/{id}/cancel"), CHECKOUT, json!({"reason": "other"})).await;
+    call(
+        &app,
+        &format!("/v1/orders/{id}/cancel"),
+        CHECKOUT,
+        json!({"reason": "other"}),
+    )
+    .await;
     let erased = placed_id(&app, false).await;
-    call(&app, &format!("/v1/orders/{erased}/erase"), PRIVACY, json!({})).await;
+    call(
+        &app,
+        &format!("/v1/orders/{erased}/erase"),
+        PRIVACY,
+        json!({}),
+    )
+    .await;
     let app = app.restart().await;
     let (s, order) = get_order(&app, &id, CHECKOUT).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!((order["version"].as_u64(), order["status"].as_str()), (Some(2), Some("cancelled")));
+    assert_eq!(
+        (order["version"].as_u64(), order["status"].as_str()),
+        (Some(2), Some("cancelled"))
+    );
     assert_eq!(order["personal"]["consignee"]["name"], NAME);
-    let (s, b) = call(&app, &format!("/v1/orders/{id}/cancel"), CHECKOUT, json!({"reason": "other"})).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_cancelled")));
+    let (s, b) = call(
+        &app,
+        &format!("/v1/orders/{id}/cancel"),
+        CHECKOUT,
+        json!({"reason": "other"}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_cancelled"))
+    );
     let (_, order) = get_order(&app, &erased, CHECKOUT).await;
-    assert_eq!((order["status"].as_str(), &order["personal"]), (Some("erased"), &Value::Null));
+    assert_eq!(
+        (order["status"].as_str(), &order["personal"]),
+        (Some("erased"), &Value::Null)
+    );
     app.app.stop().await;
 }
 
 #[test]
 fn the_openapi_document_names_exactly_the_routes_served() {
     let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json")).unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json"))
+            .unwrap(),
     )
     .unwrap();
     let mut documented = BTreeSet::new();
@@ -350,10 +639,18 @@ fn the_openapi_document_names_exactly_the_routes_served() {
             }
         }
     }
-    let served: BTreeSet<(String, String)> =
-        orderlog::api::route_list().into_iter().map(|(m, p)| (m.to_owned(), p.to_owned())).collect();
+    let served: BTreeSet<(String, String)> = orderlog::api::route_list()
+        .into_iter()
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+        .collect();
     let missing: Vec<_> = served.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&served).collect();
-    assert!(missing.is_empty(), "routes missing from schemas/openapi.json: {missing:?}");
-    assert!(stale.is_empty(), "schemas/openapi.json names routes that do not exist: {stale:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from schemas/openapi.json: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "schemas/openapi.json names routes that do not exist: {stale:?}"
+    );
 }

@@ -6,16 +6,18 @@ mod common;
 
 use std::time::Duration;
 
-use orderlog::kafka::{ensure_topics, KafkaSettings, TopicSpec};
+use orderlog::kafka::{KafkaSettings, TopicSpec, ensure_topics};
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 
 #[tokio::test]
 async fn records_produced_to_the_real_broker_are_consumed_back() {
     let settings = KafkaSettings::new(common::brokers());
     let topic = common::unique("smoke");
-    ensure_topics(&settings, &[TopicSpec::events(&topic, 3, 1)]).await.unwrap();
+    ensure_topics(&settings, &[TopicSpec::events(&topic, 3, 1)])
+        .await
+        .unwrap();
 
     let producer: FutureProducer = settings
         .client_config()
@@ -28,7 +30,10 @@ async fn records_produced_to_the_real_broker_are_consumed_back() {
         let key = format!("order-{}", i % 7);
         let value = format!("event-{i}");
         producer
-            .send(FutureRecord::to(&topic).key(&key).payload(&value), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&value),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .unwrap();
@@ -65,20 +70,29 @@ fn three_broker_mode_starts_three_brokers() {
     let port = std::env::var("ORDERLOG_TEST_KAFKA3_PORT").unwrap_or_else(|_| "29092".into());
     let bootstrap = common::start_broker(&dir, &["--brokers", "3", "--port", &port]);
     let stop = || {
-        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/kafka/stop.sh"))
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--purge")
-            .status();
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/kafka/stop.sh"))
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--purge")
+                .status();
     };
     let result = std::panic::catch_unwind(|| {
-        assert_eq!(bootstrap.split(',').count(), 3, "bootstrap list: {bootstrap}");
-        let consumer: rdkafka::consumer::BaseConsumer =
-            KafkaSettings::new(&bootstrap).client_config().create().unwrap();
+        assert_eq!(
+            bootstrap.split(',').count(),
+            3,
+            "bootstrap list: {bootstrap}"
+        );
+        let consumer: rdkafka::consumer::BaseConsumer = KafkaSettings::new(&bootstrap)
+            .client_config()
+            .create()
+            .unwrap();
         // Brokers register with the controller quorum one by one; give them a moment.
         let mut ids = Vec::new();
         for _ in 0..60 {
-            let md = consumer.fetch_metadata(None, Duration::from_secs(5)).unwrap();
+            let md = consumer
+                .fetch_metadata(None, Duration::from_secs(5))
+                .unwrap();
             ids = md.brokers().iter().map(|b| b.id()).collect::<Vec<_>>();
             if ids.len() == 3 {
                 break;

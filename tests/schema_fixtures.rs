@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use orderlog::crypto::{KeyId, OrderKey};
-use orderlog::domain::{
-    decide, fixtures, fold, CancelReason, Command, ErasureScope, Event, FieldClass, Party,
-};
 use orderlog::domain::validation::ProviderId;
+use orderlog::domain::{
+    CancelReason, Command, ErasureScope, Event, FieldClass, Party, decide, fixtures, fold,
+};
 use orderlog::events::{self, Envelope, EventMeta};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 fn fixture_key() -> OrderKey {
@@ -74,7 +74,10 @@ fn write_fixtures() {
     let key = fixture_key();
     let order_id = Uuid::parse_str("01936b2e-0000-7000-8000-000000000001").unwrap();
     let commands = [
-        ("01-order-placed", Command::PlaceOrder(fixtures::new_order(42, true))),
+        (
+            "01-order-placed",
+            Command::PlaceOrder(fixtures::new_order(42, true)),
+        ),
         (
             "02-order-shared",
             Command::ShareOrder {
@@ -84,10 +87,22 @@ fn write_fixtures() {
         ),
         (
             "03-order-erased-identity",
-            Command::EraseOrder { scope: ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])) },
+            Command::EraseOrder {
+                scope: ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])),
+            },
         ),
-        ("04-order-cancelled", Command::CancelOrder { reason: CancelReason::CustomerRequest }),
-        ("05-order-erased", Command::EraseOrder { scope: ErasureScope::Order }),
+        (
+            "04-order-cancelled",
+            Command::CancelOrder {
+                reason: CancelReason::CustomerRequest,
+            },
+        ),
+        (
+            "05-order-erased",
+            Command::EraseOrder {
+                scope: ErasureScope::Order,
+            },
+        ),
     ];
     let mut history: Vec<Event> = Vec::new();
     let mut prev = [0u8; 32];
@@ -128,14 +143,26 @@ fn every_golden_fixture_decodes_to_its_recorded_reading() {
         write_fixtures();
     }
     let files = fixture_files();
-    assert_eq!(files.len(), 5, "expected five v1 fixtures in {}", dir().display());
+    assert_eq!(
+        files.len(),
+        5,
+        "expected five v1 fixtures in {}",
+        dir().display()
+    );
     let key = fixture_key();
     for bin in files {
         let bytes = std::fs::read(&bin).unwrap();
         let env = events::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        let expected: Value = serde_json::from_str(&std::fs::read_to_string(bin.with_extension("json")).unwrap()).unwrap();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(bin.with_extension("json")).unwrap())
+                .unwrap();
         assert_eq!(summary(&env, &key), expected, "{}", bin.display());
-        assert_eq!(events::encode(&env), bytes, "{} re-encodes to the same bytes", bin.display());
+        assert_eq!(
+            events::encode(&env),
+            bytes,
+            "{} re-encodes to the same bytes",
+            bin.display()
+        );
     }
 }
 
@@ -146,7 +173,12 @@ fn golden_fixtures_form_an_intact_hash_chain() {
         let bytes = std::fs::read(&bin).unwrap();
         let env = events::decode(&bytes).unwrap();
         assert_eq!(env.meta.sequence, n as u64 + 1);
-        assert_eq!(env.meta.prev_hash, prev, "{} links to its predecessor", bin.display());
+        assert_eq!(
+            env.meta.prev_hash,
+            prev,
+            "{} links to its predecessor",
+            bin.display()
+        );
         prev = events::record_hash(&bytes);
     }
 }
@@ -164,7 +196,11 @@ fn golden_fixtures_hold_no_personal_plaintext() {
     for bin in fixture_files() {
         let bytes = std::fs::read(&bin).unwrap();
         for n in &needles {
-            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "{} holds plaintext", bin.display());
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "{} holds plaintext",
+                bin.display()
+            );
         }
     }
 }

@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::app::{TestApp, CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY};
+use common::app::{CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY, TestApp};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn order_body(n: u32, real_name: bool, merchant: &str) -> Value {
-    let mut items = vec![json!({"sku": "SKU-TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800})];
+    let mut items = vec![
+        json!({"sku": "SKU-TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800}),
+    ];
     let mut amount = 17_600;
     if real_name {
         items.push(json!({"sku": "SKU-DRILL", "name": "Drill", "quantity": 1, "unit_price": 39900, "real_name": true}));
@@ -46,7 +48,13 @@ async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
 }
 
 /// Reads a feed to its end from `cursor`, `limit` at a time.
-async fn drain(app: &TestApp, base: &str, token: &str, mut cursor: String, limit: usize) -> (Vec<Value>, String) {
+async fn drain(
+    app: &TestApp,
+    base: &str,
+    token: &str,
+    mut cursor: String,
+    limit: usize,
+) -> (Vec<Value>, String) {
     let mut all = Vec::new();
     loop {
         let (s, page) = get(app, &format!("{base}?after={cursor}&limit={limit}"), token).await;
@@ -63,47 +71,105 @@ async fn drain(app: &TestApp, base: &str, token: &str, mut cursor: String, limit
 #[tokio::test]
 async fn the_shipping_view_shows_a_provider_only_what_was_shared_with_it() {
     let app = TestApp::spawn().await;
-    let shared = post(&app, "/v1/orders", CHECKOUT, order_body(1, true, "m-1")).await["order_id"].as_str().unwrap().to_owned();
-    let not_shared = post(&app, "/v1/orders", CHECKOUT, order_body(2, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
-    let other = post(&app, "/v1/orders", CHECKOUT, order_body(3, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
-    let v = post(&app, &format!("/v1/orders/{shared}/shares"), CHECKOUT,
-        json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping"]})).await["version"].as_u64().unwrap();
-    post(&app, &format!("/v1/orders/{other}/shares"), CHECKOUT,
-        json!({"party": {"kind": "logistics", "id": "yto"}, "fields": ["shipping", "contact"]})).await;
+    let shared = post(&app, "/v1/orders", CHECKOUT, order_body(1, true, "m-1")).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let not_shared =
+        post(&app, "/v1/orders", CHECKOUT, order_body(2, false, "m-1")).await["order_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let other = post(&app, "/v1/orders", CHECKOUT, order_body(3, false, "m-1")).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = post(
+        &app,
+        &format!("/v1/orders/{shared}/shares"),
+        CHECKOUT,
+        json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping"]}),
+    )
+    .await["version"]
+        .as_u64()
+        .unwrap();
+    post(
+        &app,
+        &format!("/v1/orders/{other}/shares"),
+        CHECKOUT,
+        json!({"party": {"kind": "logistics", "id": "yto"}, "fields": ["shipping", "contact"]}),
+    )
+    .await;
 
     let base = "/v1/shipping/sf-express/orders";
-    let (s, order) = get(&app, &format!("{base}/{shared}?min_version={v}"), LOGISTICS_SF).await;
+    let (s, order) = get(
+        &app,
+        &format!("{base}/{shared}?min_version={v}"),
+        LOGISTICS_SF,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{order}");
     assert_eq!(order["status"], "active");
     assert_eq!(order["fields"], json!(["shipping"]));
     assert_eq!(order["consignee"]["name"], "诸葛亮1");
     assert_eq!(order["consignee"]["mobile"], "13800130001");
     assert_eq!(order["consignee"]["mobile_masked"], "138****0001");
-    assert_eq!(order["contact"], Value::Null, "contact was not shared with sf-express");
-    assert_eq!(order["id_number"], Value::Null, "identity was not shared with sf-express");
-    assert!(order.get("items").is_none() && order.get("amount").is_none(), "a provider sees no prices");
+    assert_eq!(
+        order["contact"],
+        Value::Null,
+        "contact was not shared with sf-express"
+    );
+    assert_eq!(
+        order["id_number"],
+        Value::Null,
+        "identity was not shared with sf-express"
+    );
+    assert!(
+        order.get("items").is_none() && order.get("amount").is_none(),
+        "a provider sees no prices"
+    );
 
     for id in [&not_shared, &other] {
         let (s, _) = get(&app, &format!("{base}/{id}"), LOGISTICS_SF).await;
-        assert_eq!(s, StatusCode::NOT_FOUND, "an order not shared with sf-express is not in its view");
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "an order not shared with sf-express is not in its view"
+        );
     }
     let (feed, _) = drain(&app, base, LOGISTICS_SF, String::new(), 10).await;
     assert_eq!(feed.len(), 1);
-    assert_eq!((feed[0]["order_id"].as_str(), feed[0]["change"].as_str()), (Some(shared.as_str()), Some("shared")));
+    assert_eq!(
+        (feed[0]["order_id"].as_str(), feed[0]["change"].as_str()),
+        (Some(shared.as_str()), Some("shared"))
+    );
 
     let (s, e) = get(&app, "/v1/shipping/yto/orders", LOGISTICS_SF).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let (s, _) = get(&app, base, CHECKOUT).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     app.app.stop().await;
 }
 
 #[tokio::test]
-async fn cancellations_and_erasures_reach_the_feeds_exactly_once_and_erasure_leaves_no_personal_field() {
+async fn cancellations_and_erasures_reach_the_feeds_exactly_once_and_erasure_leaves_no_personal_field()
+ {
     let app = TestApp::spawn().await;
     let mut ids = Vec::new();
     for n in 0..6 {
-        let id = post(&app, "/v1/orders", CHECKOUT, order_body(100 + n, true, "m-1")).await["order_id"].as_str().unwrap().to_owned();
+        let id = post(
+            &app,
+            "/v1/orders",
+            CHECKOUT,
+            order_body(100 + n, true, "m-1"),
+        )
+        .await["order_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         post(&app, &format!("/v1/orders/{id}/shares"), CHECKOUT,
             json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "identity"]})).await;
         ids.push(id);
@@ -115,22 +181,56 @@ async fn cancellations_and_erasures_reach_the_feeds_exactly_once_and_erasure_lea
     assert_eq!(s, StatusCode::OK);
     let (first, cursor) = drain(&app, base, LOGISTICS_SF, String::new(), 4).await;
     assert_eq!(first.len(), 6);
-    post(&app, &format!("/v1/orders/{}/cancel", ids[0]), CHECKOUT, json!({"reason": "out_of_stock"})).await;
-    let erased = post(&app, &format!("/v1/orders/{}/erase", ids[1]), PRIVACY, json!({})).await;
-    post(&app, &format!("/v1/orders/{}/erase", ids[2]), PRIVACY, json!({"fields": ["identity"]})).await;
+    post(
+        &app,
+        &format!("/v1/orders/{}/cancel", ids[0]),
+        CHECKOUT,
+        json!({"reason": "out_of_stock"}),
+    )
+    .await;
+    let erased = post(
+        &app,
+        &format!("/v1/orders/{}/erase", ids[1]),
+        PRIVACY,
+        json!({}),
+    )
+    .await;
+    post(
+        &app,
+        &format!("/v1/orders/{}/erase", ids[2]),
+        PRIVACY,
+        json!({"fields": ["identity"]}),
+    )
+    .await;
     let (s, _) = get(&app, &wait_v(&ids[2], 3), LOGISTICS_SF).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = get(&app, &wait_v(&ids[1], erased["version"].as_u64().unwrap()), LOGISTICS_SF).await;
+    let (s, _) = get(
+        &app,
+        &wait_v(&ids[1], erased["version"].as_u64().unwrap()),
+        LOGISTICS_SF,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (second, _) = drain(&app, base, LOGISTICS_SF, cursor, 2).await;
-    let seen: Vec<(String, String)> = second.iter().map(|c| (c["order_id"].as_str().unwrap().to_owned(), c["change"].as_str().unwrap().to_owned())).collect();
+    let seen: Vec<(String, String)> = second
+        .iter()
+        .map(|c| {
+            (
+                c["order_id"].as_str().unwrap().to_owned(),
+                c["change"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen.contains(&(ids[0].clone(), "cancelled".into())));
     assert!(seen.contains(&(ids[1].clone(), "erased".into())));
     assert!(seen.contains(&(ids[2].clone(), "erased".into())));
 
     let (_, cancelled) = get(&app, &format!("{base}/{}", ids[0]), LOGISTICS_SF).await;
-    assert_eq!(cancelled["status"], "cancelled", "a cancelled order stays listed so the shipment stops");
+    assert_eq!(
+        cancelled["status"], "cancelled",
+        "a cancelled order stays listed so the shipment stops"
+    );
     let (_, gone) = get(&app, &format!("{base}/{}", ids[1]), LOGISTICS_SF).await;
     assert_eq!(gone["status"], "erased");
     for f in ["consignee", "contact", "id_number"] {
@@ -143,7 +243,10 @@ async fn cancellations_and_erasures_reach_the_feeds_exactly_once_and_erasure_lea
 
     // A whole fresh read sees every change exactly once.
     let (all, _) = drain(&app, base, LOGISTICS_SF, String::new(), 3).await;
-    let positions: Vec<&str> = all.iter().map(|c| c["position"].as_str().unwrap()).collect();
+    let positions: Vec<&str> = all
+        .iter()
+        .map(|c| c["position"].as_str().unwrap())
+        .collect();
     let unique: std::collections::BTreeSet<&&str> = positions.iter().collect();
     assert_eq!((all.len(), unique.len()), (9, 9));
     app.app.stop().await;
@@ -152,18 +255,46 @@ async fn cancellations_and_erasures_reach_the_feeds_exactly_once_and_erasure_lea
 #[tokio::test]
 async fn the_merchant_view_lists_its_orders_with_amounts_and_only_shared_fields() {
     let app = TestApp::spawn().await;
-    let mine = post(&app, "/v1/orders", CHECKOUT, order_body(7, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
-    let theirs = post(&app, "/v1/orders", CHECKOUT, order_body(8, false, "m-2")).await["order_id"].as_str().unwrap().to_owned();
+    let mine = post(&app, "/v1/orders", CHECKOUT, order_body(7, false, "m-1")).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let theirs = post(&app, "/v1/orders", CHECKOUT, order_body(8, false, "m-2")).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let base = "/v1/merchants/m-1/orders";
     let (s, o) = get(&app, &format!("{base}/{mine}?min_version=1"), MERCHANT_M1).await;
     assert_eq!(s, StatusCode::OK, "{o}");
-    assert_eq!((o["amount"].as_u64(), o["currency"].as_str(), o["items"].as_array().unwrap().len()), (Some(17_600), Some("CNY"), 1));
-    assert_eq!(o["consignee"], Value::Null, "nothing personal until shared with the merchant");
-    let v = post(&app, &format!("/v1/orders/{mine}/shares"), CHECKOUT,
-        json!({"party": {"kind": "merchant", "id": "m-1"}, "fields": ["contact"]})).await["version"].as_u64().unwrap();
+    assert_eq!(
+        (
+            o["amount"].as_u64(),
+            o["currency"].as_str(),
+            o["items"].as_array().unwrap().len()
+        ),
+        (Some(17_600), Some("CNY"), 1)
+    );
+    assert_eq!(
+        o["consignee"],
+        Value::Null,
+        "nothing personal until shared with the merchant"
+    );
+    let v = post(
+        &app,
+        &format!("/v1/orders/{mine}/shares"),
+        CHECKOUT,
+        json!({"party": {"kind": "merchant", "id": "m-1"}, "fields": ["contact"]}),
+    )
+    .await["version"]
+        .as_u64()
+        .unwrap();
     let (_, o) = get(&app, &format!("{base}/{mine}?min_version={v}"), MERCHANT_M1).await;
     assert_eq!(o["contact"]["email"], "kongming7@example.com");
-    assert_eq!(o["consignee"], Value::Null, "shipping was not shared with the merchant");
+    assert_eq!(
+        o["consignee"],
+        Value::Null,
+        "shipping was not shared with the merchant"
+    );
     let (s, _) = get(&app, &format!("{base}/{theirs}"), MERCHANT_M1).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = get(&app, "/v1/merchants/m-2/orders", MERCHANT_M1).await;
@@ -173,9 +304,15 @@ async fn the_merchant_view_lists_its_orders_with_amounts_and_only_shared_fields(
     assert_eq!(changes, vec!["placed", "shared"]);
     // min_version beyond what exists: the view says it lags instead of answering stale data.
     let (s, e) = get(&app, &format!("{base}/{mine}?min_version=99"), MERCHANT_M1).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("view_lagging")));
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("view_lagging"))
+    );
     let (s, e) = get(&app, &format!("{base}?after=garbage"), MERCHANT_M1).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_cursor")));
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_cursor"))
+    );
     app.app.stop().await;
 }
 
@@ -183,18 +320,50 @@ async fn the_merchant_view_lists_its_orders_with_amounts_and_only_shared_fields(
 async fn undecodable_records_go_to_the_dead_letter_topic_and_projection_goes_on() {
     let app = TestApp::spawn().await;
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &app.app.kafka.brokers).create().unwrap();
-    for junk in [&b"not an event"[..], b"OL\x00\x01\xff\xff\xff", b"OL\x00\x07future"] {
-        producer.send(rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&app.app.topic).payload(junk).partition(0), Duration::from_secs(10))
-            .await.map_err(|(e, _)| e).unwrap();
+        .set("bootstrap.servers", &app.app.kafka.brokers)
+        .create()
+        .unwrap();
+    for junk in [
+        &b"not an event"[..],
+        b"OL\x00\x01\xff\xff\xff",
+        b"OL\x00\x07future",
+    ] {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&app.app.topic)
+                    .payload(junk)
+                    .partition(0),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
-    let id = post(&app, "/v1/orders", CHECKOUT, order_body(9, false, "m-1")).await["order_id"].as_str().unwrap().to_owned();
-    let (s, _) = get(&app, &format!("/v1/merchants/m-1/orders/{id}?min_version=1"), MERCHANT_M1).await;
+    let id = post(&app, "/v1/orders", CHECKOUT, order_body(9, false, "m-1")).await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = get(
+        &app,
+        &format!("/v1/merchants/m-1/orders/{id}?min_version=1"),
+        MERCHANT_M1,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "projection went on past the bad records");
-    let dlq = common::raw_records(&app.app.kafka.brokers, &format!("{}.dead-letter", app.app.topic));
+    let dlq = common::raw_records(
+        &app.app.kafka.brokers,
+        &format!("{}.dead-letter", app.app.topic),
+    );
     assert_eq!(dlq.len(), 3);
-    let text: Vec<String> = dlq.iter().map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect();
-    assert!(text.iter().any(|t| t.contains("unsupported schema version 7")), "{text:?}");
+    let text: Vec<String> = dlq
+        .iter()
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("unsupported schema version 7")),
+        "{text:?}"
+    );
     assert!(text.iter().all(|t| t.contains("orderlog-dlq-reason")));
     app.app.stop().await;
 }
@@ -203,9 +372,21 @@ fn orderlog_bin() -> &'static str {
     env!("CARGO_BIN_EXE_orderlog")
 }
 
-fn run_projector(brokers: &str, topic: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+fn run_projector(
+    brokers: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
     Command::new(orderlog_bin())
-        .args(["project", "--brokers", brokers, "--topic", topic, "--data-dir"])
+        .args([
+            "project",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+            "--data-dir",
+        ])
         .arg(dir)
         .args(extra)
         .env("ORDERLOG_LOG", "warn")
@@ -228,33 +409,147 @@ async fn a_projector_killed_mid_stream_and_restarted_equals_a_clean_rebuild() {
     let mut ids = Vec::new();
     for n in 0..1500u32 {
         let id = uuid::Uuid::now_v7();
-        svc.execute(id, orderlog::domain::Command::PlaceOrder(fixtures::new_order(n, n % 3 == 0)), None, None).await.unwrap();
+        svc.execute(
+            id,
+            orderlog::domain::Command::PlaceOrder(fixtures::new_order(n, n % 3 == 0)),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         ids.push(id);
     }
-    use orderlog::domain::{CancelReason, Command as C, ErasureScope, FieldClass, Party};
     use orderlog::domain::validation::ProviderId;
+    use orderlog::domain::{CancelReason, Command as C, ErasureScope, FieldClass, Party};
     for (n, id) in ids.iter().enumerate() {
-        let party = Party::Logistics(ProviderId::parse("p", if n % 2 == 0 { "sf-express" } else { "yto" }).unwrap());
-        svc.execute(*id, C::ShareOrder { party, classes: [FieldClass::Shipping].into() }, None, None).await.unwrap();
+        let party = Party::Logistics(
+            ProviderId::parse("p", if n % 2 == 0 { "sf-express" } else { "yto" }).unwrap(),
+        );
+        svc.execute(
+            *id,
+            C::ShareOrder {
+                party,
+                classes: [FieldClass::Shipping].into(),
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         if n % 5 == 0 {
-            svc.execute(*id, C::CancelOrder { reason: CancelReason::Other }, None, None).await.unwrap();
+            svc.execute(
+                *id,
+                C::CancelOrder {
+                    reason: CancelReason::Other,
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
         }
         if n % 7 == 0 {
-            svc.execute(*id, C::EraseOrder { scope: ErasureScope::Order }, None, None).await.unwrap();
+            svc.execute(
+                *id,
+                C::EraseOrder {
+                    scope: ErasureScope::Order,
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap();
         }
     }
     let brokers = app.app.kafka.brokers.clone();
     let topic = app.app.topic.clone();
+    let t0 = Instant::now();
     let killed = tempfile::tempdir().unwrap();
     let group = common::unique("kill-test");
-    // Kill it with SIGKILL three times at different moments, then let it finish.
-    for delay_ms in [150u64, 400, 250] {
-        let mut child = run_projector(&brokers, &topic, killed.path(), &["--group", &group]);
-        std::thread::sleep(Duration::from_millis(delay_ms) + Duration::from_millis(300));
+    let total: u64 = {
+        let (s, _) = (app.raw_records().len() as u64, ());
+        s
+    };
+    // Kill it with SIGKILL at different moments until three kills have hit it
+    // mid-stream (some but not all events projected), then let it finish.
+    let projected = |dir: &std::path::Path| -> u64 {
+        let store = orderlog::store::Store::open(dir).unwrap();
+        orderlog::projections::query::partitions(&store)
+            .unwrap()
+            .into_iter()
+            .map(|p| {
+                let v = store
+                    .db()
+                    .get_cf(store.cf(orderlog::store::CF_VIEW_OFFSETS), p.to_be_bytes())
+                    .unwrap()
+                    .unwrap();
+                u64::from_be_bytes(v[..].try_into().unwrap())
+            })
+            .sum()
+    };
+    // Watch the projector's progress through the offsets it commits to Kafka
+    // (a hint it writes after each RocksDB batch) and kill it part way.
+    let watcher: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&topic, p);
+    }
+    let committed = || -> u64 {
+        use rdkafka::consumer::Consumer;
+        watcher
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .map(|t| {
+                t.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => Some(o as u64),
+                        _ => None,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let mut mid_stream_kills = 0;
+    for round in 0..3u64 {
+        // Throttled to 1000 events/s so a kill lands part way through.
+        let mut child = run_projector(
+            &brokers,
+            &topic,
+            killed.path(),
+            &["--group", &group, "--batch", "50", "--max-rate", "1000"],
+        );
+        let before = committed();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while committed() <= before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200 + 150 * round));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        let after = projected(killed.path());
+        eprintln!(
+            "kill {round}: committed {before}..{}, projected {after} of {total} ({:?} since log written)",
+            committed(),
+            t0.elapsed()
+        );
+        if after > 0 && after < total {
+            mid_stream_kills += 1;
+        }
     }
-    let mut child = run_projector(&brokers, &topic, killed.path(), &["--group", &group, "--until-caught-up"]);
+    assert!(
+        mid_stream_kills >= 2,
+        "only {mid_stream_kills} of 3 kills landed mid-stream"
+    );
+    let mut child = run_projector(
+        &brokers,
+        &topic,
+        killed.path(),
+        &["--group", &group, "--until-caught-up"],
+    );
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -264,13 +559,28 @@ async fn a_projector_killed_mid_stream_and_restarted_equals_a_clean_rebuild() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success());
+    eprintln!("caught up after {:?}", t0.elapsed());
 
     let clean = tempfile::tempdir().unwrap();
-    let status = run_projector(&brokers, &topic, clean.path(), &["--all-partitions", "--until-caught-up"]).wait().unwrap();
+    let status = run_projector(
+        &brokers,
+        &topic,
+        clean.path(),
+        &["--all-partitions", "--until-caught-up"],
+    )
+    .wait()
+    .unwrap();
     assert!(status.success());
 
     let (a, b) = (digest(killed.path()), digest(clean.path()));
     assert_eq!(a, b, "views after kills equal a clean rebuild");
+    // A replayed event would fail the sequence check and be dead-lettered:
+    // an empty dead-letter topic shows that nothing was applied twice.
+    let dlq = format!("{topic}.dead-letter");
+    assert!(
+        common::raw_records(&brokers, &dlq).is_empty(),
+        "events were re-applied after a kill"
+    );
     let rows: BTreeMap<_, _> = a.per_view.iter().map(|(k, (n, _))| (*k, *n)).collect();
     assert_eq!(rows["view_orders"], 1500);
     app.app.stop().await;
@@ -284,15 +594,32 @@ async fn no_file_of_the_data_directory_holds_personal_plaintext() {
         let body = order_body(500 + n, true, "m-1");
         needles.push(body["consignee"]["name"].as_str().unwrap().to_owned());
         needles.push(body["consignee"]["mobile"].as_str().unwrap().to_owned());
-        needles.push(body["consignee"]["address"]["street"].as_str().unwrap().to_owned());
+        needles.push(
+            body["consignee"]["address"]["street"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
         needles.push(body["contact"]["email"].as_str().unwrap().to_owned());
         needles.push(body["id_number"].as_str().unwrap().to_owned());
-        let id = post(&app, "/v1/orders", CHECKOUT, body).await["order_id"].as_str().unwrap().to_owned();
+        let id = post(&app, "/v1/orders", CHECKOUT, body).await["order_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let v = post(&app, &format!("/v1/orders/{id}/shares"), CHECKOUT,
             json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "contact", "identity"]})).await["version"].as_u64().unwrap();
-        let (s, o) = get(&app, &format!("/v1/shipping/sf-express/orders/{id}?min_version={v}"), LOGISTICS_SF).await;
+        let (s, o) = get(
+            &app,
+            &format!("/v1/shipping/sf-express/orders/{id}?min_version={v}"),
+            LOGISTICS_SF,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(o["id_number"], fixtures::id_number(500 + n), "the view does serve the data");
+        assert_eq!(
+            o["id_number"],
+            fixtures::id_number(500 + n),
+            "the view does serve the data"
+        );
     }
     let dir = app.data_dir.path().to_owned();
     let data_dir = app.data_dir;
@@ -303,7 +630,11 @@ async fn no_file_of_the_data_directory_holds_personal_plaintext() {
         let bytes = std::fs::read(&path).unwrap();
         files += 1;
         for n in &needles {
-            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "{} holds personal plaintext", path.display());
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "{} holds personal plaintext",
+                path.display()
+            );
         }
     }
     assert!(files > 3);

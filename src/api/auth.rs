@@ -38,9 +38,15 @@ impl Role {
                     "unknown role '{other}': expected checkout, privacy, auditor, logistics:<provider> or merchant:<merchant>"
                 )),
             },
-            Some(("logistics", id)) => ProviderId::parse("role", id).map(Role::Logistics).map_err(|e| e.to_string()),
-            Some(("merchant", id)) => MerchantId::parse("role", id).map(Role::Merchant).map_err(|e| e.to_string()),
-            Some((other, _)) => Err(format!("unknown role kind '{other}': expected logistics:<provider> or merchant:<merchant>")),
+            Some(("logistics", id)) => ProviderId::parse("role", id)
+                .map(Role::Logistics)
+                .map_err(|e| e.to_string()),
+            Some(("merchant", id)) => MerchantId::parse("role", id)
+                .map(Role::Merchant)
+                .map_err(|e| e.to_string()),
+            Some((other, _)) => Err(format!(
+                "unknown role kind '{other}': expected logistics:<provider> or merchant:<merchant>"
+            )),
         }
     }
 }
@@ -81,7 +87,8 @@ impl Tokens {
 
     /// The role of a presented token, if it is known.
     pub fn role(&self, token: &str) -> Option<&Role> {
-        self.by_digest.get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
+        self.by_digest
+            .get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,7 +123,13 @@ mod tests {
 
     #[test]
     fn roles_parse_and_print_back() {
-        for s in ["checkout", "privacy", "auditor", "logistics:sf-express", "merchant:m-1"] {
+        for s in [
+            "checkout",
+            "privacy",
+            "auditor",
+            "logistics:sf-express",
+            "merchant:m-1",
+        ] {
             assert_eq!(Role::parse(s).unwrap().to_string(), s);
         }
         assert!(Role::parse("admin").unwrap_err().contains("unknown role"));
@@ -147,7 +160,11 @@ impl Caller {
         Err(super::error::ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
             "forbidden",
-            format!("this endpoint needs role {}; the token has role {}", names.join(" or "), self.0),
+            format!(
+                "this endpoint needs role {}; the token has role {}",
+                names.join(" or "),
+                self.0
+            ),
         ))
     }
 }
@@ -155,9 +172,13 @@ impl Caller {
 impl axum::extract::FromRequestParts<super::AppState> for Caller {
     type Rejection = super::error::ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &super::AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &super::AppState,
+    ) -> Result<Self, Self::Rejection> {
         use axum::http::StatusCode;
-        let unauthenticated = |m: &str| super::error::ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        let unauthenticated =
+            |m: &str| super::error::ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -165,7 +186,10 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(|| unauthenticated("Authorization header must be 'Bearer <token>'"))?;
         state

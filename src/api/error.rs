@@ -32,7 +32,12 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -56,11 +61,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
-            error: Inner { code: self.code, message: &self.message, field: self.field.as_deref() },
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
     }
@@ -90,7 +100,11 @@ impl From<DomainError> for ApiError {
             NoClassesToErase => (StatusCode::UNPROCESSABLE_ENTITY, "no_field_classes"),
         };
         let field = match &e {
-            NoFieldClasses | IdentityNotApplicable | NoContactFields | ShareOfErasedClass(_) | NoClassesToErase => Some("fields"),
+            NoFieldClasses
+            | IdentityNotApplicable
+            | NoContactFields
+            | ShareOfErasedClass(_)
+            | NoClassesToErase => Some("fields"),
             ForeignMerchant { .. } => Some("party.id"),
             _ => None,
         };
@@ -104,16 +118,22 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Domain(d) => d.into(),
-            ServiceError::VersionMismatch { .. } => {
-                ApiError::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", e.to_string())
-            }
-            ServiceError::IdempotencyMismatch => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", e.to_string())
-                    .field("Idempotency-Key")
-            }
-            ServiceError::IdempotencyInFlight => {
-                ApiError::new(StatusCode::CONFLICT, "idempotency_key_in_flight", e.to_string())
-            }
+            ServiceError::VersionMismatch { .. } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "version_mismatch",
+                e.to_string(),
+            ),
+            ServiceError::IdempotencyMismatch => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            )
+            .field("Idempotency-Key"),
+            ServiceError::IdempotencyInFlight => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_flight",
+                e.to_string(),
+            ),
             ServiceError::Unavailable(_) => {
                 tracing::warn!(error = %e, "Command failed: event log unavailable.");
                 ApiError::new(
@@ -122,12 +142,18 @@ impl From<ServiceError> for ApiError {
                     "the event log did not acknowledge the command; nothing was written; retry",
                 )
             }
-            ServiceError::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down; retry")
-            }
+            ServiceError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the service is shutting down; retry",
+            ),
             ServiceError::Internal(detail) => {
                 tracing::error!(%detail, "Internal error.");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }
@@ -143,7 +169,11 @@ pub fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiErro
         _ => {
             return ApiError::bad_request(
                 "invalid_json",
-                format!("request body is not valid JSON (line {}, column {})", inner.line(), inner.column()),
+                format!(
+                    "request body is not valid JSON (line {}, column {})",
+                    inner.line(),
+                    inner.column()
+                ),
             );
         }
     }
@@ -152,20 +182,60 @@ pub fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiErro
     let expected = text.split_once(", expected ").map(|(_, e)| e);
     let (field, message) = if let Some(rest) = text.strip_prefix("missing field `") {
         let name = rest.trim_end_matches('`');
-        let field = if path == "." { name.to_owned() } else { format!("{path}.{name}") };
+        let field = if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        };
         (field, "is required".to_owned())
     } else if text.starts_with("unknown field") {
-        (path, format!("is not a known field{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+        (
+            path,
+            format!(
+                "is not a known field{}",
+                expected
+                    .map(|e| format!("; expected {e}"))
+                    .unwrap_or_default()
+            ),
+        )
     } else if text.starts_with("invalid type") {
-        (path, format!("has the wrong type{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+        (
+            path,
+            format!(
+                "has the wrong type{}",
+                expected
+                    .map(|e| format!("; expected {e}"))
+                    .unwrap_or_default()
+            ),
+        )
     } else if text.starts_with("invalid length") {
-        (path, format!("has the wrong length{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+        (
+            path,
+            format!(
+                "has the wrong length{}",
+                expected
+                    .map(|e| format!("; expected {e}"))
+                    .unwrap_or_default()
+            ),
+        )
     } else if text.contains("out of range") || text.starts_with("invalid value") {
-        (path, format!("has an invalid value{}", expected.map(|e| format!("; expected {e}")).unwrap_or_default()))
+        (
+            path,
+            format!(
+                "has an invalid value{}",
+                expected
+                    .map(|e| format!("; expected {e}"))
+                    .unwrap_or_default()
+            ),
+        )
     } else {
         (path, "is invalid".to_owned())
     };
-    let field = if field == "." || field.is_empty() { "body".to_owned() } else { field };
+    let field = if field == "." || field.is_empty() {
+        "body".to_owned()
+    } else {
+        field
+    };
     ApiError::unprocessable(field, message)
 }
 
@@ -197,24 +267,33 @@ mod tests {
     #[test]
     fn shape_errors_name_the_field_and_never_echo_the_value() {
         let e = parse(r#"{"amount": "13800138000", "consignee": {"name": "x", "mobile": "y"}}"#);
-        assert_eq!((e.status, e.field.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("amount")));
+        assert_eq!(
+            (e.status, e.field.as_deref()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("amount"))
+        );
         assert!(!e.message.contains("13800138000"), "{}", e.message);
         let e = parse(r#"{"amount": 1, "consignee": {"name": "x"}}"#);
         assert_eq!(e.field.as_deref(), Some("consignee.mobile"));
         assert_eq!(e.message, "is required");
-        let e = parse(r#"{"amount": 1, "consignee": {"name": "x", "mobile": "y", "secret": "Zhang"}}"#);
+        let e =
+            parse(r#"{"amount": 1, "consignee": {"name": "x", "mobile": "y", "secret": "Zhang"}}"#);
         assert_eq!(e.field.as_deref(), Some("consignee.secret"));
         assert!(!e.message.contains("Zhang"));
         let e = parse(r#"{"amount": -5, "consignee": {"name": "x", "mobile": "y"}}"#);
         assert_eq!(e.field.as_deref(), Some("amount"));
-        let e = parse(r#"{"amount": 99999999999999999999999, "consignee": {"name": "x", "mobile": "y"}}"#);
+        let e = parse(
+            r#"{"amount": 99999999999999999999999, "consignee": {"name": "x", "mobile": "y"}}"#,
+        );
         assert_eq!(e.field.as_deref(), Some("amount"));
     }
 
     #[test]
     fn syntax_errors_are_400() {
         let e = parse(r#"{"amount": 1,"#);
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_json"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(parse(&deep).status.is_client_error());
     }

@@ -11,12 +11,12 @@ pub mod views;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{get, post, MethodRouter};
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::routing::{MethodRouter, get, post};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -40,13 +40,16 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("tokens", &self.tokens).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
     }
 }
 
 impl AppState {
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.mac_key.as_ref()).expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.mac_key.as_ref())
+            .expect("HMAC takes any key length");
         for p in parts {
             m.update(&(p.len() as u64).to_be_bytes());
             m.update(p);
@@ -63,10 +66,26 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/v1/orders/{id}/shares", post(orders::share_order)),
         ("POST", "/v1/orders/{id}/cancel", post(orders::cancel_order)),
         ("POST", "/v1/orders/{id}/erase", post(orders::erase_order)),
-        ("GET", "/v1/shipping/{provider}/orders", get(views::shipping_feed)),
-        ("GET", "/v1/shipping/{provider}/orders/{id}", get(views::shipping_order)),
-        ("GET", "/v1/merchants/{merchant}/orders", get(views::merchant_feed)),
-        ("GET", "/v1/merchants/{merchant}/orders/{id}", get(views::merchant_order)),
+        (
+            "GET",
+            "/v1/shipping/{provider}/orders",
+            get(views::shipping_feed),
+        ),
+        (
+            "GET",
+            "/v1/shipping/{provider}/orders/{id}",
+            get(views::shipping_order),
+        ),
+        (
+            "GET",
+            "/v1/merchants/{merchant}/orders",
+            get(views::merchant_feed),
+        ),
+        (
+            "GET",
+            "/v1/merchants/{merchant}/orders/{id}",
+            get(views::merchant_order),
+        ),
     ]
 }
 
@@ -82,7 +101,11 @@ pub fn router(state: AppState) -> Router {
     }
     r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -106,24 +129,39 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
 /// Parses JSON into `T`, naming the field at fault on error.
 pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("empty_body", "request body is empty; a JSON object is expected"));
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "request body is empty; a JSON object is expected",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error::deserialize(&mut de).map_err(error::json_error)?;
-    de.end().map_err(|_| ApiError::bad_request("invalid_json", "trailing characters after the JSON body"))?;
+    de.end().map_err(|_| {
+        ApiError::bad_request("invalid_json", "trailing characters after the JSON body")
+    })?;
     Ok(v)
 }
 
 /// Parses any JSON value (for canonical digests).
 pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()))
+        ApiError::bad_request(
+            "invalid_json",
+            format!(
+                "request body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
     })
 }
 
 pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }

@@ -2,19 +2,19 @@
 
 use std::collections::BTreeSet;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use super::{parse_body, AppState};
+use super::{AppState, parse_body};
 use crate::domain::validation::{
     Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile,
     OrderNumber, ProviderId, ValidationError,
@@ -23,7 +23,7 @@ use crate::domain::{
     CancelReason, Command, ContactInfo, ErasureScope, FieldClass, NewOrder, Party, PersonalData,
     ShippingInfo,
 };
-use crate::service::{Idempotency, Outcome, OrderView};
+use crate::service::{Idempotency, OrderView, Outcome};
 
 // Request bodies. They hold personal data as plain strings for the moment of
 // parsing only, so they derive no Debug.
@@ -115,12 +115,28 @@ impl PlaceOrderBody {
             .items
             .iter()
             .enumerate()
-            .map(|(n, i)| Item::parse(&format!("items[{n}]"), &i.sku, &i.name, i.quantity, i.unit_price, i.real_name))
+            .map(|(n, i)| {
+                Item::parse(
+                    &format!("items[{n}]"),
+                    &i.sku,
+                    &i.name,
+                    i.quantity,
+                    i.unit_price,
+                    i.real_name,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let a = &self.consignee.address;
         let shipping = ShippingInfo {
             name: ConsigneeName::parse("consignee.name", &self.consignee.name)?,
-            address: Address::parse("consignee.address", &a.province, &a.city, &a.district, &a.street, &a.postal_code)?,
+            address: Address::parse(
+                "consignee.address",
+                &a.province,
+                &a.city,
+                &a.district,
+                &a.street,
+                &a.postal_code,
+            )?,
             mobile: Mobile::parse("consignee.mobile", &self.consignee.mobile)?,
         };
         let contact = match &self.contact {
@@ -140,14 +156,22 @@ impl PlaceOrderBody {
             },
             None => ContactInfo::default(),
         };
-        let identity = self.id_number.as_deref().map(|s| IdNumber::parse("id_number", s)).transpose()?;
+        let identity = self
+            .id_number
+            .as_deref()
+            .map(|s| IdNumber::parse("id_number", s))
+            .transpose()?;
         NewOrder::new(
             OrderNumber::parse("order_number", &self.order_number)?,
             MerchantId::parse("merchant_id", &self.merchant_id)?,
             items,
             Currency::parse("currency", &self.currency)?,
             self.amount,
-            PersonalData { shipping, contact, identity },
+            PersonalData {
+                shipping,
+                contact,
+                identity,
+            },
         )
     }
 }
@@ -157,7 +181,10 @@ fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, Ap
         .enumerate()
         .map(|(n, s)| {
             FieldClass::parse(s).ok_or_else(|| {
-                ApiError::unprocessable(format!("{field}[{n}]"), "must be one of shipping, contact, identity")
+                ApiError::unprocessable(
+                    format!("{field}[{n}]"),
+                    "must be one of shipping, contact, identity",
+                )
             })
         })
         .collect()
@@ -165,35 +192,57 @@ fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, Ap
 
 /// `If-Match: 3` or `If-Match: "3"`.
 fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = headers.get("if-match") else { return Ok(None) };
+    let Some(v) = headers.get("if-match") else {
+        return Ok(None);
+    };
     v.to_str()
         .ok()
         .map(|s| s.trim().trim_matches('"'))
         .and_then(|s| s.parse::<u64>().ok())
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request("invalid_header", "If-Match must be an order version number").field("If-Match"))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_header", "If-Match must be an order version number")
+                .field("If-Match")
+        })
 }
 
-fn idempotency(state: &AppState, caller: &Role, headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+fn idempotency(
+    state: &AppState,
+    caller: &Role,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = v
         .to_str()
         .ok()
         .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
-            ApiError::bad_request("invalid_header", "Idempotency-Key must be 1 to 255 visible ASCII characters")
-                .field("Idempotency-Key")
+            ApiError::bad_request(
+                "invalid_header",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+            .field("Idempotency-Key")
         })?;
     // The digest covers the meaning of the body, not its spacing.
     let canonical: Value = super::parse_json(body)?;
     Ok(Some(Idempotency {
         key: state.mac(&[b"key", caller.to_string().as_bytes(), key.as_bytes()]),
-        request: state.mac(&[b"request", route.as_bytes(), canonical.to_string().as_bytes()]),
+        request: state.mac(&[
+            b"request",
+            route.as_bytes(),
+            canonical.to_string().as_bytes(),
+        ]),
     }))
 }
 
 fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id"))
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id")
+    })
 }
 
 fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
@@ -202,9 +251,13 @@ fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
         b.extend(e);
     }
     let mut resp = (status, Json(body)).into_response();
-    resp.headers_mut().insert("etag", format!("\"{}\"", outcome.version).parse().expect("digits"));
+    resp.headers_mut().insert(
+        "etag",
+        format!("\"{}\"", outcome.version).parse().expect("digits"),
+    );
     if outcome.replayed {
-        resp.headers_mut().insert("idempotent-replayed", "true".parse().expect("ascii"));
+        resp.headers_mut()
+            .insert("idempotent-replayed", "true".parse().expect("ascii"));
     }
     resp
 }
@@ -221,11 +274,18 @@ pub async fn place_order(
     let idem = idempotency(&state, &caller.0, &headers, "POST /v1/orders", &bytes)?;
     let order = parsed.into_new_order()?;
     let order_id = Uuid::now_v7();
-    let outcome = state.service.execute(order_id, Command::PlaceOrder(order), None, idem).await?;
+    let outcome = state
+        .service
+        .execute(order_id, Command::PlaceOrder(order), None, idem)
+        .await?;
     tracing::info!(order_id = %outcome.order_id, version = outcome.version, replayed = outcome.replayed, "Order placed.");
     let mut resp = written(StatusCode::CREATED, &outcome, json!({}));
-    resp.headers_mut()
-        .insert("location", format!("/v1/orders/{}", outcome.order_id).parse().expect("ascii"));
+    resp.headers_mut().insert(
+        "location",
+        format!("/v1/orders/{}", outcome.order_id)
+            .parse()
+            .expect("ascii"),
+    );
     Ok(resp)
 }
 
@@ -243,13 +303,32 @@ pub async fn share_order(
     let party = match parsed.party.kind.as_str() {
         "logistics" => Party::Logistics(ProviderId::parse("party.id", &parsed.party.id)?),
         "merchant" => Party::Merchant(MerchantId::parse("party.id", &parsed.party.id)?),
-        _ => return Err(ApiError::unprocessable("party.kind", "must be logistics or merchant")),
+        _ => {
+            return Err(ApiError::unprocessable(
+                "party.kind",
+                "must be logistics or merchant",
+            ));
+        }
     };
     let classes = parse_classes("fields", &parsed.fields)?;
-    let idem = idempotency(&state, &caller.0, &headers, &format!("POST /v1/orders/{order_id}/shares"), &bytes)?;
+    let idem = idempotency(
+        &state,
+        &caller.0,
+        &headers,
+        &format!("POST /v1/orders/{order_id}/shares"),
+        &bytes,
+    )?;
     let outcome = state
         .service
-        .execute(order_id, Command::ShareOrder { party: party.clone(), classes }, expected_version(&headers)?, idem)
+        .execute(
+            order_id,
+            Command::ShareOrder {
+                party: party.clone(),
+                classes,
+            },
+            expected_version(&headers)?,
+            idem,
+        )
         .await?;
     tracing::info!(%order_id, %party, version = outcome.version, "Order shared.");
     Ok(written(StatusCode::OK, &outcome, json!({})))
@@ -272,10 +351,21 @@ pub async fn cancel_order(
             "must be one of customer_request, payment_failed, out_of_stock, fraud_suspected, other",
         )
     })?;
-    let idem = idempotency(&state, &caller.0, &headers, &format!("POST /v1/orders/{order_id}/cancel"), &bytes)?;
+    let idem = idempotency(
+        &state,
+        &caller.0,
+        &headers,
+        &format!("POST /v1/orders/{order_id}/cancel"),
+        &bytes,
+    )?;
     let outcome = state
         .service
-        .execute(order_id, Command::CancelOrder { reason }, expected_version(&headers)?, idem)
+        .execute(
+            order_id,
+            Command::CancelOrder { reason },
+            expected_version(&headers)?,
+            idem,
+        )
         .await?;
     tracing::info!(%order_id, reason = reason.as_str(), version = outcome.version, "Order cancelled.");
     Ok(written(StatusCode::OK, &outcome, json!({})))
@@ -291,7 +381,11 @@ pub async fn erase_order(
     caller.require(&[Role::Privacy])?;
     let order_id = parse_order_id(&id)?;
     let bytes = super::body_bytes(body)?;
-    let parsed: EraseBody = if bytes.iter().all(u8::is_ascii_whitespace) { EraseBody::default() } else { parse_body(&bytes)? };
+    let parsed: EraseBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        EraseBody::default()
+    } else {
+        parse_body(&bytes)?
+    };
     let scope = match &parsed.fields {
         None => ErasureScope::Order,
         Some(f) => ErasureScope::Classes(parse_classes("fields", f)?),
@@ -299,7 +393,14 @@ pub async fn erase_order(
     let started = std::time::Instant::now();
     let outcome = state
         .service
-        .execute(order_id, Command::EraseOrder { scope: scope.clone() }, expected_version(&headers)?, None)
+        .execute(
+            order_id,
+            Command::EraseOrder {
+                scope: scope.clone(),
+            },
+            expected_version(&headers)?,
+            None,
+        )
         .await?;
     // Verify what we can: the vault must no longer yield the erased classes.
     let mut verified = Vec::new();
@@ -312,7 +413,11 @@ pub async fn erase_order(
         }
         _ => {
             tracing::error!(%order_id, "Erasure could not be verified in the vault.");
-            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "erasure_unverified", "the erasure event is logged but key destruction could not be verified; it is retried at next start"));
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "erasure_unverified",
+                "the erasure event is logged but key destruction could not be verified; it is retried at next start",
+            ));
         }
     }
     tracing::info!(%order_id, elapsed_ms = started.elapsed().as_millis() as u64, "Order erased.");
@@ -335,21 +440,38 @@ pub async fn erase_order(
     ))
 }
 
-pub async fn get_order(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     caller.require(&[Role::Checkout, Role::Auditor])?;
     let order_id = parse_order_id(&id)?;
-    let view = state.service.get(order_id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "order does not exist"))?;
+    let view = state.service.get(order_id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "order does not exist",
+        )
+    })?;
     if !view.personal.is_empty() {
         tracing::info!(%order_id, role = %caller.0, "Personal fields read.");
     }
     let mut resp = Json(order_json(&view)).into_response();
-    resp.headers_mut().insert("etag", format!("\"{}\"", view.record.state.version).parse().expect("digits"));
+    resp.headers_mut().insert(
+        "etag",
+        format!("\"{}\"", view.record.state.version)
+            .parse()
+            .expect("digits"),
+    );
     Ok(resp)
 }
 
 /// The JSON form of an order. Personal fields appear only while readable.
 pub fn order_json(view: &OrderView) -> Value {
-    let Some(o) = &view.record.state.order else { return json!({ "order_id": view.order_id }) };
+    let Some(o) = &view.record.state.order else {
+        return json!({ "order_id": view.order_id });
+    };
     let p = &view.personal;
     let personal = (!p.is_empty()).then(|| {
         json!({

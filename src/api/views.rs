@@ -4,23 +4,23 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use super::{rfc3339, AppState};
+use super::{AppState, rfc3339};
 use crate::crypto::VaultError;
 use crate::domain::validation::{MerchantId, ProviderId};
 use crate::domain::{Event, PersonalFields};
 use crate::events::codec::class_of;
 use crate::events::v1::{ClassV1, PartyV1};
-use crate::projections::query::{self, Cursor, FeedItem};
 use crate::projections::ProjectedOrder;
+use crate::projections::query::{self, Cursor, FeedItem};
 use crate::store::{CF_MERCHANT_FEED, CF_SHIPPING_FEED};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -42,13 +42,27 @@ pub struct OrderParams {
 }
 
 fn params<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(p)| p).map_err(|e| ApiError::bad_request("invalid_query", format!("invalid query string: {}", e.body_text().split(": ").last().unwrap_or("bad parameter"))))
+    q.map(|Query(p)| p).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "invalid query string: {}",
+                e.body_text().split(": ").last().unwrap_or("bad parameter")
+            ),
+        )
+    })
 }
 
 fn cursor(after: Option<&str>) -> Result<Cursor, ApiError> {
     match after {
         None | Some("") => Ok(Cursor::default()),
-        Some(s) => s.parse().map_err(|_| ApiError::bad_request("invalid_cursor", "after must be a cursor returned by this API").field("after")),
+        Some(s) => s.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "after must be a cursor returned by this API",
+            )
+            .field("after")
+        }),
     }
 }
 
@@ -60,13 +74,19 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// The personal fields of `classes` that can still be opened.
-fn personal(state: &AppState, order: &ProjectedOrder, classes: &[ClassV1]) -> Result<PersonalFields, ApiError> {
+fn personal(
+    state: &AppState,
+    order: &ProjectedOrder,
+    classes: &[ClassV1],
+) -> Result<PersonalFields, ApiError> {
     if order.sealed.is_empty() || classes.is_empty() {
         return Ok(PersonalFields::default());
     }
     let key = match state.service.vault().get(order.id()) {
         Ok(k) => k,
-        Err(VaultError::Shredded { .. } | VaultError::NotFound(_)) => return Ok(PersonalFields::default()),
+        Err(VaultError::Shredded { .. } | VaultError::NotFound(_)) => {
+            return Ok(PersonalFields::default());
+        }
         Err(e) => return Err(crate::service::ServiceError::from(e).into()),
     };
     let mut env = order.sealed_envelope();
@@ -76,7 +96,11 @@ fn personal(state: &AppState, order: &ProjectedOrder, classes: &[ClassV1]) -> Re
         Ok(_) => Ok(PersonalFields::default()),
         Err(e) => {
             tracing::error!(order_id = %order.id(), error = %e, "Sealed view fields failed to open.");
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
         }
     }
 }
@@ -105,8 +129,16 @@ fn class_names(c: &[ClassV1]) -> Vec<&'static str> {
     c.iter().map(|c| class_of(*c).as_str()).collect()
 }
 
-fn shipping_json(state: &AppState, o: &ProjectedOrder, provider: &PartyV1) -> Result<Value, ApiError> {
-    let classes: Vec<ClassV1> = o.classes_for(provider).into_iter().filter(|c| !o.erased.contains(c)).collect();
+fn shipping_json(
+    state: &AppState,
+    o: &ProjectedOrder,
+    provider: &PartyV1,
+) -> Result<Value, ApiError> {
+    let classes: Vec<ClassV1> = o
+        .classes_for(provider)
+        .into_iter()
+        .filter(|c| !o.erased.contains(c))
+        .collect();
     let p = personal(state, o, &classes)?;
     let mut v = json!({
         "order_id": o.id(),
@@ -123,7 +155,11 @@ fn shipping_json(state: &AppState, o: &ProjectedOrder, provider: &PartyV1) -> Re
 
 fn merchant_json(state: &AppState, o: &ProjectedOrder) -> Result<Value, ApiError> {
     let me = PartyV1::Merchant(o.merchant_id.clone());
-    let classes: Vec<ClassV1> = o.classes_for(&me).into_iter().filter(|c| !o.erased.contains(c)).collect();
+    let classes: Vec<ClassV1> = o
+        .classes_for(&me)
+        .into_iter()
+        .filter(|c| !o.erased.contains(c))
+        .collect();
     let p = personal(state, o, &classes)?;
     let mut v = json!({
         "order_id": o.id(),
@@ -148,7 +184,12 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-fn feed_json(state: &AppState, items: Vec<FeedItem>, next: Cursor, render: impl Fn(&ProjectedOrder) -> Result<Value, ApiError>) -> Result<Value, ApiError> {
+fn feed_json(
+    state: &AppState,
+    items: Vec<FeedItem>,
+    next: Cursor,
+    render: impl Fn(&ProjectedOrder) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
     let mut changes = Vec::with_capacity(items.len());
     for it in items {
         let id = Uuid::from_bytes(it.entry.order_id);
@@ -168,11 +209,19 @@ fn feed_json(state: &AppState, items: Vec<FeedItem>, next: Cursor, render: impl 
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "View read failed.");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
 }
 
 /// The order's view row, waiting up to [`MAX_WAIT`] for `min_version`.
-async fn wait_for(state: &AppState, id: Uuid, min_version: Option<u64>) -> Result<Option<ProjectedOrder>, ApiError> {
+async fn wait_for(
+    state: &AppState,
+    id: Uuid,
+    min_version: Option<u64>,
+) -> Result<Option<ProjectedOrder>, ApiError> {
     let deadline = Instant::now() + MAX_WAIT;
     loop {
         let o = query::order(&state.store, id).map_err(internal)?;
@@ -205,7 +254,9 @@ fn merchant_role(caller: &Caller, merchant: &str) -> Result<(), ApiError> {
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id"))
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id")
+    })
 }
 
 pub async fn shipping_feed(
@@ -216,8 +267,17 @@ pub async fn shipping_feed(
 ) -> Result<Json<Value>, ApiError> {
     let party = provider_role(&caller, &provider)?;
     let p = params(q)?;
-    let (items, next) = query::feed(&state.store, CF_SHIPPING_FEED, &provider, &cursor(p.after.as_deref())?, limit(p.limit)?).map_err(internal)?;
-    Ok(Json(feed_json(&state, items, next, |o| shipping_json(&state, o, &party))?))
+    let (items, next) = query::feed(
+        &state.store,
+        CF_SHIPPING_FEED,
+        &provider,
+        &cursor(p.after.as_deref())?,
+        limit(p.limit)?,
+    )
+    .map_err(internal)?;
+    Ok(Json(feed_json(&state, items, next, |o| {
+        shipping_json(&state, o, &party)
+    })?))
 }
 
 pub async fn shipping_order(
@@ -231,7 +291,11 @@ pub async fn shipping_order(
     let p = params(q)?;
     match wait_for(&state, id, p.min_version).await? {
         Some(o) if o.shared_with(&party) => Ok(Json(shipping_json(&state, &o, &party)?)),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "no order with this id was shared with this provider")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "no order with this id was shared with this provider",
+        )),
     }
 }
 
@@ -243,8 +307,17 @@ pub async fn merchant_feed(
 ) -> Result<Json<Value>, ApiError> {
     merchant_role(&caller, &merchant)?;
     let p = params(q)?;
-    let (items, next) = query::feed(&state.store, CF_MERCHANT_FEED, &merchant, &cursor(p.after.as_deref())?, limit(p.limit)?).map_err(internal)?;
-    Ok(Json(feed_json(&state, items, next, |o| merchant_json(&state, o))?))
+    let (items, next) = query::feed(
+        &state.store,
+        CF_MERCHANT_FEED,
+        &merchant,
+        &cursor(p.after.as_deref())?,
+        limit(p.limit)?,
+    )
+    .map_err(internal)?;
+    Ok(Json(feed_json(&state, items, next, |o| {
+        merchant_json(&state, o)
+    })?))
 }
 
 pub async fn merchant_order(
@@ -258,6 +331,10 @@ pub async fn merchant_order(
     let p = params(q)?;
     match wait_for(&state, id, p.min_version).await? {
         Some(o) if o.merchant_id == merchant => Ok(Json(merchant_json(&state, &o)?)),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "order_not_found", "this merchant has no order with this id")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "this merchant has no order with this id",
+        )),
     }
 }

@@ -7,11 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use orderlog::app::{demo_tokens, App};
+use orderlog::app::{App, demo_tokens};
 use orderlog::config::{Config, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "orderlog", version, about = "Event-sourced order backend with crypto-shredding")]
+#[command(
+    name = "orderlog",
+    version,
+    about = "Event-sourced order backend with crypto-shredding"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -55,12 +59,20 @@ struct ProjectArgs {
     /// Exit once every partition is projected to its end.
     #[arg(long)]
     until_caught_up: bool,
+    /// Most events per RocksDB write batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Most events projected per second (0 = unlimited), to spare a busy cluster during a rebuild.
+    #[arg(long, default_value_t = 0)]
+    max_rate: u32,
 }
 
 fn init_telemetry() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERLOG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -90,7 +102,8 @@ fn kafka_settings(brokers: String) -> orderlog::kafka::KafkaSettings {
     let mut s = orderlog::kafka::KafkaSettings::new(brokers);
     for (k, v) in std::env::vars() {
         if let Some(rest) = k.strip_prefix("ORDERLOG_KAFKA_") {
-            s.extra.insert(rest.to_ascii_lowercase().replace('_', "."), v);
+            s.extra
+                .insert(rest.to_ascii_lowercase().replace('_', "."), v);
         }
     }
     s
@@ -103,12 +116,23 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let assignment = if args.all_partitions {
         Assignment::All
     } else {
-        Assignment::Group(args.group.unwrap_or_else(|| format!("orderlog-projector.{}", args.topic)))
+        Assignment::Group(
+            args.group
+                .unwrap_or_else(|| format!("orderlog-projector.{}", args.topic)),
+        )
     };
-    let config = ProjectorConfig { settings: kafka_settings(args.brokers), topic: args.topic, assignment, batch_max: 1000 };
+    let config = ProjectorConfig {
+        settings: kafka_settings(args.brokers),
+        topic: args.topic,
+        assignment,
+        batch_max: args.batch.max(1),
+        max_rate: args.max_rate,
+    };
     let projector = Projector::start(store, config)?;
     let started = std::time::Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let caught_up = async {
             loop {
@@ -123,10 +147,19 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
             _ = wait_for_signal() => tracing::info!("Stop requested."),
         }
     });
-    let projected = projector.status.projected.load(std::sync::atomic::Ordering::Relaxed);
-    let dead = projector.status.dead_lettered.load(std::sync::atomic::Ordering::Relaxed);
+    let projected = projector
+        .status
+        .projected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let dead = projector
+        .status
+        .dead_lettered
+        .load(std::sync::atomic::Ordering::Relaxed);
     projector.stop()?;
-    println!("projected {projected} events ({dead} dead-lettered) in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "projected {projected} events ({dead} dead-lettered) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -148,7 +181,9 @@ fn keygen(out: PathBuf) -> anyhow::Result<()> {
 }
 
 fn serve(overrides: Overrides) -> anyhow::Result<()> {
-    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("ORDERLOG_")).collect();
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ORDERLOG_"))
+        .collect();
     let mut config = Config::resolve(&overrides, &env)?;
     if config.brokers.is_none() {
         eprintln!(
@@ -177,7 +212,8 @@ fn serve(overrides: Overrides) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use aes_siv::siv::Aes256Siv;
 use aes_siv::KeyInit;
+use aes_siv::siv::Aes256Siv;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::keys::{KeyId, Subkey, SUBKEY_LEN};
+use super::keys::{KeyId, SUBKEY_LEN, Subkey};
 use crate::domain::FieldClass;
 
 const PREFIX: &str = "orderlog-kek-v1:";
@@ -28,10 +28,18 @@ pub enum KekError {
     #[error("KEK is not in the form 'orderlog-kek-v1:' followed by 128 hex digits")]
     Malformed,
     #[error("cannot read KEK file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write KEK file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
-    #[error("no KEK configured: set ORDERLOG_KEK or ORDERLOG_KEK_FILE (create one with `orderlog keygen`)")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "no KEK configured: set ORDERLOG_KEK or ORDERLOG_KEK_FILE (create one with `orderlog keygen`)"
+    )]
     Missing,
     #[error("a wrapped key is under KEK {0}, which is not configured (was it rotated away?)")]
     UnknownKek(KekId),
@@ -40,7 +48,9 @@ pub enum KekError {
 }
 
 /// A KEK's public fingerprint: the first 8 bytes of SHA-256 over a label and the KEK.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct KekId(pub [u8; 8]);
 
 impl fmt::Display for KekId {
@@ -82,7 +92,10 @@ impl Kek {
         let digest = h.finalize();
         let mut id = [0u8; 8];
         id.copy_from_slice(&digest[..8]);
-        Self { id: KekId(id), bytes }
+        Self {
+            id: KekId(id),
+            bytes,
+        }
     }
 
     pub fn id(&self) -> KekId {
@@ -91,7 +104,10 @@ impl Kek {
 
     /// Parses the text form. Surrounding whitespace is ignored.
     pub fn parse(text: &str) -> Result<Self, KekError> {
-        let hex_part = text.trim().strip_prefix(PREFIX).ok_or(KekError::Malformed)?;
+        let hex_part = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(KekError::Malformed)?;
         let mut bytes = Zeroizing::new([0u8; KEK_LEN]);
         hex::decode_to_slice(hex_part, bytes.as_mut()).map_err(|_| KekError::Malformed)?;
         Ok(Self::from_bytes(bytes))
@@ -103,10 +119,13 @@ impl Kek {
     }
 
     pub fn load_file(path: &Path) -> Result<Self, KekError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KekError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KekError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            );
         Self::parse(&text)
     }
 
@@ -114,7 +133,10 @@ impl Kek {
     pub fn write_new_file(&self, path: &Path) -> Result<(), KekError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let err = |source| KekError::Write { path: path.display().to_string(), source };
+        let err = |source| KekError::Write {
+            path: path.display().to_string(),
+            source,
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -131,7 +153,8 @@ impl Kek {
     pub fn derive_secret(&self, label: &str) -> Zeroizing<[u8; 32]> {
         let hk = hkdf::Hkdf::<Sha256>::new(Some(b"orderlog/v1/kek-derived"), self.bytes.as_ref());
         let mut out = Zeroizing::new([0u8; 32]);
-        hk.expand(label.as_bytes(), out.as_mut()).expect("32 bytes is a valid HKDF output length");
+        hk.expand(label.as_bytes(), out.as_mut())
+            .expect("32 bytes is a valid HKDF output length");
         out
     }
 
@@ -140,20 +163,42 @@ impl Kek {
     }
 
     /// Wraps a class subkey, bound to its order, key id and class.
-    pub fn wrap(&self, order_id: &uuid::Uuid, key_id: KeyId, class: FieldClass, subkey: &Subkey) -> Vec<u8> {
+    pub fn wrap(
+        &self,
+        order_id: &uuid::Uuid,
+        key_id: KeyId,
+        class: FieldClass,
+        subkey: &Subkey,
+    ) -> Vec<u8> {
         self.cipher()
             .encrypt(
-                [WRAP_LABEL, order_id.as_bytes(), &key_id.0, class.as_str().as_bytes()],
+                [
+                    WRAP_LABEL,
+                    order_id.as_bytes(),
+                    &key_id.0,
+                    class.as_str().as_bytes(),
+                ],
                 subkey.as_ref(),
             )
             .expect("AES-SIV encryption cannot fail for four headers")
     }
 
-    pub fn unwrap_key(&self, order_id: &uuid::Uuid, key_id: KeyId, class: FieldClass, wrapped: &[u8]) -> Result<Subkey, KekError> {
+    pub fn unwrap_key(
+        &self,
+        order_id: &uuid::Uuid,
+        key_id: KeyId,
+        class: FieldClass,
+        wrapped: &[u8],
+    ) -> Result<Subkey, KekError> {
         let pt = Zeroizing::new(
             self.cipher()
                 .decrypt(
-                    [WRAP_LABEL, order_id.as_bytes(), &key_id.0, class.as_str().as_bytes()],
+                    [
+                        WRAP_LABEL,
+                        order_id.as_bytes(),
+                        &key_id.0,
+                        class.as_str().as_bytes(),
+                    ],
                     wrapped,
                 )
                 .map_err(|_| KekError::Unwrap)?,
@@ -177,7 +222,10 @@ pub struct KekRing {
 
 impl KekRing {
     pub fn new(current: Kek) -> Self {
-        Self { current, older: BTreeMap::new() }
+        Self {
+            current,
+            older: BTreeMap::new(),
+        }
     }
 
     pub fn with_older(mut self, kek: Kek) -> Self {
@@ -209,7 +257,10 @@ mod tests {
         let k = Kek::generate();
         let back = Kek::parse(&format!("  {}\n", k.to_text().as_str())).unwrap();
         assert_eq!(back.id(), k.id());
-        assert!(matches!(Kek::parse("orderlog-kek-v1:abcd"), Err(KekError::Malformed)));
+        assert!(matches!(
+            Kek::parse("orderlog-kek-v1:abcd"),
+            Err(KekError::Malformed)
+        ));
         assert!(matches!(Kek::parse("zz"), Err(KekError::Malformed)));
     }
 
@@ -231,11 +282,29 @@ mod tests {
         let kid = KeyId::random();
         let sub = Zeroizing::new([5u8; SUBKEY_LEN]);
         let w = kek.wrap(&order, kid, FieldClass::Shipping, &sub);
-        assert_eq!(kek.unwrap_key(&order, kid, FieldClass::Shipping, &w).unwrap().as_ref(), sub.as_ref());
-        assert!(kek.unwrap_key(&uuid::Uuid::now_v7(), kid, FieldClass::Shipping, &w).is_err());
-        assert!(kek.unwrap_key(&order, KeyId::random(), FieldClass::Shipping, &w).is_err());
-        assert!(kek.unwrap_key(&order, kid, FieldClass::Contact, &w).is_err());
-        assert!(Kek::generate().unwrap_key(&order, kid, FieldClass::Shipping, &w).is_err());
+        assert_eq!(
+            kek.unwrap_key(&order, kid, FieldClass::Shipping, &w)
+                .unwrap()
+                .as_ref(),
+            sub.as_ref()
+        );
+        assert!(
+            kek.unwrap_key(&uuid::Uuid::now_v7(), kid, FieldClass::Shipping, &w)
+                .is_err()
+        );
+        assert!(
+            kek.unwrap_key(&order, KeyId::random(), FieldClass::Shipping, &w)
+                .is_err()
+        );
+        assert!(
+            kek.unwrap_key(&order, kid, FieldClass::Contact, &w)
+                .is_err()
+        );
+        assert!(
+            Kek::generate()
+                .unwrap_key(&order, kid, FieldClass::Shipping, &w)
+                .is_err()
+        );
     }
 
     #[test]
@@ -245,8 +314,14 @@ mod tests {
         let path = dir.path().join("kek");
         let k = Kek::generate();
         k.write_new_file(&path).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(Kek::load_file(&path).unwrap().id(), k.id());
-        assert!(matches!(Kek::generate().write_new_file(&path), Err(KekError::Write { .. })));
+        assert!(matches!(
+            Kek::generate().write_new_file(&path),
+            Err(KekError::Write { .. })
+        ));
     }
 }

@@ -120,8 +120,14 @@ mod tests {
         let a = OrderKey::generate();
         let b = OrderKey::generate();
         let sa = a.subkey(FieldClass::Shipping).unwrap();
-        assert_ne!(sa.as_ref(), a.subkey(FieldClass::Identity).unwrap().as_ref());
-        assert_ne!(sa.as_ref(), b.subkey(FieldClass::Shipping).unwrap().as_ref());
+        assert_ne!(
+            sa.as_ref(),
+            a.subkey(FieldClass::Identity).unwrap().as_ref()
+        );
+        assert_ne!(
+            sa.as_ref(),
+            b.subkey(FieldClass::Shipping).unwrap().as_ref()
+        );
         assert_ne!(a.id(), b.id());
     }
 
@@ -130,9 +136,15 @@ mod tests {
         let id = KeyId([7; 16]);
         let a = OrderKey::derive(id, &[1; 32]);
         let b = OrderKey::derive(id, &[1; 32]);
-        assert_eq!(a.subkey(FieldClass::Contact).unwrap().as_ref(), b.subkey(FieldClass::Contact).unwrap().as_ref());
+        assert_eq!(
+            a.subkey(FieldClass::Contact).unwrap().as_ref(),
+            b.subkey(FieldClass::Contact).unwrap().as_ref()
+        );
         let c = OrderKey::derive(KeyId([8; 16]), &[1; 32]);
-        assert_ne!(a.subkey(FieldClass::Contact).unwrap().as_ref(), c.subkey(FieldClass::Contact).unwrap().as_ref());
+        assert_ne!(
+            a.subkey(FieldClass::Contact).unwrap().as_ref(),
+            c.subkey(FieldClass::Contact).unwrap().as_ref()
+        );
     }
 
     #[test]

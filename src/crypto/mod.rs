@@ -22,5 +22,5 @@ pub mod vault;
 
 pub use kek::{Kek, KekError, KekRing};
 pub use keys::{KeyId, OrderKey};
-pub use seal::{open, seal, OpenError, SealContext};
+pub use seal::{OpenError, SealContext, open, seal};
 pub use vault::{KeyVault, Shredded, VaultError};

@@ -6,8 +6,8 @@
 //! ciphertext moved to another order, event, position or class fails to open,
 //! and equal plaintexts never give equal ciphertexts.
 
-use aes_siv::siv::Aes256Siv;
 use aes_siv::KeyInit;
+use aes_siv::siv::Aes256Siv;
 use rand::RngCore;
 use uuid::Uuid;
 
@@ -30,17 +30,30 @@ pub struct SealContext {
 /// Why a sealed field could not be opened. Carries no plaintext or key bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
-    #[error("sealed {class} field was sealed under key {sealed_with}, not under the key given ({given})")]
-    WrongKeyId { class: FieldClass, sealed_with: KeyId, given: KeyId },
+    #[error(
+        "sealed {class} field was sealed under key {sealed_with}, not under the key given ({given})"
+    )]
+    WrongKeyId {
+        class: FieldClass,
+        sealed_with: KeyId,
+        given: KeyId,
+    },
     #[error("the {0} subkey of this order is shredded")]
     Shredded(FieldClass),
     #[error("sealed {0} field is too short to be a ciphertext")]
     Truncated(FieldClass),
-    #[error("sealed {0} field failed authentication: wrong key, moved from another order, event or class, or tampered with")]
+    #[error(
+        "sealed {0} field failed authentication: wrong key, moved from another order, event or class, or tampered with"
+    )]
     Unauthentic(FieldClass),
 }
 
-fn headers<'a>(ctx: &'a SealContext, class: FieldClass, seq: &'a [u8; 8], nonce: &'a [u8]) -> [&'a [u8]; 7] {
+fn headers<'a>(
+    ctx: &'a SealContext,
+    class: FieldClass,
+    seq: &'a [u8; 8],
+    nonce: &'a [u8],
+) -> [&'a [u8]; 7] {
     [
         LABEL,
         ctx.order_id.as_bytes(),
@@ -58,9 +71,18 @@ fn cipher(key: &OrderKey, class: FieldClass) -> Result<Aes256Siv, OpenError> {
 }
 
 /// Seals `plaintext` of `class` under the order key, bound to `ctx`.
-pub fn seal(key: &OrderKey, ctx: &SealContext, class: FieldClass, plaintext: &[u8]) -> Result<Vec<u8>, OpenError> {
+pub fn seal(
+    key: &OrderKey,
+    ctx: &SealContext,
+    class: FieldClass,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, OpenError> {
     if ctx.key_id != key.id() {
-        return Err(OpenError::WrongKeyId { class, sealed_with: ctx.key_id, given: key.id() });
+        return Err(OpenError::WrongKeyId {
+            class,
+            sealed_with: ctx.key_id,
+            given: key.id(),
+        });
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -75,9 +97,18 @@ pub fn seal(key: &OrderKey, ctx: &SealContext, class: FieldClass, plaintext: &[u
 }
 
 /// Opens what [`seal`] produced, checking that it belongs to `ctx` and `class`.
-pub fn open(key: &OrderKey, ctx: &SealContext, class: FieldClass, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, OpenError> {
+pub fn open(
+    key: &OrderKey,
+    ctx: &SealContext,
+    class: FieldClass,
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, OpenError> {
     if ctx.key_id != key.id() {
-        return Err(OpenError::WrongKeyId { class, sealed_with: ctx.key_id, given: key.id() });
+        return Err(OpenError::WrongKeyId {
+            class,
+            sealed_with: ctx.key_id,
+            given: key.id(),
+        });
     }
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(OpenError::Truncated(class));
@@ -95,7 +126,12 @@ mod tests {
     use super::*;
 
     fn ctx(key: &OrderKey) -> SealContext {
-        SealContext { order_id: Uuid::now_v7(), event_id: Uuid::now_v7(), sequence: 1, key_id: key.id() }
+        SealContext {
+            order_id: Uuid::now_v7(),
+            event_id: Uuid::now_v7(),
+            sequence: 1,
+            key_id: key.id(),
+        }
     }
 
     const PT: &[u8] = "张三 13800138000".as_bytes();
@@ -105,7 +141,12 @@ mod tests {
         let key = OrderKey::generate();
         let c = ctx(&key);
         let sealed = seal(&key, &c, FieldClass::Shipping, PT).unwrap();
-        assert_eq!(open(&key, &c, FieldClass::Shipping, &sealed).unwrap().as_slice(), PT);
+        assert_eq!(
+            open(&key, &c, FieldClass::Shipping, &sealed)
+                .unwrap()
+                .as_slice(),
+            PT
+        );
         assert!(!sealed.windows(PT.len()).any(|w| w == PT));
     }
 
@@ -113,7 +154,10 @@ mod tests {
     fn equal_plaintexts_give_different_ciphertexts() {
         let key = OrderKey::generate();
         let c = ctx(&key);
-        assert_ne!(seal(&key, &c, FieldClass::Shipping, PT).unwrap(), seal(&key, &c, FieldClass::Shipping, PT).unwrap());
+        assert_ne!(
+            seal(&key, &c, FieldClass::Shipping, PT).unwrap(),
+            seal(&key, &c, FieldClass::Shipping, PT).unwrap()
+        );
     }
 
     #[test]
@@ -122,10 +166,16 @@ mod tests {
         let c = ctx(&key);
         let sealed = seal(&key, &c, FieldClass::Shipping, PT).unwrap();
         let other = OrderKey::generate();
-        assert!(matches!(open(&other, &c, FieldClass::Shipping, &sealed), Err(OpenError::WrongKeyId { .. })));
+        assert!(matches!(
+            open(&other, &c, FieldClass::Shipping, &sealed),
+            Err(OpenError::WrongKeyId { .. })
+        ));
         // Same key id, different key bytes (a forged or corrupted key record).
         let forged = OrderKey::derive(key.id(), &[9; 32]);
-        assert_eq!(open(&forged, &c, FieldClass::Shipping, &sealed), Err(OpenError::Unauthentic(FieldClass::Shipping)));
+        assert_eq!(
+            open(&forged, &c, FieldClass::Shipping, &sealed),
+            Err(OpenError::Unauthentic(FieldClass::Shipping))
+        );
     }
 
     #[test]
@@ -134,14 +184,26 @@ mod tests {
         let c = ctx(&key);
         let sealed = seal(&key, &c, FieldClass::Shipping, PT).unwrap();
         let moved = [
-            SealContext { order_id: Uuid::now_v7(), ..c },
-            SealContext { event_id: Uuid::now_v7(), ..c },
+            SealContext {
+                order_id: Uuid::now_v7(),
+                ..c
+            },
+            SealContext {
+                event_id: Uuid::now_v7(),
+                ..c
+            },
             SealContext { sequence: 2, ..c },
         ];
         for m in moved {
-            assert_eq!(open(&key, &m, FieldClass::Shipping, &sealed), Err(OpenError::Unauthentic(FieldClass::Shipping)));
+            assert_eq!(
+                open(&key, &m, FieldClass::Shipping, &sealed),
+                Err(OpenError::Unauthentic(FieldClass::Shipping))
+            );
         }
-        assert_eq!(open(&key, &c, FieldClass::Contact, &sealed), Err(OpenError::Unauthentic(FieldClass::Contact)));
+        assert_eq!(
+            open(&key, &c, FieldClass::Contact, &sealed),
+            Err(OpenError::Unauthentic(FieldClass::Contact))
+        );
     }
 
     #[test]
@@ -152,9 +214,16 @@ mod tests {
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 0x01;
-            assert_eq!(open(&key, &c, FieldClass::Identity, &t), Err(OpenError::Unauthentic(FieldClass::Identity)), "byte {i}");
+            assert_eq!(
+                open(&key, &c, FieldClass::Identity, &t),
+                Err(OpenError::Unauthentic(FieldClass::Identity)),
+                "byte {i}"
+            );
         }
-        assert_eq!(open(&key, &c, FieldClass::Identity, &sealed[..20]), Err(OpenError::Truncated(FieldClass::Identity)));
+        assert_eq!(
+            open(&key, &c, FieldClass::Identity, &sealed[..20]),
+            Err(OpenError::Truncated(FieldClass::Identity))
+        );
     }
 
     #[test]
@@ -163,6 +232,9 @@ mod tests {
         let c = ctx(&key);
         let sealed = seal(&key, &c, FieldClass::Identity, PT).unwrap();
         let key = key.without(FieldClass::Identity);
-        assert_eq!(open(&key, &c, FieldClass::Identity, &sealed), Err(OpenError::Shredded(FieldClass::Identity)));
+        assert_eq!(
+            open(&key, &c, FieldClass::Identity, &sealed),
+            Err(OpenError::Shredded(FieldClass::Identity))
+        );
     }
 }

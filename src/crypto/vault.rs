@@ -14,7 +14,9 @@ use uuid::Uuid;
 use super::kek::{Kek, KekError, KekId, KekRing};
 use super::keys::{KeyId, OrderKey};
 use crate::domain::FieldClass;
-use crate::store::{decode_value, encode_value, Store, StoreError, CF_ORDER_KEYS, CF_SHREDDED_KEYS};
+use crate::store::{
+    CF_ORDER_KEYS, CF_SHREDDED_KEYS, Store, StoreError, decode_value, encode_value,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -69,7 +71,9 @@ pub struct KeyVault {
 
 impl std::fmt::Debug for KeyVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyVault").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("KeyVault")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +86,10 @@ fn sync_writes() -> WriteOptions {
 
 impl KeyVault {
     pub fn new(store: Store, ring: KekRing) -> Self {
-        Self { store, ring: RwLock::new(ring) }
+        Self {
+            store,
+            ring: RwLock::new(ring),
+        }
     }
 
     pub fn current_kek_id(&self) -> KekId {
@@ -113,8 +120,18 @@ impl KeyVault {
             return Err(VaultError::Shredded { order_id, record });
         }
         let key = OrderKey::generate();
-        let stored = Self::wrap(self.ring.read().expect("kek ring lock").current(), &order_id, &key, now_ms);
-        db.put_cf_opt(cf, order_id.as_bytes(), encode_value(&stored), &sync_writes())?;
+        let stored = Self::wrap(
+            self.ring.read().expect("kek ring lock").current(),
+            &order_id,
+            &key,
+            now_ms,
+        );
+        db.put_cf_opt(
+            cf,
+            order_id.as_bytes(),
+            encode_value(&stored),
+            &sync_writes(),
+        )?;
         Ok(key)
     }
 
@@ -134,9 +151,16 @@ impl KeyVault {
                 return Err(VaultError::AlreadyExists(*order_id));
             }
             if let Some(record) = self.shred_record(*order_id)? {
-                return Err(VaultError::Shredded { order_id: *order_id, record });
+                return Err(VaultError::Shredded {
+                    order_id: *order_id,
+                    record,
+                });
             }
-            batch.put_cf(cf, order_id.as_bytes(), encode_value(&Self::wrap(ring.current(), order_id, key, now_ms)));
+            batch.put_cf(
+                cf,
+                order_id.as_bytes(),
+                encode_value(&Self::wrap(ring.current(), order_id, key, now_ms)),
+            );
         }
         db.write_opt(batch, &sync_writes())?;
         Ok(())
@@ -145,7 +169,11 @@ impl KeyVault {
     /// Removes the key of an order that never made it into the log (its
     /// placement failed). Not a shred: no record is kept.
     pub fn discard(&self, order_id: Uuid) -> Result<(), VaultError> {
-        self.store.db().delete_cf_opt(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes(), &sync_writes())?;
+        self.store.db().delete_cf_opt(
+            self.store.cf(CF_ORDER_KEYS),
+            order_id.as_bytes(),
+            &sync_writes(),
+        )?;
         Ok(())
     }
 
@@ -178,14 +206,22 @@ impl KeyVault {
         let kek = ring.get(stored.kek_id)?;
         let mut subkeys = BTreeMap::new();
         for (class, wrapped) in &stored.wrapped {
-            subkeys.insert(*class, kek.unwrap_key(&order_id, stored.key_id, *class, wrapped)?);
+            subkeys.insert(
+                *class,
+                kek.unwrap_key(&order_id, stored.key_id, *class, wrapped)?,
+            );
         }
         Ok(OrderKey::from_parts(stored.key_id, subkeys))
     }
 
     /// Shreds `classes` of the order's key, or all of it with `None`.
     /// Returns the shred record, which holds no key bytes.
-    pub fn destroy(&self, order_id: Uuid, classes: Option<&BTreeSet<FieldClass>>, now_ms: i64) -> Result<Shredded, VaultError> {
+    pub fn destroy(
+        &self,
+        order_id: Uuid,
+        classes: Option<&BTreeSet<FieldClass>>,
+        now_ms: i64,
+    ) -> Result<Shredded, VaultError> {
         let db = self.store.db();
         let stored = self.stored(order_id)?;
         let previous = self.shred_record(order_id)?;
@@ -210,7 +246,11 @@ impl KeyVault {
         if stored.wrapped.is_empty() {
             batch.delete_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes());
         } else {
-            batch.put_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes(), encode_value(&stored));
+            batch.put_cf(
+                self.store.cf(CF_ORDER_KEYS),
+                order_id.as_bytes(),
+                encode_value(&stored),
+            );
         }
         let record = Shredded {
             key_id: stored.key_id,
@@ -218,7 +258,11 @@ impl KeyVault {
             classes: gone,
             at_ms: now_ms,
         };
-        batch.put_cf(self.store.cf(CF_SHREDDED_KEYS), order_id.as_bytes(), encode_value(&record));
+        batch.put_cf(
+            self.store.cf(CF_SHREDDED_KEYS),
+            order_id.as_bytes(),
+            encode_value(&record),
+        );
         db.write_opt(batch, &sync_writes())?;
         Ok(record)
     }
@@ -231,7 +275,11 @@ impl KeyVault {
     /// Number of orders with a live (at least partly unshredded) key.
     pub fn live_keys(&self) -> Result<u64, VaultError> {
         let mut n = 0;
-        for item in self.store.db().iterator_cf(self.store.cf(CF_ORDER_KEYS), IteratorMode::Start) {
+        for item in self
+            .store
+            .db()
+            .iterator_cf(self.store.cf(CF_ORDER_KEYS), IteratorMode::Start)
+        {
             item?;
             n += 1;
         }
@@ -259,9 +307,16 @@ impl KeyVault {
                 report.already_current += 1;
                 continue;
             }
-            let order_id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt { cf: CF_ORDER_KEYS, reason: e.to_string() })?;
+            let order_id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt {
+                cf: CF_ORDER_KEYS,
+                reason: e.to_string(),
+            })?;
             let key = self.get(order_id)?;
-            batch.put_cf(cf, &k, encode_value(&Self::wrap(&new, &order_id, &key, stored.created_at_ms)));
+            batch.put_cf(
+                cf,
+                &k,
+                encode_value(&Self::wrap(&new, &order_id, &key, stored.created_at_ms)),
+            );
             report.rewrapped += 1;
             if batch.len() >= 1000 {
                 db.write_opt(std::mem::take(&mut batch), &sync_writes())?;
@@ -292,7 +347,9 @@ mod tests {
 
     fn same(a: &OrderKey, b: &OrderKey) -> bool {
         a.id() == b.id()
-            && FieldClass::ALL.iter().all(|c| a.subkey(*c).map(|k| **k) == b.subkey(*c).map(|k| **k))
+            && FieldClass::ALL
+                .iter()
+                .all(|c| a.subkey(*c).map(|k| **k) == b.subkey(*c).map(|k| **k))
     }
 
     #[test]
@@ -301,8 +358,14 @@ mod tests {
         let order = Uuid::now_v7();
         let k = v.create(order, 1).unwrap();
         assert!(same(&k, &v.get(order).unwrap()));
-        assert!(matches!(v.create(order, 2), Err(VaultError::AlreadyExists(_))));
-        assert!(matches!(v.get(Uuid::now_v7()), Err(VaultError::NotFound(_))));
+        assert!(matches!(
+            v.create(order, 2),
+            Err(VaultError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            v.get(Uuid::now_v7()),
+            Err(VaultError::NotFound(_))
+        ));
         assert_eq!(v.live_keys().unwrap(), 1);
     }
 
@@ -315,7 +378,10 @@ mod tests {
         let sub: [u8; 64] = **k.subkey(FieldClass::Shipping).unwrap();
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            assert!(!bytes.windows(16).any(|w| w == &sub[..16]), "raw subkey found on disk");
+            assert!(
+                !bytes.windows(16).any(|w| w == &sub[..16]),
+                "raw subkey found on disk"
+            );
         }
     }
 
@@ -332,7 +398,10 @@ mod tests {
             other => panic!("expected Shredded, got {other:?}"),
         }
         // A shredded order cannot get a new key under the same id.
-        assert!(matches!(v.create(order, 6), Err(VaultError::Shredded { .. })));
+        assert!(matches!(
+            v.create(order, 6),
+            Err(VaultError::Shredded { .. })
+        ));
         assert_eq!(v.live_keys().unwrap(), 0);
         // Destroying again is idempotent and returns the first record.
         assert_eq!(v.destroy(order, None, 9).unwrap().at_ms, 5);
@@ -343,12 +412,23 @@ mod tests {
         let (_d, v, _) = vault();
         let order = Uuid::now_v7();
         let k = v.create(order, 1).unwrap();
-        let rec = v.destroy(order, Some(&BTreeSet::from([FieldClass::Identity])), 2).unwrap();
+        let rec = v
+            .destroy(order, Some(&BTreeSet::from([FieldClass::Identity])), 2)
+            .unwrap();
         assert!(!rec.whole);
         let left = v.get(order).unwrap();
         assert!(left.subkey(FieldClass::Identity).is_none());
-        assert_eq!(left.subkey(FieldClass::Shipping).unwrap().as_ref(), k.subkey(FieldClass::Shipping).unwrap().as_ref());
-        let rec = v.destroy(order, Some(&BTreeSet::from([FieldClass::Shipping, FieldClass::Contact])), 3).unwrap();
+        assert_eq!(
+            left.subkey(FieldClass::Shipping).unwrap().as_ref(),
+            k.subkey(FieldClass::Shipping).unwrap().as_ref()
+        );
+        let rec = v
+            .destroy(
+                order,
+                Some(&BTreeSet::from([FieldClass::Shipping, FieldClass::Contact])),
+                3,
+            )
+            .unwrap();
         assert!(rec.whole);
         assert_eq!(rec.classes.len(), 3);
         assert!(matches!(v.get(order), Err(VaultError::Shredded { .. })));
@@ -361,17 +441,32 @@ mod tests {
         let keys: Vec<OrderKey> = orders.iter().map(|o| v.create(*o, 1).unwrap()).collect();
         let new = Kek::generate();
         let report = v.rotate(new.clone()).unwrap();
-        assert_eq!(report, RewrapReport { rewrapped: 5, already_current: 0 });
+        assert_eq!(
+            report,
+            RewrapReport {
+                rewrapped: 5,
+                already_current: 0
+            }
+        );
         v.forget_old_keks();
         for (o, k) in orders.iter().zip(&keys) {
             assert!(same(k, &v.get(*o).unwrap()));
             assert_eq!(v.stored(*o).unwrap().unwrap().kek_id, new.id());
         }
-        assert_eq!(v.rotate(new.clone()).unwrap(), RewrapReport { rewrapped: 0, already_current: 5 });
+        assert_eq!(
+            v.rotate(new.clone()).unwrap(),
+            RewrapReport {
+                rewrapped: 0,
+                already_current: 5
+            }
+        );
         drop(v);
         // A vault with only the old KEK cannot read anything any more.
         let v2 = KeyVault::new(Store::open(dir.path()).unwrap(), KekRing::new(old));
-        assert!(matches!(v2.get(orders[0]), Err(VaultError::Kek(KekError::UnknownKek(_)))));
+        assert!(matches!(
+            v2.get(orders[0]),
+            Err(VaultError::Kek(KekError::UnknownKek(_)))
+        ));
     }
 
     #[test]
@@ -380,7 +475,13 @@ mod tests {
         let order = Uuid::now_v7();
         v.create(order, 1).unwrap();
         drop(v);
-        let stranger = KeyVault::new(Store::open(dir.path()).unwrap(), KekRing::new(Kek::generate()));
-        assert!(matches!(stranger.get(order), Err(VaultError::Kek(KekError::UnknownKek(_)))));
+        let stranger = KeyVault::new(
+            Store::open(dir.path()).unwrap(),
+            KekRing::new(Kek::generate()),
+        );
+        assert!(matches!(
+            stranger.get(order),
+            Err(VaultError::Kek(KekError::UnknownKek(_)))
+        ));
     }
 }

@@ -3,13 +3,19 @@
 
 use super::order::{ContactInfo, NewOrder, PersonalData, ShippingInfo};
 use super::validation::{
-    id_check_char, Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId,
-    Mobile, OrderNumber,
+    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile,
+    OrderNumber, id_check_char,
 };
 
 /// A valid ID number whose digits vary with `n`.
 pub fn id_number(n: u32) -> String {
-    let first17 = format!("440308{:04}{:02}{:02}{:03}", 1960 + n % 50, 1 + n % 12, 1 + n % 28, n % 1000);
+    let first17 = format!(
+        "440308{:04}{:02}{:02}{:03}",
+        1960 + n % 50,
+        1 + n % 12,
+        1 + n % 28,
+        n % 1000
+    );
     let c = id_check_char(first17.as_bytes()) as char;
     format!("{first17}{c}")
 }
@@ -24,16 +30,29 @@ pub fn personal(n: u32, with_contact: bool, with_id: bool) -> PersonalData {
                 "广东省",
                 "深圳市",
                 "南山区",
-                &format!("科技园南区高新南七道{n}号 深圳湾科技生态园10栋B座{}室", 1000 + n % 9000),
+                &format!(
+                    "科技园南区高新南七道{n}号 深圳湾科技生态园10栋B座{}室",
+                    1000 + n % 9000
+                ),
                 "518057",
             )
             .unwrap(),
-            mobile: Mobile::parse("consignee.mobile", &format!("138{:08}", n % 100_000_000)).unwrap(),
+            mobile: Mobile::parse("consignee.mobile", &format!("138{:08}", n % 100_000_000))
+                .unwrap(),
         },
         contact: if with_contact {
             ContactInfo {
-                landline: Some(Landline::parse("contact.landline", &format!("0755-{:08}", 26_000_000 + n % 1_000_000)).unwrap()),
-                email: Some(Email::parse("contact.email", &format!("zhang.sanfeng{n}@example.com")).unwrap()),
+                landline: Some(
+                    Landline::parse(
+                        "contact.landline",
+                        &format!("0755-{:08}", 26_000_000 + n % 1_000_000),
+                    )
+                    .unwrap(),
+                ),
+                email: Some(
+                    Email::parse("contact.email", &format!("zhang.sanfeng{n}@example.com"))
+                        .unwrap(),
+                ),
             }
         } else {
             ContactInfo::default()
@@ -44,9 +63,29 @@ pub fn personal(n: u32, with_contact: bool, with_id: bool) -> PersonalData {
 
 /// A complete order for merchant `m-1`; real-name (a power tool) when `real_name`.
 pub fn new_order(n: u32, real_name: bool) -> NewOrder {
-    let mut items = vec![Item::parse("items[0]", "SKU-TEA-250", "Longjing tea 250 g", 2, 8_800, false).unwrap()];
+    let mut items = vec![
+        Item::parse(
+            "items[0]",
+            "SKU-TEA-250",
+            "Longjing tea 250 g",
+            2,
+            8_800,
+            false,
+        )
+        .unwrap(),
+    ];
     if real_name {
-        items.push(Item::parse("items[1]", "SKU-DRILL-18V", "Cordless drill 18 V", 1, 39_900, true).unwrap());
+        items.push(
+            Item::parse(
+                "items[1]",
+                "SKU-DRILL-18V",
+                "Cordless drill 18 V",
+                1,
+                39_900,
+                true,
+            )
+            .unwrap(),
+        );
     }
     let amount: u64 = items.iter().map(|i| i.line_total().unwrap()).sum();
     NewOrder::new(

@@ -12,8 +12,8 @@ use zeroize::Zeroize;
 
 use super::personal::Personal;
 use super::validation::{
-    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile, Money,
-    OrderNumber, ProviderId, ValidationError, MAX_ITEMS,
+    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MAX_ITEMS, MerchantId,
+    Mobile, Money, OrderNumber, ProviderId, ValidationError,
 };
 
 /// The classes of personal data, each sealed under its own subkey so it can be
@@ -30,7 +30,11 @@ pub enum FieldClass {
 }
 
 impl FieldClass {
-    pub const ALL: [FieldClass; 3] = [FieldClass::Shipping, FieldClass::Contact, FieldClass::Identity];
+    pub const ALL: [FieldClass; 3] = [
+        FieldClass::Shipping,
+        FieldClass::Contact,
+        FieldClass::Identity,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,7 +246,9 @@ impl NewOrder {
         }
         let sum = items
             .iter()
-            .try_fold(0u64, |acc, i| i.line_total().and_then(|t| acc.checked_add(t)))
+            .try_fold(0u64, |acc, i| {
+                i.line_total().and_then(|t| acc.checked_add(t))
+            })
             .ok_or_else(|| ValidationError::new("items", "line totals overflow"))?;
         if amount < 0 {
             return Err(ValidationError::new("amount", "must not be negative"));
@@ -284,6 +290,9 @@ impl NewOrder {
 }
 
 /// What checkout services ask for.
+// Commands and events live for one request and are moved, not stored in
+// bulk; boxing the large variant would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     PlaceOrder(NewOrder),
@@ -311,6 +320,7 @@ impl Command {
 }
 
 /// What happened. `OrderPlaced` is the only event that carries personal data.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     OrderPlaced(OrderPlaced),

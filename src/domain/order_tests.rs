@@ -10,9 +10,12 @@ use super::order::*;
 use super::validation::{Currency, MerchantId, OrderNumber, ProviderId};
 
 fn placed(real_name: bool) -> Event {
-    decide(&State::default(), Command::PlaceOrder(fixtures::new_order(1, real_name)))
-        .unwrap()
-        .remove(0)
+    decide(
+        &State::default(),
+        Command::PlaceOrder(fixtures::new_order(1, real_name)),
+    )
+    .unwrap()
+    .remove(0)
 }
 
 fn given(events: &[Event]) -> State {
@@ -54,7 +57,11 @@ use FieldClass::{Contact, Identity, Shipping};
 
 #[test]
 fn placing_a_new_order_records_its_public_facts_and_classes() {
-    let events = decide(&given(&[]), Command::PlaceOrder(fixtures::new_order(7, true))).unwrap();
+    let events = decide(
+        &given(&[]),
+        Command::PlaceOrder(fixtures::new_order(7, true)),
+    )
+    .unwrap();
     let [Event::OrderPlaced(p)] = events.as_slice() else {
         panic!("expected one OrderPlaced, got {events:?}");
     };
@@ -68,7 +75,10 @@ fn placing_a_new_order_records_its_public_facts_and_classes() {
 
 #[test]
 fn placing_twice_is_refused() {
-    let err = decide(&given(&[placed(false)]), Command::PlaceOrder(fixtures::new_order(1, false)));
+    let err = decide(
+        &given(&[placed(false)]),
+        Command::PlaceOrder(fixtures::new_order(1, false)),
+    );
     assert_eq!(err, Err(DomainError::AlreadyPlaced));
 }
 
@@ -76,8 +86,12 @@ fn placing_twice_is_refused() {
 fn commands_on_an_unknown_order_are_refused_as_not_found() {
     for cmd in [
         share(logistics("sf"), &[Shipping]),
-        Command::CancelOrder { reason: CancelReason::Other },
-        Command::EraseOrder { scope: ErasureScope::Order },
+        Command::CancelOrder {
+            reason: CancelReason::Other,
+        },
+        Command::EraseOrder {
+            scope: ErasureScope::Order,
+        },
     ] {
         assert_eq!(decide(&given(&[]), cmd), Err(DomainError::NotFound));
     }
@@ -85,39 +99,67 @@ fn commands_on_an_unknown_order_are_refused_as_not_found() {
 
 #[test]
 fn sharing_with_a_logistics_provider_records_the_classes() {
-    let events = decide(&given(&[placed(false)]), share(logistics("sf-express"), &[Shipping])).unwrap();
+    let events = decide(
+        &given(&[placed(false)]),
+        share(logistics("sf-express"), &[Shipping]),
+    )
+    .unwrap();
     assert_eq!(
         events,
-        vec![Event::OrderShared { party: logistics("sf-express"), classes: classes(&[Shipping]) }]
+        vec![Event::OrderShared {
+            party: logistics("sf-express"),
+            classes: classes(&[Shipping])
+        }]
     );
     let mut all = vec![placed(false)];
     all.extend(events);
     let s = given(&all);
-    assert_eq!(s.order.unwrap().shares[&logistics("sf-express")], classes(&[Shipping]));
+    assert_eq!(
+        s.order.unwrap().shares[&logistics("sf-express")],
+        classes(&[Shipping])
+    );
 }
 
 #[test]
 fn sharing_only_records_classes_not_already_shared_and_a_repeat_is_a_no_op() {
     let history = [
         placed(false),
-        Event::OrderShared { party: logistics("sf"), classes: classes(&[Shipping]) },
+        Event::OrderShared {
+            party: logistics("sf"),
+            classes: classes(&[Shipping]),
+        },
     ];
-    assert_eq!(decide(&given(&history), share(logistics("sf"), &[Shipping])), Ok(vec![]));
     assert_eq!(
-        decide(&given(&history), share(logistics("sf"), &[Shipping, Contact])),
-        Ok(vec![Event::OrderShared { party: logistics("sf"), classes: classes(&[Contact]) }])
+        decide(&given(&history), share(logistics("sf"), &[Shipping])),
+        Ok(vec![])
+    );
+    assert_eq!(
+        decide(
+            &given(&history),
+            share(logistics("sf"), &[Shipping, Contact])
+        ),
+        Ok(vec![Event::OrderShared {
+            party: logistics("sf"),
+            classes: classes(&[Contact])
+        }])
     );
 }
 
 #[test]
 fn a_share_needs_at_least_one_class() {
-    assert_eq!(decide(&given(&[placed(false)]), share(logistics("sf"), &[])), Err(DomainError::NoFieldClasses));
+    assert_eq!(
+        decide(&given(&[placed(false)]), share(logistics("sf"), &[])),
+        Err(DomainError::NoFieldClasses)
+    );
 }
 
 #[test]
 fn a_cancelled_order_cannot_be_shared() {
     assert_eq!(
-        decide(&given(&[placed(false), cancelled()]), share(logistics("sf"), &[Shipping])),
+        decide(
+            &given(&[placed(false), cancelled()]),
+            share(logistics("sf"), &[Shipping])
+        ),
         Err(DomainError::ShareOfCancelled)
     );
 }
@@ -125,7 +167,10 @@ fn a_cancelled_order_cannot_be_shared() {
 #[test]
 fn an_erased_order_cannot_be_shared() {
     assert_eq!(
-        decide(&given(&[placed(false), erased()]), share(logistics("sf"), &[Shipping])),
+        decide(
+            &given(&[placed(false), erased()]),
+            share(logistics("sf"), &[Shipping])
+        ),
         Err(DomainError::ShareOfErased)
     );
 }
@@ -134,10 +179,15 @@ fn an_erased_order_cannot_be_shared() {
 fn an_erased_class_cannot_be_shared_but_the_others_can() {
     let history = [
         placed(true),
-        Event::OrderErased { scope: ErasureScope::Classes(classes(&[Identity])) },
+        Event::OrderErased {
+            scope: ErasureScope::Classes(classes(&[Identity])),
+        },
     ];
     assert_eq!(
-        decide(&given(&history), share(logistics("sf"), &[Shipping, Identity])),
+        decide(
+            &given(&history),
+            share(logistics("sf"), &[Shipping, Identity])
+        ),
         Err(DomainError::ShareOfErasedClass(Identity))
     );
     assert!(decide(&given(&history), share(logistics("sf"), &[Shipping])).is_ok());
@@ -145,19 +195,30 @@ fn an_erased_class_cannot_be_shared_but_the_others_can() {
 
 #[test]
 fn a_merchant_share_goes_only_to_the_orders_own_merchant() {
-    let own = decide(&given(&[placed(false)]), share(merchant("m-1"), &[Shipping]));
+    let own = decide(
+        &given(&[placed(false)]),
+        share(merchant("m-1"), &[Shipping]),
+    );
     assert!(own.is_ok());
-    let foreign = decide(&given(&[placed(false)]), share(merchant("m-2"), &[Shipping]));
+    let foreign = decide(
+        &given(&[placed(false)]),
+        share(merchant("m-2"), &[Shipping]),
+    );
     assert_eq!(
         foreign,
-        Err(DomainError::ForeignMerchant { own: MerchantId::parse("m", "m-1").unwrap() })
+        Err(DomainError::ForeignMerchant {
+            own: MerchantId::parse("m", "m-1").unwrap()
+        })
     );
 }
 
 #[test]
 fn the_identity_class_is_only_for_real_name_orders() {
     assert_eq!(
-        decide(&given(&[placed(false)]), share(logistics("sf"), &[Identity])),
+        decide(
+            &given(&[placed(false)]),
+            share(logistics("sf"), &[Identity])
+        ),
         Err(DomainError::IdentityNotApplicable)
     );
     assert!(decide(&given(&[placed(true)]), share(logistics("sf"), &[Identity])).is_ok());
@@ -178,15 +239,34 @@ fn the_contact_class_needs_contact_fields() {
     )
     .unwrap();
     let history = decide(&State::default(), Command::PlaceOrder(order)).unwrap();
-    assert_eq!(decide(&given(&history), share(logistics("sf"), &[Contact])), Err(DomainError::NoContactFields));
+    assert_eq!(
+        decide(&given(&history), share(logistics("sf"), &[Contact])),
+        Err(DomainError::NoContactFields)
+    );
 }
 
 #[test]
 fn cancel_happens_once() {
-    let events = decide(&given(&[placed(false)]), Command::CancelOrder { reason: CancelReason::OutOfStock }).unwrap();
-    assert_eq!(events, vec![Event::OrderCancelled { reason: CancelReason::OutOfStock }]);
+    let events = decide(
+        &given(&[placed(false)]),
+        Command::CancelOrder {
+            reason: CancelReason::OutOfStock,
+        },
+    )
+    .unwrap();
     assert_eq!(
-        decide(&given(&[placed(false), cancelled()]), Command::CancelOrder { reason: CancelReason::Other }),
+        events,
+        vec![Event::OrderCancelled {
+            reason: CancelReason::OutOfStock
+        }]
+    );
+    assert_eq!(
+        decide(
+            &given(&[placed(false), cancelled()]),
+            Command::CancelOrder {
+                reason: CancelReason::Other
+            }
+        ),
         Err(DomainError::AlreadyCancelled)
     );
 }
@@ -194,7 +274,12 @@ fn cancel_happens_once() {
 #[test]
 fn an_erased_order_cannot_be_cancelled() {
     assert_eq!(
-        decide(&given(&[placed(false), erased()]), Command::CancelOrder { reason: CancelReason::Other }),
+        decide(
+            &given(&[placed(false), erased()]),
+            Command::CancelOrder {
+                reason: CancelReason::Other
+            }
+        ),
         Err(DomainError::CancelOfErased)
     );
 }
@@ -203,11 +288,21 @@ fn an_erased_order_cannot_be_cancelled() {
 fn erase_happens_once_also_after_a_cancel() {
     let after_cancel = given(&[placed(false), cancelled()]);
     assert_eq!(
-        decide(&after_cancel, Command::EraseOrder { scope: ErasureScope::Order }),
+        decide(
+            &after_cancel,
+            Command::EraseOrder {
+                scope: ErasureScope::Order
+            }
+        ),
         Ok(vec![erased()])
     );
     assert_eq!(
-        decide(&given(&[placed(false), cancelled(), erased()]), Command::EraseOrder { scope: ErasureScope::Order }),
+        decide(
+            &given(&[placed(false), cancelled(), erased()]),
+            Command::EraseOrder {
+                scope: ErasureScope::Order
+            }
+        ),
         Err(DomainError::AlreadyErased)
     );
 }
@@ -222,21 +317,41 @@ fn cancelling_is_not_erasing() {
 
 #[test]
 fn a_class_erasure_keeps_the_order_active_and_repeating_it_is_refused() {
-    let class_erase = Event::OrderErased { scope: ErasureScope::Classes(classes(&[Identity])) };
+    let class_erase = Event::OrderErased {
+        scope: ErasureScope::Classes(classes(&[Identity])),
+    };
     let s = given(&[placed(true), class_erase.clone()]);
     let o = s.order.as_ref().unwrap();
     assert_eq!(o.status(), Status::Active);
     assert_eq!(o.erased, classes(&[Identity]));
     assert_eq!(
-        decide(&s, Command::EraseOrder { scope: ErasureScope::Classes(classes(&[Identity])) }),
+        decide(
+            &s,
+            Command::EraseOrder {
+                scope: ErasureScope::Classes(classes(&[Identity]))
+            }
+        ),
         Err(DomainError::AlreadyErased)
     );
     assert_eq!(
-        decide(&s, Command::EraseOrder { scope: ErasureScope::Classes(classes(&[])) }),
+        decide(
+            &s,
+            Command::EraseOrder {
+                scope: ErasureScope::Classes(classes(&[]))
+            }
+        ),
         Err(DomainError::NoClassesToErase)
     );
     // A whole-order erasure after a class erasure is still allowed.
-    assert_eq!(decide(&s, Command::EraseOrder { scope: ErasureScope::Order }), Ok(vec![erased()]));
+    assert_eq!(
+        decide(
+            &s,
+            Command::EraseOrder {
+                scope: ErasureScope::Order
+            }
+        ),
+        Ok(vec![erased()])
+    );
 }
 
 #[test]
@@ -310,11 +425,18 @@ fn arb_command() -> impl Strategy<Value = Command> {
         Just(merchant("m-2")),
     ];
     prop_oneof![
-        (any::<u32>(), any::<bool>()).prop_map(|(n, r)| Command::PlaceOrder(fixtures::new_order(n % 1000, r))),
-        (party, classes.clone()).prop_map(|(party, classes)| Command::ShareOrder { party, classes }),
-        proptest::sample::select(CancelReason::ALL.to_vec()).prop_map(|reason| Command::CancelOrder { reason }),
-        Just(Command::EraseOrder { scope: ErasureScope::Order }),
-        classes.prop_map(|c| Command::EraseOrder { scope: ErasureScope::Classes(c) }),
+        (any::<u32>(), any::<bool>())
+            .prop_map(|(n, r)| Command::PlaceOrder(fixtures::new_order(n % 1000, r))),
+        (party, classes.clone())
+            .prop_map(|(party, classes)| Command::ShareOrder { party, classes }),
+        proptest::sample::select(CancelReason::ALL.to_vec())
+            .prop_map(|reason| Command::CancelOrder { reason }),
+        Just(Command::EraseOrder {
+            scope: ErasureScope::Order
+        }),
+        classes.prop_map(|c| Command::EraseOrder {
+            scope: ErasureScope::Classes(c)
+        }),
     ]
 }
 

@@ -51,7 +51,9 @@ fn text(field: &str, raw: &str, max: usize) -> Result<String> {
             format!("must be at most {max} characters"),
         ));
     }
-    if s.chars().any(|c| c.is_control() || is_invisible_format_char(c)) {
+    if s.chars()
+        .any(|c| c.is_control() || is_invisible_format_char(c))
+    {
         return Err(ValidationError::new(
             field,
             "must not contain control or invisible formatting characters",
@@ -211,7 +213,10 @@ impl Mobile {
         let n = chars.len();
         let head: String = chars[..3.min(n)].iter().collect();
         let tail: String = chars[n.saturating_sub(4).max(3.min(n))..].iter().collect();
-        format!("{head}{}{tail}", "*".repeat(n.saturating_sub(head.len() + tail.len())))
+        format!(
+            "{head}{}{tail}",
+            "*".repeat(n.saturating_sub(head.len() + tail.len()))
+        )
     }
 }
 
@@ -256,7 +261,12 @@ fn is_prc_landline(s: &str) -> bool {
 impl Email {
     pub fn parse(field: &str, raw: &str) -> Result<Self> {
         let s = raw.trim();
-        let bad = |why: &str| Err(ValidationError::new(field, format!("must be an email address: {why}")));
+        let bad = |why: &str| {
+            Err(ValidationError::new(
+                field,
+                format!("must be an email address: {why}"),
+            ))
+        };
         if s.len() > MAX_EMAIL_CHARS {
             return bad("at most 254 characters");
         }
@@ -266,9 +276,10 @@ impl Email {
         if local.is_empty() || local.len() > 64 {
             return bad("the part before '@' must have 1 to 64 characters");
         }
-        let local_ok = local.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b)
-        }) && !local.starts_with('.')
+        let local_ok = local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b))
+            && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..");
         if !local_ok {
@@ -322,7 +333,10 @@ impl IdNumber {
         };
         let (year, month, day) = (num(6..10), num(10..12), num(12..14));
         if !(1900..=2100).contains(&year) || !is_calendar_date(year, month, day) {
-            return Err(ValidationError::new(field, "does not contain a real birth date"));
+            return Err(ValidationError::new(
+                field,
+                "does not contain a real birth date",
+            ));
         }
         if id_check_char(&b[..17]) != b[17] {
             return Err(ValidationError::new(
@@ -335,7 +349,7 @@ impl IdNumber {
 }
 
 fn is_calendar_date(year: u32, month: u32, day: u32) -> bool {
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
     let days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -379,9 +393,17 @@ impl Address {
             ));
         }
         Ok(Self {
-            province: text(&format!("{field}.province"), province, MAX_ADDRESS_PART_CHARS)?,
+            province: text(
+                &format!("{field}.province"),
+                province,
+                MAX_ADDRESS_PART_CHARS,
+            )?,
             city: text(&format!("{field}.city"), city, MAX_ADDRESS_PART_CHARS)?,
-            district: text(&format!("{field}.district"), district, MAX_ADDRESS_PART_CHARS)?,
+            district: text(
+                &format!("{field}.district"),
+                district,
+                MAX_ADDRESS_PART_CHARS,
+            )?,
             street: text(&format!("{field}.street"), street, MAX_STREET_CHARS)?,
             postal_code: postal.to_owned(),
         })
@@ -508,8 +530,18 @@ mod tests {
 
     #[test]
     fn id_number_rejects_wrong_length_and_letters() {
-        assert!(IdNumber::parse("id", "1101051949123100").unwrap_err().problem.contains("18"));
-        assert!(IdNumber::parse("id", "1101051949123100AX").unwrap_err().problem.contains("17 digits"));
+        assert!(
+            IdNumber::parse("id", "1101051949123100")
+                .unwrap_err()
+                .problem
+                .contains("18")
+        );
+        assert!(
+            IdNumber::parse("id", "1101051949123100AX")
+                .unwrap_err()
+                .problem
+                .contains("17 digits")
+        );
     }
 
     #[test]
@@ -525,9 +557,22 @@ mod tests {
 
     #[test]
     fn name_is_trimmed_bounded_and_free_of_control_characters() {
-        assert_eq!(ConsigneeName::parse("n", "  张三 ").unwrap().as_str(), "张三");
-        assert!(ConsigneeName::parse("n", "   ").unwrap_err().problem.contains("empty"));
-        assert!(ConsigneeName::parse("n", &"张".repeat(65)).unwrap_err().problem.contains("64"));
+        assert_eq!(
+            ConsigneeName::parse("n", "  张三 ").unwrap().as_str(),
+            "张三"
+        );
+        assert!(
+            ConsigneeName::parse("n", "   ")
+                .unwrap_err()
+                .problem
+                .contains("empty")
+        );
+        assert!(
+            ConsigneeName::parse("n", &"张".repeat(65))
+                .unwrap_err()
+                .problem
+                .contains("64")
+        );
         assert!(ConsigneeName::parse("n", &"张".repeat(64)).is_ok());
         assert!(ConsigneeName::parse("n", "a\nb").is_err());
         assert!(ConsigneeName::parse("n", "abc\u{202E}def").is_err());
@@ -535,43 +580,91 @@ mod tests {
 
     #[test]
     fn mobile_accepts_prc_and_e164_only() {
-        for ok in ["13800138000", "19912345678", "+8613800138000", "+4915112345678"] {
+        for ok in [
+            "13800138000",
+            "19912345678",
+            "+8613800138000",
+            "+4915112345678",
+        ] {
             assert!(Mobile::parse("m", ok).is_ok(), "{ok}");
         }
-        for bad in ["12800138000", "1380013800", "138001380000", "+0123456789", "+86 138", "phone"] {
+        for bad in [
+            "12800138000",
+            "1380013800",
+            "138001380000",
+            "+0123456789",
+            "+86 138",
+            "phone",
+        ] {
             assert!(Mobile::parse("m", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn mobile_masks_the_middle_digits() {
-        assert_eq!(Mobile::parse("m", "13800138000").unwrap().masked(), "138****8000");
-        assert_eq!(Mobile::parse("m", "+4915112345678").unwrap().masked(), "+49*******5678");
+        assert_eq!(
+            Mobile::parse("m", "13800138000").unwrap().masked(),
+            "138****8000"
+        );
+        assert_eq!(
+            Mobile::parse("m", "+4915112345678").unwrap().masked(),
+            "+49*******5678"
+        );
     }
 
     #[test]
     fn landline_accepts_area_code_forms_and_e164() {
-        for ok in ["010-12345678", "0755-1234567", "0755-1234567-88", "01012345678", "+861012345678"] {
+        for ok in [
+            "010-12345678",
+            "0755-1234567",
+            "0755-1234567-88",
+            "01012345678",
+            "+861012345678",
+        ] {
             assert!(Landline::parse("l", ok).is_ok(), "{ok}");
         }
-        for bad in ["12345678", "010-123", "0755-1234567-1234567", "010--12345678", "tel"] {
+        for bad in [
+            "12345678",
+            "010-123",
+            "0755-1234567-1234567",
+            "010--12345678",
+            "tel",
+        ] {
             assert!(Landline::parse("l", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn email_needs_a_local_part_and_a_dotted_domain() {
-        assert_eq!(Email::parse("e", "Zhang.San@Example.COM").unwrap().as_str(), "Zhang.San@example.com");
-        for bad in ["no-at.example.com", "@example.com", "a@localhost", "a@-x.com", "a..b@x.com", "a b@x.com"] {
+        assert_eq!(
+            Email::parse("e", "Zhang.San@Example.COM").unwrap().as_str(),
+            "Zhang.San@example.com"
+        );
+        for bad in [
+            "no-at.example.com",
+            "@example.com",
+            "a@localhost",
+            "a@-x.com",
+            "a..b@x.com",
+            "a b@x.com",
+        ] {
             assert!(Email::parse("e", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn address_checks_each_part_and_names_it() {
-        let ok = Address::parse("consignee.address", "广东省", "深圳市", "南山区", "科技园路 1 号", "518000");
+        let ok = Address::parse(
+            "consignee.address",
+            "广东省",
+            "深圳市",
+            "南山区",
+            "科技园路 1 号",
+            "518000",
+        );
         assert!(ok.is_ok());
-        let err = Address::parse("consignee.address", "广东省", "", "南山区", "x", "518000").unwrap_err();
+        let err =
+            Address::parse("consignee.address", "广东省", "", "南山区", "x", "518000").unwrap_err();
         assert_eq!(err.field, "consignee.address.city");
         let err = Address::parse("consignee.address", "a", "b", "c", "d", "51800").unwrap_err();
         assert_eq!(err.field, "consignee.address.postal_code");
@@ -580,9 +673,24 @@ mod tests {
     #[test]
     fn items_need_positive_quantity_and_non_negative_price() {
         assert!(Item::parse("items[0]", "SKU-1", "Drill", 1, 100, false).is_ok());
-        assert_eq!(Item::parse("items[0]", "SKU-1", "Drill", 0, 100, false).unwrap_err().field, "items[0].quantity");
-        assert_eq!(Item::parse("items[1]", "SKU-1", "Drill", 1, -1, false).unwrap_err().field, "items[1].unit_price");
-        assert_eq!(Item::parse("items[2]", "S K U", "Drill", 1, 1, false).unwrap_err().field, "items[2].sku");
+        assert_eq!(
+            Item::parse("items[0]", "SKU-1", "Drill", 0, 100, false)
+                .unwrap_err()
+                .field,
+            "items[0].quantity"
+        );
+        assert_eq!(
+            Item::parse("items[1]", "SKU-1", "Drill", 1, -1, false)
+                .unwrap_err()
+                .field,
+            "items[1].unit_price"
+        );
+        assert_eq!(
+            Item::parse("items[2]", "S K U", "Drill", 1, 1, false)
+                .unwrap_err()
+                .field,
+            "items[2].sku"
+        );
     }
 
     #[test]

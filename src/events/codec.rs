@@ -158,12 +158,18 @@ fn reason_of(r: ReasonV1) -> CancelReason {
 }
 
 fn encode_plain<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode"))
+    Zeroizing::new(
+        bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode"),
+    )
 }
 
 /// Builds the envelope of `event`, sealing its personal fields under `key`
 /// (only `OrderPlaced` has any; other events need no key).
-pub fn seal_event(event: &Event, meta: EventMeta, key: Option<&OrderKey>) -> Result<Envelope, OpenError> {
+pub fn seal_event(
+    event: &Event,
+    meta: EventMeta,
+    key: Option<&OrderKey>,
+) -> Result<Envelope, OpenError> {
     let ctx = meta.seal_context();
     let mut sealed = Vec::new();
     let body = match event {
@@ -197,7 +203,9 @@ pub fn seal_event(event: &Event, meta: EventMeta, key: Option<&OrderKey>) -> Res
                 });
             }
             if let Some(id) = &p.personal.identity {
-                let plain = encode_plain(&v1::IdentityV1 { id_number: id.expose().as_str().to_owned() });
+                let plain = encode_plain(&v1::IdentityV1 {
+                    id_number: id.expose().as_str().to_owned(),
+                });
                 sealed.push(SealedV1 {
                     class: ClassV1::Identity,
                     ciphertext: crypto::seal(key, &ctx, FieldClass::Identity, &plain)?,
@@ -218,7 +226,13 @@ pub fn seal_event(event: &Event, meta: EventMeta, key: Option<&OrderKey>) -> Res
                     })
                     .collect(),
                 amount_minor: p.amount.minor,
-                currency: p.amount.currency.as_str().as_bytes().try_into().expect("3 ASCII letters"),
+                currency: p
+                    .amount
+                    .currency
+                    .as_str()
+                    .as_bytes()
+                    .try_into()
+                    .expect("3 ASCII letters"),
                 classes: classes_v1(&p.classes),
             }
         }
@@ -229,13 +243,26 @@ pub fn seal_event(event: &Event, meta: EventMeta, key: Option<&OrderKey>) -> Res
             },
             classes: classes_v1(classes),
         },
-        Event::OrderCancelled { reason } => BodyV1::OrderCancelled { reason: reason_v1(*reason) },
+        Event::OrderCancelled { reason } => BodyV1::OrderCancelled {
+            reason: reason_v1(*reason),
+        },
         Event::OrderErased { scope } => match scope {
-            ErasureScope::Order => BodyV1::OrderErased { classes: vec![], whole: true },
-            ErasureScope::Classes(c) => BodyV1::OrderErased { classes: classes_v1(c), whole: false },
+            ErasureScope::Order => BodyV1::OrderErased {
+                classes: vec![],
+                whole: true,
+            },
+            ErasureScope::Classes(c) => BodyV1::OrderErased {
+                classes: classes_v1(c),
+                whole: false,
+            },
         },
     };
-    Ok(Envelope { schema_version: CURRENT_VERSION, meta, body, sealed })
+    Ok(Envelope {
+        schema_version: CURRENT_VERSION,
+        meta,
+        body,
+        sealed,
+    })
 }
 
 /// Encodes an envelope in the current schema version.
@@ -253,7 +280,8 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
-    bincode::serde::encode_into_std_write(&wire, &mut out, bincode_config()).expect("writing to a Vec cannot fail");
+    bincode::serde::encode_into_std_write(&wire, &mut out, bincode_config())
+        .expect("writing to a Vec cannot fail");
     out
 }
 
@@ -272,8 +300,13 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let version = u16::from_be_bytes([bytes[2], bytes[3]]);
     match version {
         v1::VERSION => {
-            let (wire, n): (EnvelopeV1, usize) = bincode::serde::decode_from_slice(&bytes[4..], bincode_config())
-                .map_err(|e| DecodeError::Malformed { version, reason: e.to_string() })?;
+            let (wire, n): (EnvelopeV1, usize) =
+                bincode::serde::decode_from_slice(&bytes[4..], bincode_config()).map_err(|e| {
+                    DecodeError::Malformed {
+                        version,
+                        reason: e.to_string(),
+                    }
+                })?;
             if n != bytes.len() - 4 {
                 return Err(DecodeError::TrailingBytes(bytes.len() - 4 - n));
             }
@@ -311,7 +344,14 @@ fn invalid(e: ValidationError) -> DecodeError {
 /// The public part of an envelope as a domain event, with no personal fields.
 pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
     Ok(match &env.body {
-        BodyV1::OrderPlaced { order_number, merchant_id, items, amount_minor, currency, classes } => {
+        BodyV1::OrderPlaced {
+            order_number,
+            merchant_id,
+            items,
+            amount_minor,
+            currency,
+            classes,
+        } => {
             let items = items
                 .iter()
                 .enumerate()
@@ -326,42 +366,70 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
                 })
                 .collect::<Result<Vec<_>, ValidationError>>()
                 .map_err(invalid)?;
-            let currency = Currency::parse("currency", std::str::from_utf8(currency).unwrap_or("")).map_err(invalid)?;
+            let currency = Currency::parse("currency", std::str::from_utf8(currency).unwrap_or(""))
+                .map_err(invalid)?;
             Event::OrderPlaced(OrderPlaced {
                 order_number: OrderNumber::parse("order_number", order_number).map_err(invalid)?,
                 merchant_id: MerchantId::parse("merchant_id", merchant_id).map_err(invalid)?,
                 items,
-                amount: Money { minor: *amount_minor, currency },
+                amount: Money {
+                    minor: *amount_minor,
+                    currency,
+                },
                 classes: classes_of(classes),
                 personal: PersonalFields::default(),
             })
         }
         BodyV1::OrderShared { party, classes } => Event::OrderShared {
             party: match party {
-                PartyV1::Logistics(p) => Party::Logistics(ProviderId::parse("party.id", p).map_err(invalid)?),
-                PartyV1::Merchant(m) => Party::Merchant(MerchantId::parse("party.id", m).map_err(invalid)?),
+                PartyV1::Logistics(p) => {
+                    Party::Logistics(ProviderId::parse("party.id", p).map_err(invalid)?)
+                }
+                PartyV1::Merchant(m) => {
+                    Party::Merchant(MerchantId::parse("party.id", m).map_err(invalid)?)
+                }
             },
             classes: classes_of(classes),
         },
-        BodyV1::OrderCancelled { reason } => Event::OrderCancelled { reason: reason_of(*reason) },
+        BodyV1::OrderCancelled { reason } => Event::OrderCancelled {
+            reason: reason_of(*reason),
+        },
         BodyV1::OrderErased { classes, whole } => Event::OrderErased {
-            scope: if *whole { ErasureScope::Order } else { ErasureScope::Classes(classes_of(classes)) },
+            scope: if *whole {
+                ErasureScope::Order
+            } else {
+                ErasureScope::Classes(classes_of(classes))
+            },
         },
     })
 }
 
 fn malformed(class: FieldClass) -> impl Fn(ValidationError) -> OpenEventError {
-    move |e| OpenEventError::Malformed { class, reason: e.to_string() }
+    move |e| OpenEventError::Malformed {
+        class,
+        reason: e.to_string(),
+    }
 }
 
-fn decode_plain<T: serde::de::DeserializeOwned>(class: FieldClass, bytes: &[u8]) -> Result<T, OpenEventError> {
+fn decode_plain<T: serde::de::DeserializeOwned>(
+    class: FieldClass,
+    bytes: &[u8],
+) -> Result<T, OpenEventError> {
     bincode::serde::decode_from_slice(bytes, bincode_config())
         .map(|(v, _)| v)
-        .map_err(|e| OpenEventError::Malformed { class, reason: e.to_string() })
+        .map_err(|e| OpenEventError::Malformed {
+            class,
+            reason: e.to_string(),
+        })
 }
 
 /// Opens one sealed class of an envelope.
-fn open_class(env: &Envelope, key: &OrderKey, sealed: &SealedV1, out: &mut PersonalFields) -> Result<(), OpenEventError> {
+fn open_class(
+    env: &Envelope,
+    key: &OrderKey,
+    sealed: &SealedV1,
+    out: &mut PersonalFields,
+) -> Result<(), OpenEventError> {
     let class = class_of(sealed.class);
     let plain = crypto::open(key, &env.meta.seal_context(), class, &sealed.ciphertext)?;
     match class {
@@ -370,8 +438,15 @@ fn open_class(env: &Envelope, key: &OrderKey, sealed: &SealedV1, out: &mut Perso
             let m = malformed(class);
             out.shipping = Some(Personal::new(ShippingInfo {
                 name: ConsigneeName::parse("consignee.name", &s.name).map_err(&m)?,
-                address: Address::parse("consignee.address", &s.province, &s.city, &s.district, &s.street, &s.postal_code)
-                    .map_err(&m)?,
+                address: Address::parse(
+                    "consignee.address",
+                    &s.province,
+                    &s.city,
+                    &s.district,
+                    &s.street,
+                    &s.postal_code,
+                )
+                .map_err(&m)?,
                 mobile: Mobile::parse("consignee.mobile", &s.mobile).map_err(&m)?,
             }));
         }
@@ -379,13 +454,25 @@ fn open_class(env: &Envelope, key: &OrderKey, sealed: &SealedV1, out: &mut Perso
             let c: v1::ContactV1 = decode_plain(class, &plain)?;
             let m = malformed(class);
             out.contact = Some(Personal::new(ContactInfo {
-                landline: c.landline.as_deref().map(|l| Landline::parse("contact.landline", l)).transpose().map_err(&m)?,
-                email: c.email.as_deref().map(|e| Email::parse("contact.email", e)).transpose().map_err(&m)?,
+                landline: c
+                    .landline
+                    .as_deref()
+                    .map(|l| Landline::parse("contact.landline", l))
+                    .transpose()
+                    .map_err(&m)?,
+                email: c
+                    .email
+                    .as_deref()
+                    .map(|e| Email::parse("contact.email", e))
+                    .transpose()
+                    .map_err(&m)?,
             }));
         }
         FieldClass::Identity => {
             let i: v1::IdentityV1 = decode_plain(class, &plain)?;
-            out.identity = Some(Personal::new(IdNumber::parse("id_number", &i.id_number).map_err(malformed(class))?));
+            out.identity = Some(Personal::new(
+                IdNumber::parse("id_number", &i.id_number).map_err(malformed(class))?,
+            ));
         }
     }
     Ok(())

@@ -3,10 +3,15 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{decide, fixtures, Command, State};
+use crate::domain::{Command, State, decide, fixtures};
 
 fn placed(n: u32, real_name: bool) -> Event {
-    decide(&State::default(), Command::PlaceOrder(fixtures::new_order(n, real_name))).unwrap().remove(0)
+    decide(
+        &State::default(),
+        Command::PlaceOrder(fixtures::new_order(n, real_name)),
+    )
+    .unwrap()
+    .remove(0)
 }
 
 fn meta(key: &OrderKey, sequence: u64) -> EventMeta {
@@ -45,7 +50,10 @@ fn the_encoded_record_holds_no_personal_plaintext() {
         p.identity.as_ref().unwrap().as_str(),
         "13800000099",
     ] {
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "plaintext in record");
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "plaintext in record"
+        );
     }
 }
 
@@ -53,10 +61,15 @@ fn the_encoded_record_holds_no_personal_plaintext() {
 fn without_a_key_only_public_fields_are_read() {
     let key = OrderKey::generate();
     let env = seal_event(&placed(1, false), meta(&key, 1), Some(&key)).unwrap();
-    let Event::OrderPlaced(p) = open_event(&env, None).unwrap() else { panic!() };
+    let Event::OrderPlaced(p) = open_event(&env, None).unwrap() else {
+        panic!()
+    };
     assert!(p.personal.is_empty());
     assert_eq!(p.order_number.as_str(), "ON-2026-00000001");
-    assert_eq!(p.classes, BTreeSet::from([FieldClass::Shipping, FieldClass::Contact]));
+    assert_eq!(
+        p.classes,
+        BTreeSet::from([FieldClass::Shipping, FieldClass::Contact])
+    );
 }
 
 #[test]
@@ -64,7 +77,9 @@ fn a_shredded_class_reads_as_absent_and_the_rest_opens() {
     let key = OrderKey::generate();
     let env = seal_event(&placed(1, true), meta(&key, 1), Some(&key)).unwrap();
     let key = key.without(FieldClass::Identity);
-    let Event::OrderPlaced(p) = open_event(&env, Some(&key)).unwrap() else { panic!() };
+    let Event::OrderPlaced(p) = open_event(&env, Some(&key)).unwrap() else {
+        panic!()
+    };
     assert!(p.personal.identity.is_none());
     assert!(p.personal.shipping.is_some());
 }
@@ -79,19 +94,31 @@ fn another_orders_key_or_a_tampered_record_fails_to_open() {
     ));
     let mut moved = env.clone();
     moved.meta.order_id = Uuid::now_v7();
-    assert!(matches!(open_event(&moved, Some(&key)), Err(OpenEventError::Open(OpenError::Unauthentic(_)))));
+    assert!(matches!(
+        open_event(&moved, Some(&key)),
+        Err(OpenEventError::Open(OpenError::Unauthentic(_)))
+    ));
     let mut swapped = env.clone();
     swapped.sealed[0].class = v1::ClassV1::Contact;
     swapped.sealed[1].class = v1::ClassV1::Shipping;
-    assert!(matches!(open_event(&swapped, Some(&key)), Err(OpenEventError::Open(OpenError::Unauthentic(_)))));
+    assert!(matches!(
+        open_event(&swapped, Some(&key)),
+        Err(OpenEventError::Open(OpenError::Unauthentic(_)))
+    ));
 }
 
 #[test]
 fn the_decoder_names_what_is_wrong() {
     assert_eq!(decode(b"OL"), Err(DecodeError::TooShort(2)));
     assert_eq!(decode(b"XX\0\x01abc"), Err(DecodeError::BadMagic));
-    assert_eq!(decode(b"OL\0\x09abc"), Err(DecodeError::UnsupportedVersion(9)));
-    assert!(matches!(decode(b"OL\0\x01\xff\xff"), Err(DecodeError::Malformed { version: 1, .. })));
+    assert_eq!(
+        decode(b"OL\0\x09abc"),
+        Err(DecodeError::UnsupportedVersion(9))
+    );
+    assert!(matches!(
+        decode(b"OL\0\x01\xff\xff"),
+        Err(DecodeError::Malformed { version: 1, .. })
+    ));
     let key = OrderKey::generate();
     let mut bytes = encode(&seal_event(&placed(1, false), meta(&key, 1), Some(&key)).unwrap());
     bytes.push(0);
@@ -102,12 +129,19 @@ fn the_decoder_names_what_is_wrong() {
 fn non_personal_events_carry_no_sealed_fields() {
     let key = OrderKey::generate();
     for event in [
-        Event::OrderCancelled { reason: CancelReason::Other },
-        Event::OrderErased { scope: ErasureScope::Order },
+        Event::OrderCancelled {
+            reason: CancelReason::Other,
+        },
+        Event::OrderErased {
+            scope: ErasureScope::Order,
+        },
     ] {
         let env = seal_event(&event, meta(&key, 2), Some(&key)).unwrap();
         assert!(env.sealed.is_empty());
-        assert_eq!(open_event(&decode(&encode(&env)).unwrap(), None).unwrap(), event);
+        assert_eq!(
+            open_event(&decode(&encode(&env)).unwrap(), None).unwrap(),
+            event
+        );
     }
 }
 

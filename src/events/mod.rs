@@ -9,6 +9,6 @@ pub mod codec;
 pub mod v1;
 
 pub use codec::{
-    decode, encode, open_event, public_event, record_hash, seal_event, DecodeError, Envelope,
-    EventMeta, OpenEventError, RecordHash, CURRENT_VERSION,
+    CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash, decode, encode,
+    open_event, public_event, record_hash, seal_event,
 };

@@ -14,20 +14,28 @@ pub struct Embedded {
 
 impl std::fmt::Debug for Embedded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedded").field("bootstrap", &self.bootstrap()).finish()
+        f.debug_struct("Embedded")
+            .field("bootstrap", &self.bootstrap())
+            .finish()
     }
 }
 
 impl Embedded {
     pub fn start() -> Result<Self, rdkafka::error::KafkaError> {
-        Ok(Self { cluster: MockCluster::new(1)? })
+        Ok(Self {
+            cluster: MockCluster::new(1)?,
+        })
     }
 
     pub fn bootstrap(&self) -> String {
         self.cluster.bootstrap_servers()
     }
 
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), rdkafka::error::KafkaError> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         self.cluster.create_topic(name, partitions, 1)
     }
 }

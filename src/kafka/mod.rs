@@ -25,7 +25,10 @@ pub struct KafkaSettings {
 
 impl KafkaSettings {
     pub fn new(brokers: impl Into<String>) -> Self {
-        Self { brokers: brokers.into(), extra: BTreeMap::new() }
+        Self {
+            brokers: brokers.into(),
+            extra: BTreeMap::new(),
+        }
     }
 
     /// A librdkafka configuration with the bootstrap servers and pass-through settings.
@@ -69,12 +72,19 @@ impl TopicSpec {
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
-pub async fn ensure_topics(settings: &KafkaSettings, specs: &[TopicSpec]) -> Result<(), KafkaError> {
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    specs: &[TopicSpec],
+) -> Result<(), KafkaError> {
     let admin = settings.admin()?;
     let new: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
-            let mut t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
+            let mut t = NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication),
+            );
             for (k, v) in &s.config {
                 t = t.set(k, v);
             }
@@ -99,7 +109,11 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[TopicSpec]) -> Res
 pub mod embedded;
 
 /// Number of partitions of an existing topic.
-pub fn partition_count(settings: &KafkaSettings, topic: &str, timeout: Duration) -> Result<usize, KafkaError> {
+pub fn partition_count(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = settings.client_config().create()?;
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
@@ -107,7 +121,9 @@ pub fn partition_count(settings: &KafkaSettings, topic: &str, timeout: Duration)
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition))?;
+        .ok_or(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))?;
     if let Some(err) = t.error() {
         return Err(KafkaError::MetadataFetch(err.into()));
     }

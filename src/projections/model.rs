@@ -157,7 +157,11 @@ pub enum ProjectError {
     #[error("undecodable record: {0}")]
     Decode(String),
     #[error("event {got} of order {order} arrived when {expected} was expected")]
-    OutOfSequence { order: Uuid, expected: u64, got: u64 },
+    OutOfSequence {
+        order: Uuid,
+        expected: u64,
+        got: u64,
+    },
     #[error("event {sequence} of order {order} does not chain to the previous event's hash")]
     BrokenChain { order: Uuid, sequence: u64 },
     #[error("record key is not the order id of its envelope")]
@@ -179,7 +183,12 @@ fn party_id(p: &PartyV1) -> FeedTarget {
 }
 
 /// Folds one stored event into the order's row. Pure.
-pub fn project(current: Option<&ProjectedOrder>, bytes: &[u8], record_key: Option<&[u8]>, partition: u32) -> Result<Projection, ProjectError> {
+pub fn project(
+    current: Option<&ProjectedOrder>,
+    bytes: &[u8],
+    record_key: Option<&[u8]>,
+    partition: u32,
+) -> Result<Projection, ProjectError> {
     let env = events::decode(bytes).map_err(|e| ProjectError::Decode(e.to_string()))?;
     events::public_event(&env).map_err(|e| ProjectError::Decode(e.to_string()))?;
     let order_id = env.meta.order_id;
@@ -188,18 +197,44 @@ pub fn project(current: Option<&ProjectedOrder>, bytes: &[u8], record_key: Optio
     }
     let expected = current.map_or(1, |c| c.version + 1);
     if env.meta.sequence != expected {
-        return Err(ProjectError::OutOfSequence { order: order_id, expected, got: env.meta.sequence });
+        return Err(ProjectError::OutOfSequence {
+            order: order_id,
+            expected,
+            got: env.meta.sequence,
+        });
     }
     let prev = current.map_or([0; 32], |c| c.last_hash);
     if env.meta.prev_hash != prev {
-        return Err(ProjectError::BrokenChain { order: order_id, sequence: env.meta.sequence });
+        return Err(ProjectError::BrokenChain {
+            order: order_id,
+            sequence: env.meta.sequence,
+        });
     }
     let at = env.meta.occurred_at_ms;
-    let entry = |change, classes: Vec<ClassV1>| FeedEntry { order_id: *order_id.as_bytes(), change, classes, version: env.meta.sequence, at_ms: at };
+    let entry = |change, classes: Vec<ClassV1>| FeedEntry {
+        order_id: *order_id.as_bytes(),
+        change,
+        classes,
+        version: env.meta.sequence,
+        at_ms: at,
+    };
     let mut feeds = Vec::new();
     let mut order = match (&env.body, current) {
-        (BodyV1::OrderPlaced { order_number, merchant_id, items, amount_minor, currency, classes }, None) => {
-            feeds.push((FeedTarget::Merchant(merchant_id.clone()), entry(ChangeKind::Placed, vec![])));
+        (
+            BodyV1::OrderPlaced {
+                order_number,
+                merchant_id,
+                items,
+                amount_minor,
+                currency,
+                classes,
+            },
+            None,
+        ) => {
+            feeds.push((
+                FeedTarget::Merchant(merchant_id.clone()),
+                entry(ChangeKind::Placed, vec![]),
+            ));
             ProjectedOrder {
                 order_id: *order_id.as_bytes(),
                 partition,
@@ -226,11 +261,19 @@ pub fn project(current: Option<&ProjectedOrder>, bytes: &[u8], record_key: Optio
         (_, None) | (BodyV1::OrderPlaced { .. }, Some(_)) => {
             // Sequence 1 must be OrderPlaced and nothing else; the sequence
             // check above already refused the other combinations.
-            return Err(ProjectError::OutOfSequence { order: order_id, expected, got: env.meta.sequence });
+            return Err(ProjectError::OutOfSequence {
+                order: order_id,
+                expected,
+                got: env.meta.sequence,
+            });
         }
         (BodyV1::OrderShared { party, classes }, Some(cur)) => {
             let mut o = cur.clone();
-            o.shares.push(ShareRow { party: party.clone(), classes: classes.clone(), at_ms: at });
+            o.shares.push(ShareRow {
+                party: party.clone(),
+                classes: classes.clone(),
+                at_ms: at,
+            });
             feeds.push((party_id(party), entry(ChangeKind::Shared, classes.clone())));
             o
         }
@@ -247,7 +290,11 @@ pub fn project(current: Option<&ProjectedOrder>, bytes: &[u8], record_key: Optio
         }
         (BodyV1::OrderErased { classes, whole }, Some(cur)) => {
             let mut o = cur.clone();
-            let gone: Vec<ClassV1> = if *whole { vec![ClassV1::Shipping, ClassV1::Contact, ClassV1::Identity] } else { classes.clone() };
+            let gone: Vec<ClassV1> = if *whole {
+                vec![ClassV1::Shipping, ClassV1::Contact, ClassV1::Identity]
+            } else {
+                classes.clone()
+            };
             for c in &gone {
                 if !o.erased.contains(c) {
                     o.erased.push(*c);
@@ -307,5 +354,8 @@ pub fn feed_position(prefix_len: usize, key: &[u8]) -> Option<(u32, u64)> {
     if rest.len() != 12 {
         return None;
     }
-    Some((u32::from_be_bytes(rest[..4].try_into().ok()?), u64::from_be_bytes(rest[4..].try_into().ok()?)))
+    Some((
+        u32::from_be_bytes(rest[..4].try_into().ok()?),
+        u64::from_be_bytes(rest[4..].try_into().ok()?),
+    ))
 }

@@ -22,10 +22,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
-use super::model::{feed_key, project, FeedTarget, ProjectedOrder};
+use super::model::{FeedTarget, ProjectedOrder, feed_key, project};
 use crate::kafka::KafkaSettings;
 use crate::store::{
-    decode_value, encode_value, Store, StoreError, CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS,
+    CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError,
+    decode_value, encode_value,
 };
 
 /// Suffix of the dead-letter topic: `<events topic>.dead-letter`.
@@ -49,6 +50,9 @@ pub struct ProjectorConfig {
     pub assignment: Assignment,
     /// Most messages folded into one WriteBatch.
     pub batch_max: usize,
+    /// Upper bound on events per second (0 = none), so a rebuild can run
+    /// beside live traffic without starving it.
+    pub max_rate: u32,
 }
 
 impl ProjectorConfig {
@@ -71,7 +75,12 @@ pub struct ProjectorStatus {
 impl ProjectorStatus {
     /// Records behind the end of the log, per assigned partition.
     pub fn lag(&self) -> BTreeMap<i32, i64> {
-        self.positions.lock().expect("positions lock").iter().map(|(p, (next, high))| (*p, (high - next).max(0))).collect()
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .iter()
+            .map(|(p, (next, high))| (*p, (high - next).max(0)))
+            .collect()
     }
 
     /// True once partitions are assigned and none lags.
@@ -118,7 +127,11 @@ impl Projector {
                 r
             })
             .expect("spawn projector thread");
-        Ok(Self { stop, status, handle: Some(handle) })
+        Ok(Self {
+            stop,
+            status,
+            handle: Some(handle),
+        })
     }
 
     /// Blocks until every assigned partition is projected to its end, or `timeout`.
@@ -169,7 +182,11 @@ struct Run {
 }
 
 impl Run {
-    fn new(store: Store, config: ProjectorConfig, status: Arc<ProjectorStatus>) -> Result<Self, ProjectorError> {
+    fn new(
+        store: Store,
+        config: ProjectorConfig,
+        status: Arc<ProjectorStatus>,
+    ) -> Result<Self, ProjectorError> {
         let group = match &config.assignment {
             Assignment::Group(g) => g.clone(),
             Assignment::All => format!("orderlog-projector-{}", Uuid::new_v4()),
@@ -222,7 +239,11 @@ impl Run {
             return Ok(*n);
         }
         let cf = self.store.cf(CF_VIEW_OFFSETS);
-        let n = match self.store.db().get_cf(cf, (partition as u32).to_be_bytes())? {
+        let n = match self
+            .store
+            .db()
+            .get_cf(cf, (partition as u32).to_be_bytes())?
+        {
             Some(v) if v.len() == 8 => i64::from_be_bytes(v[..].try_into().expect("8 bytes")),
             _ => 0,
         };
@@ -234,7 +255,11 @@ impl Run {
         if let Some(o) = self.overlay.get(id) {
             return Ok(Some(o.clone()));
         }
-        match self.store.db().get_pinned_cf(self.store.cf(CF_VIEW_ORDERS), id)? {
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_VIEW_ORDERS), id)?
+        {
             Some(v) => Ok(Some(decode_value(CF_VIEW_ORDERS, &v)?)),
             None => Ok(None),
         }
@@ -242,11 +267,19 @@ impl Run {
 
     fn run(&mut self, stop: &AtomicBool) -> Result<(), ProjectorError> {
         let mut last_positions = Instant::now() - Duration::from_secs(10);
+        // The rate clock starts at the first event, not while joining the group.
+        let mut started: Option<Instant> = None;
+        let mut folded: u64 = 0;
         while !stop.load(Ordering::Acquire) {
             let polled = match self.consumer.poll(Duration::from_millis(100)) {
                 None => None,
                 Some(Err(e)) => Some(Err(e)),
-                Some(Ok(m)) => Some(Ok((m.partition(), m.offset(), m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()))),
+                Some(Ok(m)) => Some(Ok((
+                    m.partition(),
+                    m.offset(),
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                ))),
             };
             match polled {
                 None => {
@@ -261,17 +294,47 @@ impl Run {
                         continue; // already in the views
                     }
                     if offset > expected {
-                        let (low, _) = self.consumer.fetch_watermarks(&self.config.topic, partition, Duration::from_secs(5))?;
+                        let (low, _) = self.consumer.fetch_watermarks(
+                            &self.config.topic,
+                            partition,
+                            Duration::from_secs(5),
+                        )?;
                         if low <= expected {
                             // Kafka's committed offset ran ahead of RocksDB (for
                             // example the data dir was wiped): go back.
                             self.flush()?;
-                            tracing::info!(partition, from = offset, to = expected, "Seeking back to the views' offset.");
-                            self.consumer.seek(&self.config.topic, partition, Offset::Offset(expected), Duration::from_secs(5))?;
+                            tracing::info!(
+                                partition,
+                                from = offset,
+                                to = expected,
+                                "Seeking back to the views' offset."
+                            );
+                            self.consumer.seek(
+                                &self.config.topic,
+                                partition,
+                                Offset::Offset(expected),
+                                Duration::from_secs(5),
+                            )?;
                             continue;
                         }
-                        tracing::warn!(partition, expected, low, "Records before the log's start are gone (retention); projecting from what is left.");
+                        tracing::warn!(
+                            partition,
+                            expected,
+                            low,
+                            "Records before the log's start are gone (retention); projecting from what is left."
+                        );
                     }
+                    if self.config.max_rate > 0 {
+                        let due = Duration::from_secs_f64(
+                            folded as f64 / f64::from(self.config.max_rate),
+                        );
+                        if let Some(wait) =
+                            due.checked_sub(started.get_or_insert_with(Instant::now).elapsed())
+                        {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    folded += 1;
                     self.fold(partition, offset, key.as_deref(), &payload)?;
                     self.next.insert(partition, offset + 1);
                     self.dirty.insert(partition, offset + 1);
@@ -289,7 +352,13 @@ impl Run {
         self.flush()
     }
 
-    fn fold(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> Result<(), ProjectorError> {
+    fn fold(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), ProjectorError> {
         let current = match crate::events::decode(payload) {
             Ok(env) => self.order(env.meta.order_id.as_bytes())?,
             Err(_) => None,
@@ -301,7 +370,11 @@ impl Run {
                         FeedTarget::Shipping(id) => (CF_SHIPPING_FEED, id),
                         FeedTarget::Merchant(id) => (CF_MERCHANT_FEED, id),
                     };
-                    self.batch.put_cf(self.store.cf(cf), feed_key(id, partition as u32, offset as u64), encode_value(entry));
+                    self.batch.put_cf(
+                        self.store.cf(cf),
+                        feed_key(id, partition as u32, offset as u64),
+                        encode_value(entry),
+                    );
                 }
                 self.overlay.insert(p.order.order_id, p.order);
                 self.status.projected.fetch_add(1, Ordering::Relaxed);
@@ -316,14 +389,22 @@ impl Run {
                 let topic = self.config.dead_letter_topic();
                 loop {
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: HEADER_DLQ_REASON, value: Some(reason.as_bytes()) })
-                        .insert(Header { key: HEADER_DLQ_SOURCE, value: Some(source.as_bytes()) });
+                        .insert(Header {
+                            key: HEADER_DLQ_REASON,
+                            value: Some(reason.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: HEADER_DLQ_SOURCE,
+                            value: Some(source.as_bytes()),
+                        });
                     let mut record = FutureRecord::to(&topic).payload(payload).headers(headers);
                     if let Some(k) = key {
                         record = record.key(k);
                     }
                     let sent = match self.dlq.send_result(record) {
-                        Ok(fut) => futures::executor::block_on(fut).map_err(|_| "delivery cancelled".to_owned()).and_then(|r| r.map(|_| ()).map_err(|(e, _)| e.to_string())),
+                        Ok(fut) => futures::executor::block_on(fut)
+                            .map_err(|_| "delivery cancelled".to_owned())
+                            .and_then(|r| r.map(|_| ()).map_err(|(e, _)| e.to_string())),
                         Err((e, _)) => Err(e.to_string()),
                     };
                     match sent {
@@ -351,7 +432,11 @@ impl Run {
         }
         let mut tpl = TopicPartitionList::new();
         for (p, next) in self.dirty.drain() {
-            batch.put_cf(self.store.cf(CF_VIEW_OFFSETS), (p as u32).to_be_bytes(), next.to_be_bytes());
+            batch.put_cf(
+                self.store.cf(CF_VIEW_OFFSETS),
+                (p as u32).to_be_bytes(),
+                next.to_be_bytes(),
+            );
             tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next))?;
         }
         self.store.db().write(batch)?;
@@ -367,15 +452,26 @@ impl Run {
     }
 
     fn refresh_positions(&mut self) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        let parts: Vec<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let parts: Vec<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         if parts.is_empty() {
             return;
         }
         let mut positions = BTreeMap::new();
         for p in parts {
-            let Ok(next) = self.stored_next(p) else { return };
-            match self.consumer.fetch_watermarks(&self.config.topic, p, Duration::from_secs(2)) {
+            let Ok(next) = self.stored_next(p) else {
+                return;
+            };
+            match self
+                .consumer
+                .fetch_watermarks(&self.config.topic, p, Duration::from_secs(2))
+            {
                 Ok((_, high)) => {
                     positions.insert(p, (next, high));
                 }

@@ -9,8 +9,10 @@ use rocksdb::{Direction, IteratorMode};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::model::{feed_key, feed_position, feed_prefix, FeedEntry, ProjectedOrder};
-use crate::store::{decode_value, Store, StoreError, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, VIEW_COLUMN_FAMILIES};
+use super::model::{FeedEntry, ProjectedOrder, feed_key, feed_position, feed_prefix};
+use crate::store::{
+    CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError, VIEW_COLUMN_FAMILIES, decode_value,
+};
 
 /// Where a feed reader is: per partition, the next offset it has not seen.
 /// Opaque to clients: `c1.<partition>-<offset>.<partition>-<offset>...`.
@@ -55,7 +57,10 @@ pub struct FeedItem {
 /// Partitions the views have projected anything of.
 pub fn partitions(store: &Store) -> Result<Vec<u32>, StoreError> {
     let mut out = Vec::new();
-    for item in store.db().iterator_cf(store.cf(CF_VIEW_OFFSETS), IteratorMode::Start) {
+    for item in store
+        .db()
+        .iterator_cf(store.cf(CF_VIEW_OFFSETS), IteratorMode::Start)
+    {
         let (k, _) = item?;
         if k.len() == 4 {
             out.push(u32::from_be_bytes(k[..].try_into().expect("4 bytes")));
@@ -66,7 +71,13 @@ pub fn partitions(store: &Store) -> Result<Vec<u32>, StoreError> {
 
 /// Up to `limit` entries of `party`'s feed after `after`, and the cursor to
 /// pass next time. Entries come in log order within each partition.
-pub fn feed(store: &Store, cf: &'static str, party: &str, after: &Cursor, limit: usize) -> Result<(Vec<FeedItem>, Cursor), StoreError> {
+pub fn feed(
+    store: &Store,
+    cf: &'static str,
+    party: &str,
+    after: &Cursor,
+    limit: usize,
+) -> Result<(Vec<FeedItem>, Cursor), StoreError> {
     let prefix = feed_prefix(party);
     let mut next = after.clone();
     let mut items = Vec::new();
@@ -76,14 +87,26 @@ pub fn feed(store: &Store, cf: &'static str, party: &str, after: &Cursor, limit:
         }
         let from = after.0.get(&p).copied().unwrap_or(0);
         let start = feed_key(party, p, from);
-        let iter = store.db().iterator_cf(store.cf(cf), IteratorMode::From(&start, Direction::Forward));
+        let iter = store
+            .db()
+            .iterator_cf(store.cf(cf), IteratorMode::From(&start, Direction::Forward));
         for item in iter {
             let (k, v) = item?;
-            let Some((kp, offset)) = k.starts_with(&prefix).then(|| feed_position(prefix.len(), &k)).flatten() else { break };
+            let Some((kp, offset)) = k
+                .starts_with(&prefix)
+                .then(|| feed_position(prefix.len(), &k))
+                .flatten()
+            else {
+                break;
+            };
             if kp != p {
                 break;
             }
-            items.push(FeedItem { partition: p, offset, entry: decode_value(cf, &v)? });
+            items.push(FeedItem {
+                partition: p,
+                offset,
+                entry: decode_value(cf, &v)?,
+            });
             next.0.insert(p, offset + 1);
             if items.len() >= limit {
                 break;
@@ -94,7 +117,10 @@ pub fn feed(store: &Store, cf: &'static str, party: &str, after: &Cursor, limit:
 }
 
 pub fn order(store: &Store, id: Uuid) -> Result<Option<ProjectedOrder>, StoreError> {
-    match store.db().get_pinned_cf(store.cf(CF_VIEW_ORDERS), id.as_bytes())? {
+    match store
+        .db()
+        .get_pinned_cf(store.cf(CF_VIEW_ORDERS), id.as_bytes())?
+    {
         Some(v) => Ok(Some(decode_value(CF_VIEW_ORDERS, &v)?)),
         None => Ok(None),
     }
@@ -126,5 +152,8 @@ pub fn digest(store: &Store) -> Result<ViewDigest, StoreError> {
         total.update(&d);
         per_view.insert(*cf, (rows, d));
     }
-    Ok(ViewDigest { per_view, total: hex::encode(total.finalize()) })
+    Ok(ViewDigest {
+        per_view,
+        total: hex::encode(total.finalize()),
+    })
 }

@@ -25,7 +25,12 @@ fn header32(m: &impl Message, name: &str) -> Option<[u8; 32]> {
 }
 
 /// Reads `topic`/`partition` from offset 0 to the high watermark.
-pub fn load_partition(settings: &KafkaSettings, topic: &str, partition: i32, timeout: Duration) -> Result<PartitionState, KafkaError> {
+pub fn load_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<PartitionState, KafkaError> {
     let consumer: BaseConsumer = settings
         .client_config()
         .set("group.id", format!("orderlog-rebuild-{}", Uuid::new_v4()))
@@ -33,7 +38,10 @@ pub fn load_partition(settings: &KafkaSettings, topic: &str, partition: i32, tim
         .set("enable.partition.eof", "true")
         .create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-    let mut st = PartitionState { next_offset: high, ..Default::default() };
+    let mut st = PartitionState {
+        next_offset: high,
+        ..Default::default()
+    };
     if high <= low {
         return Ok(st);
     }
@@ -43,9 +51,13 @@ pub fn load_partition(settings: &KafkaSettings, topic: &str, partition: i32, tim
     let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
     loop {
         if Instant::now() > deadline {
-            return Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut));
+            return Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
         }
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
         let m = match msg {
             Ok(m) => m,
             Err(KafkaError::PartitionEOF(_)) => break,
@@ -57,10 +69,17 @@ pub fn load_partition(settings: &KafkaSettings, topic: &str, partition: i32, tim
             Ok(env) => {
                 let rec = st.orders.entry(env.meta.order_id).or_default();
                 if rec.absorb(&env, bytes, offset) {
-                    if let (Some(key), Some(digest)) = (header32(&m, HEADER_IDEMPOTENCY_KEY), header32(&m, HEADER_REQUEST_DIGEST)) {
+                    if let (Some(key), Some(digest)) = (
+                        header32(&m, HEADER_IDEMPOTENCY_KEY),
+                        header32(&m, HEADER_REQUEST_DIGEST),
+                    ) {
                         st.idempotency.insert(
                             key,
-                            IdempotentOutcome { request_digest: digest, order_id: env.meta.order_id, version: rec.state.version },
+                            IdempotentOutcome {
+                                request_digest: digest,
+                                order_id: env.meta.order_id,
+                                version: rec.state.version,
+                            },
                         );
                     }
                 } else {

@@ -27,7 +27,7 @@ use crate::crypto::{KeyId, KeyVault, OrderKey, Shredded, VaultError};
 use crate::domain::{self, Command, DomainError, ErasureScope, Event, FieldClass, PersonalFields};
 use crate::events::{self, EventMeta};
 use crate::kafka::KafkaSettings;
-use log_reader::{load_partition, HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
+use log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST, load_partition};
 use state::{IdempotentOutcome, OrderRecord, PartitionState};
 
 /// Most commands one writer puts into one produce round trip.
@@ -121,7 +121,9 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("topic", &self.shared.topic).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("topic", &self.shared.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,17 +162,27 @@ impl Service {
             .set("acks", "all")
             .set("linger.ms", "1")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", produce_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                produce_timeout.as_millis().to_string(),
+            )
             .create()
             .map_err(|e| kafka_unavailable(&e))?;
         let mut states = Vec::with_capacity(partitions);
         for p in 0..partitions {
             let (s, t) = (settings.clone(), topic.clone());
-            let st = tokio::task::spawn_blocking(move || load_partition(&s, &t, p as i32, Duration::from_secs(30)))
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
-                .map_err(|e| kafka_unavailable(&e))?;
-            tracing::info!(partition = p, orders = st.orders.len(), skipped = st.skipped, "Partition state rebuilt from the log.");
+            let st = tokio::task::spawn_blocking(move || {
+                load_partition(&s, &t, p as i32, Duration::from_secs(30))
+            })
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| kafka_unavailable(&e))?;
+            tracing::info!(
+                partition = p,
+                orders = st.orders.len(),
+                skipped = st.skipped,
+                "Partition state rebuilt from the log."
+            );
             states.push(st);
         }
         // An erasure is appended before the key is destroyed; finish any that
@@ -228,7 +240,12 @@ impl Service {
     ) -> Result<Outcome, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
         if let Some(idem) = idempotency {
-            let known = self.shared.partitions[p].read().expect("partition lock").idempotency.get(&idem.key).cloned();
+            let known = self.shared.partitions[p]
+                .read()
+                .expect("partition lock")
+                .idempotency
+                .get(&idem.key)
+                .cloned();
             if let Some(prev) = known {
                 return self.replay(prev, idem);
             }
@@ -236,18 +253,35 @@ impl Service {
             // on every attempt, so also look on the others.
             for (q, st) in self.shared.partitions.iter().enumerate() {
                 if q != p
-                    && let Some(prev) = st.read().expect("partition lock").idempotency.get(&idem.key).cloned()
+                    && let Some(prev) = st
+                        .read()
+                        .expect("partition lock")
+                        .idempotency
+                        .get(&idem.key)
+                        .cloned()
                 {
                     return self.replay(prev, idem);
                 }
             }
-            if !self.shared.in_flight.lock().expect("in-flight lock").insert(idem.key) {
+            if !self
+                .shared
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .insert(idem.key)
+            {
                 return Err(ServiceError::IdempotencyInFlight);
             }
         }
-        let result = self.dispatch(p, order_id, command, expected_version, idempotency).await;
+        let result = self
+            .dispatch(p, order_id, command, expected_version, idempotency)
+            .await;
         if let Some(idem) = idempotency {
-            self.shared.in_flight.lock().expect("in-flight lock").remove(&idem.key);
+            self.shared
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .remove(&idem.key);
         }
         result
     }
@@ -280,16 +314,28 @@ impl Service {
             q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
         };
         let (reply, rx) = oneshot::channel();
-        tx.send(Job { order_id, command, expected_version, idempotency, reply })
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)?;
+        tx.send(Job {
+            order_id,
+            command,
+            expected_version,
+            idempotency,
+            reply,
+        })
+        .await
+        .map_err(|_| ServiceError::ShuttingDown)?;
         rx.await.map_err(|_| ServiceError::ShuttingDown)?
     }
 
     /// The order's state and, when its key lives, its personal fields.
     pub fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
-        let Some(record) = self.shared.partitions[p].read().expect("partition lock").orders.get(&order_id).cloned() else {
+        let Some(record) = self.shared.partitions[p]
+            .read()
+            .expect("partition lock")
+            .orders
+            .get(&order_id)
+            .cloned()
+        else {
             return Ok(None);
         };
         let key = match self.shared.vault.get(order_id) {
@@ -299,13 +345,18 @@ impl Service {
         };
         let mut personal = PersonalFields::default();
         if let (Some(env), Some(key)) = (&record.placed, &key)
-            && let Event::OrderPlaced(p) =
-                events::open_event(env, Some(key)).map_err(|e| ServiceError::Internal(e.to_string()))?
+            && let Event::OrderPlaced(p) = events::open_event(env, Some(key))
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
         {
             personal = p.personal;
         }
         let shredded = self.shared.vault.shredded(order_id)?;
-        Ok(Some(OrderView { order_id, record, personal, shredded }))
+        Ok(Some(OrderView {
+            order_id,
+            record,
+            personal,
+            shredded,
+        }))
     }
 
     /// Every order id the writer knows (for tests and audits of small logs).
@@ -313,7 +364,14 @@ impl Service {
         self.shared
             .partitions
             .iter()
-            .flat_map(|p| p.read().expect("partition lock").orders.keys().copied().collect::<Vec<_>>())
+            .flat_map(|p| {
+                p.read()
+                    .expect("partition lock")
+                    .orders
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -322,7 +380,10 @@ impl Service {
     pub async fn shutdown(&self, limit: Duration) {
         self.queues.write().expect("queues lock").take();
         let writers: Vec<_> = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
-        if tokio::time::timeout(limit, join_all(writers)).await.is_err() {
+        if tokio::time::timeout(limit, join_all(writers))
+            .await
+            .is_err()
+        {
             tracing::warn!(?limit, "Writers did not finish in time.");
         }
         let producer = self.shared.producer.clone();
@@ -337,6 +398,9 @@ struct Pending {
     new_key: Option<OrderKey>,
     outcome: Outcome,
 }
+
+/// A pending command with where its last record landed, or why it did not.
+type Acked = (Pending, Result<(i32, i64), String>);
 
 async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -371,7 +435,10 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         if let Some(expected) = job.expected_version
             && expected != rec.state.version
         {
-            let _ = job.reply.send(Err(ServiceError::VersionMismatch { expected, actual: rec.state.version }));
+            let _ = job.reply.send(Err(ServiceError::VersionMismatch {
+                expected,
+                actual: rec.state.version,
+            }));
             continue;
         }
         let events = match domain::decide(&rec.state, job.command.clone()) {
@@ -398,7 +465,11 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         let mut records = Vec::with_capacity(events.len());
         let mut failed = None;
         for event in &events {
-            let key_id = new_key.as_ref().map(OrderKey::id).or(rec.key_id).unwrap_or(KeyId([0; 16]));
+            let key_id = new_key
+                .as_ref()
+                .map(OrderKey::id)
+                .or(rec.key_id)
+                .unwrap_or(KeyId([0; 16]));
             let meta = EventMeta {
                 event_id: Uuid::now_v7(),
                 order_id: job.order_id,
@@ -432,7 +503,12 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         }
         outcome.version = rec.state.version;
         outcome.key_id = rec.key_id;
-        pending.push(Pending { job, records, new_key, outcome });
+        pending.push(Pending {
+            job,
+            records,
+            new_key,
+            outcome,
+        });
     }
     if pending.is_empty() {
         return;
@@ -440,12 +516,16 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
 
     // New order keys first, in one fsynced batch: an event must never reach
     // the log without its key being safe.
-    let new_keys: Vec<(Uuid, &OrderKey)> =
-        pending.iter().filter_map(|p| p.new_key.as_ref().map(|k| (p.job.order_id, k))).collect();
+    let new_keys: Vec<(Uuid, &OrderKey)> = pending
+        .iter()
+        .filter_map(|p| p.new_key.as_ref().map(|k| (p.job.order_id, k)))
+        .collect();
     if let Err(e) = shared.vault.store_new(&new_keys, now) {
         tracing::error!(error = %e, "Storing new order keys failed; batch refused.");
         for p in pending {
-            let _ = p.job.reply.send(Err(ServiceError::Internal("storing the order key failed".into())));
+            let _ = p.job.reply.send(Err(ServiceError::Internal(
+                "storing the order key failed".into(),
+            )));
         }
         return;
     }
@@ -461,8 +541,14 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                 && n + 1 == p.records.len()
             {
                 headers = headers
-                    .insert(Header { key: HEADER_IDEMPOTENCY_KEY, value: Some(&idem.key[..]) })
-                    .insert(Header { key: HEADER_REQUEST_DIGEST, value: Some(&idem.request[..]) });
+                    .insert(Header {
+                        key: HEADER_IDEMPOTENCY_KEY,
+                        value: Some(&idem.key[..]),
+                    })
+                    .insert(Header {
+                        key: HEADER_REQUEST_DIGEST,
+                        value: Some(&idem.request[..]),
+                    });
             }
             let record = FutureRecord::to(&shared.topic)
                 .partition(partition as i32)
@@ -477,7 +563,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     let results = join_all(deliveries).await;
 
     let mut any_failed = false;
-    let mut acked: Vec<(Pending, Result<(i32, i64), String>)> = Vec::with_capacity(pending.len());
+    let mut acked: Vec<Acked> = Vec::with_capacity(pending.len());
     for (p, res) in pending.into_iter().zip(results) {
         let mut last = Ok((partition as i32, -1));
         for r in res {
@@ -499,22 +585,35 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     if any_failed {
         // The log is the truth: re-read this partition so memory matches
         // whatever Kafka has, then drop keys of placements that did not land.
-        tracing::warn!(partition, "Some records were not acknowledged; re-reading the partition.");
+        tracing::warn!(
+            partition,
+            "Some records were not acknowledged; re-reading the partition."
+        );
         let (s, t) = (shared.settings.clone(), shared.topic.clone());
-        let reloaded = tokio::task::spawn_blocking(move || load_partition(&s, &t, partition as i32, Duration::from_secs(30)))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let reloaded = tokio::task::spawn_blocking(move || {
+            load_partition(&s, &t, partition as i32, Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match reloaded {
-            Ok(st) => *shared.partitions[partition].write().expect("partition lock") = st,
-            Err(e) => tracing::error!(partition, error = %e, "Re-reading the partition failed; state may lag the log."),
+            Ok(st) => {
+                *shared.partitions[partition]
+                    .write()
+                    .expect("partition lock") = st
+            }
+            Err(e) => {
+                tracing::error!(partition, error = %e, "Re-reading the partition failed; state may lag the log.")
+            }
         }
     }
 
     let mut to_shred: Vec<(Uuid, Option<BTreeSet<FieldClass>>, usize)> = Vec::new();
     let mut replies = Vec::with_capacity(acked.len());
     {
-        let mut st = shared.partitions[partition].write().expect("partition lock");
+        let mut st = shared.partitions[partition]
+            .write()
+            .expect("partition lock");
         for (mut p, res) in acked {
             match res {
                 Ok(pos) => {
@@ -527,7 +626,11 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                     if let Some(idem) = p.job.idempotency {
                         st.idempotency.insert(
                             idem.key,
-                            IdempotentOutcome { request_digest: idem.request, order_id: p.job.order_id, version: p.outcome.version },
+                            IdempotentOutcome {
+                                request_digest: idem.request,
+                                order_id: p.job.order_id,
+                                version: p.outcome.version,
+                            },
                         );
                     }
                     if let Command::EraseOrder { scope } = &p.job.command {
@@ -556,7 +659,9 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                     outcome.shredded = Some(rec);
                 }
             }
-            Err(e) => tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; it is retried at next start."),
+            Err(e) => {
+                tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; it is retried at next start.")
+            }
         }
     }
     for (reply, res) in replies {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::crypto::KeyId;
-use crate::domain::{apply, State};
+use crate::domain::{State, apply};
 use crate::events::{self, Envelope, RecordHash};
 
 /// One order as the writer knows it: enough to decide the next command and

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options};
 
 pub const CF_ORDER_KEYS: &str = "order_keys";
 pub const CF_SHREDDED_KEYS: &str = "shredded_keys";
@@ -33,13 +33,22 @@ pub const CF_VIEW_OFFSETS: &str = "view_offsets";
 pub const VIEW_COLUMN_FAMILIES: &[&str] = &[CF_VIEW_ORDERS, CF_SHIPPING_FEED, CF_MERCHANT_FEED];
 
 /// Every column family this version knows; all are created when missing.
-pub const COLUMN_FAMILIES: &[&str] =
-    &[CF_ORDER_KEYS, CF_SHREDDED_KEYS, CF_VIEW_ORDERS, CF_SHIPPING_FEED, CF_MERCHANT_FEED, CF_VIEW_OFFSETS];
+pub const COLUMN_FAMILIES: &[&str] = &[
+    CF_ORDER_KEYS,
+    CF_SHREDDED_KEYS,
+    CF_VIEW_ORDERS,
+    CF_SHIPPING_FEED,
+    CF_MERCHANT_FEED,
+    CF_VIEW_OFFSETS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("rocksdb at {path}: {source}")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt {cf} row: {reason}")]
@@ -69,12 +78,17 @@ impl Store {
         opts.set_wal_ttl_seconds(0);
         opts.set_wal_size_limit_mb(0);
         opts.set_keep_log_file_num(5);
-        let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Self { db: Arc::new(db), path: path.to_owned() })
+        Ok(Self {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        })
     }
 
     pub fn db(&self) -> &DB {
@@ -103,11 +117,21 @@ pub fn encode_value<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode")
 }
 
-pub fn decode_value<T: serde::de::DeserializeOwned>(cf: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode_config())
-        .map_err(|e| StoreError::Corrupt { cf, reason: e.to_string() })?;
+pub fn decode_value<T: serde::de::DeserializeOwned>(
+    cf: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
+        StoreError::Corrupt {
+            cf,
+            reason: e.to_string(),
+        }
+    })?;
     if n != bytes.len() {
-        return Err(StoreError::Corrupt { cf, reason: format!("{} trailing bytes", bytes.len() - n) });
+        return Err(StoreError::Corrupt {
+            cf,
+            reason: format!("{} trailing bytes", bytes.len() - n),
+        });
     }
     Ok(v)
 }

@@ -48,7 +48,12 @@ pub fn start_broker(dir: &std::path::Path, args: &[&str]) -> String {
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().last().expect("start.sh prints the bootstrap servers").trim().to_owned()
+    stdout
+        .lines()
+        .last()
+        .expect("start.sh prints the bootstrap servers")
+        .trim()
+        .to_owned()
 }
 
 /// The bootstrap servers of the test cluster, starting a broker if needed.
@@ -61,7 +66,8 @@ pub fn brokers() -> String {
             {
                 return b;
             }
-            let port = std::env::var("ORDERLOG_TEST_KAFKA_PORT").unwrap_or_else(|_| DEFAULT_TEST_PORT.to_string());
+            let port = std::env::var("ORDERLOG_TEST_KAFKA_PORT")
+                .unwrap_or_else(|_| DEFAULT_TEST_PORT.to_string());
             start_broker(&kafka_dir("kafka"), &["--port", &port])
         })
         .clone()
@@ -134,27 +140,59 @@ pub mod app {
         pub async fn spawn_with_partitions(partitions: i32) -> Self {
             let data_dir = tempfile::tempdir().unwrap();
             let kek = Kek::generate();
-            let config = config(&super::unique("orders.events"), data_dir.path(), &kek, partitions);
-            let app = App::start(&config).await.expect("orderlog starts against the test broker");
+            let config = config(
+                &super::unique("orders.events"),
+                data_dir.path(),
+                &kek,
+                partitions,
+            );
+            let app = App::start(&config)
+                .await
+                .expect("orderlog starts against the test broker");
             let base = format!("http://{}", app.addr);
-            Self { app, base, client: reqwest::Client::new(), data_dir, kek, config }
+            Self {
+                app,
+                base,
+                client: reqwest::Client::new(),
+                data_dir,
+                kek,
+                config,
+            }
         }
 
         /// Stops this instance and starts a new one on the same topic and data dir.
         pub async fn restart(self) -> Self {
-            let TestApp { app, client, data_dir, kek, config, .. } = self;
+            let TestApp {
+                app,
+                client,
+                data_dir,
+                kek,
+                config,
+                ..
+            } = self;
             app.stop().await;
             let app = App::start(&config).await.expect("orderlog restarts");
             let base = format!("http://{}", app.addr);
-            Self { app, base, client, data_dir, kek, config }
+            Self {
+                app,
+                base,
+                client,
+                data_dir,
+                kek,
+                config,
+            }
         }
 
         pub fn post(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
-            self.client.post(format!("{}{path}", self.base)).bearer_auth(token)
+            self.client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
         }
 
         pub fn get(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
-            self.client.get(format!("{}{path}", self.base)).bearer_auth(token)
+            self.client
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token)
         }
 
         /// Every record of the app's topic, raw.
@@ -175,15 +213,20 @@ pub fn raw_records(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let mut remaining = 0;
     for p in 0..parts {
-        let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
         if hi > lo {
             remaining += hi - lo;
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
         }
     }
     if remaining == 0 {
