@@ -37,4 +37,5 @@ command -v mvn >/dev/null || fail "mvn not found: install Maven (apt-get install
 command -v cargo >/dev/null || fail "cargo not found: install Rust 1.95+ with rustup (https://rustup.rs), then rerun"
 cargo fmt --version >/dev/null 2>&1 || fail "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || fail "clippy missing: rustup component add clippy"
-echo "bootstrap: ok (java $java_major, $(mvn -v 2>/dev/null | head -1 | cut -d' ' -f1-3), $(cargo --version))" >&2
+mvn_version=$(mvn -B -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g' | cut -d' ' -f1-3)
+echo "bootstrap: ok (java $java_major, $mvn_version, $(cargo --version))" >&2

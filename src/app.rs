@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::Role;
 use crate::api::{self, AppState, auth::Tokens};
 use crate::config::{Config, Secret};
-use crate::crypto::{KekRing, KeyVault};
+use crate::crypto::replica::{self, keys_topic_spec};
+use crate::crypto::{KekRing, KeyReplica, KeyVault, keys_topic_for};
 use crate::kafka::{self, KafkaSettings, TopicSpec, embedded::Embedded};
 use crate::projections::{Assignment, Projector, ProjectorConfig};
 use crate::service::Service;
@@ -64,6 +65,11 @@ impl App {
                     &[
                         TopicSpec::events(&config.topic, config.partitions, config.replication),
                         TopicSpec::events(dlq, 1, config.replication),
+                        keys_topic_spec(
+                            &keys_topic_for(&config.topic),
+                            config.partitions,
+                            config.replication,
+                        ),
                     ],
                 )
                 .await
@@ -98,6 +104,19 @@ impl App {
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let store = Store::open(&data_dir)?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
+        let keys_topic = keys_topic_for(&config.topic);
+        if vault.is_empty()? {
+            let (s, t, v) = (settings.clone(), keys_topic.clone(), vault.clone());
+            let report = tokio::task::spawn_blocking(move || {
+                replica::restore(&s, &t, &v, crate::service::now_ms())
+            })
+            .await?
+            .context("restoring keys from the key replica topic")?;
+            if report.restored + report.shredded > 0 {
+                tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the replica topic.");
+            }
+        }
+        let key_replica = KeyReplica::new(&settings, &keys_topic, config.produce_timeout)?;
         let partitions = {
             let (s, t) = (settings.clone(), config.topic.clone());
             tokio::task::spawn_blocking(move || {
@@ -111,6 +130,7 @@ impl App {
             config.topic.clone(),
             partitions,
             vault,
+            Some(key_replica),
             config.produce_timeout,
         )
         .await
@@ -120,7 +140,13 @@ impl App {
             ProjectorConfig {
                 settings: settings.clone(),
                 topic: config.topic.clone(),
-                assignment: Assignment::Group(format!("orderlog-projector.{}", config.topic)),
+                // The embedded mock delays a group's first assignment by about
+                // 3 s; a lone demo instance reads every partition directly.
+                assignment: if embedded.is_some() {
+                    Assignment::All
+                } else {
+                    Assignment::Group(format!("orderlog-projector.{}", config.topic))
+                },
                 batch_max: 1000,
                 max_rate: 0,
             },

@@ -406,10 +406,10 @@ pub async fn erase_order(
     let mut verified = Vec::new();
     match state.service.vault().get(order_id) {
         Err(crate::crypto::VaultError::Shredded { .. }) if scope == ErasureScope::Order => {
-            verified.push("order key no longer in the key vault");
+            verified.push("order key no longer in the key vault".to_owned());
         }
         Ok(key) if scope.classes().iter().all(|c| key.subkey(*c).is_none()) => {
-            verified.push("erased classes' subkeys no longer in the key vault");
+            verified.push("erased classes' subkeys no longer in the key vault".to_owned());
         }
         _ => {
             tracing::error!(%order_id, "Erasure could not be verified in the vault.");
@@ -420,7 +420,57 @@ pub async fn erase_order(
             ));
         }
     }
-    tracing::info!(%order_id, elapsed_ms = started.elapsed().as_millis() as u64, "Order erased.");
+    let mut purged = vec![
+        "key vault: wrapped subkeys deleted (fsynced)".to_owned(),
+        format!(
+            "key replica {}: {}",
+            crate::crypto::keys_topic_for(&state.topic),
+            if scope == ErasureScope::Order {
+                "tombstone written"
+            } else {
+                "reduced row written"
+            }
+        ),
+    ];
+    // The views drop the sealed fields when the projector applies the
+    // OrderErased event; wait for it (bounded) so the purge below covers them.
+    let view_deadline = std::time::Instant::now() + super::views::MAX_WAIT;
+    let mut view_version = 0;
+    while std::time::Instant::now() < view_deadline {
+        view_version = crate::projections::query::order(&state.store, order_id)
+            .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?
+            .map_or(0, |o| o.version);
+        if view_version >= outcome.version {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if view_version >= outcome.version {
+        purged.push(format!(
+            "views: sealed {} fields dropped at version {}",
+            classes_text(&scope),
+            outcome.version
+        ));
+    } else {
+        purged.push("views: pending, the projector lags; the fields are dropped when it reaches the OrderErased event".to_owned());
+    }
+    // Physical destruction: flush memtables and the WAL, compact the rows' ranges.
+    let store = state.store.clone();
+    let id_bytes = order_id.as_bytes().to_vec();
+    let report = tokio::task::spawn_blocking(move || {
+        store.purge(&[
+            (crate::store::CF_ORDER_KEYS, id_bytes.clone()),
+            (crate::store::CF_VIEW_ORDERS, id_bytes),
+        ])
+    })
+    .await
+    .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?
+    .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?;
+    purged.push(format!(
+        "disk: memtables and WAL flushed, key ranges compacted to the bottom level in {} ms",
+        report.elapsed.as_millis()
+    ));
+    tracing::info!(%order_id, elapsed_ms = started.elapsed().as_millis() as u64, purge_ms = report.elapsed.as_millis() as u64, "Order erased.");
     let classes: Vec<&str> = scope.classes().iter().map(|c| c.as_str()).collect();
     Ok(written(
         StatusCode::OK,
@@ -433,11 +483,21 @@ pub async fn erase_order(
                 "fields": classes,
                 "event": outcome.position.map(|(p, o)| json!({ "topic": &*state.topic, "partition": p, "offset": o })),
                 "key_id": outcome.key_id.map(|k| k.to_string()),
-                "purged": ["key vault: wrapped class subkeys deleted (fsynced)"],
+                "purged": purged,
                 "verified": verified,
+                "elapsed_ms": started.elapsed().as_millis() as u64,
             }
         }),
     ))
+}
+
+fn classes_text(scope: &ErasureScope) -> String {
+    scope
+        .classes()
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub async fn get_order(

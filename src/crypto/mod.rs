@@ -17,10 +17,12 @@
 
 pub mod kek;
 pub mod keys;
+pub mod replica;
 pub mod seal;
 pub mod vault;
 
 pub use kek::{Kek, KekError, KekRing};
 pub use keys::{KeyId, OrderKey};
+pub use replica::{KeyReplica, keys_topic_for};
 pub use seal::{OpenError, SealContext, open, seal};
-pub use vault::{KeyVault, Shredded, VaultError};
+pub use vault::{KeyVault, Shredded, StoredKey, VaultError};

@@ -30,6 +30,8 @@ pub enum VaultError {
     Kek(#[from] KekError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("key replica topic: {0}")]
+    Replica(String),
 }
 
 impl From<rocksdb::Error> for VaultError {
@@ -90,6 +92,10 @@ impl KeyVault {
             store,
             ring: RwLock::new(ring),
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn current_kek_id(&self) -> KekId {
@@ -270,6 +276,70 @@ impl KeyVault {
     /// The shred record of an order, if any class of it was shredded.
     pub fn shredded(&self, order_id: Uuid) -> Result<Option<Shredded>, VaultError> {
         self.shred_record(order_id)
+    }
+
+    /// True when the vault holds no key and no shred record (a new or lost node).
+    pub fn is_empty(&self) -> Result<bool, VaultError> {
+        let db = self.store.db();
+        for cf in [CF_ORDER_KEYS, CF_SHREDDED_KEYS] {
+            if db
+                .iterator_cf(self.store.cf(cf), IteratorMode::Start)
+                .next()
+                .transpose()?
+                .is_some()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes a row restored from the replica topic as it is (still wrapped).
+    pub fn restore_row(&self, order_id: Uuid, row: &StoredKey) -> Result<(), VaultError> {
+        self.store.db().put_cf_opt(
+            self.store.cf(CF_ORDER_KEYS),
+            order_id.as_bytes(),
+            encode_value(row),
+            &sync_writes(),
+        )?;
+        Ok(())
+    }
+
+    /// Records that an order's key is gone without having its row (restore of a tombstone).
+    pub fn mark_shredded(&self, order_id: Uuid, now_ms: i64) -> Result<(), VaultError> {
+        let record = Shredded {
+            key_id: KeyId([0; 16]),
+            classes: FieldClass::ALL.into_iter().collect(),
+            whole: true,
+            at_ms: now_ms,
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes());
+        batch.put_cf(
+            self.store.cf(CF_SHREDDED_KEYS),
+            order_id.as_bytes(),
+            encode_value(&record),
+        );
+        self.store.db().write_opt(batch, &sync_writes())?;
+        Ok(())
+    }
+
+    /// Every stored row (for republishing after a rotation).
+    pub fn all_rows(&self) -> Result<Vec<(Uuid, StoredKey)>, VaultError> {
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .db()
+            .iterator_cf(self.store.cf(CF_ORDER_KEYS), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt {
+                cf: CF_ORDER_KEYS,
+                reason: e.to_string(),
+            })?;
+            out.push((id, decode_value(CF_ORDER_KEYS, &v)?));
+        }
+        Ok(out)
     }
 
     /// Number of orders with a live (at least partly unshredded) key.

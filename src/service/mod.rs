@@ -23,7 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::crypto::{KeyId, KeyVault, OrderKey, Shredded, VaultError};
+use crate::crypto::{KeyId, KeyReplica, KeyVault, OrderKey, Shredded, VaultError};
 use crate::domain::{self, Command, DomainError, ErasureScope, Event, FieldClass, PersonalFields};
 use crate::events::{self, EventMeta};
 use crate::kafka::KafkaSettings;
@@ -106,6 +106,7 @@ struct Shared {
     topic: String,
     producer: FutureProducer,
     vault: Arc<KeyVault>,
+    replica: Option<KeyReplica>,
     partitions: Vec<RwLock<PartitionState>>,
     in_flight: Mutex<HashSet<[u8; 32]>>,
     produce_timeout: Duration,
@@ -154,6 +155,7 @@ impl Service {
         topic: String,
         partitions: usize,
         vault: Arc<KeyVault>,
+        replica: Option<KeyReplica>,
         produce_timeout: Duration,
     ) -> Result<Self, ServiceError> {
         let producer: FutureProducer = settings
@@ -186,17 +188,47 @@ impl Service {
             states.push(st);
         }
         // An erasure is appended before the key is destroyed; finish any that
-        // a crash interrupted.
+        // a crash interrupted (or that a restore from the replica brought back).
+        let mut interrupted = Vec::new();
         for st in &states {
             for (order_id, rec) in &st.orders {
                 if let Some(o) = &rec.state.order
                     && !o.erased.is_empty()
-                    && vault.stored(*order_id)?.is_some()
+                    && let Some(row) = vault.stored(*order_id)?
+                    && row.wrapped.iter().any(|(c, _)| o.erased.contains(c))
                 {
                     let classes = (!o.fully_erased).then(|| o.erased.clone());
-                    vault.destroy(*order_id, classes.as_ref(), rec.updated_at_ms)?;
-                    tracing::warn!(%order_id, "Finished an interrupted erasure.");
+                    interrupted.push((*order_id, classes, rec.updated_at_ms));
                 }
+            }
+        }
+        for (order_id, classes, at) in interrupted {
+            shred(&vault, replica.as_ref(), order_id, classes.as_ref(), at).await?;
+            tracing::warn!(%order_id, "Finished an interrupted erasure.");
+        }
+        // A crash between the vault and the replica could leave a wrapped key
+        // in the replica after an erasure: re-send the erased orders' rows
+        // (tombstones, or reduced rows). Compaction makes repeats free.
+        if let Some(replica) = &replica {
+            let mut rows = Vec::new();
+            for st in &states {
+                for (order_id, rec) in &st.orders {
+                    if rec
+                        .state
+                        .order
+                        .as_ref()
+                        .is_some_and(|o| !o.erased.is_empty())
+                    {
+                        rows.push((*order_id, vault.stored(*order_id)?));
+                    }
+                }
+            }
+            for chunk in rows.chunks(1000) {
+                let refs: Vec<_> = chunk.iter().map(|(id, r)| (*id, r.as_ref())).collect();
+                replica
+                    .publish(&refs)
+                    .await
+                    .map_err(|e| kafka_unavailable(&e))?;
             }
         }
         let shared = Arc::new(Shared {
@@ -204,6 +236,7 @@ impl Service {
             topic,
             producer,
             vault,
+            replica,
             partitions: states.into_iter().map(RwLock::new).collect(),
             in_flight: Mutex::new(HashSet::new()),
             produce_timeout,
@@ -397,6 +430,26 @@ struct Pending {
     records: Vec<(Vec<u8>, i64)>,
     new_key: Option<OrderKey>,
     outcome: Outcome,
+}
+
+/// Destroys an order's key (or some classes of it) in the vault, then
+/// replaces its replica row with the reduced row or a tombstone.
+async fn shred(
+    vault: &KeyVault,
+    replica: Option<&KeyReplica>,
+    order_id: Uuid,
+    classes: Option<&BTreeSet<FieldClass>>,
+    now: i64,
+) -> Result<Shredded, ServiceError> {
+    let record = vault.destroy(order_id, classes, now)?;
+    if let Some(replica) = replica {
+        let left = vault.stored(order_id)?;
+        replica
+            .publish(&[(order_id, left.as_ref())])
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("key replica tombstone: {e}")))?;
+    }
+    Ok(record)
 }
 
 /// A pending command with where its last record landed, or why it did not.
@@ -653,7 +706,15 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     }
     // Erasure: the OrderErased event is in the log; now destroy the key.
     for (order_id, classes, idx) in to_shred {
-        match shared.vault.destroy(order_id, classes.as_ref(), now) {
+        match shred(
+            &shared.vault,
+            shared.replica.as_ref(),
+            order_id,
+            classes.as_ref(),
+            now,
+        )
+        .await
+        {
             Ok(rec) => {
                 if let Ok(outcome) = &mut replies[idx].1 {
                     outcome.shredded = Some(rec);

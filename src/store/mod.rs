@@ -107,6 +107,56 @@ impl Store {
     }
 }
 
+/// What a physical purge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// WAL files left after the purge (only the live one should remain).
+    pub wal_files: usize,
+    pub elapsed: std::time::Duration,
+}
+
+impl Store {
+    /// Makes deleted rows really gone from disk. RocksDB keeps a deleted value
+    /// in the memtable, in older SST files and in the WAL until compaction, so:
+    /// flush every column family (the WAL that held the value becomes
+    /// obsolete and is deleted at once, as WAL archiving is off), then compact
+    /// each given key range down to the bottom level, which drops the old
+    /// value together with its tombstone and deletes the SST files that held it.
+    pub fn purge(&self, ranges: &[(&'static str, Vec<u8>)]) -> Result<PurgeReport, StoreError> {
+        let started = std::time::Instant::now();
+        let db = self.db();
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
+        db.flush_cfs_opt(&cfs, &flush)?;
+        db.flush_wal(true)?;
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(false);
+        for (cf, key) in ranges {
+            let mut end = key.clone();
+            end.push(0xff);
+            db.compact_range_cf_opt(
+                self.cf(cf),
+                Some(key.as_slice()),
+                Some(end.as_slice()),
+                &compact,
+            );
+        }
+        let wal_files = std::fs::read_dir(&self.path)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .count()
+            })
+            .unwrap_or(0);
+        Ok(PurgeReport {
+            wal_files,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
 /// bincode configuration for every stored value: varint integers, with a size
 /// limit so a corrupt length prefix cannot make us allocate gigabytes.
 pub fn bincode_config() -> impl bincode::config::Config {

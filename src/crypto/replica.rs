@@ -1,0 +1,201 @@
+//! The second home of wrapped order keys: a compacted Kafka topic.
+//!
+//! A lost key store is an accidental shred of everything, so every wrapped
+//! key written to the vault is also written to `orders.keys` (record key:
+//! order id; value: the vault row, wrapped under the KEK) before any event
+//! that needs it is appended. Erasure writes a tombstone (or the reduced row
+//! after a class erasure). A node whose data directory is empty restores its
+//! vault from this topic.
+//!
+//! How long an erased wrapped key may still exist in Kafka: the record that
+//! held it stays until its segment is closed and the log cleaner compacts it.
+//! The topic sets `segment.ms` and `max.compaction.lag.ms` to one hour, so it
+//! is gone about an hour after the tombstone (plus the cleaner's back-off of
+//! seconds); the tombstone itself, which holds no key, stays for
+//! `delete.retention.ms`. Rotating the KEK and destroying the old one closes
+//! even that window: a leftover copy wrapped under a destroyed KEK is
+//! unreadable.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use uuid::Uuid;
+
+use super::vault::{KeyVault, StoredKey, VaultError};
+use crate::kafka::{KafkaSettings, TopicSpec};
+use crate::store::{CF_ORDER_KEYS, decode_value, encode_value};
+
+/// `orders.events` -> `orders.keys`; any other name gets `.keys` appended.
+pub fn keys_topic_for(events_topic: &str) -> String {
+    match events_topic.strip_suffix(".events") {
+        Some(base) => format!("{base}.keys"),
+        None => format!("{events_topic}.keys"),
+    }
+}
+
+/// Topic settings of the key replica (see the module docs for the window).
+pub fn keys_topic_spec(name: &str, partitions: i32, replication: i32) -> TopicSpec {
+    TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        replication,
+        config: vec![
+            ("cleanup.policy", "compact".into()),
+            ("segment.ms", "3600000".into()),
+            ("max.compaction.lag.ms", "3600000".into()),
+            ("min.cleanable.dirty.ratio", "0.01".into()),
+            ("delete.retention.ms", "86400000".into()),
+        ],
+    }
+}
+
+/// Writes wrapped keys and tombstones to the replica topic.
+#[derive(Clone)]
+pub struct KeyReplica {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KeyReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyReplica")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyReplica {
+    pub fn new(
+        settings: &KafkaSettings,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let producer = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            timeout,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes rows (`None` = tombstone) and waits for every acknowledgement.
+    pub async fn publish(&self, rows: &[(Uuid, Option<&StoredKey>)]) -> Result<(), KafkaError> {
+        let encoded: Vec<(Uuid, Option<Vec<u8>>)> = rows
+            .iter()
+            .map(|(id, row)| (*id, row.map(encode_value)))
+            .collect();
+        let sends = encoded.iter().map(|(id, value)| {
+            let mut r =
+                FutureRecord::<[u8], Vec<u8>>::to(&self.topic).key(id.as_bytes().as_slice());
+            if let Some(v) = value {
+                r = r.payload(v);
+            }
+            self.producer.send(r, self.timeout)
+        });
+        for res in join_all(sends).await {
+            res.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts of a restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub restored: u64,
+    pub shredded: u64,
+}
+
+/// Fills an empty vault from the replica topic (last record per order wins;
+/// a tombstone means the key was shredded). Blocking.
+pub fn restore(
+    settings: &KafkaSettings,
+    topic: &str,
+    vault: &KeyVault,
+    now_ms: i64,
+) -> Result<RestoreReport, VaultError> {
+    let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", format!("orderlog-restore-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(kafka)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .map_err(kafka)?;
+            if hi > lo {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .map_err(kafka)?;
+                ends.insert(p.id(), hi);
+            }
+        }
+    }
+    let mut latest: HashMap<Uuid, Option<StoredKey>> = HashMap::new();
+    if !ends.is_empty() {
+        consumer.assign(&tpl).map_err(kafka)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !ends.is_empty() {
+            if std::time::Instant::now() > deadline {
+                return Err(VaultError::Replica(
+                    "timed out reading the key replica".into(),
+                ));
+            }
+            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = msg.map_err(kafka)?;
+            if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
+                let row = match m.payload() {
+                    None => None,
+                    Some(v) => Some(decode_value::<StoredKey>(CF_ORDER_KEYS, v)?),
+                };
+                latest.insert(id, row);
+            }
+            if ends
+                .get(&m.partition())
+                .is_some_and(|hi| m.offset() + 1 >= *hi)
+            {
+                ends.remove(&m.partition());
+            }
+        }
+    }
+    let mut report = RestoreReport::default();
+    for (id, row) in latest {
+        match row {
+            Some(row) => {
+                vault.restore_row(id, &row)?;
+                report.restored += 1;
+            }
+            None => {
+                vault.mark_shredded(id, now_ms)?;
+                report.shredded += 1;
+            }
+        }
+    }
+    Ok(report)
+}

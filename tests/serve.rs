@@ -1,0 +1,166 @@
+//! The README's main job: `orderlog serve` with no brokers runs on the
+//! embedded mock cluster, prints one token per role, serves the documented
+//! flow over a real socket, and shuts down cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn embedded_serve_runs_the_documented_flow_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orderlog"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("ORDERLOG_BROKERS")
+        .env_remove("ORDERLOG_TOKENS")
+        .env("ORDERLOG_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = child.stderr.take().unwrap();
+    let err_log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+
+    let mut tokens = std::collections::HashMap::new();
+    let base = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serve prints its address");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(addr) = line.strip_prefix("orderlog listening on ") {
+            break addr.trim().to_owned();
+        }
+        if words.len() == 2 {
+            tokens.insert(words[0].to_owned(), words[1].to_owned());
+        }
+    };
+    for role in [
+        "checkout",
+        "logistics:sf-express",
+        "merchant:m-1",
+        "privacy",
+        "auditor",
+    ] {
+        assert!(
+            tokens.contains_key(role),
+            "a token for {role} was printed: {tokens:?}"
+        );
+    }
+    let client = reqwest::Client::new();
+    let order = json!({
+        "order_number": "ON-2026-0001", "merchant_id": "m-1", "currency": "CNY", "amount": 17600,
+        "items": [{"sku": "TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800}],
+        "consignee": {"name": "张三", "mobile": "13800138000",
+            "address": {"province": "广东省", "city": "深圳市", "district": "南山区", "street": "科技园路 1 号", "postal_code": "518057"}},
+    });
+    let placed: Value = client
+        .post(format!("{base}/v1/orders"))
+        .bearer_auth(&tokens["checkout"])
+        .json(&order)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = placed["order_id"].as_str().expect("placed").to_owned();
+    let shared: Value = client
+        .post(format!("{base}/v1/orders/{id}/shares"))
+        .bearer_auth(&tokens["checkout"])
+        .json(&json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shared["version"], 2);
+    let view: Value = client
+        .get(format!(
+            "{base}/v1/shipping/sf-express/orders/{id}?min_version=2"
+        ))
+        .bearer_auth(&tokens["logistics:sf-express"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["consignee"]["mobile_masked"], "138****8000", "{view}");
+    let r = client
+        .post(format!("{base}/v1/orders/{id}/cancel"))
+        .bearer_auth(&tokens["checkout"])
+        .json(&json!({"reason": "customer_request"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let receipt: Value = client
+        .post(format!("{base}/v1/orders/{id}/erase"))
+        .bearer_auth(&tokens["privacy"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(receipt["receipt"]["scope"], "order", "{receipt}");
+    let after: Value = client
+        .get(format!("{base}/v1/orders/{id}"))
+        .bearer_auth(&tokens["checkout"])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["personal"], Value::Null);
+
+    // SIGTERM: the process drains and exits 0 within the shutdown limit.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "serve did not stop within 25 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let log = err_log.join().unwrap();
+    assert!(
+        log.contains("EMBEDDED"),
+        "it says it runs on the embedded broker"
+    );
+    assert!(log.contains("nothing is kept across restarts"));
+    for token in tokens.values() {
+        assert!(
+            !log.contains(token.as_str()),
+            "a token appeared in the logs"
+        );
+    }
+    for secret in ["张三", "13800138000", "科技园路"] {
+        assert!(!log.contains(secret), "personal data in the logs");
+    }
+}
