@@ -32,11 +32,30 @@ enum Cmd {
         #[arg(long, env = "ORDERLOG_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Key management: `keys rotate` re-wraps every order key under a new KEK.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// Write a new key-encryption key (KEK) to a file readable by its owner only.
     Keygen {
         /// Where to write it; refuses to overwrite an existing file.
         #[arg(long, default_value = "orderlog.kek")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Re-wrap every live order key under a new KEK, in the vault (DATA_DIR)
+    /// and in the key replica topic, without touching the event log. Run it
+    /// with `serve` stopped; then give `serve` the new KEK and destroy the old.
+    Rotate {
+        #[command(flatten)]
+        config: Overrides,
+        /// File with the new KEK (`orderlog keygen --out ...`).
+        #[arg(long)]
+        new_kek_file: PathBuf,
     },
 }
 
@@ -88,6 +107,13 @@ fn main() -> ExitCode {
         Cmd::Serve(overrides) => serve(overrides),
         Cmd::Project(args) => project(args),
         Cmd::ViewDigest { data_dir } => view_digest(data_dir),
+        Cmd::Keys {
+            command:
+                KeysCmd::Rotate {
+                    config,
+                    new_kek_file,
+                },
+        } => rotate(config, new_kek_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +185,54 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
     println!(
         "projected {projected} events ({dead} dead-lettered) in {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn rotate(overrides: Overrides, new_kek_file: PathBuf) -> anyhow::Result<()> {
+    use orderlog::crypto::{KekRing, KeyReplica, KeyVault, keys_topic_for};
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("ORDERLOG_"))
+        .collect();
+    let config = Config::resolve(&overrides, &env)?;
+    let old = config.kek.load()?;
+    let new = orderlog::crypto::Kek::load_file(&new_kek_file)?;
+    anyhow::ensure!(old.id() != new.id(), "the new KEK is the one in use");
+    let store = orderlog::store::Store::open(&config.data_dir)?;
+    let vault = KeyVault::new(store, KekRing::new(old.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let replica = match &config.brokers {
+            Some(b) => {
+                let settings = orderlog::kafka::KafkaSettings {
+                    brokers: b.clone(),
+                    extra: config.kafka.clone(),
+                };
+                Some(KeyReplica::new(
+                    &settings,
+                    &keys_topic_for(&config.topic),
+                    config.produce_timeout,
+                )?)
+            }
+            None => None,
+        };
+        anyhow::Ok(
+            orderlog::crypto::replica::rotate_kek(&vault, replica.as_ref(), new.clone()).await?,
+        )
+    })?;
+    println!(
+        "rotated KEK {} -> {}: {} keys re-wrapped ({} already under the new KEK), {} republished to {}",
+        old.id(),
+        new.id(),
+        report.rewrapped,
+        report.already_current,
+        report.republished,
+        keys_topic_for(&config.topic)
+    );
+    println!(
+        "Start serve with the new KEK, then destroy the old one: copies wrapped under it become unreadable."
     );
     Ok(())
 }

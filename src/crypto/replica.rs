@@ -199,3 +199,41 @@ pub fn restore(
     }
     Ok(report)
 }
+
+/// Counts of a KEK rotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RotationReport {
+    pub rewrapped: u64,
+    pub already_current: u64,
+    pub republished: u64,
+}
+
+/// Re-wraps every live key under `new` in the vault, then republishes every
+/// row to the replica topic so its newest record per order is under `new`
+/// too (older records are compacted away). The event log is not touched.
+pub async fn rotate_kek(
+    vault: &KeyVault,
+    replica: Option<&KeyReplica>,
+    new: super::Kek,
+) -> Result<RotationReport, VaultError> {
+    let r = vault.rotate(new)?;
+    let mut report = RotationReport {
+        rewrapped: r.rewrapped,
+        already_current: r.already_current,
+        republished: 0,
+    };
+    if let Some(replica) = replica {
+        let rows = vault.all_rows()?;
+        for chunk in rows.chunks(1000) {
+            let refs: Vec<(Uuid, Option<&StoredKey>)> =
+                chunk.iter().map(|(id, row)| (*id, Some(row))).collect();
+            replica
+                .publish(&refs)
+                .await
+                .map_err(|e| VaultError::Replica(e.to_string()))?;
+            report.republished += chunk.len() as u64;
+        }
+    }
+    vault.forget_old_keks();
+    Ok(report)
+}

@@ -582,6 +582,30 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         }
         return;
     }
+    // ... and in their second home, the replica topic, before any event that needs them.
+    if let Some(replica) = &shared.replica
+        && !new_keys.is_empty()
+    {
+        let rows: Vec<(Uuid, Option<crate::crypto::StoredKey>)> = new_keys
+            .iter()
+            .map(|(id, _)| (*id, shared.vault.stored(*id).ok().flatten()))
+            .collect();
+        let refs: Vec<(Uuid, Option<&crate::crypto::StoredKey>)> =
+            rows.iter().map(|(id, r)| (*id, r.as_ref())).collect();
+        if let Err(e) = replica.publish(&refs).await {
+            tracing::warn!(error = %e, "Replicating new order keys failed; batch refused.");
+            for (id, _) in &new_keys {
+                let _ = shared.vault.discard(*id);
+            }
+            for p in pending {
+                let _ = p
+                    .job
+                    .reply
+                    .send(Err(ServiceError::Unavailable(format!("key replica: {e}"))));
+            }
+            return;
+        }
+    }
 
     // Send everything, then wait for all acknowledgements: one round trip.
     let mut deliveries = Vec::with_capacity(pending.len());
