@@ -17,7 +17,8 @@ for p in "${packages[@]}"; do
     maven) command -v mvn >/dev/null 2>&1 && continue ;;
     openjdk-17-jre-headless) command -v java >/dev/null 2>&1 && continue ;;
   esac
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == *"install ok installed"* ]] || missing+=("$p")
 done
 
 if ((${#missing[@]})); then
@@ -31,11 +32,15 @@ fi
 fail() { echo "bootstrap: $*" >&2; exit 1; }
 
 command -v java >/dev/null || fail "java not found: install a Java 17+ runtime (apt-get install openjdk-17-jre-headless)"
-java_major=$(java -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}')
-[[ -n "$java_major" && "$java_major" -ge 17 ]] || fail "Java 17 or newer is needed for the Kafka broker, found: $(java -version 2>&1 | head -1)"
+# Whole outputs are captured first: with pipefail, a reader that stops early
+# (head, awk's exit) would fail the pipeline with SIGPIPE.
+java_out=$(java -version 2>&1 || true)
+java_major=$(awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}' <<<"$java_out")
+[[ -n "$java_major" && "$java_major" -ge 17 ]] || fail "Java 17 or newer is needed for the Kafka broker, found: ${java_out%%$'\n'*}"
 command -v mvn >/dev/null || fail "mvn not found: install Maven (apt-get install maven)"
 command -v cargo >/dev/null || fail "cargo not found: install Rust 1.95+ with rustup (https://rustup.rs), then rerun"
 cargo fmt --version >/dev/null 2>&1 || fail "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || fail "clippy missing: rustup component add clippy"
-mvn_version=$(mvn -B -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g' | cut -d' ' -f1-3)
+mvn_out=$(mvn -B -v 2>/dev/null || true)
+mvn_version=$(sed -n '1{s/\x1b\[[0-9;]*m//g;p}' <<<"$mvn_out" | cut -d' ' -f1-3)
 echo "bootstrap: ok (java $java_major, $mvn_version, $(cargo --version))" >&2

@@ -101,7 +101,9 @@ node_pid() {
   [[ -f "$pidfile" ]] || return 0
   pid="$(tr -dc '0-9' <"$pidfile")"
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 0
-  if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "kafka.Kafka $(node_dir "$1")/server.properties"; then
+  # Process substitution, not a pipe: under pipefail an early-exiting grep -q
+  # could fail the pipeline with SIGPIPE even on a match.
+  if grep -qF "kafka.Kafka $(node_dir "$1")/server.properties" < <(tr '\0' ' ' <"/proc/$pid/cmdline"); then
     echo "$pid"
   fi
 }
@@ -115,7 +117,8 @@ node_log_started() {
   off="$(cat "$nd/log-offset" 2>/dev/null || echo 0)"
   size="$(stat -c %s "$logf")"
   (( size >= off )) || off=0  # the log rolled over since
-  tail -c +"$((off + 1))" "$logf" | grep -qF 'Kafka Server started'  # logged by KafkaRaftServer once the broker is unfenced
+  # logged by KafkaRaftServer once the broker is unfenced; no pipe (see above)
+  grep -qF 'Kafka Server started' < <(tail -c +"$((off + 1))" "$logf")
 }
 show_node_logs() {
   local nd

@@ -39,7 +39,7 @@ node_pid() {
   [[ -f "$nd/pid" ]] || return 0
   pid="$(tr -dc '0-9' <"$nd/pid")"
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 0
-  if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "kafka.Kafka $nd/server.properties"; then
+  if grep -qF "kafka.Kafka $nd/server.properties" < <(tr '\0' ' ' <"/proc/$pid/cmdline"); then
     echo "$pid"
   fi
 }
