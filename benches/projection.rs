@@ -14,12 +14,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use orderlog::crypto::OrderKey;
-use orderlog::domain::validation::{MerchantId, ProviderId};
-use orderlog::domain::{
-    CancelReason, Command, ErasureScope, FieldClass, Party, State, apply, decide, fixtures,
-};
-use orderlog::events::{self, EventMeta};
 use orderlog::kafka::{KafkaSettings, TopicSpec, ensure_topics};
 use orderlog::projections::{Assignment, Projector, ProjectorConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,55 +22,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 6;
-
-/// Encoded events of one order: placed, two shares, then maybe cancel and erase.
-fn order_events(n: u32) -> Vec<(Uuid, Vec<u8>)> {
-    let key = OrderKey::generate();
-    let order_id = Uuid::now_v7();
-    let mut cmds = vec![
-        Command::PlaceOrder(fixtures::new_order(n, n.is_multiple_of(4))),
-        Command::ShareOrder {
-            party: Party::Logistics(
-                ProviderId::parse("p", ["sf-express", "yto", "zto"][n as usize % 3]).unwrap(),
-            ),
-            classes: [FieldClass::Shipping].into(),
-        },
-        Command::ShareOrder {
-            party: Party::Merchant(MerchantId::parse("m", "m-1").unwrap()),
-            classes: [FieldClass::Contact].into(),
-        },
-    ];
-    if n.is_multiple_of(5) {
-        cmds.push(Command::CancelOrder {
-            reason: CancelReason::OutOfStock,
-        });
-    }
-    if n.is_multiple_of(10) {
-        cmds.push(Command::EraseOrder {
-            scope: ErasureScope::Order,
-        });
-    }
-    let mut state = State::default();
-    let mut prev = [0u8; 32];
-    let mut out = Vec::new();
-    for cmd in cmds {
-        for e in decide(&state, cmd).unwrap() {
-            let meta = EventMeta {
-                event_id: Uuid::now_v7(),
-                order_id,
-                sequence: state.version + 1,
-                occurred_at_ms: 1_733_000_000_000,
-                key_id: key.id(),
-                prev_hash: prev,
-            };
-            let bytes = events::encode(&events::seal_event(&e, meta, Some(&key)).unwrap());
-            prev = events::record_hash(&bytes);
-            state = apply(state, &e);
-            out.push((order_id, bytes));
-        }
-    }
-    out
-}
 
 fn partition_of(id: &Uuid) -> i32 {
     orderlog::service::partition_of(id, PARTITIONS as usize) as i32
@@ -114,7 +59,7 @@ async fn main() {
     while written < target {
         let mut batch = Vec::new();
         while batch.len() < 20_000 && written + batch.len() < target {
-            batch.extend(order_events(n));
+            batch.extend(common::order_events(n));
             n += 1;
         }
         let mut futs = Vec::new();

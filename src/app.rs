@@ -48,6 +48,7 @@ pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
 impl App {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        crate::telemetry::prometheus();
         let kek = config.kek.load().context("loading the KEK")?;
         let (embedded, settings, data) = match &config.brokers {
             Some(brokers) => {
@@ -164,6 +165,7 @@ impl App {
             mac_key: Arc::new(*kek.derive_secret("idempotency-mac")),
             topic: config.topic.as_str().into(),
             store: store.clone(),
+            projector: Some(projector.status.clone()),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

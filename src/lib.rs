@@ -14,6 +14,7 @@
 //! - [`service`]: the write side: per-partition writers with group commit.
 //! - [`api`]: HTTP routes, authentication, error-to-status mapping.
 //! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
+//! - [`telemetry`]: metric names and the Prometheus recorder.
 
 pub mod api;
 pub mod app;
@@ -25,3 +26,4 @@ pub mod kafka;
 pub mod projections;
 pub mod service;
 pub mod store;
+pub mod telemetry;

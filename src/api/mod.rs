@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod ops;
 pub mod orders;
 pub mod views;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub topic: Arc<str>,
     /// The node's RocksDB, holding the views.
     pub store: crate::store::Store,
+    /// The in-process projector's figures (readiness, lag).
+    pub projector: Option<Arc<crate::projections::ProjectorStatus>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -86,6 +89,9 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
             "/v1/merchants/{merchant}/orders/{id}",
             get(views::merchant_order),
         ),
+        ("GET", "/healthz", get(ops::healthz)),
+        ("GET", "/readyz", get(ops::readyz)),
+        ("GET", "/metrics", get(ops::metrics)),
     ]
 }
 
@@ -108,6 +114,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(ops::count_requests))
         .with_state(state)
 }
 

@@ -471,6 +471,8 @@ pub async fn erase_order(
         report.elapsed.as_millis()
     ));
     tracing::info!(%order_id, elapsed_ms = started.elapsed().as_millis() as u64, purge_ms = report.elapsed.as_millis() as u64, "Order erased.");
+    metrics::counter!(crate::telemetry::ERASURES, "scope" => if scope == ErasureScope::Order { "order" } else { "classes" }).increment(1);
+    metrics::histogram!(crate::telemetry::ERASE_LATENCY).record(started.elapsed().as_secs_f64());
     let classes: Vec<&str> = scope.classes().iter().map(|c| c.as_str()).collect();
     Ok(written(
         StatusCode::OK,

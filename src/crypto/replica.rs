@@ -145,9 +145,9 @@ pub fn restore(
     let mut ends = HashMap::new();
     for t in md.topics() {
         for p in t.partitions() {
-            let (lo, hi) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .map_err(kafka)?;
+            let (lo, hi) =
+                crate::kafka::watermarks(&consumer, topic, p.id(), Duration::from_secs(30))
+                    .map_err(kafka)?;
             if hi > lo {
                 tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                     .map_err(kafka)?;

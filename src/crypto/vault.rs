@@ -69,6 +69,8 @@ pub struct RewrapReport {
 pub struct KeyVault {
     store: Store,
     ring: RwLock<KekRing>,
+    /// Orders with a (partly) live key, kept current by every change.
+    live: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -88,10 +90,26 @@ fn sync_writes() -> WriteOptions {
 
 impl KeyVault {
     pub fn new(store: Store, ring: KekRing) -> Self {
-        Self {
+        let vault = Self {
             store,
             ring: RwLock::new(ring),
-        }
+            live: std::sync::atomic::AtomicI64::new(0),
+        };
+        let n = vault.count_rows().unwrap_or(0);
+        vault
+            .live
+            .store(n as i64, std::sync::atomic::Ordering::Relaxed);
+        vault
+    }
+
+    fn add_live(&self, delta: i64) {
+        self.live
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Orders with a live key, from a counter kept current (no scan).
+    pub fn live_count(&self) -> i64 {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &Store {
@@ -138,6 +156,7 @@ impl KeyVault {
             encode_value(&stored),
             &sync_writes(),
         )?;
+        self.add_live(1);
         Ok(key)
     }
 
@@ -169,17 +188,22 @@ impl KeyVault {
             );
         }
         db.write_opt(batch, &sync_writes())?;
+        self.add_live(keys.len() as i64);
         Ok(())
     }
 
     /// Removes the key of an order that never made it into the log (its
     /// placement failed). Not a shred: no record is kept.
     pub fn discard(&self, order_id: Uuid) -> Result<(), VaultError> {
+        let existed = self.stored(order_id)?.is_some();
         self.store.db().delete_cf_opt(
             self.store.cf(CF_ORDER_KEYS),
             order_id.as_bytes(),
             &sync_writes(),
         )?;
+        if existed {
+            self.add_live(-1);
+        }
         Ok(())
     }
 
@@ -270,6 +294,9 @@ impl KeyVault {
             encode_value(&record),
         );
         db.write_opt(batch, &sync_writes())?;
+        if record.whole {
+            self.add_live(-1);
+        }
         Ok(record)
     }
 
@@ -296,17 +323,22 @@ impl KeyVault {
 
     /// Writes a row restored from the replica topic as it is (still wrapped).
     pub fn restore_row(&self, order_id: Uuid, row: &StoredKey) -> Result<(), VaultError> {
+        let existed = self.stored(order_id)?.is_some();
         self.store.db().put_cf_opt(
             self.store.cf(CF_ORDER_KEYS),
             order_id.as_bytes(),
             encode_value(row),
             &sync_writes(),
         )?;
+        if !existed {
+            self.add_live(1);
+        }
         Ok(())
     }
 
     /// Records that an order's key is gone without having its row (restore of a tombstone).
     pub fn mark_shredded(&self, order_id: Uuid, now_ms: i64) -> Result<(), VaultError> {
+        let existed = self.stored(order_id)?.is_some();
         let record = Shredded {
             key_id: KeyId([0; 16]),
             classes: FieldClass::ALL.into_iter().collect(),
@@ -321,6 +353,9 @@ impl KeyVault {
             encode_value(&record),
         );
         self.store.db().write_opt(batch, &sync_writes())?;
+        if existed {
+            self.add_live(-1);
+        }
         Ok(())
     }
 
@@ -344,6 +379,10 @@ impl KeyVault {
 
     /// Number of orders with a live (at least partly unshredded) key.
     pub fn live_keys(&self) -> Result<u64, VaultError> {
+        self.count_rows()
+    }
+
+    fn count_rows(&self) -> Result<u64, VaultError> {
         let mut n = 0;
         for item in self
             .store

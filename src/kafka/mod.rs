@@ -129,3 +129,41 @@ pub fn partition_count(
     }
     Ok(t.partitions().len())
 }
+
+/// True for errors a freshly created topic or a leader election causes for
+/// a moment (no leader yet, metadata not yet propagated).
+pub fn is_transient(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::NotCoordinator
+        )
+    )
+}
+
+/// `fetch_watermarks`, retried on transient errors until `timeout`.
+pub fn watermarks<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok(w) => return Ok(w),
+            Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!(topic, partition, error = %e, "Watermarks not available yet; retrying.");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -70,6 +70,8 @@ pub struct ProjectorStatus {
     pub dead_lettered: AtomicU64,
     pub batches: AtomicU64,
     pub assigned: AtomicBool,
+    /// When the end of the log was last read from Kafka (Unix ms).
+    pub refreshed_at_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ProjectorStatus {
@@ -81,6 +83,13 @@ impl ProjectorStatus {
             .iter()
             .map(|(p, (next, high))| (*p, (high - next).max(0)))
             .collect()
+    }
+
+    /// Caught up, and the end of the log was read from Kafka within `max_age`:
+    /// connected and current.
+    pub fn ready(&self, max_age: Duration) -> bool {
+        let age = crate::service::now_ms() - self.refreshed_at_ms.load(Ordering::Acquire);
+        self.caught_up() && age >= 0 && (age as u128) <= max_age.as_millis()
     }
 
     /// True once partitions are assigned and none lags.
@@ -294,10 +303,11 @@ impl Run {
                         continue; // already in the views
                     }
                     if offset > expected {
-                        let (low, _) = self.consumer.fetch_watermarks(
+                        let (low, _) = crate::kafka::watermarks(
+                            &self.consumer,
                             &self.config.topic,
                             partition,
-                            Duration::from_secs(5),
+                            Duration::from_secs(30),
                         )?;
                         if low <= expected {
                             // Kafka's committed offset ran ahead of RocksDB (for
@@ -378,6 +388,7 @@ impl Run {
                 }
                 self.overlay.insert(p.order.order_id, p.order);
                 self.status.projected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::telemetry::EVENTS_PROJECTED).increment(1);
             }
             Err(reason) => {
                 // Dead-letter it, and only then move on: the record must be
@@ -416,6 +427,7 @@ impl Run {
                     }
                 }
                 self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::telemetry::DEAD_LETTERED).increment(1);
             }
         }
         Ok(())
@@ -478,6 +490,13 @@ impl Run {
                 Err(_) => return,
             }
         }
+        for (p, (next, high)) in &positions {
+            metrics::gauge!(crate::telemetry::PROJECTOR_LAG, "partition" => p.to_string())
+                .set((high - next).max(0) as f64);
+        }
+        self.status
+            .refreshed_at_ms
+            .store(crate::service::now_ms(), Ordering::Release);
         // Only "caught up" with nothing unflushed.
         if self.pending == 0 {
             *self.status.positions.lock().expect("positions lock") = positions;

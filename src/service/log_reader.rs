@@ -37,7 +37,7 @@ pub fn load_partition(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let (low, high) = crate::kafka::watermarks(&consumer, topic, partition, timeout)?;
     let mut st = PartitionState {
         next_offset: high,
         ..Default::default()

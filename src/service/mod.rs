@@ -306,9 +306,19 @@ impl Service {
                 return Err(ServiceError::IdempotencyInFlight);
             }
         }
+        let kind = command.kind();
         let result = self
             .dispatch(p, order_id, command, expected_version, idempotency)
             .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ServiceError::Domain(_)) => "refused",
+            Err(ServiceError::VersionMismatch { .. }) => "version_mismatch",
+            Err(ServiceError::Unavailable(_) | ServiceError::ShuttingDown) => "unavailable",
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::telemetry::COMMANDS, "command" => kind, "outcome" => outcome)
+            .increment(1);
         if let Some(idem) = idempotency {
             self.shared
                 .in_flight
@@ -637,7 +647,11 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         }
         deliveries.push(join_all(futs));
     }
+    metrics::histogram!(crate::telemetry::BATCH_SIZE).record(pending.len() as f64);
+    let produce_started = std::time::Instant::now();
     let results = join_all(deliveries).await;
+    metrics::histogram!(crate::telemetry::PRODUCE_LATENCY)
+        .record(produce_started.elapsed().as_secs_f64());
 
     let mut any_failed = false;
     let mut acked: Vec<Acked> = Vec::with_capacity(pending.len());

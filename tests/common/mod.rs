@@ -250,3 +250,100 @@ pub fn raw_records(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     assert_eq!(out.len() as i64, remaining, "read every record of {topic}");
     out
 }
+
+/// Encoded events of one realistic order, as the service would write them:
+/// placed, shared with a provider and with the merchant, and for some orders
+/// cancelled (every 5th) and erased (every 10th).
+pub fn order_events(n: u32) -> Vec<(uuid::Uuid, Vec<u8>)> {
+    use orderlog::crypto::OrderKey;
+    use orderlog::domain::validation::{MerchantId, ProviderId};
+    use orderlog::domain::{
+        CancelReason, Command, ErasureScope, FieldClass, Party, State, apply, decide, fixtures,
+    };
+    use orderlog::events::{self, EventMeta};
+    let key = OrderKey::generate();
+    let order_id = uuid::Uuid::now_v7();
+    let mut cmds = vec![
+        Command::PlaceOrder(fixtures::new_order(n, n.is_multiple_of(4))),
+        Command::ShareOrder {
+            party: Party::Logistics(
+                ProviderId::parse("p", ["sf-express", "yto", "zto"][n as usize % 3]).unwrap(),
+            ),
+            classes: [FieldClass::Shipping].into(),
+        },
+        Command::ShareOrder {
+            party: Party::Merchant(MerchantId::parse("m", "m-1").unwrap()),
+            classes: [FieldClass::Contact].into(),
+        },
+    ];
+    if n.is_multiple_of(5) {
+        cmds.push(Command::CancelOrder {
+            reason: CancelReason::OutOfStock,
+        });
+    }
+    if n.is_multiple_of(10) {
+        cmds.push(Command::EraseOrder {
+            scope: ErasureScope::Order,
+        });
+    }
+    let mut state = State::default();
+    let mut prev = [0u8; 32];
+    let mut out = Vec::new();
+    for cmd in cmds {
+        for e in decide(&state, cmd).unwrap() {
+            let meta = EventMeta {
+                event_id: uuid::Uuid::now_v7(),
+                order_id,
+                sequence: state.version + 1,
+                occurred_at_ms: 1_733_000_000_000,
+                key_id: key.id(),
+                prev_hash: prev,
+            };
+            let bytes = events::encode(&events::seal_event(&e, meta, Some(&key)).unwrap());
+            prev = events::record_hash(&bytes);
+            state = apply(state, &e);
+            out.push((order_id, bytes));
+        }
+    }
+    out
+}
+
+/// Writes at least `events` events of `order_events` orders to `topic`
+/// (which has `partitions` partitions), each to its order's partition.
+pub async fn prefill(brokers: &str, topic: &str, partitions: usize, events: usize) -> usize {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let mut written = 0;
+    let mut n = 0;
+    while written < events {
+        let mut batch = Vec::new();
+        while batch.len() < 20_000 && written + batch.len() < events {
+            batch.extend(order_events(n));
+            n += 1;
+        }
+        let mut futs = Vec::new();
+        for (id, bytes) in &batch {
+            let p = orderlog::service::partition_of(id, partitions) as i32;
+            futs.push(
+                producer.send(
+                    FutureRecord::to(topic)
+                        .key(id.as_bytes().as_slice())
+                        .payload(bytes)
+                        .partition(p),
+                    std::time::Duration::from_secs(60),
+                ),
+            );
+        }
+        for r in futures::future::join_all(futs).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+        written += batch.len();
+    }
+    written
+}

@@ -1,0 +1,76 @@
+//! Telemetry: metric names in one place, the Prometheus recorder, and log setup.
+//!
+//! Metric names are constants so the code, the Grafana dashboard in `ops/`
+//! and the tests agree on them. Labels never carry personal data or tokens.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Commands decided by the service, by `command` and `outcome`.
+pub const COMMANDS: &str = "orderlog_commands_total";
+/// HTTP requests by `route` (the matched pattern) and `status`.
+pub const HTTP_REQUESTS: &str = "orderlog_http_requests_total";
+/// Time from handing a group-commit batch to the producer to its last acknowledgement.
+pub const PRODUCE_LATENCY: &str = "orderlog_produce_latency_seconds";
+/// Commands per group-commit batch.
+pub const BATCH_SIZE: &str = "orderlog_group_commit_batch_size";
+/// Records behind the end of the log, by `partition`.
+pub const PROJECTOR_LAG: &str = "orderlog_projector_lag";
+pub const EVENTS_PROJECTED: &str = "orderlog_events_projected_total";
+pub const DEAD_LETTERED: &str = "orderlog_events_dead_lettered_total";
+/// Erasures by `scope` (order, classes).
+pub const ERASURES: &str = "orderlog_erasures_total";
+/// Time from an erase request to its receipt.
+pub const ERASE_LATENCY: &str = "orderlog_erase_duration_seconds";
+/// Orders whose key (or part of it) is alive in this node's vault.
+pub const LIVE_KEYS: &str = "orderlog_live_keys";
+
+/// Every metric this build exports, for checks of dashboards and docs.
+pub const ALL: &[&str] = &[
+    COMMANDS,
+    HTTP_REQUESTS,
+    PRODUCE_LATENCY,
+    BATCH_SIZE,
+    PROJECTOR_LAG,
+    EVENTS_PROJECTED,
+    DEAD_LETTERED,
+    ERASURES,
+    ERASE_LATENCY,
+    LIVE_KEYS,
+];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let latency_buckets = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let size_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(PRODUCE_LATENCY.into()),
+                &latency_buckets,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(ERASE_LATENCY.into()),
+                    &latency_buckets,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(BATCH_SIZE.into()),
+                    &size_buckets,
+                )
+            })
+            .expect("bucket lists are not empty");
+        match builder.install_recorder() {
+            Ok(handle) => handle,
+            // Another recorder is already global (an embedding program's):
+            // keep a private one so /metrics still answers.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    })
+}

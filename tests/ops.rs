@@ -1,0 +1,221 @@
+//! Operations: readiness turns true only once the projector has caught up,
+//! health answers, and the Prometheus metrics count what a scenario did.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::app::{CHECKOUT, PRIVACY, TestApp};
+use orderlog::app::App;
+use orderlog::crypto::Kek;
+use orderlog::kafka::{KafkaSettings, TopicSpec, ensure_topics};
+use serde_json::{Value, json};
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn readiness_turns_true_only_once_the_projector_has_caught_up() {
+    // A log with a backlog the projector needs a moment for.
+    let brokers = common::brokers();
+    let topic = common::unique("orders.events");
+    let settings = KafkaSettings::new(&brokers);
+    ensure_topics(&settings, &[TopicSpec::events(&topic, 3, 1)])
+        .await
+        .unwrap();
+    let total = common::prefill(&brokers, &topic, 3, 60_000).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = common::app::config(&topic, data.path(), &Kek::generate(), 3);
+    config.topic = topic.clone();
+    let app = App::start(&config).await.unwrap();
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("http://{}/healthz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let status = app.projector.as_ref().unwrap().status.clone();
+    let mut saw_not_ready = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = client
+            .get(format!("http://{}/readyz", app.addr))
+            .send()
+            .await
+            .unwrap();
+        let code = r.status();
+        let body: Value = r.json().await.unwrap();
+        if code == 200 {
+            let projected: i64 = status
+                .positions
+                .lock()
+                .unwrap()
+                .values()
+                .map(|(next, _)| *next)
+                .sum();
+            assert_eq!(
+                projected as usize, total,
+                "ready only with every event projected: {body}"
+            );
+            assert!(
+                body["lag"].as_object().unwrap().values().all(|l| l == 0),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(code, 503);
+        assert_eq!(body["status"], "not_ready");
+        saw_not_ready = true;
+        assert!(Instant::now() < deadline, "never became ready: {body}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        saw_not_ready,
+        "readiness was true before the projector had caught up"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_what_a_scenario_did() {
+    let app = TestApp::spawn().await;
+    let before = metrics(&app).await;
+    let order = |n: u32| {
+        json!({
+            "order_number": format!("ON-M-{n}-{}", uuid::Uuid::new_v4().simple()), "merchant_id": "m-1", "currency": "CNY", "amount": 8800,
+            "items": [{"sku": "TEA", "name": "Tea", "quantity": 1, "unit_price": 8800}],
+            "consignee": {"name": "黄月英", "mobile": "13700137000",
+                "address": {"province": "湖北省", "city": "襄阳市", "district": "襄城区", "street": "隆中路 1 号", "postal_code": "441000"}},
+        })
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let r: Value = app
+            .post("/v1/orders", CHECKOUT)
+            .json(&order(n))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(r["order_id"].as_str().unwrap().to_owned());
+    }
+    app.post(&format!("/v1/orders/{}/cancel", ids[0]), CHECKOUT)
+        .json(&json!({"reason": "other"}))
+        .send()
+        .await
+        .unwrap();
+    let again = app
+        .post(&format!("/v1/orders/{}/cancel", ids[0]), CHECKOUT)
+        .json(&json!({"reason": "other"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let erased = app
+        .post(&format!("/v1/orders/{}/erase", ids[1]), PRIVACY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    let bad = app
+        .post("/v1/orders", CHECKOUT)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let after = metrics(&app).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+
+    use orderlog::telemetry as t;
+    assert_eq!(
+        delta(t::COMMANDS, &[("command", "place"), ("outcome", "ok")]),
+        3.0
+    );
+    assert_eq!(
+        delta(t::COMMANDS, &[("command", "cancel"), ("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            t::COMMANDS,
+            &[("command", "cancel"), ("outcome", "refused")]
+        ),
+        1.0
+    );
+    assert_eq!(delta(t::ERASURES, &[("scope", "order")]), 1.0);
+    assert_eq!(delta(&format!("{}_count", t::ERASE_LATENCY), &[]), 1.0);
+    assert_eq!(
+        delta(
+            t::HTTP_REQUESTS,
+            &[("route", "/v1/orders"), ("status", "400")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            t::HTTP_REQUESTS,
+            &[("route", "/v1/orders/{id}/cancel"), ("status", "409")]
+        ),
+        1.0
+    );
+    assert!(delta(&format!("{}_count", t::PRODUCE_LATENCY), &[]) >= 1.0);
+    assert!(
+        delta(&format!("{}_sum", t::BATCH_SIZE), &[]) >= 5.0,
+        "five commands went through group commit"
+    );
+    // The projector saw the 6 events (3 placed, 1 cancel, 1 erase... and counts them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = metrics(&app).await;
+        if sample(&now, t::EVENTS_PROJECTED, &[]) - sample(&before, t::EVENTS_PROJECTED, &[]) >= 5.0
+        {
+            assert!(
+                now.contains(t::PROJECTOR_LAG),
+                "lag per partition is exported"
+            );
+            assert!(sample(&now, t::LIVE_KEYS, &[]) >= 2.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "events_projected did not move");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in t::ALL {
+        assert!(
+            after.contains(name) || *name == t::DEAD_LETTERED,
+            "{name} is exported"
+        );
+    }
+    for secret in ["黄月英", "13700137000", CHECKOUT] {
+        assert!(!after.contains(secret));
+    }
+    app.app.stop().await;
+}
