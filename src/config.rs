@@ -163,6 +163,10 @@ pub struct Config {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Variables read outside the flag parser (flags' own variables are declared
+/// on [`Overrides`]). `ORDERLOG_KAFKA_<SETTING>` passes any librdkafka setting.
+pub const EXTRA_ENV_VARS: &[&str] = &["ORDERLOG_TOKENS", "ORDERLOG_KEK", "ORDERLOG_LOG"];
 pub const DEFAULT_PARTITIONS: i32 = 6;
 
 /// `token=role,token=role`, as in `ORDERLOG_TOKENS`.

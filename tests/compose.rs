@@ -1,0 +1,138 @@
+//! docker-compose.yml cannot be run here (no Docker engine), so this test
+//! parses it and checks that it agrees with the code: the port orderlog
+//! listens on is the one published, every ORDERLOG_* variable is one the code
+//! reads, and the topics it creates are the ones the code uses, with the
+//! settings the code would create them with.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+use orderlog::crypto::keys_topic_for;
+use orderlog::crypto::replica::keys_topic_spec;
+use orderlog::kafka::{TOPIC_EVENTS, TopicSpec};
+use serde_norway::Value;
+
+#[derive(clap::Parser)]
+struct Probe {
+    #[command(flatten)]
+    overrides: orderlog::config::Overrides,
+}
+
+fn compose() -> Value {
+    serde_norway::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Every `ORDERLOG_*` variable the code reads.
+fn known_env() -> BTreeSet<String> {
+    let mut vars: BTreeSet<String> = Probe::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    vars.extend(
+        orderlog::config::EXTRA_ENV_VARS
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    vars
+}
+
+#[test]
+fn every_orderlog_variable_in_the_compose_file_is_one_the_code_reads() {
+    let c = compose();
+    let env = c["services"]["orderlog"]["environment"]
+        .as_mapping()
+        .unwrap();
+    let known = known_env();
+    assert!(known.contains("ORDERLOG_BROKERS") && known.contains("ORDERLOG_TOKENS"));
+    for (k, _) in env {
+        let k = k.as_str().unwrap();
+        assert!(
+            known.contains(k),
+            "{k} in docker-compose.yml is not read by orderlog (known: {known:?})"
+        );
+    }
+    assert_eq!(
+        env[&Value::from("ORDERLOG_BROKERS")].as_str(),
+        Some("kafka:9092")
+    );
+    let kafka_ports: Vec<&str> = c["services"]["kafka"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(kafka_ports.contains(&"9092:9092"));
+}
+
+#[test]
+fn the_published_port_is_the_one_orderlog_listens_on() {
+    let c = compose();
+    let listen = c["services"]["orderlog"]["environment"]["ORDERLOG_LISTEN"]
+        .as_str()
+        .unwrap();
+    let port = listen.rsplit(':').next().unwrap();
+    let published: Vec<&str> = c["services"]["orderlog"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+        "{listen} vs {published:?}"
+    );
+    let default_port = orderlog::config::DEFAULT_LISTEN.rsplit(':').next().unwrap();
+    assert_eq!(
+        port, default_port,
+        "the compose file keeps the default port"
+    );
+}
+
+#[test]
+fn the_compose_file_creates_the_topics_the_code_uses_with_its_settings() {
+    let c = compose();
+    let env = &c["services"]["orderlog"]["environment"];
+    let topic = env["ORDERLOG_TOPIC"].as_str().unwrap();
+    assert_eq!(topic, TOPIC_EVENTS);
+    let partitions: i32 = env["ORDERLOG_PARTITIONS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let script = c["services"]["kafka-init"]["command"][0].as_str().unwrap();
+    let expected: Vec<TopicSpec> = vec![
+        TopicSpec::events(topic, partitions, 1),
+        TopicSpec::events(
+            format!(
+                "{topic}{}",
+                orderlog::projections::projector::DEAD_LETTER_SUFFIX
+            ),
+            1,
+            1,
+        ),
+        keys_topic_spec(&keys_topic_for(topic), partitions, 1),
+    ];
+    let created: Vec<&str> = script.lines().filter(|l| l.contains("--create")).collect();
+    assert_eq!(created.len(), expected.len());
+    for spec in expected {
+        let line = created
+            .iter()
+            .find(|l| l.contains(&format!("--topic {} ", spec.name)))
+            .unwrap_or_else(|| panic!("topic {} is not created in docker-compose.yml", spec.name));
+        assert!(
+            line.contains(&format!("--partitions {} ", spec.partitions)),
+            "{line}"
+        );
+        for (k, v) in &spec.config {
+            assert!(
+                line.contains(&format!("--config {k}={v}")),
+                "{} lacks {k}={v}: {line}",
+                spec.name
+            );
+        }
+    }
+}
