@@ -22,6 +22,8 @@ use crate::store::Store;
 /// A running orderlog.
 pub struct App {
     pub addr: SocketAddr,
+    /// `http`, or `https` when a certificate is configured.
+    pub scheme: &'static str,
     pub service: Service,
     pub kafka: KafkaSettings,
     pub topic: String,
@@ -174,14 +176,31 @@ impl App {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let router = api::router(state);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-        });
-        tracing::info!(%addr, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
+        let server = match &config.tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            }),
+            Some((cert, key)) => {
+                let tls = api::tls::server_config(cert, key)?;
+                let listener = api::tls::TlsListener::new(listener, tls)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(token.cancelled_owned())
+                        .await
+                })
+            }
+        };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, scheme, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
         Ok(Self {
             addr,
+            scheme,
             service,
             kafka: settings,
             topic: config.topic.clone(),

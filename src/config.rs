@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub replication: Option<i32>,
     pub kek_file: Option<PathBuf>,
     pub produce_timeout_ms: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// token = role
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -125,6 +127,12 @@ pub struct Overrides {
     /// How long a command may wait for Kafka's acknowledgement before failing (ms).
     #[arg(long, env = "ORDERLOG_PRODUCE_TIMEOUT_MS")]
     pub produce_timeout_ms: Option<u64>,
+    /// PEM certificate chain: serve HTTPS (needs --tls-key too).
+    #[arg(long, env = "ORDERLOG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ORDERLOG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where the KEK comes from.
@@ -160,6 +168,8 @@ pub struct Config {
     pub kek: KekSource,
     pub tokens: Vec<(Secret, Role)>,
     pub produce_timeout: Duration,
+    /// Certificate chain and key (PEM) for HTTPS; plain HTTP without.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -253,6 +263,19 @@ impl Config {
                 problem: "must be between 1 and 16".into(),
             });
         }
+        let tls = match (
+            o.tls_cert.clone().or(file.tls_cert),
+            o.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls",
+                    problem: "a TLS certificate needs its key and the other way round".into(),
+                });
+            }
+        };
         Ok(Self {
             listen: o
                 .listen
@@ -279,6 +302,7 @@ impl Config {
                     .or(file.produce_timeout_ms)
                     .unwrap_or(10_000),
             ),
+            tls,
         })
     }
 }

@@ -140,7 +140,11 @@ fn the_compose_file_creates_the_topics_the_code_uses_with_its_settings() {
 #[test]
 fn the_grafana_dashboard_only_plots_metrics_orderlog_exports() {
     let dash: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/grafana/orderlog-dashboard.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/ops/grafana/orderlog-dashboard.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let mut plotted = BTreeSet::new();
@@ -149,14 +153,22 @@ fn the_grafana_dashboard_only_plots_metrics_orderlog_exports() {
             let expr = target["expr"].as_str().unwrap();
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("orderlog_") {
-                    let base = ["_bucket", "_sum", "_count"].iter().fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
-                    assert!(orderlog::telemetry::ALL.contains(&base), "dashboard plots {word}, which orderlog does not export");
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+                    assert!(
+                        orderlog::telemetry::ALL.contains(&base),
+                        "dashboard plots {word}, which orderlog does not export"
+                    );
                     plotted.insert(base.to_owned());
                 }
             }
         }
     }
     for name in orderlog::telemetry::ALL {
-        assert!(plotted.contains(*name), "{name} is exported but not on the dashboard");
+        assert!(
+            plotted.contains(*name),
+            "{name} is exported but not on the dashboard"
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod ops;
 pub mod orders;
+pub mod tls;
 pub mod views;
 
 use std::sync::Arc;

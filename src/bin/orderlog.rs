@@ -277,7 +277,7 @@ fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let app = App::start(&config).await?;
-        println!("orderlog listening on http://{}", app.addr);
+        println!("orderlog listening on {}://{}", app.scheme, app.addr);
         wait_for_signal().await;
         tracing::info!("Shutdown requested.");
         app.stop().await;
