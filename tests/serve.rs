@@ -149,6 +149,26 @@ async fn embedded_serve_runs_the_documented_flow_and_stops_on_sigterm() {
     };
     assert!(status.success(), "exit status {status:?}");
     let log = err_log.join().unwrap();
+    // Not a terminal: structured JSON log lines, fields first.
+    let json_lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("each log line is JSON"))
+        .collect();
+    assert!(
+        json_lines
+            .iter()
+            .any(|l| l["message"] == "orderlog serving."
+                && l["level"] == "INFO"
+                && l["addr"].is_string()),
+        "{log}"
+    );
+    assert!(
+        json_lines
+            .iter()
+            .any(|l| l["message"] == "Order erased." && l["order_id"] == id.as_str()),
+        "{log}"
+    );
     assert!(
         log.contains("EMBEDDED"),
         "it says it runs on the embedded broker"
