@@ -53,6 +53,10 @@ pub struct ProjectorConfig {
     /// Upper bound on events per second (0 = none), so a rebuild can run
     /// beside live traffic without starving it.
     pub max_rate: u32,
+    /// Send records that cannot be projected to the dead-letter topic. Off
+    /// for audit replays, which must change nothing in Kafka: such a record
+    /// is then only logged and counted (in `dead_lettered`).
+    pub dead_letter: bool,
 }
 
 impl ProjectorConfig {
@@ -147,6 +151,12 @@ impl Projector {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// False once the projector's thread has ended (stopped, or on an error
+    /// that [`Projector::stop`] returns).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     pub fn stop(mut self) -> Result<(), ProjectorError> {
@@ -380,10 +390,15 @@ impl Run {
                 self.status.projected.fetch_add(1, Ordering::Relaxed);
             }
             Err(reason) => {
+                let reason = reason.to_string();
+                if !self.config.dead_letter {
+                    tracing::warn!(partition, offset, %reason, "Record not projectable; skipped (no dead-lettering in this run).");
+                    self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 // Dead-letter it, and only then move on: the record must be
                 // somewhere before its offset is passed.
                 self.flush()?;
-                let reason = reason.to_string();
                 tracing::warn!(partition, offset, %reason, "Record dead-lettered.");
                 let source = format!("{}/{partition}/{offset}", self.config.topic);
                 let topic = self.config.dead_letter_topic();
