@@ -14,9 +14,12 @@
 //! - [`service`]: the write side: per-partition writers with group commit.
 //! - [`api`]: HTTP routes, authentication, error-to-status mapping.
 //! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
+//! - [`audit`]: read-only audit commands (replay, verify, history, shares,
+//!   erasure receipts).
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod domain;
