@@ -18,7 +18,7 @@ pub(crate) struct Fixture {
     /// (record key, record value), offset = index.
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
     pub keys: BTreeMap<Uuid, OrderKey>,
-    heads: BTreeMap<Uuid, (u64, RecordHash, KeyId)>,
+    heads: BTreeMap<Uuid, (u64, RecordHash)>,
 }
 
 impl Fixture {
@@ -46,12 +46,10 @@ impl Fixture {
 
     /// Appends the next event of `order`; returns its offset.
     pub fn append(&mut self, order: Uuid, event: Event) -> i64 {
-        let (seq, prev, _) = self.heads.get(&order).copied().unwrap_or_default();
+        let (seq, prev) = self.heads.get(&order).copied().unwrap_or_default();
         let bytes = self.encode(order, seq + 1, prev, &event);
-        self.heads.insert(
-            order,
-            (seq + 1, events::record_hash(&bytes), KeyId([0; 16])),
-        );
+        self.heads
+            .insert(order, (seq + 1, events::record_hash(&bytes)));
         self.push(order, bytes)
     }
 
@@ -61,8 +59,7 @@ impl Fixture {
     }
 
     pub fn head(&self, order: Uuid) -> (u64, RecordHash) {
-        let (s, h, _) = self.heads[&order];
-        (s, h)
+        self.heads[&order]
     }
 
     pub fn place(&mut self, n: u32) -> Uuid {
