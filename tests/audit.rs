@@ -30,7 +30,7 @@ struct Node {
 impl Node {
     /// Runs `orderlog <args>` against this node.
     fn run(&self, args: &[&str]) -> Output {
-        let out = Process::new(env!("CARGO_BIN_EXE_orderlog"))
+        Process::new(env!("CARGO_BIN_EXE_orderlog"))
             .args(args)
             .args(["--brokers", &self.brokers, "--topic", &self.topic])
             .arg("--data-dir")
@@ -38,8 +38,7 @@ impl Node {
             .env("ORDERLOG_KEK", &self.kek)
             .env("ORDERLOG_LOG", "info,rdkafka=warn")
             .output()
-            .expect("run the orderlog binary");
-        out
+            .expect("run the orderlog binary")
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::verify::{ChainChecker, Finding, Observed};
+use super::verify::{ChainChecker, Finding, Observed, RecordRef};
 use super::{AuditError, KeyLookup, NodeData, Source, log, time_text};
 use crate::domain::{ErasureScope, Event, FieldClass, PersonalFields};
 use crate::events::{self, Envelope};
@@ -143,7 +143,7 @@ fn personal_of(
 pub fn build<'a>(
     order_id: Uuid,
     partitions: usize,
-    records: impl IntoIterator<Item = (i32, i64, Option<&'a [u8]>, &'a [u8])>,
+    records: impl IntoIterator<Item = RecordRef<'a>>,
     key: Option<&KeyLookup>,
 ) -> (History, Vec<FieldClass>) {
     let mut checker = ChainChecker::new(partitions);
@@ -280,7 +280,7 @@ mod tests {
     use super::*;
     use crate::audit::verify::tests::Fixture;
 
-    fn records(f: &Fixture) -> Vec<(i32, i64, Option<&[u8]>, &[u8])> {
+    fn records(f: &Fixture) -> Vec<RecordRef<'_>> {
         f.records
             .iter()
             .enumerate()

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::verify::{ChainChecker, Observed};
+use super::verify::{ChainChecker, Observed, RecordRef};
 use super::{AuditError, KeyLookup, NodeData, Source, log, time_text};
 use crate::domain::FieldClass;
 use crate::events::codec::class_of;
@@ -51,7 +51,7 @@ impl Receipt {
 /// Collects the erasures from records fed in log order. Pure.
 pub fn collect<'a>(
     partitions: usize,
-    records: impl IntoIterator<Item = (i32, i64, Option<&'a [u8]>, &'a [u8])>,
+    records: impl IntoIterator<Item = RecordRef<'a>>,
 ) -> Vec<Receipt> {
     let mut checker = ChainChecker::new(partitions);
     let mut out = Vec::new();

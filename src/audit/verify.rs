@@ -115,6 +115,9 @@ fn short(h: &RecordHash) -> String {
     hex::encode(&h[..8])
 }
 
+/// A record as the pure checks take it: partition, offset, key, value.
+pub type RecordRef<'a> = (i32, i64, Option<&'a [u8]>, &'a [u8]);
+
 /// What the checker knows of one order.
 #[derive(Debug, Clone, Default)]
 pub struct OrderTrack {
@@ -655,7 +658,9 @@ pub fn run(
         ))
     });
     for f in &findings {
-        tracing::warn!(kind = f.kind.as_str(), order_id = ?f.order_id, partition = ?f.partition, offset = ?f.offset, "Audit finding.");
+        let order_id = f.order_id.map(|o| o.to_string()).unwrap_or_default();
+        let (partition, offset) = (f.partition.unwrap_or(-1), f.offset.unwrap_or(-1));
+        tracing::warn!(kind = f.kind.as_str(), %order_id, partition, offset, "Audit finding.");
     }
     Ok(VerifyReport {
         topic: source.topic.clone(),

@@ -178,6 +178,35 @@ impl Store {
     }
 }
 
+/// bincode configuration for every stored value: varint integers, with a size
+/// limit so a corrupt length prefix cannot make us allocate gigabytes.
+pub fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 4 * 1024 * 1024 }>()
+}
+
+pub fn encode_value<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode")
+}
+
+pub fn decode_value<T: serde::de::DeserializeOwned>(
+    cf: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
+        StoreError::Corrupt {
+            cf,
+            reason: e.to_string(),
+        }
+    })?;
+    if n != bytes.len() {
+        return Err(StoreError::Corrupt {
+            cf,
+            reason: format!("{} trailing bytes", bytes.len() - n),
+        });
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,33 +241,4 @@ mod tests {
         ));
         assert!(!missing.exists(), "a read-only open creates nothing");
     }
-}
-
-/// bincode configuration for every stored value: varint integers, with a size
-/// limit so a corrupt length prefix cannot make us allocate gigabytes.
-pub fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ 4 * 1024 * 1024 }>()
-}
-
-pub fn encode_value<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode")
-}
-
-pub fn decode_value<T: serde::de::DeserializeOwned>(
-    cf: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
-        StoreError::Corrupt {
-            cf,
-            reason: e.to_string(),
-        }
-    })?;
-    if n != bytes.len() {
-        return Err(StoreError::Corrupt {
-            cf,
-            reason: format!("{} trailing bytes", bytes.len() - n),
-        });
-    }
-    Ok(v)
 }
