@@ -51,6 +51,8 @@ pub enum StoreError {
     },
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
+    #[error("no orderlog database at {0}")]
+    NotFound(String),
     #[error("corrupt {cf} row: {reason}")]
     Corrupt { cf: &'static str, reason: String },
 }
@@ -96,6 +98,10 @@ impl Store {
     /// be running (they then see the state as of this open, WAL included).
     /// Nothing is created and nothing is written.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        // RocksDB would create a missing directory even in read-only mode.
+        if !path.join("CURRENT").is_file() {
+            return Err(StoreError::NotFound(path.display().to_string()));
+        }
         let opts = Options::default();
         let cfs = COLUMN_FAMILIES
             .iter()
@@ -237,7 +243,7 @@ mod tests {
         let missing = dir.path().join("nothing-here");
         assert!(matches!(
             Store::open_read_only(&missing),
-            Err(StoreError::Open { .. })
+            Err(StoreError::NotFound(_))
         ));
         assert!(!missing.exists(), "a read-only open creates nothing");
     }
