@@ -29,6 +29,19 @@ async fn main() {
     } else {
         (50, 5)
     };
+    let live = std::env::var("ORDERLOG_BENCH_LIVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(live);
+    let erasures = std::env::var("ORDERLOG_BENCH_ERASURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(erasures);
+    if std::env::var_os("ORDERLOG_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("ORDERLOG_LOG"))
+            .init();
+    }
     let data = tempfile::tempdir().unwrap();
     let config = common::app::config(
         &common::unique("bench.erase"),
@@ -78,6 +91,13 @@ async fn main() {
             .await
             .unwrap();
         total.push(t.elapsed().as_secs_f64() * 1e3);
+        if std::env::var_os("ORDERLOG_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "{:.1} ms {}",
+                t.elapsed().as_secs_f64() * 1e3,
+                r["receipt"]["timings_ms"]
+            );
+        }
         let purge_ms = r["receipt"]["purged"].as_array().unwrap().iter()
             .filter_map(|p| p.as_str()?.strip_prefix("disk: memtables and WAL flushed, key ranges compacted to the bottom level in ")?.strip_suffix(" ms")?.parse::<f64>().ok())
             .next().expect("receipt names the disk purge");

@@ -138,6 +138,7 @@ async fn main() {
             assignment: Assignment::All,
             batch_max: 1000,
             max_rate: 0,
+            dead_letter: true,
         },
     )
     .unwrap();

@@ -152,6 +152,7 @@ impl App {
                 },
                 batch_max: 1000,
                 max_rate: 0,
+                dead_letter: true,
             },
         )
         .context("starting the projector")?;

@@ -212,6 +212,24 @@ impl Config {
     /// Merges defaults, the file, the environment and flags. `env` is passed in
     /// (rather than read here) so tests can give their own.
     pub fn resolve(o: &Overrides, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Self::resolve_inner(o, env, true)
+    }
+
+    /// As [`Config::resolve`], but a real cluster without a KEK is accepted
+    /// (`kek` is then [`KekSource::Ephemeral`]): for read-only audit commands
+    /// that never open a sealed field. Whoever needs the KEK must check.
+    pub fn resolve_without_kek(
+        o: &Overrides,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::resolve_inner(o, env, false)
+    }
+
+    fn resolve_inner(
+        o: &Overrides,
+        env: &BTreeMap<String, String>,
+        require_kek: bool,
+    ) -> Result<Self, ConfigError> {
         let file = match &o.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
@@ -243,7 +261,7 @@ impl Config {
             .clone()
             .or(file.brokers)
             .filter(|b| !b.trim().is_empty());
-        if brokers.is_some() && matches!(kek, KekSource::Ephemeral) {
+        if require_kek && brokers.is_some() && matches!(kek, KekSource::Ephemeral) {
             return Err(ConfigError::Kek(KekError::Missing));
         }
         let partitions = o
@@ -372,6 +390,9 @@ mod tests {
             Config::resolve(&o, &env(&[])),
             Err(ConfigError::Kek(KekError::Missing))
         ));
+        // Audit commands that open nothing sealed may go without one.
+        let c = Config::resolve_without_kek(&o, &env(&[])).unwrap();
+        assert!(matches!(c.kek, KekSource::Ephemeral));
     }
 
     #[test]

@@ -15,9 +15,12 @@
 //! - [`api`]: HTTP routes, authentication, error-to-status mapping.
 //! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
+//! - [`audit`]: read-only audit commands (replay, verify, history, shares,
+//!   erasure receipts).
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -350,10 +350,17 @@ async fn undecodable_records_go_to_the_dead_letter_topic_and_projection_goes_on(
     )
     .await;
     assert_eq!(s, StatusCode::OK, "projection went on past the bad records");
-    let dlq = common::raw_records(
-        &app.app.kafka.brokers,
-        &format!("{}.dead-letter", app.app.topic),
-    );
+    // The bad records sit in partition 0, which may be behind the order's
+    // partition: wait (bounded) for all three to be dead-lettered.
+    let dlq_topic = format!("{}.dead-letter", app.app.topic);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let dlq = loop {
+        let dlq = common::raw_records(&app.app.kafka.brokers, &dlq_topic);
+        if dlq.len() >= 3 || std::time::Instant::now() > deadline {
+            break dlq;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(dlq.len(), 3);
     let text: Vec<String> = dlq
         .iter()

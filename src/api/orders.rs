@@ -402,6 +402,7 @@ pub async fn erase_order(
             None,
         )
         .await?;
+    let logged_ms = started.elapsed().as_millis() as u64;
     // Verify what we can: the vault must no longer yield the erased classes.
     let mut verified = Vec::new();
     match state.service.vault().get(order_id) {
@@ -434,7 +435,8 @@ pub async fn erase_order(
     ];
     // The views drop the sealed fields when the projector applies the
     // OrderErased event; wait for it (bounded) so the purge below covers them.
-    let view_deadline = std::time::Instant::now() + super::views::MAX_WAIT;
+    let view_started = std::time::Instant::now();
+    let view_deadline = view_started + super::views::MAX_WAIT;
     let mut view_version = 0;
     while std::time::Instant::now() < view_deadline {
         view_version = crate::projections::query::order(&state.store, order_id)
@@ -454,6 +456,7 @@ pub async fn erase_order(
     } else {
         purged.push("views: pending, the projector lags; the fields are dropped when it reaches the OrderErased event".to_owned());
     }
+    let view_ms = view_started.elapsed().as_millis() as u64;
     // Physical destruction: flush memtables and the WAL, compact the rows' ranges.
     let store = state.store.clone();
     let id_bytes = order_id.as_bytes().to_vec();
@@ -488,6 +491,11 @@ pub async fn erase_order(
                 "purged": purged,
                 "verified": verified,
                 "elapsed_ms": started.elapsed().as_millis() as u64,
+                "timings_ms": {
+                    "logged_and_key_destroyed": logged_ms,
+                    "views_purged": view_ms,
+                    "disk_purged": report.elapsed.as_millis() as u64,
+                },
             }
         }),
     ))

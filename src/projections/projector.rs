@@ -53,6 +53,10 @@ pub struct ProjectorConfig {
     /// Upper bound on events per second (0 = none), so a rebuild can run
     /// beside live traffic without starving it.
     pub max_rate: u32,
+    /// Send records that cannot be projected to the dead-letter topic. Off
+    /// for audit replays, which must change nothing in Kafka: such a record
+    /// is then only logged and counted (in `dead_lettered`).
+    pub dead_letter: bool,
 }
 
 impl ProjectorConfig {
@@ -72,6 +76,9 @@ pub struct ProjectorStatus {
     pub assigned: AtomicBool,
     /// When the end of the log was last read from Kafka (Unix ms).
     pub refreshed_at_ms: std::sync::atomic::AtomicI64,
+    /// Next offset per assigned partition as written to RocksDB, published by
+    /// the projector thread (no I/O) for the watermark watcher.
+    pub flushed: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl ProjectorStatus {
@@ -124,7 +131,18 @@ impl Projector {
     pub fn start(store: Store, config: ProjectorConfig) -> Result<Self, ProjectorError> {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ProjectorStatus::default());
+        let watcher: BaseConsumer = config
+            .settings
+            .client_config()
+            .set("group.id", format!("orderlog-lag-watch-{}", Uuid::new_v4()))
+            .create()?;
+        let topic = config.topic.clone();
         let mut run = Run::new(store, config, status.clone())?;
+        let (stop_w, status_w) = (stop.clone(), status.clone());
+        std::thread::Builder::new()
+            .name("projector-lag".into())
+            .spawn(move || watch_lag(&watcher, &topic, &status_w, &stop_w))
+            .expect("spawn lag watcher thread");
         let stop2 = stop.clone();
         let handle = std::thread::Builder::new()
             .name("projector".into())
@@ -146,8 +164,12 @@ impl Projector {
     /// Blocks until every assigned partition is projected to its end, or `timeout`.
     pub fn wait_caught_up(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        // Only an end of the log read after this call counts.
+        let since = crate::service::now_ms();
         while Instant::now() < deadline {
-            if self.status.caught_up() {
+            if self.status.caught_up()
+                && self.status.refreshed_at_ms.load(Ordering::Acquire) > since
+            {
                 return true;
             }
             if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
@@ -156,6 +178,12 @@ impl Projector {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// False once the projector's thread has ended (stopped, or on an error
+    /// that [`Projector::stop`] returns).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     pub fn stop(mut self) -> Result<(), ProjectorError> {
@@ -173,6 +201,45 @@ impl Drop for Projector {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Reads the end of every assigned partition a few times a second and
+/// publishes positions, lag and readiness. Runs beside the projector thread.
+fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(250));
+        // The flushed offsets are read before the ends, so lag is never
+        // under-stated by events projected in between.
+        let flushed = status.flushed.lock().expect("flushed lock").clone();
+        if flushed.is_empty() {
+            continue;
+        }
+        let mut positions = BTreeMap::new();
+        for (p, next) in &flushed {
+            match consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
+                Ok((_, high)) => {
+                    positions.insert(*p, (*next, high));
+                }
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "Reading the end of the log failed.");
+                    positions.clear();
+                    break;
+                }
+            }
+        }
+        if positions.is_empty() {
+            continue;
+        }
+        for (p, (next, high)) in &positions {
+            metrics::gauge!(crate::telemetry::PROJECTOR_LAG, "partition" => p.to_string())
+                .set((high - next).max(0) as f64);
+        }
+        *status.positions.lock().expect("positions lock") = positions;
+        status
+            .refreshed_at_ms
+            .store(crate::service::now_ms(), Ordering::Release);
+        status.assigned.store(true, Ordering::Release);
     }
 }
 
@@ -280,7 +347,15 @@ impl Run {
         let mut started: Option<Instant> = None;
         let mut folded: u64 = 0;
         while !stop.load(Ordering::Acquire) {
-            let polled = match self.consumer.poll(Duration::from_millis(100)) {
+            // With events folded but not yet written, only take what is
+            // already fetched: flush as soon as the fetch queue is empty, so a
+            // view trails its write by milliseconds, not a poll interval.
+            let wait = if self.pending > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            let polled = match self.consumer.poll(wait) {
                 None => None,
                 Some(Err(e)) => Some(Err(e)),
                 Some(Ok(m)) => Some(Ok((
@@ -354,7 +429,7 @@ impl Run {
                     }
                 }
             }
-            if last_positions.elapsed() > Duration::from_millis(500) {
+            if last_positions.elapsed() > Duration::from_millis(100) {
                 self.refresh_positions();
                 last_positions = Instant::now();
             }
@@ -391,10 +466,15 @@ impl Run {
                 metrics::counter!(crate::telemetry::EVENTS_PROJECTED).increment(1);
             }
             Err(reason) => {
+                let reason = reason.to_string();
+                if !self.config.dead_letter {
+                    tracing::warn!(partition, offset, %reason, "Record not projectable; skipped (no dead-lettering in this run).");
+                    self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 // Dead-letter it, and only then move on: the record must be
                 // somewhere before its offset is passed.
                 self.flush()?;
-                let reason = reason.to_string();
                 tracing::warn!(partition, offset, %reason, "Record dead-lettered.");
                 let source = format!("{}/{partition}/{offset}", self.config.topic);
                 let topic = self.config.dead_letter_topic();
@@ -463,7 +543,13 @@ impl Run {
         Ok(())
     }
 
+    /// Publishes the flushed offsets of the assigned partitions. No network
+    /// I/O: the watermark watcher thread reads the end of the log, so a slow
+    /// broker answer never holds up projection.
     fn refresh_positions(&mut self) {
+        if self.pending > 0 {
+            return; // only flushed offsets count
+        }
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
@@ -475,32 +561,13 @@ impl Run {
         if parts.is_empty() {
             return;
         }
-        let mut positions = BTreeMap::new();
+        let mut flushed = BTreeMap::new();
         for p in parts {
             let Ok(next) = self.stored_next(p) else {
                 return;
             };
-            match self
-                .consumer
-                .fetch_watermarks(&self.config.topic, p, Duration::from_secs(2))
-            {
-                Ok((_, high)) => {
-                    positions.insert(p, (next, high));
-                }
-                Err(_) => return,
-            }
+            flushed.insert(p, next);
         }
-        for (p, (next, high)) in &positions {
-            metrics::gauge!(crate::telemetry::PROJECTOR_LAG, "partition" => p.to_string())
-                .set((high - next).max(0) as f64);
-        }
-        self.status
-            .refreshed_at_ms
-            .store(crate::service::now_ms(), Ordering::Release);
-        // Only "caught up" with nothing unflushed.
-        if self.pending == 0 {
-            *self.status.positions.lock().expect("positions lock") = positions;
-            self.status.assigned.store(true, Ordering::Release);
-        }
+        *self.status.flushed.lock().expect("flushed lock") = flushed;
     }
 }

@@ -51,6 +51,8 @@ pub enum StoreError {
     },
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
+    #[error("no orderlog database at {0}")]
+    NotFound(String),
     #[error("corrupt {cf} row: {reason}")]
     Corrupt { cf: &'static str, reason: String },
 }
@@ -84,6 +86,31 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing database read-only, every column family, without
+    /// taking its lock: audits read a node's keys and views while `serve` may
+    /// be running (they then see the state as of this open, WAL included).
+    /// Nothing is created and nothing is written.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        // RocksDB would create a missing directory even in read-only mode.
+        if !path.join("CURRENT").is_file() {
+            return Err(StoreError::NotFound(path.display().to_string()));
+        }
+        let opts = Options::default();
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(|source| {
+            StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Ok(Self {
             db: Arc::new(db),
@@ -184,4 +211,40 @@ pub fn decode_value<T: serde::de::DeserializeOwned>(
         });
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_open_sees_the_rows_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rw = Store::open(dir.path()).unwrap();
+        rw.db()
+            .put_cf(
+                rw.cf(CF_VIEW_OFFSETS),
+                7u32.to_be_bytes(),
+                9u64.to_be_bytes(),
+            )
+            .unwrap();
+        // The writer still holds the lock: a read-only open works beside it.
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let v = ro
+            .db()
+            .get_cf(ro.cf(CF_VIEW_OFFSETS), 7u32.to_be_bytes())
+            .unwrap();
+        assert_eq!(v.as_deref(), Some(&9u64.to_be_bytes()[..]));
+        assert!(
+            ro.db()
+                .put_cf(ro.cf(CF_VIEW_OFFSETS), 1u32.to_be_bytes(), [0u8; 8])
+                .is_err()
+        );
+        let missing = dir.path().join("nothing-here");
+        assert!(matches!(
+            Store::open_read_only(&missing),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(!missing.exists(), "a read-only open creates nothing");
+    }
 }
