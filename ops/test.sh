@@ -33,7 +33,17 @@ kafka_dir=$(mktemp -d "${TMPDIR:-/tmp}/orderlog-test-kafka.XXXXXX")
 cleanup() { ops/kafka/stop.sh --dir "$kafka_dir" --purge >&2 || true; }
 trap cleanup EXIT
 step "start Kafka"
-ORDERLOG_TEST_BROKERS=$(ops/kafka/start.sh --dir "$kafka_dir" --port "${ORDERLOG_TEST_KAFKA_PORT:-39092}" | tail -n 1)
+# A free client port P whose controller port P+100 is free too (a broker
+# of someone else's, or a developer's test broker, may hold the default).
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port="${ORDERLOG_TEST_KAFKA_PORT:-}"
+if [[ -z "$port" ]]; then
+  for candidate in 39092 39292 39492 39692 39892 40092 40292; do
+    if ! in_use "$candidate" && ! in_use $((candidate + 100)); then port=$candidate; break; fi
+  done
+  [[ -n "$port" ]] || { echo "test.sh: no free port pair for Kafka among 39092..40292; set ORDERLOG_TEST_KAFKA_PORT" >&2; exit 1; }
+fi
+ORDERLOG_TEST_BROKERS=$(ops/kafka/start.sh --dir "$kafka_dir" --port "$port" | tail -n 1)
 export ORDERLOG_TEST_BROKERS
 step "Kafka at $ORDERLOG_TEST_BROKERS; cargo test"
 
