@@ -105,12 +105,9 @@ async fn main() {
     )
     .await
     .unwrap();
+    // The same producer settings orderlog writes with.
     let producer: FutureProducer = settings
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set("compression.type", "lz4")
+        .reliable_producer_config(Duration::from_secs(30))
         .create()
         .unwrap();
     let payload: Vec<u8> = (0..record_len).map(|i| (i * 7919 % 251) as u8).collect();

@@ -20,9 +20,7 @@ async fn records_produced_to_the_real_broker_are_consumed_back() {
         .unwrap();
 
     let producer: FutureProducer = settings
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+        .reliable_producer_config(Duration::from_secs(10))
         .create()
         .unwrap();
     let mut sent = Vec::new();

@@ -77,13 +77,7 @@ impl KeyReplica {
         topic: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let producer = settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            .create()?;
+        let producer = settings.reliable_producer_config(timeout).create()?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),

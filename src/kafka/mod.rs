@@ -41,6 +41,23 @@ impl KafkaSettings {
         c
     }
 
+    /// The producer every write of orderlog goes through: idempotent (no
+    /// duplicates or reordering on retry), `acks=all` (acknowledged means in
+    /// every in-sync replica), and a delivery time limit, after which a record
+    /// fails instead of hanging.
+    pub fn reliable_producer_config(&self, delivery_timeout: Duration) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("compression.type", "lz4")
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            );
+        c
+    }
+
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
         self.client_config().create()
     }

@@ -292,9 +292,7 @@ impl Run {
         }
         let dlq: FutureProducer = config
             .settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+            .reliable_producer_config(Duration::from_secs(30))
             .create()?;
         Ok(Self {
             store,

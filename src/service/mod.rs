@@ -159,15 +159,7 @@ impl Service {
         produce_timeout: Duration,
     ) -> Result<Self, ServiceError> {
         let producer: FutureProducer = settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                produce_timeout.as_millis().to_string(),
-            )
+            .reliable_producer_config(produce_timeout)
             .create()
             .map_err(|e| kafka_unavailable(&e))?;
         let mut states = Vec::with_capacity(partitions);
