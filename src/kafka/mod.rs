@@ -133,18 +133,31 @@ pub fn partition_count(
 ) -> Result<usize, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = settings.client_config().create()?;
-    let md = consumer.fetch_metadata(Some(topic), timeout)?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .ok_or(KafkaError::MetadataFetch(
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-        ))?;
-    if let Some(err) = t.error() {
-        return Err(KafkaError::MetadataFetch(err.into()));
+    // Right after creating a topic, brokers may not know it yet: retry
+    // transient answers until `timeout`.
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let attempt = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .and_then(|md| {
+                let t = md.topics().iter().find(|t| t.name() == topic).ok_or(
+                    KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+                )?;
+                match t.error() {
+                    Some(err) => Err(KafkaError::MetadataFetch(err.into())),
+                    None if t.partitions().is_empty() => Err(KafkaError::MetadataFetch(
+                        RDKafkaErrorCode::UnknownTopicOrPartition,
+                    )),
+                    None => Ok(t.partitions().len()),
+                }
+            });
+        match attempt {
+            Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
-    Ok(t.partitions().len())
 }
 
 /// True for errors a freshly created topic or a leader election causes for
