@@ -280,12 +280,14 @@ impl Run {
         match &config.assignment {
             Assignment::Group(_) => consumer.subscribe(&[&config.topic])?,
             Assignment::All => {
-                let md = consumer.fetch_metadata(Some(&config.topic), Duration::from_secs(10))?;
+                let partitions = crate::kafka::partition_count(
+                    &config.settings,
+                    &config.topic,
+                    Duration::from_secs(30),
+                )?;
                 let mut tpl = TopicPartitionList::new();
-                for t in md.topics() {
-                    for p in t.partitions() {
-                        tpl.add_partition_offset(&config.topic, p.id(), Offset::Beginning)?;
-                    }
+                for p in 0..partitions as i32 {
+                    tpl.add_partition_offset(&config.topic, p, Offset::Beginning)?;
                 }
                 consumer.assign(&tpl)?;
             }
