@@ -93,6 +93,25 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             Some("SECRET-2"),
         ),
         case(
+            "a valid order as a positional array",
+            json_req(&json!([
+                "ON-POSITIONAL",
+                "m-1",
+                [["TEA-250", "Longjing tea", 2, 8800, false]],
+                "CNY",
+                17600,
+                [
+                    "张三",
+                    ["广东省", "深圳市", "南山区", "科技园路 1 号", "518057"],
+                    "13800138000"
+                ]
+            ])),
+            unprocessable,
+            "invalid_field",
+            Some("body"),
+            Some("张三"),
+        ),
+        case(
             "amount is a string",
             json_req(&with(&["amount"], json!("SECRET-3"))),
             unprocessable,
@@ -133,12 +152,12 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             None,
         ),
         case(
-            // Refused at its first element, long before any recursion limit.
+            // Refused as not an object, before any recursion limit matters.
             "deeply nested JSON",
             raw_req(deep.into_bytes()),
             unprocessable,
             "invalid_field",
-            None,
+            Some("body"),
             None,
         ),
         case(
