@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::app::{AUDITOR, CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY};
 use orderlog::events;
+use orderlog::service::log_reader::HEADER_IDEMPOTENCY_KEY;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
@@ -48,6 +49,8 @@ struct Acks {
     /// (order id, version it answered) -> what.
     acked: BTreeMap<(uuid::Uuid, u64), What>,
     erased: BTreeSet<uuid::Uuid>,
+    /// Order number -> the order id its acknowledged placement answered.
+    placed: BTreeMap<String, uuid::Uuid>,
     /// Two acknowledged commands that answered the same order version.
     duplicates: Vec<(uuid::Uuid, u64, What, What)>,
 }
@@ -142,9 +145,17 @@ struct Seen {
     errors: Vec<String>,
 }
 
-/// Sends one command; `Some(version)` only for a 2xx. Connection errors
-/// and 503 during an outage are expected; anything else 5xx is a bug.
-async fn send(req: reqwest::RequestBuilder, seen: &Mutex<Seen>) -> Option<(u64, Value)> {
+/// What became of one attempt.
+enum Answer {
+    Acked(u64, Value),
+    /// No answer, or one saying try again (outage, 503, key in flight).
+    Retry,
+    Refused,
+}
+
+/// Sends one command once. Connection errors and 503 during an outage are
+/// expected; any other 5xx is a bug and recorded as one.
+async fn send(req: reqwest::RequestBuilder, seen: &Mutex<Seen>) -> Answer {
     let t = Instant::now();
     let r = req.timeout(Duration::from_secs(15)).send().await;
     let label = match &r {
@@ -158,18 +169,47 @@ async fn send(req: reqwest::RequestBuilder, seen: &Mutex<Seen>) -> Option<(u64, 
         e.0 += 1;
         e.1 = e.1.max(t.elapsed());
     }
-    let Ok(r) = r else { return None };
+    let Ok(r) = r else { return Answer::Retry };
     let status = r.status();
     let body: Value = r.json().await.unwrap_or(Value::Null);
     if status.is_success() {
-        let v = body["version"].as_u64();
-        return v.map(|v| (v, body));
+        return match body["version"].as_u64() {
+            Some(v) => Answer::Acked(v, body),
+            None => Answer::Retry,
+        };
     }
-    if status.is_server_error() && status != 503 {
+    if status == 503 || body["error"]["code"] == "idempotency_key_in_flight" {
+        return Answer::Retry;
+    }
+    if status.is_server_error() {
         seen.lock()
             .unwrap()
             .errors
             .push(format!("{status}: {body}"));
+    }
+    Answer::Refused
+}
+
+/// Sends a command until it gets a definite answer (bounded), with the same
+/// Idempotency-Key each time when one is given: a retry of a command that
+/// landed before a crash must answer the first outcome, not write again.
+async fn send_retrying(
+    make: impl Fn() -> reqwest::RequestBuilder,
+    key: Option<&str>,
+    seen: &Mutex<Seen>,
+) -> Option<(u64, Value)> {
+    for _ in 0..100 {
+        let mut req = make();
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        match send(req, seen).await {
+            Answer::Acked(v, body) => return Some((v, body)),
+            Answer::Refused => return None,
+            // Without a key a retry could do the command twice: give up.
+            Answer::Retry if key.is_none() => return None,
+            Answer::Retry => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
     None
 }
@@ -190,8 +230,10 @@ async fn load(
     let post = |path: String, token: &str| client.post(format!("{base}{path}")).bearer_auth(token);
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let Some((v, body)) = send(
-            post("/v1/orders".into(), CHECKOUT).json(&order_body(n)),
+        let place_key = format!("crash-{task}-{n}-place");
+        let Some((v, body)) = send_retrying(
+            || post("/v1/orders".into(), CHECKOUT).json(&order_body(n)),
+            Some(&place_key),
             &seen,
         )
         .await
@@ -200,7 +242,11 @@ async fn load(
             continue;
         };
         let id: uuid::Uuid = body["order_id"].as_str().unwrap().parse().unwrap();
-        acks.lock().unwrap().record(id, v, What::Placed);
+        {
+            let mut a = acks.lock().unwrap();
+            a.record(id, v, What::Placed);
+            a.placed.insert(format!("ON-CRASH-{n}"), id);
+        }
         let steps = rng.gen_range(0..4);
         let mut cancelled = false;
         for step in 0..steps {
@@ -229,7 +275,15 @@ async fn load(
             if what == What::Shared && cancelled {
                 continue;
             }
-            if let Some((v, _)) = send(post(path, token).json(&payload), &seen).await {
+            // Erasure takes no Idempotency-Key: it is sent once.
+            let key = (what != What::Erased).then(|| format!("crash-{task}-{n}-{step}"));
+            if let Some((v, _)) = send_retrying(
+                || post(path.clone(), token).json(&payload),
+                key.as_deref(),
+                &seen,
+            )
+            .await
+            {
                 acks.lock().unwrap().record(id, v, what);
                 if what == What::Cancelled {
                     cancelled = true;
@@ -349,12 +403,25 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
     let records = common::raw_records(&brokers, &node.topic);
     let mut per_order: BTreeMap<uuid::Uuid, Vec<(events::Envelope, Vec<u8>)>> = BTreeMap::new();
     for (key, value) in &records {
+        // `raw_records` appends headers (idempotency key and request digest)
+        // to the value; the record itself ends where the envelope does.
+        let value = match events::decode(value) {
+            Err(events::DecodeError::TrailingBytes(n)) => {
+                let (record, headers) = value.split_at(value.len() - n);
+                assert!(
+                    headers.starts_with(HEADER_IDEMPOTENCY_KEY.as_bytes()),
+                    "only headers follow the envelope"
+                );
+                record
+            }
+            _ => &value[..],
+        };
         let env = events::decode(value).expect("every record decodes");
         assert_eq!(&key[..], env.meta.order_id.as_bytes());
         per_order
             .entry(env.meta.order_id)
             .or_default()
-            .push((env, value.clone()));
+            .push((env, value.to_vec()));
     }
     for (id, evs) in &per_order {
         let mut prev = [0u8; 32];
@@ -383,6 +450,36 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
         );
         assert_eq!(matching[0].0.kind(), what.kind(), "order {id} v{version}");
     }
+    // Placements were retried with their Idempotency-Key until answered: no
+    // order number was placed twice, and each answered the order it landed as.
+    let mut placements: BTreeMap<String, Vec<uuid::Uuid>> = BTreeMap::new();
+    for (id, evs) in &per_order {
+        if let orderlog::events::v1::BodyV1::OrderPlaced { order_number, .. } = &evs[0].0.body {
+            placements
+                .entry(order_number.clone())
+                .or_default()
+                .push(*id);
+        }
+    }
+    let twice: Vec<_> = placements.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "orders placed twice: {twice:?}");
+    for (number, id) in &acks.placed {
+        assert_eq!(placements[number], vec![*id], "{number}");
+    }
+    // Commands with an Idempotency-Key were retried until answered, so only
+    // erasures (sent once, without a key) may have landed unacknowledged.
+    let mut unacked: BTreeMap<&str, u64> = BTreeMap::new();
+    for (id, evs) in &per_order {
+        for (e, _) in evs {
+            if !acks.acked.contains_key(&(*id, e.meta.sequence)) {
+                *unacked.entry(e.kind()).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        unacked.keys().all(|k| *k == "OrderErased"),
+        "events no acknowledged command answered: {unacked:?}"
+    );
     // Every acknowledged erasure's order has exactly one erasure event.
     for id in &acks.erased {
         let n = per_order[id]
@@ -392,11 +489,31 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
         assert_eq!(n, 1, "order {id}: one OrderErased");
     }
     eprintln!(
-        "log checked: {} records, {} orders ({:?})",
+        "log checked: {} records ({unacked:?} never acknowledged), {} orders ({:?})",
         records.len(),
         per_order.len(),
         t0.elapsed()
     );
+
+    // An erasure that landed but was never answered (killed mid-request) is
+    // still carried out: its key destruction is retried at the next start.
+    let erased_in_log: Vec<_> = per_order
+        .iter()
+        .filter(|(_, evs)| evs.iter().any(|(e, _)| e.kind() == "OrderErased"))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &erased_in_log {
+        let order: Value = client
+            .get(format!("{base}/v1/orders/{id}"))
+            .bearer_auth(CHECKOUT)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(order["personal"], Value::Null, "erased order {id}: {order}");
+    }
 
     // The views: let the node catch up, stop it cleanly, compare with a rebuild.
     wait_views_caught_up(&client, &base, &per_order).await;
