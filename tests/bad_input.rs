@@ -198,7 +198,7 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             unprocessable,
             "invalid_field",
             Some("amount"),
-            None,
+            Some("-17600"),
         ),
         case(
             "negative quantity",
@@ -214,7 +214,7 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             unprocessable,
             "invalid_field",
             Some("items[0].unit_price"),
-            None,
+            Some("-8800"),
         ),
         case(
             "amount over i64",
@@ -222,7 +222,7 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             unprocessable,
             "invalid_field",
             Some("amount"),
-            None,
+            Some("18446744073709551615"),
         ),
         case(
             "price over i64",
@@ -233,7 +233,7 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             unprocessable,
             "invalid_field",
             Some("items[0].unit_price"),
-            None,
+            Some("9223372036854775808"),
         ),
         case(
             "amount beyond u64",
@@ -246,7 +246,7 @@ async fn malformed_requests_get_a_clear_4xx_and_write_nothing() {
             unprocessable,
             "invalid_field",
             Some("amount"),
-            None,
+            Some("1844674407370955161600"),
         ),
         case(
             "line total overflows",
