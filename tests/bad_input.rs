@@ -458,3 +458,62 @@ fn random_bodies_get_a_4xx_or_a_201_and_never_a_5xx() {
     });
     rt.block_on(app.app.stop());
 }
+
+/// A body for share, cancel or erase: random bytes, random JSON, or a
+/// plausible body with one part replaced.
+fn arb_command_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        arb_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        arb_json().prop_map(|v| serde_json::to_vec(
+            &json!({"party": {"kind": "logistics", "id": v}, "fields": ["shipping"]})
+        )
+        .unwrap()),
+        arb_json().prop_map(|v| serde_json::to_vec(&json!({"fields": v})).unwrap()),
+        arb_json().prop_map(|v| serde_json::to_vec(&json!({"reason": v})).unwrap()),
+    ]
+}
+
+#[test]
+fn random_bodies_for_share_cancel_and_erase_never_get_a_5xx() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(TestApp::spawn());
+    let config = ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(body in arb_command_body(), route in 0..3usize)| {
+        let (status, answer) = rt.block_on(async {
+            let r = app
+                .post("/v1/orders", CHECKOUT)
+                .json(&order_body())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let id = r.json::<Value>().await.unwrap()["order_id"].as_str().unwrap().to_owned();
+            let (path, token) = match route {
+                0 => (format!("/v1/orders/{id}/shares"), CHECKOUT),
+                1 => (format!("/v1/orders/{id}/cancel"), CHECKOUT),
+                _ => (format!("/v1/orders/{id}/erase"), common::app::PRIVACY),
+            };
+            let r = app
+                .post(&path, token)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let s = r.status();
+            (s, r.text().await.unwrap())
+        });
+        prop_assert!(!status.is_server_error(), "{status}: {answer}");
+        if !status.is_success() {
+            prop_assert!(status.is_client_error(), "{status}: {answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            prop_assert!(v["error"]["code"].is_string(), "{answer}");
+        }
+    });
+    rt.block_on(app.app.stop());
+}
