@@ -142,6 +142,8 @@ fn order_body(n: u64) -> Value {
 #[derive(Debug, Default)]
 struct Seen {
     by_status: BTreeMap<String, (u64, Duration)>,
+    /// Erasure receipts that say the views had not dropped the fields yet.
+    erasures_views_pending: u64,
     errors: Vec<String>,
 }
 
@@ -277,13 +279,16 @@ async fn load(
             }
             // Erasure takes no Idempotency-Key: it is sent once.
             let key = (what != What::Erased).then(|| format!("crash-{task}-{n}-{step}"));
-            if let Some((v, _)) = send_retrying(
+            if let Some((v, body)) = send_retrying(
                 || post(path.clone(), token).json(&payload),
                 key.as_deref(),
                 &seen,
             )
             .await
             {
+                if what == What::Erased && body.to_string().contains("views: pending") {
+                    seen.lock().unwrap().erasures_views_pending += 1;
+                }
                 acks.lock().unwrap().record(id, v, what);
                 if what == What::Cancelled {
                     cancelled = true;
@@ -378,7 +383,10 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
         acks.duplicates
     );
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    eprintln!("answers (count, slowest): {:?}", seen.by_status);
+    eprintln!(
+        "answers (count, slowest): {:?}; erasure receipts with views pending: {}",
+        seen.by_status, seen.erasures_views_pending
+    );
     assert!(
         seen.errors.is_empty(),
         "5xx other than 503: {:?}",
