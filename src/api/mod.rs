@@ -142,6 +142,12 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
             "request body is empty; a JSON object is expected",
         ));
     }
+    // serde's derived structs also accept a JSON array of their fields in
+    // declaration order; the API takes objects only, so an array is refused
+    // before it could be read positionally.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::unprocessable("body", "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error::deserialize(&mut de).map_err(error::json_error)?;
     de.end().map_err(|_| {
