@@ -255,6 +255,9 @@ struct Run {
     batch: WriteBatch,
     dirty: HashMap<i32, i64>,
     pending: usize,
+    /// Orders erased in the current batch: their rows are purged from disk
+    /// once the batch is written.
+    erased: Vec<[u8; 16]>,
 }
 
 impl Run {
@@ -307,6 +310,7 @@ impl Run {
             batch: WriteBatch::default(),
             dirty: HashMap::new(),
             pending: 0,
+            erased: Vec::new(),
         })
     }
 
@@ -368,6 +372,7 @@ impl Run {
             match polled {
                 None => {
                     self.flush()?;
+                    self.purge_erased();
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Projector consume error.");
@@ -434,7 +439,9 @@ impl Run {
                 last_positions = Instant::now();
             }
         }
-        self.flush()
+        self.flush()?;
+        self.purge_erased();
+        Ok(())
     }
 
     fn fold(
@@ -460,6 +467,12 @@ impl Run {
                         feed_key(id, partition as u32, offset as u64),
                         encode_value(entry),
                     );
+                }
+                if p.feeds
+                    .iter()
+                    .any(|(_, e)| e.change == super::model::ChangeKind::Erased)
+                {
+                    self.erased.push(p.order.order_id);
                 }
                 self.overlay.insert(p.order.order_id, p.order);
                 self.status.projected.fetch_add(1, Ordering::Relaxed);
@@ -513,6 +526,21 @@ impl Run {
         Ok(())
     }
 
+    /// Makes the old versions of erased view rows gone from memtables, WAL and
+    /// SST files. Runs when the projector is idle (so a rebuild purges once at
+    /// the end, not once per batch), whenever the erasure is projected: the
+    /// erase request itself only waits a bounded time for it.
+    fn purge_erased(&mut self) {
+        if self.erased.is_empty() || self.pending > 0 {
+            return;
+        }
+        let ranges: Vec<(&'static str, Vec<u8>)> =
+            self.erased.drain(..).map(|id| (CF_VIEW_ORDERS, id.to_vec())).collect();
+        if let Err(e) = self.store.purge(&ranges) {
+            tracing::error!(error = %e, "Purging erased view rows from disk failed.");
+        }
+    }
+
     /// Writes the batch: view rows, feed entries and offsets together.
     fn flush(&mut self) -> Result<(), ProjectorError> {
         if self.dirty.is_empty() {
@@ -532,6 +560,7 @@ impl Run {
             tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next))?;
         }
         self.store.db().write(batch)?;
+        }
         self.pending = 0;
         self.status.batches.fetch_add(1, Ordering::Relaxed);
         if matches!(self.config.assignment, Assignment::Group(_)) {
