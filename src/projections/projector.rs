@@ -534,8 +534,11 @@ impl Run {
         if self.erased.is_empty() || self.pending > 0 {
             return;
         }
-        let ranges: Vec<(&'static str, Vec<u8>)> =
-            self.erased.drain(..).map(|id| (CF_VIEW_ORDERS, id.to_vec())).collect();
+        let ranges: Vec<(&'static str, Vec<u8>)> = self
+            .erased
+            .drain(..)
+            .map(|id| (CF_VIEW_ORDERS, id.to_vec()))
+            .collect();
         if let Err(e) = self.store.purge(&ranges) {
             tracing::error!(error = %e, "Purging erased view rows from disk failed.");
         }
@@ -560,7 +563,6 @@ impl Run {
             tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next))?;
         }
         self.store.db().write(batch)?;
-        }
         self.pending = 0;
         self.status.batches.fetch_add(1, Ordering::Relaxed);
         if matches!(self.config.assignment, Assignment::Group(_)) {
