@@ -160,12 +160,29 @@ impl Store {
         let mut compact = rocksdb::CompactOptions::default();
         compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(false);
+        // One compaction per column family over the span of the given keys:
+        // each compaction rewrites whole SST files, so many small ranges
+        // (a rebuild that met thousands of erasures) would rewrite the same
+        // files again and again.
+        let mut spans: std::collections::BTreeMap<&'static str, (Vec<u8>, Vec<u8>)> =
+            std::collections::BTreeMap::new();
         for (cf, key) in ranges {
             let mut end = key.clone();
             end.push(0xff);
+            let span = spans
+                .entry(cf)
+                .or_insert_with(|| (key.clone(), end.clone()));
+            if *key < span.0 {
+                span.0 = key.clone();
+            }
+            if end > span.1 {
+                span.1 = end;
+            }
+        }
+        for (cf, (start, end)) in &spans {
             db.compact_range_cf_opt(
                 self.cf(cf),
-                Some(key.as_slice()),
+                Some(start.as_slice()),
                 Some(end.as_slice()),
                 &compact,
             );
