@@ -449,7 +449,7 @@ pub async fn erase_order(
     }
     if view_version >= outcome.version {
         purged.push(format!(
-            "views: sealed {} fields dropped at version {}",
+            "views: sealed {} fields dropped at version {} (the projector purges the old row from disk)",
             classes_text(&scope),
             outcome.version
         ));
@@ -461,10 +461,9 @@ pub async fn erase_order(
     let store = state.store.clone();
     let id_bytes = order_id.as_bytes().to_vec();
     let report = tokio::task::spawn_blocking(move || {
-        store.purge(&[
-            (crate::store::CF_ORDER_KEYS, id_bytes.clone()),
-            (crate::store::CF_VIEW_ORDERS, id_bytes),
-        ])
+        // The view row is purged by the projector once it has applied the
+        // OrderErased event (it does so whenever it is idle); here, the key.
+        store.purge(&[(crate::store::CF_ORDER_KEYS, id_bytes)])
     })
     .await
     .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?

@@ -259,6 +259,24 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// One page of a party's feed, as the query string asks.
+fn read_feed(
+    state: &AppState,
+    cf: &'static str,
+    party: &str,
+    q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<(Vec<FeedItem>, Cursor), ApiError> {
+    let p = params(q)?;
+    query::feed(
+        &state.store,
+        cf,
+        party,
+        &cursor(p.after.as_deref())?,
+        limit(p.limit)?,
+    )
+    .map_err(internal)
+}
+
 pub async fn shipping_feed(
     State(state): State<AppState>,
     caller: Caller,
@@ -266,15 +284,7 @@ pub async fn shipping_feed(
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let party = provider_role(&caller, &provider)?;
-    let p = params(q)?;
-    let (items, next) = query::feed(
-        &state.store,
-        CF_SHIPPING_FEED,
-        &provider,
-        &cursor(p.after.as_deref())?,
-        limit(p.limit)?,
-    )
-    .map_err(internal)?;
+    let (items, next) = read_feed(&state, CF_SHIPPING_FEED, &provider, q)?;
     Ok(Json(feed_json(&state, items, next, |o| {
         shipping_json(&state, o, &party)
     })?))
@@ -306,15 +316,7 @@ pub async fn merchant_feed(
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     merchant_role(&caller, &merchant)?;
-    let p = params(q)?;
-    let (items, next) = query::feed(
-        &state.store,
-        CF_MERCHANT_FEED,
-        &merchant,
-        &cursor(p.after.as_deref())?,
-        limit(p.limit)?,
-    )
-    .map_err(internal)?;
+    let (items, next) = read_feed(&state, CF_MERCHANT_FEED, &merchant, q)?;
     Ok(Json(feed_json(&state, items, next, |o| {
         merchant_json(&state, o)
     })?))
