@@ -119,7 +119,11 @@ impl App {
                 tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the replica topic.");
             }
         }
-        let key_replica = KeyReplica::new(&settings, &keys_topic, config.produce_timeout)?;
+        let key_replica = KeyReplica::new(
+            &settings,
+            &keys_topic,
+            crate::service::delivery_timeout(config.produce_timeout),
+        )?;
         let partitions = {
             let (s, t) = (settings.clone(), config.topic.clone());
             tokio::task::spawn_blocking(move || {

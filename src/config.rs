@@ -124,7 +124,8 @@ pub struct Overrides {
     /// File holding the KEK (see `orderlog keygen`).
     #[arg(long, env = "ORDERLOG_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
-    /// How long a command may wait for Kafka's acknowledgement before failing (ms).
+    /// Every command is answered within this (ms): acknowledged by Kafka, or a
+    /// retryable 503 saying whether it was written.
     #[arg(long, env = "ORDERLOG_PRODUCE_TIMEOUT_MS")]
     pub produce_timeout_ms: Option<u64>,
     /// PEM certificate chain: serve HTTPS (needs --tls-key too).

@@ -142,6 +142,18 @@ impl From<ServiceError> for ApiError {
                     "the event log did not acknowledge the command; nothing was written; retry",
                 )
             }
+            ServiceError::OutcomeUnknown(limit) => {
+                tracing::warn!(error = %e, "Command timed out after it was sent.");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome_unknown",
+                    format!(
+                        "the event log did not acknowledge the command within {} ms; it may or may not \
+                         have been written; retry with the same Idempotency-Key to learn its outcome",
+                        limit.as_millis()
+                    ),
+                )
+            }
             ServiceError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

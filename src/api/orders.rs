@@ -426,10 +426,13 @@ pub async fn erase_order(
         format!(
             "key replica {}: {}",
             crate::crypto::keys_topic_for(&state.topic),
-            if scope == ErasureScope::Order {
-                "tombstone written"
-            } else {
-                "reduced row written"
+            match (scope == ErasureScope::Order, outcome.replica_pending) {
+                (true, false) => "tombstone written",
+                (false, false) => "reduced row written",
+                (true, true) =>
+                    "tombstone pending: Kafka has not acknowledged it yet; it is retried until it does",
+                (false, true) =>
+                    "reduced row pending: Kafka has not acknowledged it yet; it is retried until it does",
             }
         ),
     ];

@@ -114,7 +114,7 @@ pub fn scan(
         let Some(end) = remaining.get(&partition).copied() else {
             continue;
         };
-        if offset < end {
+        if offset < end && !crate::kafka::is_barrier(&m) {
             f(LogRecord {
                 partition,
                 offset,

@@ -14,6 +14,20 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 /// The event log: one record per event, keyed by order id, kept forever.
 pub const TOPIC_EVENTS: &str = "orders.events";
 
+/// Header of a barrier record: a record without key or value that a writer
+/// appends to its partition to settle what an unanswered produce left behind
+/// (see `service`). Every reader of the event log skips it.
+pub const HEADER_BARRIER: &str = "orderlog-barrier";
+
+/// True for a barrier record: no key, no value, and the barrier header.
+pub fn is_barrier(m: &impl rdkafka::message::Message) -> bool {
+    use rdkafka::message::Headers;
+    m.key().is_none()
+        && m.payload().is_none_or(<[u8]>::is_empty)
+        && m.headers()
+            .is_some_and(|h| h.iter().any(|h| h.key == HEADER_BARRIER))
+}
+
 /// Where a Kafka cluster is and how to talk to it.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaSettings {

@@ -365,6 +365,7 @@ impl Run {
                 Some(Ok(m)) => Some(Ok((
                     m.partition(),
                     m.offset(),
+                    crate::kafka::is_barrier(&m),
                     m.key().map(<[u8]>::to_vec),
                     m.payload().unwrap_or_default().to_vec(),
                 ))),
@@ -377,7 +378,7 @@ impl Run {
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Projector consume error.");
                 }
-                Some(Ok((partition, offset, key, payload))) => {
+                Some(Ok((partition, offset, barrier, key, payload))) => {
                     let expected = self.stored_next(partition)?;
                     if offset < expected {
                         continue; // already in the views
@@ -424,8 +425,10 @@ impl Run {
                             std::thread::sleep(wait);
                         }
                     }
-                    folded += 1;
-                    self.fold(partition, offset, key.as_deref(), &payload)?;
+                    if !barrier {
+                        folded += 1;
+                        self.fold(partition, offset, key.as_deref(), &payload)?;
+                    }
                     self.next.insert(partition, offset + 1);
                     self.dirty.insert(partition, offset + 1);
                     self.pending += 1;

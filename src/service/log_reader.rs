@@ -65,6 +65,12 @@ pub fn load_partition(
         };
         let offset = m.offset();
         let bytes = m.payload().unwrap_or_default();
+        if crate::kafka::is_barrier(&m) {
+            if offset + 1 >= high {
+                break;
+            }
+            continue;
+        }
         match events::decode(bytes) {
             Ok(env) => {
                 let rec = st.orders.entry(env.meta.order_id).or_default();

@@ -13,8 +13,9 @@ pub mod log_reader;
 pub mod state;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
@@ -47,6 +48,11 @@ pub enum ServiceError {
     IdempotencyInFlight,
     #[error("event log unavailable, nothing was acknowledged; retry later: {0}")]
     Unavailable(String),
+    /// No answer from the event log within the command timeout, and the
+    /// command had already been sent: it may or may not be in the log. A
+    /// retry with the same idempotency key answers the first outcome.
+    #[error("no acknowledgement within {0:?}; the command may or may not have been written")]
+    OutcomeUnknown(Duration),
     #[error("the service is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -80,6 +86,9 @@ pub struct Outcome {
     pub replayed: bool,
     /// Set for erasures: the shred record of the vault.
     pub shredded: Option<Shredded>,
+    /// For erasures: Kafka has not acknowledged the key replica's tombstone
+    /// (or reduced row) yet; it is retried in the background until it does.
+    pub replica_pending: bool,
     pub key_id: Option<KeyId>,
 }
 
@@ -99,6 +108,19 @@ struct Job {
     expected_version: Option<u64>,
     idempotency: Option<Idempotency>,
     reply: oneshot::Sender<Result<Outcome, ServiceError>>,
+    /// `QUEUED` until the writer takes the job or its caller gives up on it.
+    claim: Arc<AtomicU8>,
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// The share of the command timeout a record may take to be acknowledged by
+/// Kafka (librdkafka's `message.timeout.ms`); the rest is for settling a
+/// failed batch so the answer can say whether it was written.
+pub fn delivery_timeout(command_timeout: Duration) -> Duration {
+    command_timeout * 3 / 4
 }
 
 struct Shared {
@@ -109,7 +131,8 @@ struct Shared {
     replica: Option<KeyReplica>,
     partitions: Vec<RwLock<PartitionState>>,
     in_flight: Mutex<HashSet<[u8; 32]>>,
-    produce_timeout: Duration,
+    /// Every command is answered within this (`--produce-timeout-ms`).
+    command_timeout: Duration,
 }
 
 /// The write service. Cheap to clone.
@@ -156,12 +179,18 @@ impl Service {
         partitions: usize,
         vault: Arc<KeyVault>,
         replica: Option<KeyReplica>,
-        produce_timeout: Duration,
+        command_timeout: Duration,
     ) -> Result<Self, ServiceError> {
         let producer: FutureProducer = settings
-            .reliable_producer_config(produce_timeout)
+            .reliable_producer_config(delivery_timeout(command_timeout))
             .create()
             .map_err(|e| kafka_unavailable(&e))?;
+        // A barrier first, so whatever an earlier process left unanswered on
+        // the partition is settled before the state is read (see `settle`).
+        let barriers = (0..partitions).map(|p| barrier(&producer, &topic, p, command_timeout));
+        for (p, r) in join_all(barriers).await.into_iter().enumerate() {
+            r.map_err(|e| ServiceError::Unavailable(format!("barrier on partition {p}: {e}")))?;
+        }
         let mut states = Vec::with_capacity(partitions);
         for p in 0..partitions {
             let (s, t) = (settings.clone(), topic.clone());
@@ -231,7 +260,7 @@ impl Service {
             replica,
             partitions: states.into_iter().map(RwLock::new).collect(),
             in_flight: Mutex::new(HashSet::new()),
-            produce_timeout,
+            command_timeout,
         });
         let mut queues = Vec::with_capacity(partitions);
         let mut writers = Vec::with_capacity(partitions);
@@ -307,11 +336,17 @@ impl Service {
             Err(ServiceError::Domain(_)) => "refused",
             Err(ServiceError::VersionMismatch { .. }) => "version_mismatch",
             Err(ServiceError::Unavailable(_) | ServiceError::ShuttingDown) => "unavailable",
+            Err(ServiceError::OutcomeUnknown(_)) => "unknown",
             Err(_) => "error",
         };
         metrics::counter!(crate::telemetry::COMMANDS, "command" => kind, "outcome" => outcome)
             .increment(1);
-        if let Some(idem) = idempotency {
+        // After an unknown outcome the key stays in flight until the writer
+        // is done with the command (`dispatch` releases it then): a retry in
+        // between must not write the command a second time.
+        if let Some(idem) = idempotency
+            && !matches!(result, Err(ServiceError::OutcomeUnknown(_)))
+        {
             self.shared
                 .in_flight
                 .lock()
@@ -332,6 +367,7 @@ impl Service {
             occurred_at_ms: 0,
             replayed: true,
             shredded: None,
+            replica_pending: false,
             key_id: None,
         })
     }
@@ -344,21 +380,56 @@ impl Service {
         expected_version: Option<u64>,
         idempotency: Option<Idempotency>,
     ) -> Result<Outcome, ServiceError> {
+        let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
         let tx = {
             let q = self.queues.read().expect("queues lock");
             q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
         };
-        let (reply, rx) = oneshot::channel();
-        tx.send(Job {
+        let (reply, mut rx) = oneshot::channel();
+        let claim = Arc::new(AtomicU8::new(QUEUED));
+        let job = Job {
             order_id,
             command,
             expected_version,
             idempotency,
             reply,
-        })
-        .await
-        .map_err(|_| ServiceError::ShuttingDown)?;
-        rx.await.map_err(|_| ServiceError::ShuttingDown)?
+            claim: claim.clone(),
+        };
+        let not_sent = || {
+            ServiceError::Unavailable(format!(
+                "the writer of partition {p} did not take the command within {:?}",
+                self.shared.command_timeout
+            ))
+        };
+        match tokio::time::timeout_at(deadline, tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ServiceError::ShuttingDown),
+            Err(_) => return Err(not_sent()),
+        }
+        match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(r) => r.map_err(|_| ServiceError::ShuttingDown)?,
+            Err(_) => {
+                if claim
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    // Still in the queue: the writer will drop it unsent.
+                    return Err(not_sent());
+                }
+                if let Some(idem) = idempotency {
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let _ = rx.await;
+                        shared
+                            .in_flight
+                            .lock()
+                            .expect("in-flight lock")
+                            .remove(&idem.key);
+                    });
+                }
+                Err(ServiceError::OutcomeUnknown(self.shared.command_timeout))
+            }
+        }
     }
 
     /// The order's state and, when its key lives, its personal fields.
@@ -432,6 +503,9 @@ struct Pending {
     records: Vec<(Vec<u8>, i64)>,
     new_key: Option<OrderKey>,
     outcome: Outcome,
+    /// Hash of the command's last record: how a settled partition tells
+    /// whether the command landed.
+    last_hash: events::RecordHash,
 }
 
 /// Destroys an order's key (or some classes of it) in the vault, then
@@ -454,6 +528,129 @@ async fn shred(
     Ok(record)
 }
 
+/// Writes an order's current vault row (a tombstone once it is shredded) to
+/// the key replica.
+async fn publish_replica_row(shared: &Shared, order_id: Uuid) -> Result<(), ServiceError> {
+    let Some(replica) = &shared.replica else {
+        return Ok(());
+    };
+    let row = shared.vault.stored(order_id)?;
+    replica
+        .publish(&[(order_id, row.as_ref())])
+        .await
+        .map_err(|e| ServiceError::Unavailable(format!("key replica: {e}")))
+}
+
+/// Retries [`publish_replica_row`] until Kafka acknowledges it: an erased
+/// order's wrapped key must not stay in the replica topic for longer than the
+/// outage. (A crash before that is covered at the next start.)
+async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(pause).await;
+        match publish_replica_row(&shared, order_id).await {
+            Ok(()) => {
+                tracing::info!(%order_id, "Key replica row of an erasure written after a retry.");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%order_id, error = %e, "Key replica row still not acknowledged.")
+            }
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Whether a command whose records were not acknowledged is in the settled
+/// partition anyway: `Some` with where its last record landed (`None` when a
+/// later command of the same batch landed after it), or `None` if not.
+fn landed(st: &PartitionState, p: &Pending, partition: usize) -> Option<Option<(i32, i64)>> {
+    let rec = st.orders.get(&p.job.order_id)?;
+    match rec.state.version.cmp(&p.outcome.version) {
+        // One writer per partition: a later event of the order chains on
+        // this command's, so this one landed too.
+        std::cmp::Ordering::Greater => Some(None),
+        std::cmp::Ordering::Equal if rec.last_hash == p.last_hash => {
+            Some(Some((partition as i32, rec.last_offset)))
+        }
+        _ => None,
+    }
+}
+
+/// Appends a barrier record (no key, no value, a header every reader skips)
+/// to `partition` and waits for Kafka's acknowledgement; returns its offset.
+async fn barrier(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: usize,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: crate::kafka::HEADER_BARRIER,
+        value: Some(&b"1"[..]),
+    });
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition as i32)
+        .headers(headers);
+    producer
+        .send(record, timeout)
+        .await
+        .map(|d| d.offset)
+        .map_err(|(e, _)| e)
+}
+
+/// Brings a partition whose produce failed back to a known state, and returns
+/// it as the log holds it. A barrier appended and acknowledged (acks=all)
+/// after the failed records means every record before it in the partition is
+/// committed or gone for good: the idempotent producer keeps a partition's
+/// records in order, so none of the failed ones can land after it. Then the
+/// partition is re-read. Retries until Kafka answers; commands for this
+/// partition wait meanwhile (and time out to their callers).
+async fn settle(shared: &Shared, partition: usize) -> PartitionState {
+    let mut pause = Duration::from_millis(100);
+    let started = Instant::now();
+    loop {
+        match barrier(
+            &shared.producer,
+            &shared.topic,
+            partition,
+            delivery_timeout(shared.command_timeout),
+        )
+        .await
+        {
+            Ok(offset) => {
+                let (s, t) = (shared.settings.clone(), shared.topic.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    load_partition(&s, &t, partition as i32, Duration::from_secs(30))
+                })
+                .await;
+                match read {
+                    Ok(Ok(st)) => {
+                        tracing::info!(
+                            partition,
+                            barrier = offset,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "Partition settled."
+                        );
+                        return st;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(partition, error = %e, "Re-reading the partition failed; retrying.")
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "Re-reading the partition failed; retrying.")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "Barrier not acknowledged; retrying.")
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// A pending command with where its last record landed, or why it did not.
 type Acked = (Pending, Result<(i32, i64), String>);
 
@@ -473,6 +670,16 @@ async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Jo
 }
 
 async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
+    // A job whose caller stopped waiting before it was taken is dropped
+    // unsent; the caller was told nothing was written.
+    let jobs: Vec<Job> = jobs
+        .into_iter()
+        .filter(|j| {
+            j.claim
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+        .collect();
     let now = now_ms();
     // Tentative copies of the orders this batch touches.
     let mut tentative: HashMap<Uuid, OrderRecord> = HashMap::new();
@@ -510,6 +717,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
             occurred_at_ms: now,
             replayed: false,
             shredded: None,
+            replica_pending: false,
             key_id: rec.key_id,
         };
         if events.is_empty() {
@@ -563,6 +771,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
             records,
             new_key,
             outcome,
+            last_hash: rec.last_hash,
         });
     }
     if pending.is_empty() {
@@ -635,7 +844,11 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                 .payload(bytes)
                 .timestamp(*ts)
                 .headers(headers);
-            futs.push(shared.producer.send(record, shared.produce_timeout));
+            futs.push(
+                shared
+                    .producer
+                    .send(record, delivery_timeout(shared.command_timeout)),
+            );
         }
         deliveries.push(join_all(futs));
     }
@@ -665,43 +878,38 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         acked.push((p, last));
     }
 
-    if any_failed {
-        // The log is the truth: re-read this partition so memory matches
-        // whatever Kafka has, then drop keys of placements that did not land.
+    // Some records were not acknowledged. Kafka may still hold some of them
+    // (a leader can append a record and commit it after the producer gave
+    // up), so settle the partition and re-read it: memory must match the log
+    // before the next command of these orders is decided, and each answer
+    // says whether its command is in the log.
+    let settled = if any_failed {
         tracing::warn!(
             partition,
-            "Some records were not acknowledged; re-reading the partition."
+            "Some records were not acknowledged; settling the partition."
         );
-        let (s, t) = (shared.settings.clone(), shared.topic.clone());
-        let reloaded = tokio::task::spawn_blocking(move || {
-            load_partition(&s, &t, partition as i32, Duration::from_secs(30))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-        match reloaded {
-            Ok(st) => {
-                *shared.partitions[partition]
-                    .write()
-                    .expect("partition lock") = st
-            }
-            Err(e) => {
-                tracing::error!(partition, error = %e, "Re-reading the partition failed; state may lag the log.")
-            }
-        }
-    }
-
+        Some(settle(shared, partition).await)
+    } else {
+        None
+    };
     let mut to_shred: Vec<(Uuid, Option<BTreeSet<FieldClass>>, usize)> = Vec::new();
     let mut replies = Vec::with_capacity(acked.len());
     {
         let mut st = shared.partitions[partition]
             .write()
             .expect("partition lock");
+        if let Some(fresh) = settled {
+            *st = fresh;
+        }
         for (mut p, res) in acked {
+            let res = match res {
+                Ok(pos) => Ok(Some(pos)),
+                Err(e) => landed(&st, &p, partition).ok_or(e),
+            };
             match res {
                 Ok(pos) => {
-                    p.outcome.position = Some(pos);
-                    if !any_failed {
+                    p.outcome.position = pos;
+                    if let (false, Some(pos)) = (any_failed, pos) {
                         let mut rec = tentative.get(&p.job.order_id).cloned().unwrap_or_default();
                         rec.last_offset = pos.1;
                         st.orders.insert(p.job.order_id, rec);
@@ -736,23 +944,24 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     }
     // Erasure: the OrderErased event is in the log; now destroy the key.
     for (order_id, classes, idx) in to_shred {
-        match shred(
-            &shared.vault,
-            shared.replica.as_ref(),
-            order_id,
-            classes.as_ref(),
-            now,
-        )
-        .await
-        {
-            Ok(rec) => {
-                if let Ok(outcome) = &mut replies[idx].1 {
-                    outcome.shredded = Some(rec);
-                }
-            }
+        let rec = match shared.vault.destroy(order_id, classes.as_ref(), now) {
+            Ok(rec) => rec,
             Err(e) => {
-                tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; it is retried at next start.")
+                tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; it is retried at next start.");
+                continue;
             }
+        };
+        let replica_pending = match publish_replica_row(shared, order_id).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "The key replica did not acknowledge an erasure's row; retrying in the background.");
+                tokio::spawn(republish_replica_row(shared.clone(), order_id));
+                true
+            }
+        };
+        if let Ok(outcome) = &mut replies[idx].1 {
+            outcome.shredded = Some(rec);
+            outcome.replica_pending = replica_pending;
         }
     }
     for (reply, res) in replies {

@@ -16,6 +16,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod load;
+
 pub const DEFAULT_TEST_PORT: u16 = 19092;
 
 fn repo() -> PathBuf {
@@ -71,6 +73,32 @@ pub fn brokers() -> String {
             start_broker(&kafka_dir("kafka"), &["--port", &port])
         })
         .clone()
+}
+
+pub const DEFAULT_CLUSTER3_PORT: u16 = 29092;
+
+/// The three-broker cluster of the broker-fault tests (replication factor 3,
+/// min.insync.replicas 2): its directory (where each node's pid is) and its
+/// bootstrap servers. `ORDERLOG_TEST_CLUSTER3_DIR` names the directory of a
+/// cluster started with `ops/kafka/start.sh --brokers 3` (ops/test.sh starts
+/// one); otherwise one is started on `ORDERLOG_TEST_CLUSTER3_PORT` (default
+/// 29092) and left running for the next run. Calling it again restarts any
+/// node that is down.
+pub fn cluster3() -> (PathBuf, String) {
+    match std::env::var("ORDERLOG_TEST_CLUSTER3_DIR") {
+        Ok(dir) if !dir.trim().is_empty() => {
+            let dir = PathBuf::from(dir);
+            let b = start_broker(&dir, &[]);
+            (dir, b)
+        }
+        _ => {
+            let dir = kafka_dir("kafka3");
+            let port = std::env::var("ORDERLOG_TEST_CLUSTER3_PORT")
+                .unwrap_or_else(|_| DEFAULT_CLUSTER3_PORT.to_string());
+            let b = start_broker(&dir, &["--brokers", "3", "--port", &port]);
+            (dir, b)
+        }
+    }
 }
 
 /// A name no other test (in this run or an earlier one) uses.
@@ -202,7 +230,8 @@ pub mod app {
     }
 }
 
-/// Reads every record of `topic` from the start, raw (key, value), headers appended to the value.
+/// Reads every record of `topic` from the start, raw (key, value), headers
+/// appended to the value; writers' barrier records (empty) are left out.
 pub fn raw_records(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
@@ -237,6 +266,11 @@ pub fn raw_records(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            if orderlog::kafka::is_barrier(&m) {
+                // A writer's barrier: no key, no value, nothing of an order.
+                remaining -= 1;
+                continue;
+            }
             let mut value = m.payload().unwrap_or_default().to_vec();
             if let Some(h) = m.headers() {
                 for h in h.iter() {
