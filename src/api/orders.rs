@@ -409,6 +409,15 @@ pub async fn erase_order(
         Err(crate::crypto::VaultError::Shredded { .. }) if scope == ErasureScope::Order => {
             verified.push("order key no longer in the key vault".to_owned());
         }
+        // A class erasure that shreds the last subkeys left (say all three
+        // classes named at once) removes the whole key row: every class,
+        // these included, is gone.
+        Err(crate::crypto::VaultError::Shredded { .. }) => {
+            verified.push(
+                "erased classes' subkeys no longer in the key vault (no subkey of the order is left)"
+                    .to_owned(),
+            );
+        }
         Ok(key) if scope.classes().iter().all(|c| key.subkey(*c).is_none()) => {
             verified.push("erased classes' subkeys no longer in the key vault".to_owned());
         }
