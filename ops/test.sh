@@ -30,22 +30,45 @@ step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 kafka_dir=$(mktemp -d "${TMPDIR:-/tmp}/orderlog-test-kafka.XXXXXX")
-cleanup() { ops/kafka/stop.sh --dir "$kafka_dir" --purge >&2 || true; }
-trap cleanup EXIT
-step "start Kafka"
-# A free client port P whose controller port P+100 is free too (a broker
-# of someone else's, or a developer's test broker, may hold the default).
-in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-port="${ORDERLOG_TEST_KAFKA_PORT:-}"
-if [[ -z "$port" ]]; then
-  for candidate in 39092 39292 39492 39692 39892 40092 40292; do
-    if ! in_use "$candidate" && ! in_use $((candidate + 100)); then port=$candidate; break; fi
+cluster3_dir=$(mktemp -d "${TMPDIR:-/tmp}/orderlog-test-kafka3.XXXXXX")
+cleanup() {
+  # A broker-fault test may have left a node paused: resume it, so it stops.
+  for pidfile in "$cluster3_dir"/node-*/pid; do
+    [[ -f "$pidfile" ]] && kill -CONT "$(cat "$pidfile")" 2>/dev/null || true
   done
-  [[ -n "$port" ]] || { echo "test.sh: no free port pair for Kafka among 39092..40292; set ORDERLOG_TEST_KAFKA_PORT" >&2; exit 1; }
-fi
+  ops/kafka/stop.sh --dir "$kafka_dir" --purge >&2 || true
+  ops/kafka/stop.sh --dir "$cluster3_dir" --purge >&2 || true
+}
+trap cleanup EXIT
+step "start Kafka: one broker, and a three-broker cluster for the broker-fault test"
+# Free client ports P.. whose controller ports P+100.. are free too (a broker
+# of someone else's, or a developer's test broker, may hold the defaults).
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_ports() { # $1 = nodes, then candidates; prints the first free P
+  local n=$1 c i busy
+  shift
+  for c in "$@"; do
+    busy=0
+    for ((i = 0; i < n; i++)); do
+      if in_use $((c + i)) || in_use $((c + 100 + i)); then busy=1; fi
+    done
+    (( busy )) || { echo "$c"; return 0; }
+  done
+  return 1
+}
+port="${ORDERLOG_TEST_KAFKA_PORT:-$(free_ports 1 39092 39292 39492 39692 39892 40092 40292 || true)}"
+[[ -n "$port" ]] || { echo "test.sh: no free port pair for Kafka among 39092..40292; set ORDERLOG_TEST_KAFKA_PORT" >&2; exit 1; }
+port3="${ORDERLOG_TEST_CLUSTER3_PORT:-$(free_ports 3 42092 42392 42692 42992 43292 43592 || true)}"
+[[ -n "$port3" ]] || { echo "test.sh: no free ports for the three-broker cluster among 42092..43694; set ORDERLOG_TEST_CLUSTER3_PORT" >&2; exit 1; }
+# Both start at once (each takes 15-30 s).
+ops/kafka/start.sh --dir "$cluster3_dir" --brokers 3 --port "$port3" >"$cluster3_dir.out" &
+cluster3_pid=$!
 ORDERLOG_TEST_BROKERS=$(ops/kafka/start.sh --dir "$kafka_dir" --port "$port" | tail -n 1)
+wait "$cluster3_pid" || { echo "test.sh: the three-broker cluster did not start (its errors are above)" >&2; exit 1; }
+rm -f "$cluster3_dir.out"
 export ORDERLOG_TEST_BROKERS
-step "Kafka at $ORDERLOG_TEST_BROKERS; cargo test"
+export ORDERLOG_TEST_CLUSTER3_DIR="$cluster3_dir"
+step "Kafka at $ORDERLOG_TEST_BROKERS, three brokers in $cluster3_dir; cargo test"
 
 cargo test --all-targets --locked --no-fail-fast "$@"
 step "done"
