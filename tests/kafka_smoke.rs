@@ -64,44 +64,30 @@ async fn records_produced_to_the_real_broker_are_consumed_back() {
 
 #[test]
 fn three_broker_mode_starts_three_brokers() {
-    let dir = common::kafka_dir(&common::unique("kafka3"));
-    let port = std::env::var("ORDERLOG_TEST_KAFKA3_PORT").unwrap_or_else(|_| "29092".into());
-    let bootstrap = common::start_broker(&dir, &["--brokers", "3", "--port", &port]);
-    let stop = || {
-        let _ =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/kafka/stop.sh"))
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--purge")
-                .status();
-    };
-    let result = std::panic::catch_unwind(|| {
-        assert_eq!(
-            bootstrap.split(',').count(),
-            3,
-            "bootstrap list: {bootstrap}"
-        );
-        let consumer: rdkafka::consumer::BaseConsumer = KafkaSettings::new(&bootstrap)
-            .client_config()
-            .create()
+    // The shared three-broker cluster of the broker-fault tests (started by
+    // ops/test.sh, or by the harness on first use).
+    let (_dir, bootstrap) = common::cluster3();
+    assert_eq!(
+        bootstrap.split(',').count(),
+        3,
+        "bootstrap list: {bootstrap}"
+    );
+    let consumer: rdkafka::consumer::BaseConsumer = KafkaSettings::new(&bootstrap)
+        .client_config()
+        .create()
+        .unwrap();
+    // Brokers register with the controller quorum one by one; give them a moment.
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        let md = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
             .unwrap();
-        // Brokers register with the controller quorum one by one; give them a moment.
-        let mut ids = Vec::new();
-        for _ in 0..60 {
-            let md = consumer
-                .fetch_metadata(None, Duration::from_secs(5))
-                .unwrap();
-            ids = md.brokers().iter().map(|b| b.id()).collect::<Vec<_>>();
-            if ids.len() == 3 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        ids = md.brokers().iter().map(|b| b.id()).collect::<Vec<_>>();
+        if ids.len() == 3 {
+            break;
         }
-        ids.sort();
-        assert_eq!(ids, vec![1, 2, 3]);
-    });
-    stop();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
+        std::thread::sleep(Duration::from_millis(500));
     }
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3]);
 }

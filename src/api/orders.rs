@@ -435,7 +435,13 @@ pub async fn erase_order(
         format!(
             "key replica {}: {}",
             crate::crypto::keys_topic_for(&state.topic),
-            match (scope == ErasureScope::Order, outcome.replica_pending) {
+            match (
+                matches!(
+                    state.service.vault().get(order_id),
+                    Err(crate::crypto::VaultError::Shredded { .. })
+                ),
+                outcome.replica_pending,
+            ) {
                 (true, false) => "tombstone written",
                 (false, false) => "reduced row written",
                 (true, true) =>

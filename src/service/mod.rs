@@ -684,6 +684,8 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     // Tentative copies of the orders this batch touches.
     let mut tentative: HashMap<Uuid, OrderRecord> = HashMap::new();
     let mut pending: Vec<Pending> = Vec::new();
+    let mut noop_keys: Vec<([u8; 32], IdempotentOutcome)> = Vec::new();
+    let mut noop_replies = Vec::new();
     {
         let st = shared.partitions[partition].read().expect("partition lock");
         for job in &jobs {
@@ -721,7 +723,20 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
             key_id: rec.key_id,
         };
         if events.is_empty() {
-            let _ = job.reply.send(Ok(outcome));
+            // Nothing to write, so no record carries the key: it is kept in
+            // memory only (a retry answers the same; another request under
+            // it is refused), until the next start.
+            if let Some(idem) = job.idempotency {
+                noop_keys.push((
+                    idem.key,
+                    IdempotentOutcome {
+                        request_digest: idem.request,
+                        order_id: job.order_id,
+                        version: outcome.version,
+                    },
+                ));
+            }
+            noop_replies.push((job.reply, outcome));
             continue;
         }
         let new_key = matches!(job.command, Command::PlaceOrder(_)).then(OrderKey::generate);
@@ -773,6 +788,16 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
             outcome,
             last_hash: rec.last_hash,
         });
+    }
+    if !noop_keys.is_empty() {
+        let mut st = shared.partitions[partition]
+            .write()
+            .expect("partition lock");
+        st.idempotency.extend(noop_keys);
+    }
+    // Answered once their keys are known, so a retry finds them.
+    for (reply, outcome) in noop_replies {
+        let _ = reply.send(Ok(outcome));
     }
     if pending.is_empty() {
         return;
