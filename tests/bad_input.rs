@@ -1,7 +1,8 @@
 //! Malformed and hostile requests against an in-process app: each gets a
 //! clear 4xx with a JSON error naming the problem, never echoes what was
 //! sent, and writes nothing to Kafka; names that merely look like SQL or
-//! HTML are valid and come back byte for byte.
+//! HTML are valid and come back byte for byte. Random bodies are thrown at
+//! every write route too (64 each; `ORDERLOG_FUZZ_CASES=N` for a long form).
 
 mod common;
 
@@ -422,12 +423,21 @@ fn arb_body() -> impl Strategy<Value = (Vec<u8>, Option<bool>)> {
     ]
 }
 
+/// Random bodies per route: 64 under plain `cargo test`,
+/// `ORDERLOG_FUZZ_CASES=N` for a long form.
+fn fuzz_cases() -> u32 {
+    std::env::var("ORDERLOG_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
+}
+
 #[test]
 fn random_bodies_get_a_4xx_or_a_201_and_never_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(TestApp::spawn());
     let config = ProptestConfig {
-        cases: 64,
+        cases: fuzz_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     };
@@ -479,7 +489,7 @@ fn random_bodies_for_share_cancel_and_erase_never_get_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(TestApp::spawn());
     let config = ProptestConfig {
-        cases: 64,
+        cases: fuzz_cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     };
