@@ -41,7 +41,7 @@ impl From<rocksdb::Error> for VaultError {
 }
 
 /// A wrapped order key as stored (schema v1 of the `order_keys` row).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredKey {
     pub kek_id: KekId,
     pub key_id: KeyId,

@@ -59,8 +59,26 @@ impl KafkaSettings {
     /// duplicates or reordering on retry), `acks=all` (acknowledged means in
     /// every in-sync replica), and a delivery time limit, after which a record
     /// fails instead of hanging.
+    ///
+    /// Two defaults (a pass-through setting wins) keep a producer from
+    /// sticking to a broker that stopped answering: a request gets no longer
+    /// than the delivery time limit (`socket.timeout.ms`, 60 s by default),
+    /// and partition leaders are re-read every 2 s
+    /// (`topic.metadata.refresh.interval.ms`, 5 min by default), so a leader
+    /// that moved off a paused broker is found in seconds.
     pub fn reliable_producer_config(&self, delivery_timeout: Duration) -> ClientConfig {
         let mut c = self.client_config();
+        for (k, v) in [
+            (
+                "socket.timeout.ms",
+                delivery_timeout.as_millis().max(1000).to_string(),
+            ),
+            ("topic.metadata.refresh.interval.ms", "2000".to_owned()),
+        ] {
+            if !self.extra.contains_key(k) {
+                c.set(k, v);
+            }
+        }
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")

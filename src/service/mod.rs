@@ -28,7 +28,9 @@ use crate::crypto::{KeyId, KeyReplica, KeyVault, OrderKey, Shredded, VaultError}
 use crate::domain::{self, Command, DomainError, ErasureScope, Event, FieldClass, PersonalFields};
 use crate::events::{self, EventMeta};
 use crate::kafka::KafkaSettings;
-use log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST, load_partition};
+use log_reader::{
+    HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST, RawRecord, load_partition, read_range,
+};
 use state::{IdempotentOutcome, OrderRecord, PartitionState};
 
 /// Most commands one writer puts into one produce round trip.
@@ -110,6 +112,27 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, ServiceError>>,
     /// `QUEUED` until the writer takes the job or its caller gives up on it.
     claim: Arc<AtomicU8>,
+    /// Holds the command's idempotency key in flight until the job is
+    /// dropped: once the writer is done with it (and has recorded the key),
+    /// or unsent. Whatever the caller does meanwhile, even go away, no second
+    /// request under the key can start before that.
+    _in_flight: Option<InFlight>,
+}
+
+/// An idempotency key in flight; released on drop.
+struct InFlight {
+    shared: Arc<Shared>,
+    key: [u8; 32],
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&self.key);
+    }
 }
 
 const QUEUED: u8 = 0;
@@ -126,7 +149,10 @@ pub fn delivery_timeout(command_timeout: Duration) -> Duration {
 struct Shared {
     settings: KafkaSettings,
     topic: String,
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error.
+    producer: RwLock<FutureProducer>,
+    /// Set by `shutdown`: a writer settling its partition gives up.
+    closing: std::sync::atomic::AtomicBool,
     vault: Arc<KeyVault>,
     replica: Option<KeyReplica>,
     partitions: Vec<RwLock<PartitionState>>,
@@ -168,6 +194,12 @@ pub fn partition_of(order_id: &Uuid, partitions: usize) -> usize {
 
 fn kafka_unavailable(e: &KafkaError) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
+}
+
+impl Shared {
+    fn producer(&self) -> FutureProducer {
+        self.producer.read().expect("producer lock").clone()
+    }
 }
 
 impl Service {
@@ -255,7 +287,8 @@ impl Service {
         let shared = Arc::new(Shared {
             settings,
             topic,
-            producer,
+            producer: RwLock::new(producer),
+            closing: std::sync::atomic::AtomicBool::new(false),
             vault,
             replica,
             partitions: states.into_iter().map(RwLock::new).collect(),
@@ -293,29 +326,10 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<Outcome, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
+        let mut guard = None;
         if let Some(idem) = idempotency {
-            let known = self.shared.partitions[p]
-                .read()
-                .expect("partition lock")
-                .idempotency
-                .get(&idem.key)
-                .cloned();
-            if let Some(prev) = known {
+            if let Some(prev) = self.known(p, &idem.key) {
                 return self.replay(prev, idem);
-            }
-            // Not known on this partition; a place command's order id is new
-            // on every attempt, so also look on the others.
-            for (q, st) in self.shared.partitions.iter().enumerate() {
-                if q != p
-                    && let Some(prev) = st
-                        .read()
-                        .expect("partition lock")
-                        .idempotency
-                        .get(&idem.key)
-                        .cloned()
-                {
-                    return self.replay(prev, idem);
-                }
             }
             if !self
                 .shared
@@ -326,10 +340,22 @@ impl Service {
             {
                 return Err(ServiceError::IdempotencyInFlight);
             }
+            let g = InFlight {
+                shared: self.shared.clone(),
+                key: idem.key,
+            };
+            // The first request under this key may have finished between the
+            // look-up above and the insert: look again, now that no other
+            // request under it can start.
+            if let Some(prev) = self.known(p, &idem.key) {
+                drop(g);
+                return self.replay(prev, idem);
+            }
+            guard = Some(g);
         }
         let kind = command.kind();
         let result = self
-            .dispatch(p, order_id, command, expected_version, idempotency)
+            .dispatch(p, order_id, command, expected_version, idempotency, guard)
             .await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -341,19 +367,27 @@ impl Service {
         };
         metrics::counter!(crate::telemetry::COMMANDS, "command" => kind, "outcome" => outcome)
             .increment(1);
-        // After an unknown outcome the key stays in flight until the writer
-        // is done with the command (`dispatch` releases it then): a retry in
-        // between must not write the command a second time.
-        if let Some(idem) = idempotency
-            && !matches!(result, Err(ServiceError::OutcomeUnknown(_)))
-        {
-            self.shared
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .remove(&idem.key);
-        }
         result
+    }
+
+    /// The stored answer to an idempotency key: on the command's partition,
+    /// or on any (a place command's order id is new on every attempt).
+    fn known(&self, p: usize, key: &[u8; 32]) -> Option<IdempotentOutcome> {
+        let look = |st: &RwLock<PartitionState>| {
+            st.read()
+                .expect("partition lock")
+                .idempotency
+                .get(key)
+                .cloned()
+        };
+        look(&self.shared.partitions[p]).or_else(|| {
+            self.shared
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(q, _)| *q != p)
+                .find_map(|(_, st)| look(st))
+        })
     }
 
     fn replay(&self, prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, ServiceError> {
@@ -379,13 +413,14 @@ impl Service {
         command: Command,
         expected_version: Option<u64>,
         idempotency: Option<Idempotency>,
+        in_flight: Option<InFlight>,
     ) -> Result<Outcome, ServiceError> {
         let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
         let tx = {
             let q = self.queues.read().expect("queues lock");
             q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
         };
-        let (reply, mut rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         let claim = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
             order_id,
@@ -394,6 +429,7 @@ impl Service {
             idempotency,
             reply,
             claim: claim.clone(),
+            _in_flight: in_flight,
         };
         let not_sent = || {
             ServiceError::Unavailable(format!(
@@ -406,7 +442,7 @@ impl Service {
             Ok(Err(_)) => return Err(ServiceError::ShuttingDown),
             Err(_) => return Err(not_sent()),
         }
-        match tokio::time::timeout_at(deadline, &mut rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(r) => r.map_err(|_| ServiceError::ShuttingDown)?,
             Err(_) => {
                 if claim
@@ -416,17 +452,8 @@ impl Service {
                     // Still in the queue: the writer will drop it unsent.
                     return Err(not_sent());
                 }
-                if let Some(idem) = idempotency {
-                    let shared = self.shared.clone();
-                    tokio::spawn(async move {
-                        let _ = rx.await;
-                        shared
-                            .in_flight
-                            .lock()
-                            .expect("in-flight lock")
-                            .remove(&idem.key);
-                    });
-                }
+                // The writer has it; its idempotency key stays in flight
+                // until the writer is done with it (the job holds it).
                 Err(ServiceError::OutcomeUnknown(self.shared.command_timeout))
             }
         }
@@ -485,6 +512,7 @@ impl Service {
     /// flushes the producer, within `limit`.
     pub async fn shutdown(&self, limit: Duration) {
         self.queues.write().expect("queues lock").take();
+        self.shared.closing.store(true, Ordering::Release);
         let writers: Vec<_> = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
         if tokio::time::timeout(limit, join_all(writers))
             .await
@@ -492,7 +520,7 @@ impl Service {
         {
             tracing::warn!(?limit, "Writers did not finish in time.");
         }
-        let producer = self.shared.producer.clone();
+        let producer = self.shared.producer();
         let _ = tokio::task::spawn_blocking(move || producer.flush(limit)).await;
     }
 }
@@ -548,11 +576,16 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
     let mut pause = Duration::from_millis(200);
     loop {
         tokio::time::sleep(pause).await;
+        let before = shared.vault.stored(order_id).ok().flatten();
         match publish_replica_row(&shared, order_id).await {
-            Ok(()) => {
+            // Done only if the row did not change meanwhile: a later erasure
+            // of the order may have published its row before this one
+            // landed; publishing again puts the latest row last.
+            Ok(()) if shared.vault.stored(order_id).ok().flatten() == before => {
                 tracing::info!(%order_id, "Key replica row of an erasure written after a retry.");
                 return;
             }
+            Ok(()) => {}
             Err(e) => {
                 tracing::debug!(%order_id, error = %e, "Key replica row still not acknowledged.")
             }
@@ -565,6 +598,9 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
 /// partition anyway: `Some` with where its last record landed (`None` when a
 /// later command of the same batch landed after it), or `None` if not.
 fn landed(st: &PartitionState, p: &Pending, partition: usize) -> Option<Option<(i32, i64)>> {
+    // Every command writes one event; with several, a partly written command
+    // would need its own answer.
+    debug_assert_eq!(p.records.len(), 1, "one event per command");
     let rec = st.orders.get(&p.job.order_id)?;
     match rec.state.version.cmp(&p.outcome.version) {
         // One writer per partition: a later event of the order chains on
@@ -599,19 +635,38 @@ async fn barrier(
         .map_err(|(e, _)| e)
 }
 
-/// Brings a partition whose produce failed back to a known state, and returns
-/// it as the log holds it. A barrier appended and acknowledged (acks=all)
+/// Brings a partition whose produce failed back to a known state: returns
+/// the records from `from` (the state's next offset) through a barrier, to be
+/// folded into the state. A barrier appended and acknowledged (acks=all)
 /// after the failed records means every record before it in the partition is
 /// committed or gone for good: the idempotent producer keeps a partition's
-/// records in order, so none of the failed ones can land after it. Then the
-/// partition is re-read. Retries until Kafka answers; commands for this
-/// partition wait meanwhile (and time out to their callers).
-async fn settle(shared: &Shared, partition: usize) -> PartitionState {
+/// records in order, so none of the failed ones can land after it. Retries
+/// until Kafka answers (commands for this partition wait meanwhile, and time
+/// out to their callers); `None` once the service is stopping.
+async fn settle(shared: &Shared, partition: usize, from: i64) -> Option<Vec<RawRecord>> {
     let mut pause = Duration::from_millis(100);
     let started = Instant::now();
     loop {
+        if shared.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let producer = shared.producer();
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            // The producer cannot go on (librdkafka says so): a new one, with
+            // a new producer id, takes over.
+            tracing::error!(?code, %reason, "Fatal producer error; replacing the producer.");
+            match shared
+                .settings
+                .reliable_producer_config(delivery_timeout(shared.command_timeout))
+                .create::<FutureProducer>()
+            {
+                Ok(p) => *shared.producer.write().expect("producer lock") = p,
+                Err(e) => tracing::error!(error = %e, "Creating a new producer failed."),
+            }
+            continue;
+        }
         match barrier(
-            &shared.producer,
+            &producer,
             &shared.topic,
             partition,
             delivery_timeout(shared.command_timeout),
@@ -621,18 +676,26 @@ async fn settle(shared: &Shared, partition: usize) -> PartitionState {
             Ok(offset) => {
                 let (s, t) = (shared.settings.clone(), shared.topic.clone());
                 let read = tokio::task::spawn_blocking(move || {
-                    load_partition(&s, &t, partition as i32, Duration::from_secs(30))
+                    read_range(
+                        &s,
+                        &t,
+                        partition as i32,
+                        from,
+                        offset + 1,
+                        Duration::from_secs(30),
+                    )
                 })
                 .await;
                 match read {
-                    Ok(Ok(st)) => {
+                    Ok(Ok(records)) => {
                         tracing::info!(
                             partition,
                             barrier = offset,
+                            records = records.len(),
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "Partition settled."
                         );
-                        return st;
+                        return Some(records);
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(partition, error = %e, "Re-reading the partition failed; retrying.")
@@ -655,16 +718,38 @@ async fn settle(shared: &Shared, partition: usize) -> PartitionState {
 type Acked = (Pending, Result<(i32, i64), String>);
 
 async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    // Jobs waiting for a later batch, in arrival order.
+    let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    let mut open = true;
+    while open || !waiting.is_empty() {
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(job) => waiting.push_back(job),
+                None => break,
             }
         }
-        write_batch(&shared, partition, std::mem::take(&mut batch)).await;
+        while open && waiting.len() < MAX_BATCH * 2 {
+            match rx.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        // At most one command per order in a batch: if Kafka failed one
+        // record of a batch and acknowledged a later one, a later command of
+        // the same order would be acknowledged on a chain with a hole.
+        let mut orders = HashSet::new();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut later = std::collections::VecDeque::new();
+        for job in waiting.drain(..) {
+            if batch.len() < MAX_BATCH && orders.insert(job.order_id) {
+                batch.push(job);
+            } else {
+                later.push_back(job);
+            }
+        }
+        waiting = later;
+        write_batch(&shared, partition, batch).await;
     }
     tracing::debug!(partition, "Writer stopped.");
 }
@@ -736,7 +821,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                     },
                 ));
             }
-            noop_replies.push((job.reply, outcome));
+            noop_replies.push((job, outcome));
             continue;
         }
         let new_key = matches!(job.command, Command::PlaceOrder(_)).then(OrderKey::generate);
@@ -796,8 +881,8 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         st.idempotency.extend(noop_keys);
     }
     // Answered once their keys are known, so a retry finds them.
-    for (reply, outcome) in noop_replies {
-        let _ = reply.send(Ok(outcome));
+    for (job, outcome) in noop_replies {
+        let _ = job.reply.send(Ok(outcome));
     }
     if pending.is_empty() {
         return;
@@ -844,6 +929,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     }
 
     // Send everything, then wait for all acknowledgements: one round trip.
+    let producer = shared.producer();
     let mut deliveries = Vec::with_capacity(pending.len());
     for p in &pending {
         let key: &[u8] = p.job.order_id.as_bytes();
@@ -869,11 +955,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                 .payload(bytes)
                 .timestamp(*ts)
                 .headers(headers);
-            futs.push(
-                shared
-                    .producer
-                    .send(record, delivery_timeout(shared.command_timeout)),
-            );
+            futs.push(producer.send(record, delivery_timeout(shared.command_timeout)));
         }
         deliveries.push(join_all(futs));
     }
@@ -908,12 +990,18 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
     // up), so settle the partition and re-read it: memory must match the log
     // before the next command of these orders is decided, and each answer
     // says whether its command is in the log.
+    // `Some(None)`: the service is stopping and the partition was not
+    // settled, so what became of the failed records is not known.
     let settled = if any_failed {
         tracing::warn!(
             partition,
             "Some records were not acknowledged; settling the partition."
         );
-        Some(settle(shared, partition).await)
+        let from = shared.partitions[partition]
+            .read()
+            .expect("partition lock")
+            .next_offset;
+        Some(settle(shared, partition, from).await)
     } else {
         None
     };
@@ -923,13 +1011,18 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         let mut st = shared.partitions[partition]
             .write()
             .expect("partition lock");
-        if let Some(fresh) = settled {
-            *st = fresh;
+        if let Some(Some(records)) = &settled {
+            for r in records {
+                log_reader::fold(&mut st, partition as i32, r);
+            }
         }
         for (mut p, res) in acked {
-            let res = match res {
-                Ok(pos) => Ok(Some(pos)),
-                Err(e) => landed(&st, &p, partition).ok_or(e),
+            let res = match (res, &settled) {
+                (Ok(pos), _) => Ok(Some(pos)),
+                (Err(e), Some(Some(_))) => {
+                    landed(&st, &p, partition).ok_or(ServiceError::Unavailable(e))
+                }
+                (Err(_), _) => Err(ServiceError::OutcomeUnknown(shared.command_timeout)),
             };
             match res {
                 Ok(pos) => {
@@ -938,6 +1031,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                         let mut rec = tentative.get(&p.job.order_id).cloned().unwrap_or_default();
                         rec.last_offset = pos.1;
                         st.orders.insert(p.job.order_id, rec);
+                        st.next_offset = st.next_offset.max(pos.1 + 1);
                     }
                     if let Some(idem) = p.job.idempotency {
                         st.idempotency.insert(
@@ -959,10 +1053,15 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                     replies.push((p.job.reply, Ok(p.outcome)));
                 }
                 Err(e) => {
-                    if p.new_key.is_some() && !st.orders.contains_key(&p.job.order_id) {
+                    // A key is discarded only when its placement is known
+                    // not to be in the log.
+                    if matches!(e, ServiceError::Unavailable(_))
+                        && p.new_key.is_some()
+                        && !st.orders.contains_key(&p.job.order_id)
+                    {
                         let _ = shared.vault.discard(p.job.order_id);
                     }
-                    replies.push((p.job.reply, Err(ServiceError::Unavailable(e))));
+                    replies.push((p.job.reply, Err(e)));
                 }
             }
         }
