@@ -113,6 +113,35 @@ async fn wait_in_sync(brokers: &str, topics: &[String]) {
     }
 }
 
+/// Waits until node `out` is in no in-sync replica set of `topics` (the
+/// controller fenced it). Metadata requests may go to a paused node and time
+/// out meanwhile; they are retried.
+async fn wait_out_of_sync(brokers: &str, topics: &[String], out: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let brokers = brokers.to_owned();
+        let topics = topics.to_vec();
+        let fenced = tokio::task::spawn_blocking(move || {
+            topics.iter().all(|t| {
+                std::panic::catch_unwind(|| partitions(&brokers, t)).is_ok_and(|ps| {
+                    ps.iter()
+                        .all(|(l, _, isr)| *l >= 0 && *l != out && !isr.contains(&out))
+                })
+            })
+        })
+        .await
+        .unwrap();
+        if fenced {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {out} was not fenced within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     KillLeader,
@@ -126,7 +155,8 @@ struct Injected {
     fault: Fault,
     node: i32,
     held: Duration,
-    /// Commands acknowledged after the node was fenced, while it was out.
+    /// Commands acknowledged in a window of 3-6 s after the node was fenced
+    /// (and clients had 2 s to notice), while it was still out.
     acked_fenced: usize,
 }
 
@@ -209,25 +239,29 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
             // broker.session.timeout.ms (9 s) has passed: its leaderships
             // move and it leaves the in-sync replicas, so writes go on.
             // Until then acks=all waits for it. A kill or a leader pause is
-            // held past that; a follower pause stays under it (a stall).
-            let hold = Duration::from_millis(match fault {
-                Fault::KillLeader | Fault::PauseLeader => rng.gen_range(12_000..16_000),
-                Fault::PauseFollower => rng.gen_range(3_000..7_000),
-            });
-            let fenced_after = Duration::from_secs(10);
-            signal(
-                pid,
-                if matches!(fault, Fault::KillLeader) {
-                    "KILL"
-                } else {
-                    "STOP"
-                },
-            );
+            // held until the node is seen out of every in-sync replica set,
+            // then 2 s for clients to notice, then a window in which
+            // commands must be acknowledged. A follower pause stays under
+            // the session timeout (a stall).
+            let sig = match fault {
+                Fault::KillLeader => "KILL",
+                Fault::PauseLeader | Fault::PauseFollower => "STOP",
+            };
+            signal(pid, sig);
             let started = Instant::now();
-            tokio::time::sleep(fenced_after.min(hold)).await;
-            let before = acked();
-            tokio::time::sleep(hold.saturating_sub(fenced_after)).await;
-            let acked_fenced = acked() - before;
+            let acked_fenced = match fault {
+                Fault::KillLeader | Fault::PauseLeader => {
+                    wait_out_of_sync(&brokers, &topics, target).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let before = acked();
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(3_000..6_000))).await;
+                    acked() - before
+                }
+                Fault::PauseFollower => {
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(3_000..7_000))).await;
+                    0
+                }
+            };
             let held = started.elapsed();
             if matches!(fault, Fault::KillLeader) {
                 // start.sh starts the node that is down, and waits for it.

@@ -153,7 +153,12 @@ fn scan(
             // The end was read from the leader; a record before it may take
             // a moment to be fetchable: keep polling until the stall limit.
             Err(KafkaError::PartitionEOF(_)) => continue,
-            Err(e) => return Err(e),
+            // A broker going away, a leader moving: the client reconnects;
+            // the stall limit bounds how long that may take.
+            Err(e) => {
+                tracing::debug!(partition, error = %e, "Consume error while reading the partition; retrying.");
+                continue;
+            }
         };
         last_progress = Instant::now();
         next = m.offset() + 1;
