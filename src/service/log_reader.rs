@@ -42,7 +42,8 @@ pub fn load_partition(
     timeout: Duration,
 ) -> Result<PartitionState, KafkaError> {
     let mut st = PartitionState::default();
-    let end = scan(settings, topic, partition, 0, None, timeout, |r| {
+    let stall = timeout.max(Duration::from_secs(60));
+    let end = scan(settings, topic, partition, 0, None, stall, |r| {
         fold(&mut st, partition, &r)
     })?;
     st.next_offset = st.next_offset.max(end);
@@ -52,25 +53,20 @@ pub fn load_partition(
 
 /// The records of `topic`/`partition` from offset `from` up to the high
 /// watermark, and at least up to `until` (exclusive): a writer settling its
-/// partition reads up to its barrier this way.
+/// partition reads up to its barrier this way. Fails when no record arrives
+/// for `stall` (the caller tries again with a fresh client).
 pub fn read_range(
     settings: &KafkaSettings,
     topic: &str,
     partition: i32,
     from: i64,
     until: i64,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<Vec<RawRecord>, KafkaError> {
     let mut out = Vec::new();
-    scan(
-        settings,
-        topic,
-        partition,
-        from,
-        Some(until),
-        timeout,
-        |r| out.push(r),
-    )?;
+    scan(settings, topic, partition, from, Some(until), stall, |r| {
+        out.push(r)
+    })?;
     Ok(out)
 }
 
@@ -110,15 +106,15 @@ pub fn fold(st: &mut PartitionState, partition: i32, r: &RawRecord) {
 
 /// Calls `f` with every record from `from` to the end: the high watermark of
 /// the moment the scan starts, or `until` if that is further. Returns the end.
-/// Fails when no record arrives for `timeout` (at least 60 s), not when a
-/// long partition takes long.
+/// Fails when no record arrives for `stall`, not when a long partition takes
+/// long.
 fn scan(
     settings: &KafkaSettings,
     topic: &str,
     partition: i32,
     from: i64,
     until: Option<i64>,
-    timeout: Duration,
+    stall: Duration,
     mut f: impl FnMut(RawRecord),
 ) -> Result<i64, KafkaError> {
     let consumer: BaseConsumer = settings
@@ -127,7 +123,7 @@ fn scan(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()?;
-    let (low, high) = crate::kafka::watermarks(&consumer, topic, partition, timeout)?;
+    let (low, high) = crate::kafka::watermarks(&consumer, topic, partition, stall)?;
     let end = high.max(until.unwrap_or(0));
     let from = from.max(low);
     if end <= from {
@@ -136,7 +132,6 @@ fn scan(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
     consumer.assign(&tpl)?;
-    let stall = timeout.max(Duration::from_secs(60));
     let mut last_progress = Instant::now();
     let mut next = from;
     while next < end {

@@ -675,15 +675,11 @@ async fn settle(shared: &Shared, partition: usize, from: i64) -> Option<Vec<RawR
         {
             Ok(offset) => {
                 let (s, t) = (shared.settings.clone(), shared.topic.clone());
+                // A reader stuck on a leader that went away gives up after
+                // this, and the next round starts with a fresh client.
+                let stall = shared.command_timeout;
                 let read = tokio::task::spawn_blocking(move || {
-                    read_range(
-                        &s,
-                        &t,
-                        partition as i32,
-                        from,
-                        offset + 1,
-                        Duration::from_secs(30),
-                    )
+                    read_range(&s, &t, partition as i32, from, offset + 1, stall)
                 })
                 .await;
                 match read {
