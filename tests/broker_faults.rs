@@ -24,13 +24,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::load::{
-    Acks, LOAD_TASKS, Node, Seen, What, check_erased_unreadable, check_key_replica_shredded,
-    check_log, load, stop_and_compare_with_rebuild, wait_ready,
+    Load, Node, What, check_erased_unreadable, check_key_replica_shredded, check_log, env_or, seed,
+    stop_and_compare_with_rebuild, wait_ready,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -167,19 +165,8 @@ struct Injected {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_bounded() {
-    let rounds: u32 = std::env::var("ORDERLOG_FAULT_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let seed: u64 = std::env::var("ORDERLOG_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let rounds: u32 = env_or("ORDERLOG_FAULT_ROUNDS", 1);
+    let seed = seed("ORDERLOG_FAULT_SEED");
     eprintln!("broker faults: {rounds} round(s) of 3 faults, ORDERLOG_FAULT_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (dir, brokers) = tokio::task::spawn_blocking(common::cluster3).await.unwrap();
@@ -203,22 +190,8 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
     let mut child = node.spawn();
     wait_ready(&client, &base, &mut child).await;
     wait_in_sync(&brokers, &topics).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let tasks: Vec<_> = (0..LOAD_TASKS as u64)
-        .map(|t| {
-            tokio::spawn(load(
-                t,
-                seed,
-                base.clone(),
-                stop.clone(),
-                acks.clone(),
-                seen.clone(),
-            ))
-        })
-        .collect();
-    let acked = || acks.lock().unwrap().acked.len();
+    let load = Load::start(&base, seed);
+    let acked = || load.acked();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut injected = Vec::new();
@@ -308,12 +281,7 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let (acks, seen) = load.finish().await;
     eprintln!(
         "load done: {} commands acknowledged, {} orders erased; answers (count, slowest): {:?}; \
          503 by code: {:?}; slowest by command: {:?} ({:?})",

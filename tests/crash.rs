@@ -9,31 +9,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::load::{
-    Acks, LOAD_TASKS, Node, Seen, check_erased_unreadable, check_key_replica_shredded, check_log,
-    load, stop_and_compare_with_rebuild, wait_ready,
+    Load, Node, check_erased_unreadable, check_key_replica_shredded, check_log, env_or, seed,
+    stop_and_compare_with_rebuild, wait_ready,
 };
 use rand::{Rng, SeedableRng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_rebuild() {
-    let rounds: u32 = std::env::var("ORDERLOG_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let seed: u64 = std::env::var("ORDERLOG_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let rounds: u32 = env_or("ORDERLOG_CRASH_ROUNDS", 3);
+    let seed = seed("ORDERLOG_CRASH_SEED");
     eprintln!("crash test: {rounds} kills, ORDERLOG_CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let data = tempfile::tempdir().unwrap();
@@ -42,29 +29,15 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
     let client = reqwest::Client::new();
     let t0 = Instant::now();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let seen = Arc::new(Mutex::new(Seen::default()));
     let mut child = node.spawn();
     wait_ready(&client, &base, &mut child).await;
-    let tasks: Vec<_> = (0..LOAD_TASKS as u64)
-        .map(|t| {
-            tokio::spawn(load(
-                t,
-                seed,
-                base.clone(),
-                stop.clone(),
-                acks.clone(),
-                seen.clone(),
-            ))
-        })
-        .collect();
+    let load = Load::start(&base, seed);
     for round in 0..rounds {
         let wait = Duration::from_millis(rng.gen_range(500..2500));
         tokio::time::sleep(wait).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let acked = acks.lock().unwrap().acked.len();
+        let acked = load.acked();
         eprintln!(
             "kill {round} after {wait:?} of load: {acked} commands acknowledged so far ({:?})",
             t0.elapsed()
@@ -74,11 +47,7 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
         wait_ready(&client, &base, &mut child).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let (acks, seen) = load.finish().await;
     eprintln!(
         "load done: {} commands acknowledged, {} orders erased ({:?})",
         acks.acked.len(),
@@ -90,7 +59,6 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
         "two acknowledged commands answered the same version: {:?}",
         acks.duplicates
     );
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
     eprintln!(
         "answers (count, slowest): {:?}; erasure receipts with views pending: {}",
         seen.by_status, seen.erasures_views_pending

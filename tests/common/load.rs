@@ -18,6 +18,75 @@ use serde_json::{Value, json};
 use super::app::{AUDITOR, CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY};
 
 pub const PARTITIONS: &str = "3";
+
+/// `name` from the environment, parsed, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A seed from `name`, or from the clock (print it, so a run can be repeated).
+pub fn seed(name: &str) -> u64 {
+    env_or(
+        name,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    )
+}
+
+/// `LOAD_TASKS` load tasks running against a node.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub acks: Arc<Mutex<Acks>>,
+    pub seen: Arc<Mutex<Seen>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(base: &str, seed: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Acks::default()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let tasks = (0..LOAD_TASKS as u64)
+            .map(|t| {
+                tokio::spawn(load(
+                    t,
+                    seed,
+                    base.to_owned(),
+                    stop.clone(),
+                    acks.clone(),
+                    seen.clone(),
+                ))
+            })
+            .collect();
+        Load {
+            stop,
+            acks,
+            seen,
+            tasks,
+        }
+    }
+
+    /// Commands acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acks.lock().unwrap().acked.len()
+    }
+
+    /// Stops the tasks (each finishes its order) and hands over what they saw.
+    pub async fn finish(self) -> (Acks, Seen) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acks = std::mem::take(&mut *self.acks.lock().unwrap());
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        (acks, seen)
+    }
+}
 pub const LOAD_TASKS: usize = 6;
 
 /// What an acknowledged command did, as its event kind in the log.
