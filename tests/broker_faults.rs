@@ -26,10 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::load::{
-    Load, Node, What, check_erased_unreadable, check_key_replica_shredded, check_log, env_or, seed,
-    stop_and_compare_with_rebuild, wait_ready,
-};
+use common::load::{Load, Node, What, check_after_load, env_or, seed, wait_ready};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -341,22 +338,13 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
         injected.iter().map(|i| i.recovered_in).max()
     );
 
-    let log = check_log(&brokers, &node.topic, &acks);
-    eprintln!(
-        "log checked: {} records ({:?} never acknowledged), {} orders ({:?})",
-        log.records,
-        log.unacked,
-        log.per_order.len(),
-        t0.elapsed()
-    );
-    check_erased_unreadable(&client, &base, &acks, &log).await;
-    check_key_replica_shredded(&node.brokers, &node.topic, &log).await;
-    stop_and_compare_with_rebuild(
+    check_after_load(
         &client,
         &node,
         child,
-        &log,
+        &acks,
         &format!("{} broker faults", injected.len()),
+        t0,
     )
     .await;
     eprintln!(

@@ -11,10 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::{
-    Load, Node, check_erased_unreadable, check_key_replica_shredded, check_log, env_or, seed,
-    stop_and_compare_with_rebuild, wait_ready,
-};
+use common::load::{Load, Node, check_after_load, env_or, seed, wait_ready};
 use rand::{Rng, SeedableRng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -69,16 +66,6 @@ async fn acknowledged_commands_survive_sigkill_exactly_once_and_views_equal_a_re
         seen.errors
     );
 
-    let log = check_log(&node.brokers, &node.topic, &acks);
-    eprintln!(
-        "log checked: {} records ({:?} never acknowledged), {} orders ({:?})",
-        log.records,
-        log.unacked,
-        log.per_order.len(),
-        t0.elapsed()
-    );
-    check_erased_unreadable(&client, &base, &acks, &log).await;
-    check_key_replica_shredded(&node.brokers, &node.topic, &log).await;
-    stop_and_compare_with_rebuild(&client, &node, child, &log, &format!("{rounds} kills")).await;
+    check_after_load(&client, &node, child, &acks, &format!("{rounds} kills"), t0).await;
     eprintln!("done in {:?}", t0.elapsed());
 }

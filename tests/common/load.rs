@@ -690,3 +690,28 @@ pub async fn check_key_replica_shredded(brokers: &str, topic: &str, log: &LogChe
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Every check after a load against `node`: the log against `acks`, erased
+/// orders unreadable over the API and shredded in the key replica, and the
+/// node's views against a clean rebuild (which stops `child`).
+pub async fn check_after_load(
+    client: &reqwest::Client,
+    node: &Node,
+    child: Child,
+    acks: &Acks,
+    what: &str,
+    t0: Instant,
+) -> LogCheck {
+    let log = check_log(&node.brokers, &node.topic, acks);
+    eprintln!(
+        "log checked: {} records ({:?} never acknowledged), {} orders ({:?})",
+        log.records,
+        log.unacked,
+        log.per_order.len(),
+        t0.elapsed()
+    );
+    check_erased_unreadable(client, &node.base(), acks, &log).await;
+    check_key_replica_shredded(&node.brokers, &node.topic, &log).await;
+    stop_and_compare_with_rebuild(client, node, child, &log, what).await;
+    log
+}
