@@ -41,31 +41,36 @@ cleanup() {
 }
 trap cleanup EXIT
 step "start Kafka: one broker, and a three-broker cluster for the broker-fault test"
-# Free client ports P.. whose controller ports P+100.. are free too (a broker
-# of someone else's, or a developer's test broker, may hold the defaults).
+# Client ports P.. and controller ports P+100.. below the kernel's ephemeral
+# range (32768+ on Linux), where an outgoing connection could take one between
+# the check and the bind; a port already in use (someone else's broker, or a
+# developer's test broker) moves on to the next candidate, and so does a start
+# that fails anyway.
 in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_ports() { # $1 = nodes, then candidates; prints the first free P
-  local n=$1 c i busy
-  shift
-  for c in "$@"; do
-    busy=0
-    for ((i = 0; i < n; i++)); do
-      if in_use $((c + i)) || in_use $((c + 100 + i)); then busy=1; fi
-    done
-    (( busy )) || { echo "$c"; return 0; }
+ports_free() { # $1 = nodes, $2 = first client port
+  local i
+  for ((i = 0; i < $1; i++)); do
+    if in_use $(($2 + i)) || in_use $(($2 + 100 + i)); then return 1; fi
   done
+}
+start_kafka() { # $1 = nodes, $2 = dir, $3 = fixed port or "", then candidates; prints the bootstrap servers
+  local n=$1 dir=$2 fixed=$3 c
+  shift 3
+  for c in ${fixed:-"$@"}; do
+    [[ -n "$fixed" ]] || ports_free "$n" "$c" || continue
+    if ops/kafka/start.sh --dir "$dir" --brokers "$n" --port "$c" | tail -n 1; then return 0; fi
+    echo "test.sh: Kafka ($n node(s)) did not start on port $c; trying the next ports" >&2
+    ops/kafka/stop.sh --dir "$dir" --purge >&2 || true
+    mkdir -p "$dir"
+  done
+  echo "test.sh: no Kafka ($n node(s)) could be started on ports ${fixed:-$*} (set ORDERLOG_TEST_KAFKA_PORT / ORDERLOG_TEST_CLUSTER3_PORT)" >&2
   return 1
 }
-port="${ORDERLOG_TEST_KAFKA_PORT:-$(free_ports 1 39092 39292 39492 39692 39892 40092 40292 || true)}"
-[[ -n "$port" ]] || { echo "test.sh: no free port pair for Kafka among 39092..40292; set ORDERLOG_TEST_KAFKA_PORT" >&2; exit 1; }
-port3="${ORDERLOG_TEST_CLUSTER3_PORT:-$(free_ports 3 42092 42392 42692 42992 43292 43592 || true)}"
-[[ -n "$port3" ]] || { echo "test.sh: no free ports for the three-broker cluster among 42092..43694; set ORDERLOG_TEST_CLUSTER3_PORT" >&2; exit 1; }
 # Both start at once (each takes 15-30 s).
-ops/kafka/start.sh --dir "$cluster3_dir" --brokers 3 --port "$port3" >"$cluster3_dir.out" &
+start_kafka 3 "$cluster3_dir" "${ORDERLOG_TEST_CLUSTER3_PORT:-}" 23092 23392 23692 23992 24292 24592 >/dev/null &
 cluster3_pid=$!
-ORDERLOG_TEST_BROKERS=$(ops/kafka/start.sh --dir "$kafka_dir" --port "$port" | tail -n 1)
+ORDERLOG_TEST_BROKERS=$(start_kafka 1 "$kafka_dir" "${ORDERLOG_TEST_KAFKA_PORT:-}" 21092 21292 21492 21692 21892 22092 22292)
 wait "$cluster3_pid" || { echo "test.sh: the three-broker cluster did not start (its errors are above)" >&2; exit 1; }
-rm -f "$cluster3_dir.out"
 export ORDERLOG_TEST_BROKERS
 export ORDERLOG_TEST_CLUSTER3_DIR="$cluster3_dir"
 step "Kafka at $ORDERLOG_TEST_BROKERS, three brokers in $cluster3_dir; cargo test"
