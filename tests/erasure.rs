@@ -150,13 +150,29 @@ async fn after_erasure_nothing_the_system_holds_can_read_the_erased_data() {
             .any(|p| p.as_str().unwrap().starts_with("disk:")),
         "{r}"
     );
-    post(
+    assert!(
+        r["purged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().ends_with(": tombstone written")),
+        "the key replica's tombstone is acknowledged: {r}"
+    );
+    let class_receipt = post(
         &app,
         &format!("/v1/orders/{id_b}/erase"),
         PRIVACY,
         json!({"fields": ["identity"]}),
     )
     .await;
+    assert!(
+        class_receipt["receipt"]["purged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().ends_with(": reduced row written")),
+        "a class erasure leaves a reduced row: {class_receipt}"
+    );
 
     // No API or view returns a personal field of A.
     let (_, order) = get(&app, &format!("/v1/orders/{id_a}"), CHECKOUT).await;

@@ -405,14 +405,18 @@ pub async fn erase_order(
     let logged_ms = started.elapsed().as_millis() as u64;
     // Verify what we can: the vault must no longer yield the erased classes.
     let mut verified = Vec::new();
+    // No key row left at all: the replica holds a tombstone, not a reduced row.
+    let mut row_gone = false;
     match state.service.vault().get(order_id) {
         Err(crate::crypto::VaultError::Shredded { .. }) if scope == ErasureScope::Order => {
+            row_gone = true;
             verified.push("order key no longer in the key vault".to_owned());
         }
         // A class erasure that shreds the last subkeys left (say all three
         // classes named at once) removes the whole key row: every class,
         // these included, is gone.
         Err(crate::crypto::VaultError::Shredded { .. }) => {
+            row_gone = true;
             verified.push(
                 "erased classes' subkeys no longer in the key vault (no subkey of the order is left)"
                     .to_owned(),
@@ -435,13 +439,7 @@ pub async fn erase_order(
         format!(
             "key replica {}: {}",
             crate::crypto::keys_topic_for(&state.topic),
-            match (
-                matches!(
-                    state.service.vault().get(order_id),
-                    Err(crate::crypto::VaultError::Shredded { .. })
-                ),
-                outcome.replica_pending,
-            ) {
+            match (row_gone, outcome.replica_pending) {
                 (true, false) => "tombstone written",
                 (false, false) => "reduced row written",
                 (true, true) =>

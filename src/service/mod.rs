@@ -13,7 +13,7 @@ pub mod log_reader;
 pub mod state;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -152,7 +152,7 @@ struct Shared {
     /// Replaced when librdkafka reports a fatal error.
     producer: RwLock<FutureProducer>,
     /// Set by `shutdown`: a writer settling its partition gives up.
-    closing: std::sync::atomic::AtomicBool,
+    closing: AtomicBool,
     vault: Arc<KeyVault>,
     replica: Option<KeyReplica>,
     partitions: Vec<RwLock<PartitionState>>,
@@ -288,7 +288,7 @@ impl Service {
             settings,
             topic,
             producer: RwLock::new(producer),
-            closing: std::sync::atomic::AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             vault,
             replica,
             partitions: states.into_iter().map(RwLock::new).collect(),
@@ -546,23 +546,21 @@ async fn shred(
     now: i64,
 ) -> Result<Shredded, ServiceError> {
     let record = vault.destroy(order_id, classes, now)?;
-    if let Some(replica) = replica {
-        let left = vault.stored(order_id)?;
-        replica
-            .publish(&[(order_id, left.as_ref())])
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("key replica tombstone: {e}")))?;
-    }
+    publish_replica_row(vault, replica, order_id).await?;
     Ok(record)
 }
 
 /// Writes an order's current vault row (a tombstone once it is shredded) to
 /// the key replica.
-async fn publish_replica_row(shared: &Shared, order_id: Uuid) -> Result<(), ServiceError> {
-    let Some(replica) = &shared.replica else {
+async fn publish_replica_row(
+    vault: &KeyVault,
+    replica: Option<&KeyReplica>,
+    order_id: Uuid,
+) -> Result<(), ServiceError> {
+    let Some(replica) = replica else {
         return Ok(());
     };
-    let row = shared.vault.stored(order_id)?;
+    let row = vault.stored(order_id)?;
     replica
         .publish(&[(order_id, row.as_ref())])
         .await
@@ -577,7 +575,7 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
     loop {
         tokio::time::sleep(pause).await;
         let before = shared.vault.stored(order_id).ok().flatten();
-        match publish_replica_row(&shared, order_id).await {
+        match publish_replica_row(&shared.vault, shared.replica.as_ref(), order_id).await {
             // Done only if the row did not change meanwhile: a later erasure
             // of the order may have published its row before this one
             // landed; publishing again puts the latest row last.
@@ -594,23 +592,15 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
     }
 }
 
-/// Whether a command whose records were not acknowledged is in the settled
-/// partition anyway: `Some` with where its last record landed (`None` when a
-/// later command of the same batch landed after it), or `None` if not.
-fn landed(st: &PartitionState, p: &Pending, partition: usize) -> Option<Option<(i32, i64)>> {
-    // Every command writes one event; with several, a partly written command
-    // would need its own answer.
+/// Where the record of a command that was not acknowledged landed in the
+/// settled partition, if it did. (A batch holds one command per order, and
+/// every command writes one event: the order's last record is its record or
+/// not.)
+fn landed(st: &PartitionState, p: &Pending, partition: usize) -> Option<(i32, i64)> {
     debug_assert_eq!(p.records.len(), 1, "one event per command");
     let rec = st.orders.get(&p.job.order_id)?;
-    match rec.state.version.cmp(&p.outcome.version) {
-        // One writer per partition: a later event of the order chains on
-        // this command's, so this one landed too.
-        std::cmp::Ordering::Greater => Some(None),
-        std::cmp::Ordering::Equal if rec.last_hash == p.last_hash => {
-            Some(Some((partition as i32, rec.last_offset)))
-        }
-        _ => None,
-    }
+    (rec.state.version == p.outcome.version && rec.last_hash == p.last_hash)
+        .then_some((partition as i32, rec.last_offset))
 }
 
 /// Appends a barrier record (no key, no value, a header every reader skips)
@@ -681,9 +671,11 @@ async fn settle(shared: &Shared, partition: usize, from: i64) -> Option<Vec<RawR
                 let read = tokio::task::spawn_blocking(move || {
                     read_range(&s, &t, partition as i32, from, offset + 1, stall)
                 })
-                .await;
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
                 match read {
-                    Ok(Ok(records)) => {
+                    Ok(records) => {
                         tracing::info!(
                             partition,
                             barrier = offset,
@@ -692,9 +684,6 @@ async fn settle(shared: &Shared, partition: usize, from: i64) -> Option<Vec<RawR
                             "Partition settled."
                         );
                         return Some(records);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(partition, error = %e, "Re-reading the partition failed; retrying.")
                     }
                     Err(e) => {
                         tracing::warn!(partition, error = %e, "Re-reading the partition failed; retrying.")
@@ -1014,7 +1003,7 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
         }
         for (mut p, res) in acked {
             let res = match (res, &settled) {
-                (Ok(pos), _) => Ok(Some(pos)),
+                (Ok(pos), _) => Ok(pos),
                 (Err(e), Some(Some(_))) => {
                     landed(&st, &p, partition).ok_or(ServiceError::Unavailable(e))
                 }
@@ -1022,8 +1011,8 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
             };
             match res {
                 Ok(pos) => {
-                    p.outcome.position = pos;
-                    if let (false, Some(pos)) = (any_failed, pos) {
+                    p.outcome.position = Some(pos);
+                    if !any_failed {
                         let mut rec = tentative.get(&p.job.order_id).cloned().unwrap_or_default();
                         rec.last_offset = pos.1;
                         st.orders.insert(p.job.order_id, rec);
@@ -1071,7 +1060,13 @@ async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
                 continue;
             }
         };
-        let replica_pending = match publish_replica_row(shared, order_id).await {
+        let replica_pending = match publish_replica_row(
+            &shared.vault,
+            shared.replica.as_ref(),
+            order_id,
+        )
+        .await
+        {
             Ok(()) => false,
             Err(e) => {
                 tracing::warn!(%order_id, error = %e, "The key replica did not acknowledge an erasure's row; retrying in the background.");
