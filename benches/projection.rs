@@ -139,6 +139,7 @@ async fn main() {
             batch_max: 1000,
             max_rate: 0,
             dead_letter: true,
+            idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
         },
     )
     .unwrap();

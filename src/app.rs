@@ -16,7 +16,7 @@ use crate::crypto::replica::{self, keys_topic_spec};
 use crate::crypto::{KekRing, KeyReplica, KeyVault, keys_topic_for};
 use crate::kafka::{self, KafkaSettings, TopicSpec, embedded::Embedded};
 use crate::projections::{Assignment, Projector, ProjectorConfig};
-use crate::service::Service;
+use crate::service::{Service, StateOptions};
 use crate::store::Store;
 
 /// A running orderlog.
@@ -105,9 +105,19 @@ impl App {
             .unwrap_or_else(|| config.data_dir.clone());
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let store = Store::open(&data_dir)?;
+        let store = Store::open_with(
+            &data_dir,
+            crate::store::StoreTuning {
+                block_cache_bytes: config.block_cache_mb << 20,
+                ..Default::default()
+            },
+        )?;
+        // Before anything folds into it: a new data directory is marked as
+        // one whose order state the projector builds from offset 0.
+        crate::service::state::prepare(&store)?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
         let keys_topic = keys_topic_for(&config.topic);
+        let mut restored = false;
         if vault.is_empty()? {
             let (s, t, v) = (settings.clone(), keys_topic.clone(), vault.clone());
             let report = tokio::task::spawn_blocking(move || {
@@ -116,6 +126,7 @@ impl App {
             .await?
             .context("restoring keys from the key replica topic")?;
             if report.restored + report.shredded > 0 {
+                restored = true;
                 tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the replica topic.");
             }
         }
@@ -132,6 +143,26 @@ impl App {
             .await?
             .with_context(|| format!("reading metadata of topic {}", config.topic))?
         };
+        // The projector first: it folds the order state with the views, and a
+        // writer with a long tail to catch up waits for it rather than
+        // reading the log a second time.
+        let projector = Projector::start(
+            store.clone(),
+            ProjectorConfig {
+                settings: settings.clone(),
+                topic: config.topic.clone(),
+                // Every partition, from the offsets stored beside the views:
+                // the order state commands are decided against is kept on
+                // every node for every partition, so a node that takes a
+                // partition over reads only its tail.
+                assignment: Assignment::All,
+                batch_max: 1000,
+                max_rate: 0,
+                dead_letter: true,
+                idempotency_ttl: config.idempotency_ttl,
+            },
+        )
+        .context("starting the projector")?;
         let service = Service::start(
             settings.clone(),
             config.topic.clone(),
@@ -139,27 +170,16 @@ impl App {
             vault,
             Some(key_replica),
             config.produce_timeout,
+            StateOptions {
+                store: store.clone(),
+                cache_orders: config.state_cache_orders,
+                idempotency_ttl: config.idempotency_ttl,
+                rebuild: restored,
+            },
         )
         .await
         .context("starting the write service")?;
-        let projector = Projector::start(
-            store.clone(),
-            ProjectorConfig {
-                settings: settings.clone(),
-                topic: config.topic.clone(),
-                // The embedded mock delays a group's first assignment by about
-                // 3 s; a lone demo instance reads every partition directly.
-                assignment: if embedded.is_some() {
-                    Assignment::All
-                } else {
-                    Assignment::Group(format!("orderlog-projector.{}", config.topic))
-                },
-                batch_max: 1000,
-                max_rate: 0,
-                dead_letter: true,
-            },
-        )
-        .context("starting the projector")?;
+
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
             tracing::warn!(

@@ -69,6 +69,9 @@ pub struct FileConfig {
     pub produce_timeout_ms: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub state_cache_orders: Option<usize>,
+    pub block_cache_mb: Option<usize>,
+    pub idempotency_ttl_hours: Option<u64>,
     /// token = role
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -134,6 +137,17 @@ pub struct Overrides {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ORDERLOG_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Orders the writers keep in memory, all partitions together (the rest
+    /// are read from RocksDB). Default 50000.
+    #[arg(long, env = "ORDERLOG_STATE_CACHE_ORDERS")]
+    pub state_cache_orders: Option<usize>,
+    /// RocksDB block cache, shared by every column family (MiB). Default 128.
+    #[arg(long, env = "ORDERLOG_BLOCK_CACHE_MB")]
+    pub block_cache_mb: Option<usize>,
+    /// How long an idempotency key answers a retry with the first outcome
+    /// (hours). Default 168 (7 days).
+    #[arg(long, env = "ORDERLOG_IDEMPOTENCY_TTL_HOURS")]
+    pub idempotency_ttl_hours: Option<u64>,
 }
 
 /// Where the KEK comes from.
@@ -171,6 +185,9 @@ pub struct Config {
     pub produce_timeout: Duration,
     /// Certificate chain and key (PEM) for HTTPS; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub state_cache_orders: usize,
+    pub block_cache_mb: usize,
+    pub idempotency_ttl: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -282,6 +299,36 @@ impl Config {
                 problem: "must be between 1 and 16".into(),
             });
         }
+        let state_cache_orders = o
+            .state_cache_orders
+            .or(file.state_cache_orders)
+            .unwrap_or(crate::service::partition::DEFAULT_CACHE_ORDERS);
+        if !(1..=100_000_000).contains(&state_cache_orders) {
+            return Err(ConfigError::Invalid {
+                setting: "state_cache_orders",
+                problem: "must be between 1 and 100000000".into(),
+            });
+        }
+        let block_cache_mb = o
+            .block_cache_mb
+            .or(file.block_cache_mb)
+            .unwrap_or(crate::store::DEFAULT_BLOCK_CACHE_MB);
+        if !(8..=1_048_576).contains(&block_cache_mb) {
+            return Err(ConfigError::Invalid {
+                setting: "block_cache_mb",
+                problem: "must be between 8 and 1048576".into(),
+            });
+        }
+        let ttl_hours = o
+            .idempotency_ttl_hours
+            .or(file.idempotency_ttl_hours)
+            .unwrap_or(crate::service::state::DEFAULT_IDEMPOTENCY_TTL.as_secs() / 3600);
+        if !(1..=24 * 3650).contains(&ttl_hours) {
+            return Err(ConfigError::Invalid {
+                setting: "idempotency_ttl_hours",
+                problem: "must be between 1 and 87600 (ten years)".into(),
+            });
+        }
         let tls = match (
             o.tls_cert.clone().or(file.tls_cert),
             o.tls_key.clone().or(file.tls_key),
@@ -322,6 +369,9 @@ impl Config {
                     .unwrap_or(10_000),
             ),
             tls,
+            state_cache_orders,
+            block_cache_mb,
+            idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
         })
     }
 }

@@ -388,7 +388,7 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
 
     // 1. A copy of a real OrderPlaced with one flipped byte (in its ciphertext).
     let tampered = s.orders[&3];
-    let mut bytes = events::encode(record(3).placed.as_ref().unwrap());
+    let mut bytes = events::encode(&app.app.service.placed(tampered).unwrap().unwrap());
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     let (tp, to) = produce(&app, tampered, bytes).await;

@@ -148,6 +148,7 @@ pub fn run(
             batch_max: 1000,
             max_rate: 0,
             dead_letter: false,
+            idempotency_ttl: crate::service::state::DEFAULT_IDEMPOTENCY_TTL,
         },
     )?;
     let counts = |p: &Projector| {

@@ -381,6 +381,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         batch_max: args.batch.max(1),
         max_rate: args.max_rate,
         dead_letter: true,
+        idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
     };
     let projector = Projector::start(store, config)?;
     let started = std::time::Instant::now();

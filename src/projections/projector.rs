@@ -8,6 +8,10 @@
 //! offset, kept only as a hint, is ahead of them). A record that cannot be
 //! projected goes to the dead-letter topic with the reason, and projection
 //! goes on.
+//!
+//! The same fold keeps the order state commands are decided against
+//! ([`crate::service::state`]): its rows go into the same WriteBatch as the
+//! views and the offsets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,9 +28,10 @@ use uuid::Uuid;
 
 use super::model::{FeedTarget, ProjectedOrder, feed_key, project};
 use crate::kafka::KafkaSettings;
+use crate::service::state::StateFolder;
 use crate::store::{
-    CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError,
-    decode_value, encode_value,
+    CF_MERCHANT_FEED, CF_ORDER_PLACED, CF_ORDER_STATE, CF_SHIPPING_FEED, CF_VIEW_OFFSETS,
+    CF_VIEW_ORDERS, Store, StoreError, decode_value, encode_value,
 };
 
 /// Suffix of the dead-letter topic: `<events topic>.dead-letter`.
@@ -57,6 +62,8 @@ pub struct ProjectorConfig {
     /// for audit replays, which must change nothing in Kafka: such a record
     /// is then only logged and counted (in `dead_lettered`).
     pub dead_letter: bool,
+    /// Expiry of the idempotency keys folded into the order state.
+    pub idempotency_ttl: Duration,
 }
 
 impl ProjectorConfig {
@@ -258,6 +265,8 @@ struct Run {
     /// Orders erased in the current batch: their rows are purged from disk
     /// once the batch is written.
     erased: Vec<[u8; 16]>,
+    /// The order state's share of the fold.
+    state: StateFolder,
 }
 
 impl Run {
@@ -288,9 +297,11 @@ impl Run {
                     &config.topic,
                     Duration::from_secs(30),
                 )?;
+                // From the stored offsets: a restart reads only the tail.
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..partitions as i32 {
-                    tpl.add_partition_offset(&config.topic, p, Offset::Beginning)?;
+                    let next = crate::service::state::checkpoint(&store, p)?;
+                    tpl.add_partition_offset(&config.topic, p, Offset::Offset(next))?;
                 }
                 consumer.assign(&tpl)?;
             }
@@ -299,7 +310,9 @@ impl Run {
             .settings
             .reliable_producer_config(Duration::from_secs(30))
             .create()?;
+        let state = StateFolder::new(store.clone(), config.idempotency_ttl);
         Ok(Self {
+            state,
             store,
             config,
             status,
@@ -368,6 +381,7 @@ impl Run {
                     crate::kafka::is_barrier(&m),
                     m.key().map(<[u8]>::to_vec),
                     m.payload().unwrap_or_default().to_vec(),
+                    crate::service::log_reader::idempotency_headers(&m),
                 ))),
             };
             match polled {
@@ -378,7 +392,7 @@ impl Run {
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Projector consume error.");
                 }
-                Some(Ok((partition, offset, barrier, key, payload))) => {
+                Some(Ok((partition, offset, barrier, key, payload, idempotency))) => {
                     let expected = self.stored_next(partition)?;
                     if offset < expected {
                         continue; // already in the views
@@ -427,7 +441,7 @@ impl Run {
                     }
                     if !barrier {
                         folded += 1;
-                        self.fold(partition, offset, key.as_deref(), &payload)?;
+                        self.fold(partition, offset, key.as_deref(), &payload, idempotency)?;
                     }
                     self.next.insert(partition, offset + 1);
                     self.dirty.insert(partition, offset + 1);
@@ -453,9 +467,17 @@ impl Run {
         offset: i64,
         key: Option<&[u8]>,
         payload: &[u8],
+        idempotency: Option<([u8; 32], [u8; 32])>,
     ) -> Result<(), ProjectorError> {
         let current = match crate::events::decode(payload) {
-            Ok(env) => self.order(env.meta.order_id.as_bytes())?,
+            Ok(env) => {
+                // A record keyed to another order is refused by the views
+                // (and dead-lettered) below; the state ignores it too.
+                if key.is_none_or(|k| k == env.meta.order_id.as_bytes()) {
+                    self.state.fold(&env, payload, offset, idempotency)?;
+                }
+                self.order(env.meta.order_id.as_bytes())?
+            }
             Err(_) => None,
         };
         match project(current.as_ref(), payload, key, partition as u32) {
@@ -540,7 +562,9 @@ impl Run {
         let ranges: Vec<(&'static str, Vec<u8>)> = self
             .erased
             .drain(..)
-            .map(|id| (CF_VIEW_ORDERS, id.to_vec()))
+            .flat_map(|id| {
+                [CF_VIEW_ORDERS, CF_ORDER_STATE, CF_ORDER_PLACED].map(|cf| (cf, id.to_vec()))
+            })
             .collect();
         if let Err(e) = self.store.purge(&ranges) {
             tracing::error!(error = %e, "Purging erased view rows from disk failed.");
@@ -553,6 +577,7 @@ impl Run {
             return Ok(());
         }
         let mut batch = std::mem::take(&mut self.batch);
+        self.state.stage(&mut batch, crate::service::now_ms());
         for (id, o) in self.overlay.drain() {
             batch.put_cf(self.store.cf(CF_VIEW_ORDERS), id, encode_value(&o));
         }

@@ -1,5 +1,6 @@
-//! Reads a partition of the event log from the start to its end, to rebuild
-//! the write side's state: the log is the truth.
+//! Reads a stretch of one partition of the event log, as the write side needs
+//! it: the tail after the stored state's checkpoint when a writer takes the
+//! partition, or the records up to a barrier when it settles a failed produce.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,6 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use super::state::{IdempotentOutcome, PartitionState};
-use crate::events;
 use crate::kafka::KafkaSettings;
 
 pub const HEADER_IDEMPOTENCY_KEY: &str = "orderlog-idempotency-key";
@@ -24,6 +23,11 @@ fn header32(m: &impl Message, name: &str) -> Option<[u8; 32]> {
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
 }
 
+/// The idempotency key and request digest a record carries, if any.
+pub fn idempotency_headers(m: &impl Message) -> Option<([u8; 32], [u8; 32])> {
+    header32(m, HEADER_IDEMPOTENCY_KEY).zip(header32(m, HEADER_REQUEST_DIGEST))
+}
+
 /// One record of the event log as the write side needs it.
 #[derive(Debug, Clone)]
 pub struct RawRecord {
@@ -32,23 +36,6 @@ pub struct RawRecord {
     /// Idempotency key and request digest headers, when present.
     pub idempotency: Option<([u8; 32], [u8; 32])>,
     pub barrier: bool,
-}
-
-/// Reads `topic`/`partition` from offset 0 to the high watermark.
-pub fn load_partition(
-    settings: &KafkaSettings,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-) -> Result<PartitionState, KafkaError> {
-    let mut st = PartitionState::default();
-    let stall = timeout.max(Duration::from_secs(60));
-    let end = scan(settings, topic, partition, 0, None, stall, |r| {
-        fold(&mut st, partition, &r)
-    })?;
-    st.next_offset = st.next_offset.max(end);
-    st.orders.retain(|_, r| r.state.version > 0);
-    Ok(st)
 }
 
 /// The records of `topic`/`partition` from offset `from` up to the high
@@ -70,45 +57,11 @@ pub fn read_range(
     Ok(out)
 }
 
-/// Folds one record into the partition's state: an event that continues its
-/// order's chain is applied (with its idempotency key); anything else is
-/// counted as skipped. Barriers carry nothing.
-pub fn fold(st: &mut PartitionState, partition: i32, r: &RawRecord) {
-    st.next_offset = st.next_offset.max(r.offset + 1);
-    if r.barrier {
-        return;
-    }
-    match events::decode(&r.payload) {
-        Ok(env) => {
-            let rec = st.orders.entry(env.meta.order_id).or_default();
-            if rec.absorb(&env, &r.payload, r.offset) {
-                if let Some((key, digest)) = r.idempotency {
-                    st.idempotency.insert(
-                        key,
-                        IdempotentOutcome {
-                            request_digest: digest,
-                            order_id: env.meta.order_id,
-                            version: rec.state.version,
-                        },
-                    );
-                }
-            } else {
-                st.skipped += 1;
-                tracing::warn!(partition, offset = r.offset, order_id = %env.meta.order_id, "Record does not continue its order's chain; skipped.");
-            }
-        }
-        Err(e) => {
-            st.skipped += 1;
-            tracing::warn!(partition, offset = r.offset, error = %e, "Undecodable record skipped.");
-        }
-    }
-}
-
 /// Calls `f` with every record from `from` to the end: the high watermark of
 /// the moment the scan starts, or `until` if that is further. Returns the end.
 /// Fails when no record arrives for `stall`, not when a long partition takes
 /// long.
-fn scan(
+pub fn scan(
     settings: &KafkaSettings,
     topic: &str,
     partition: i32,
@@ -163,8 +116,7 @@ fn scan(
         f(RawRecord {
             offset: m.offset(),
             payload: m.payload().unwrap_or_default().to_vec(),
-            idempotency: header32(&m, HEADER_IDEMPOTENCY_KEY)
-                .zip(header32(&m, HEADER_REQUEST_DIGEST)),
+            idempotency: idempotency_headers(&m),
             barrier: crate::kafka::is_barrier(&m),
         });
     }

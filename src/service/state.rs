@@ -1,40 +1,79 @@
-//! What the write side remembers per order, rebuilt from the log at start.
+//! What commands are decided against: per order, its version, facts, last
+//! hash and key id, kept in RocksDB (`order_state`, `order_placed`) and
+//! maintained from the log like a view; and the idempotency keys, with an
+//! expiry (`idempotency`). Row layouts are drawn in [`crate::store`].
+//!
+//! The fold here ([`StateFolder`]) is the one way a record of the log becomes
+//! state: the projector runs it in the same WriteBatch as the views and their
+//! offsets; the writer runs it over a partition's tail when it takes the
+//! partition (start, or after a failed produce) and stores the effects of its
+//! own acknowledged batches with the same codecs. Nothing here holds
+//! plaintext personal data: the placement is the sealed record as it is in
+//! the log.
 
 use std::collections::HashMap;
 
+use rocksdb::{MergeOperands, WriteBatch};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::crypto::KeyId;
-use crate::domain::{State, apply};
+use crate::domain::{Event, State, apply};
 use crate::events::{self, Envelope, RecordHash};
+use crate::store::{
+    CF_IDEMPOTENCY, CF_META, CF_ORDER_PLACED, CF_ORDER_STATE, CF_VIEW_OFFSETS, Store, StoreError,
+};
+
+/// `meta` row saying the order state covers the log from its start.
+const META_STATE_FORMAT: &[u8] = b"order_state.format";
+
+/// Format byte of `order_state` rows.
+const STATE_FORMAT: u8 = 1;
+/// Default expiry of an idempotency key.
+pub const DEFAULT_IDEMPOTENCY_TTL: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// One order as the writer knows it: enough to decide the next command and
-/// chain the next event, plus the sealed `OrderPlaced` envelope for reads.
-#[derive(Debug, Clone, Default)]
+/// chain the next event. (Its sealed placement is a row of its own, read
+/// only by queries.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderRecord {
     pub state: State,
     pub last_hash: RecordHash,
     pub key_id: Option<KeyId>,
-    /// The sealed `OrderPlaced` envelope (personal fields still encrypted).
-    pub placed: Option<Envelope>,
     pub placed_at_ms: i64,
     pub updated_at_ms: i64,
-    /// Offset of the order's latest event.
+    /// Offset of the order's latest event (-1 while not yet acknowledged).
     pub last_offset: i64,
 }
 
+/// What folding one record did to its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorbed {
+    /// The record was the order's next event.
+    Applied,
+    /// The order is already at or past this record's sequence: the record
+    /// was folded before (by the writer, or an earlier run), or it is a stale
+    /// duplicate. Nothing changes.
+    Already,
+    /// The record does not continue the order's chain (a gap, or a hash that
+    /// does not match): left to audit.
+    Broken,
+}
+
 impl OrderRecord {
-    /// Folds one stored record into the order. Returns false (and changes
-    /// nothing) when the record is not the order's next event.
-    pub fn absorb(&mut self, env: &Envelope, bytes: &[u8], offset: i64) -> bool {
+    /// Folds one stored record into the order.
+    pub fn absorb(&mut self, env: &Envelope, bytes: &[u8], offset: i64) -> Absorbed {
         let Ok(event) = events::public_event(env) else {
-            return false;
+            return Absorbed::Broken;
         };
-        if env.meta.sequence != self.state.version + 1 || env.meta.prev_hash != self.last_hash {
-            return false;
+        if env.meta.sequence <= self.state.version {
+            return Absorbed::Already;
         }
-        if matches!(event, crate::domain::Event::OrderPlaced(_)) {
-            self.placed = Some(env.clone());
+        if env.meta.sequence != self.state.version + 1 || env.meta.prev_hash != self.last_hash {
+            return Absorbed::Broken;
+        }
+        if matches!(event, Event::OrderPlaced(_)) {
             self.key_id = Some(env.meta.key_id);
             self.placed_at_ms = env.meta.occurred_at_ms;
         }
@@ -42,8 +81,68 @@ impl OrderRecord {
         self.last_hash = events::record_hash(bytes);
         self.updated_at_ms = env.meta.occurred_at_ms;
         self.last_offset = offset;
-        true
+        Absorbed::Applied
     }
+
+    /// True once every class of the order is erased: its placement row goes.
+    pub fn fully_erased(&self) -> bool {
+        self.state.order.as_ref().is_some_and(|o| o.fully_erased)
+    }
+}
+
+/// Encodes an `order_state` row: format, version (big-endian, so the merge
+/// operator compares versions without decoding), then the record.
+pub fn encode_state(rec: &OrderRecord) -> Vec<u8> {
+    let body = crate::store::encode_value(rec);
+    let mut v = Vec::with_capacity(9 + body.len());
+    v.push(STATE_FORMAT);
+    v.extend_from_slice(&rec.state.version.to_be_bytes());
+    v.extend_from_slice(&body);
+    v
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<OrderRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        cf: CF_ORDER_STATE,
+        reason,
+    };
+    match bytes.first() {
+        Some(&STATE_FORMAT) if bytes.len() >= 9 => {}
+        Some(f) => return Err(corrupt(format!("unknown row format {f}"))),
+        None => return Err(corrupt("empty row".into())),
+    }
+    let rec: OrderRecord = crate::store::decode_value(CF_ORDER_STATE, &bytes[9..])?;
+    if rec.state.version.to_be_bytes() != bytes[1..9] {
+        return Err(corrupt("version prefix does not match the row".into()));
+    }
+    Ok(rec)
+}
+
+fn row_version(bytes: &[u8]) -> Option<u64> {
+    bytes
+        .get(1..9)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// The `order_state` merge operator: of the stored row and the operands, the
+/// row with the highest version wins (equal versions are the same row, both
+/// derived from the same event). Never fails: a row that cannot be read
+/// loses to any that can.
+pub fn merge_highest_version(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &MergeOperands,
+) -> Option<Vec<u8>> {
+    let mut best: Option<(u64, &[u8])> = existing.and_then(|e| row_version(e).map(|v| (v, e)));
+    for op in operands {
+        if let Some(v) = row_version(op)
+            && best.is_none_or(|(b, _)| v >= b)
+        {
+            best = Some((v, op));
+        }
+    }
+    best.map(|(_, row)| row.to_vec())
+        .or_else(|| existing.map(<[u8]>::to_vec))
 }
 
 /// The outcome of an idempotent request, kept so a retry gets the same answer.
@@ -54,13 +153,453 @@ pub struct IdempotentOutcome {
     pub version: u64,
 }
 
-/// Orders and idempotency records of one partition.
-#[derive(Debug, Default)]
-pub struct PartitionState {
-    pub orders: HashMap<Uuid, OrderRecord>,
-    pub idempotency: HashMap<[u8; 32], IdempotentOutcome>,
-    /// Records that could not be decoded or did not chain (left to audit).
-    pub skipped: u64,
-    /// Next offset to read.
-    pub next_offset: i64,
+const IDEMPOTENCY_ROW: usize = 8 + 32 + 16 + 8;
+
+pub fn encode_idempotency(out: &IdempotentOutcome, expires_at_ms: i64) -> [u8; IDEMPOTENCY_ROW] {
+    let mut v = [0u8; IDEMPOTENCY_ROW];
+    v[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    v[8..40].copy_from_slice(&out.request_digest);
+    v[40..56].copy_from_slice(out.order_id.as_bytes());
+    v[56..].copy_from_slice(&out.version.to_be_bytes());
+    v
+}
+
+/// The row's outcome, or `None` once it has expired at `now_ms`.
+pub fn decode_idempotency(
+    bytes: &[u8],
+    now_ms: i64,
+) -> Result<Option<IdempotentOutcome>, StoreError> {
+    let Ok(row) = <&[u8; IDEMPOTENCY_ROW]>::try_from(bytes) else {
+        return Err(StoreError::Corrupt {
+            cf: CF_IDEMPOTENCY,
+            reason: format!("{} bytes, not {IDEMPOTENCY_ROW}", bytes.len()),
+        });
+    };
+    if idempotency_expired(row, now_ms) {
+        return Ok(None);
+    }
+    Ok(Some(IdempotentOutcome {
+        request_digest: row[8..40].try_into().expect("32 bytes"),
+        order_id: Uuid::from_bytes(row[40..56].try_into().expect("16 bytes")),
+        version: u64::from_be_bytes(row[56..].try_into().expect("8 bytes")),
+    }))
+}
+
+/// True when an `idempotency` row's expiry has passed (the compaction
+/// filter's test). A row too short to hold one is kept for audit to see.
+pub fn idempotency_expired(row: &[u8], now_ms: i64) -> bool {
+    row.get(..8)
+        .is_some_and(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")) <= now_ms)
+}
+
+/// An order's stored state.
+pub fn load_order(store: &Store, order_id: &Uuid) -> Result<Option<OrderRecord>, StoreError> {
+    match store
+        .db()
+        .get_pinned_cf(store.cf(CF_ORDER_STATE), order_id.as_bytes())?
+    {
+        Some(v) => decode_state(&v).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// An order's sealed `OrderPlaced` record, while the order is not fully erased.
+pub fn load_placed(store: &Store, order_id: &Uuid) -> Result<Option<Envelope>, StoreError> {
+    match store
+        .db()
+        .get_pinned_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes())?
+    {
+        Some(v) => events::decode(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                cf: CF_ORDER_PLACED,
+                reason: e.to_string(),
+            }),
+        None => Ok(None),
+    }
+}
+
+/// One point read: the stored answer to an idempotency key, if it has not expired.
+pub fn lookup_idempotency(
+    store: &Store,
+    key: &[u8; 32],
+    now_ms: i64,
+) -> Result<Option<IdempotentOutcome>, StoreError> {
+    match store.db().get_pinned_cf(store.cf(CF_IDEMPOTENCY), key)? {
+        Some(v) => decode_idempotency(&v, now_ms),
+        None => Ok(None),
+    }
+}
+
+/// Prepares a data directory before anything folds into it: a new one (no
+/// view offsets yet) is marked as holding the order state, which the
+/// projector then builds from offset 0 with the views. Returns whether the
+/// order state covers the log up to the views' checkpoint; false for a data
+/// directory of an earlier version, whose writers must build it from 0.
+pub fn prepare(store: &Store) -> Result<bool, StoreError> {
+    let built = |store: &Store| -> Result<bool, StoreError> {
+        Ok(store
+            .db()
+            .get_cf(store.cf(CF_META), META_STATE_FORMAT)?
+            .is_some_and(|v| v.first() == Some(&STATE_FORMAT)))
+    };
+    if built(store)? {
+        return Ok(true);
+    }
+    let fresh = store
+        .db()
+        .iterator_cf(store.cf(CF_VIEW_OFFSETS), rocksdb::IteratorMode::Start)
+        .next()
+        .is_none();
+    if fresh {
+        mark_built(store)?;
+    }
+    Ok(fresh)
+}
+
+/// Records that the order state covers the log from its start (every
+/// partition caught up from offset 0, or from a checkpoint of a state that did).
+pub fn mark_built(store: &Store) -> Result<(), StoreError> {
+    store
+        .db()
+        .put_cf(store.cf(CF_META), META_STATE_FORMAT, [STATE_FORMAT])?;
+    Ok(())
+}
+
+/// Next offset of `partition` that the views and the order state have not
+/// folded (0 when nothing is stored).
+pub fn checkpoint(store: &Store, partition: i32) -> Result<i64, StoreError> {
+    match store
+        .db()
+        .get_cf(store.cf(CF_VIEW_OFFSETS), (partition as u32).to_be_bytes())?
+    {
+        Some(v) => <[u8; 8]>::try_from(&v[..])
+            .map(i64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                cf: CF_VIEW_OFFSETS,
+                reason: format!("{} bytes, not 8", v.len()),
+            }),
+        None => Ok(0),
+    }
+}
+
+/// Adds an order's changed rows to `batch`: its state (merged), its placement
+/// (`placed`: the `OrderPlaced` record, when this change placed it), removed
+/// once fully erased.
+pub fn stage_order(
+    store: &Store,
+    batch: &mut WriteBatch,
+    order_id: &Uuid,
+    rec: &OrderRecord,
+    placed: Option<&[u8]>,
+) {
+    batch.merge_cf(
+        store.cf(CF_ORDER_STATE),
+        order_id.as_bytes(),
+        encode_state(rec),
+    );
+    if rec.fully_erased() {
+        batch.delete_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes());
+    } else if let Some(bytes) = placed {
+        batch.put_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes(), bytes);
+    }
+}
+
+/// Adds an idempotency row to `batch`.
+pub fn stage_idempotency(
+    store: &Store,
+    batch: &mut WriteBatch,
+    key: &[u8; 32],
+    outcome: &IdempotentOutcome,
+    expires_at_ms: i64,
+) {
+    batch.put_cf(
+        store.cf(CF_IDEMPOTENCY),
+        key,
+        encode_idempotency(outcome, expires_at_ms),
+    );
+}
+
+/// What one folded record was, for the caller's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folded {
+    pub order_id: Uuid,
+    pub absorbed: Absorbed,
+    /// The order is erased (some classes or all) after this record.
+    pub erased: bool,
+}
+
+/// Folds records of the log into order-state rows. Orders touched since the
+/// last [`StateFolder::stage`] are kept in memory (a batch's worth), the rest
+/// read from the store.
+#[derive(Debug)]
+pub struct StateFolder {
+    store: Store,
+    ttl_ms: i64,
+    touched: HashMap<Uuid, (OrderRecord, Option<Vec<u8>>)>,
+    keys: Vec<([u8; 32], IdempotentOutcome, i64)>,
+}
+
+impl StateFolder {
+    pub fn new(store: Store, idempotency_ttl: std::time::Duration) -> Self {
+        Self {
+            store,
+            ttl_ms: idempotency_ttl.as_millis().min(i64::MAX as u128) as i64,
+            touched: HashMap::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// The order as folded so far.
+    pub fn order(&mut self, order_id: &Uuid) -> Result<&mut OrderRecord, StoreError> {
+        if !self.touched.contains_key(order_id) {
+            let rec = load_order(&self.store, order_id)?.unwrap_or_default();
+            self.touched.insert(*order_id, (rec, None));
+        }
+        Ok(&mut self.touched.get_mut(order_id).expect("just inserted").0)
+    }
+
+    /// Folds one decoded record (`bytes` as in the log, `idempotency` from
+    /// its headers). A placement that is already folded is still staged
+    /// again (idempotent), and an erasure always removes the placement: the
+    /// writer may have stored an order's later events before the projector
+    /// reaches its earlier ones.
+    pub fn fold(
+        &mut self,
+        env: &Envelope,
+        bytes: &[u8],
+        offset: i64,
+        idempotency: Option<([u8; 32], [u8; 32])>,
+    ) -> Result<Folded, StoreError> {
+        let order_id = env.meta.order_id;
+        let ttl = self.ttl_ms;
+        let placed_event = env.meta.sequence == 1;
+        let entry = {
+            self.order(&order_id)?;
+            self.touched.get_mut(&order_id).expect("loaded above")
+        };
+        let absorbed = entry.0.absorb(env, bytes, offset);
+        if absorbed == Absorbed::Applied {
+            if placed_event {
+                entry.1 = Some(bytes.to_vec());
+            }
+            if let Some((key, digest)) = idempotency {
+                let expires = env.meta.occurred_at_ms.saturating_add(ttl);
+                self.keys.push((
+                    key,
+                    IdempotentOutcome {
+                        request_digest: digest,
+                        order_id,
+                        version: entry.0.state.version,
+                    },
+                    expires,
+                ));
+            }
+        }
+        let erased = entry
+            .0
+            .state
+            .order
+            .as_ref()
+            .is_some_and(|o| !o.erased.is_empty());
+        Ok(Folded {
+            order_id,
+            absorbed,
+            erased,
+        })
+    }
+
+    /// Adds the rows of every order folded since the last call to `batch`,
+    /// and forgets them.
+    pub fn stage(&mut self, batch: &mut WriteBatch, now_ms: i64) {
+        for (id, (rec, placed)) in self.touched.drain() {
+            if rec.state.version > 0 {
+                stage_order(&self.store, batch, &id, &rec, placed.as_deref());
+            }
+        }
+        for (key, outcome, expires) in self.keys.drain(..) {
+            if expires > now_ms {
+                stage_idempotency(&self.store, batch, &key, &outcome, expires);
+            }
+        }
+    }
+
+    /// Orders folded since the last [`StateFolder::stage`].
+    pub fn touched(&self) -> usize {
+        self.touched.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures;
+    use crate::events::EventMeta;
+
+    fn placed_record(order_id: Uuid) -> (Envelope, Vec<u8>) {
+        let key = crate::crypto::OrderKey::generate();
+        let event = crate::domain::decide(
+            &State::default(),
+            crate::domain::Command::PlaceOrder(fixtures::new_order(1, false)),
+        )
+        .unwrap()
+        .remove(0);
+        let meta = EventMeta {
+            event_id: Uuid::now_v7(),
+            order_id,
+            sequence: 1,
+            occurred_at_ms: 1_000,
+            key_id: key.id(),
+            prev_hash: [0; 32],
+        };
+        let env = events::seal_event(&event, meta, Some(&key)).unwrap();
+        let bytes = events::encode(&env);
+        (env, bytes)
+    }
+
+    fn cancelled_record(order_id: Uuid, prev: &[u8], key_id: KeyId) -> (Envelope, Vec<u8>) {
+        let event = Event::OrderCancelled {
+            reason: crate::domain::CancelReason::CustomerRequest,
+        };
+        let meta = EventMeta {
+            event_id: Uuid::now_v7(),
+            order_id,
+            sequence: 2,
+            occurred_at_ms: 2_000,
+            key_id,
+            prev_hash: events::record_hash(prev),
+        };
+        let env = events::seal_event(&event, meta, None).unwrap();
+        let bytes = events::encode(&env);
+        (env, bytes)
+    }
+
+    #[test]
+    fn a_state_row_round_trips_and_carries_its_version_in_front() {
+        let id = Uuid::now_v7();
+        let (env, bytes) = placed_record(id);
+        let mut rec = OrderRecord::default();
+        assert_eq!(rec.absorb(&env, &bytes, 7), Absorbed::Applied);
+        let row = encode_state(&rec);
+        assert_eq!(row[0], STATE_FORMAT);
+        assert_eq!(row_version(&row), Some(1));
+        assert_eq!(decode_state(&row).unwrap(), rec);
+        let mut bad = row.clone();
+        bad[0] = 9;
+        assert!(
+            decode_state(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("format 9")
+        );
+        let mut lying = row;
+        lying[8] = 2;
+        assert!(
+            decode_state(&lying).is_err(),
+            "a prefix that lies is refused"
+        );
+    }
+
+    #[test]
+    fn the_merge_keeps_the_highest_version_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Uuid::now_v7();
+        let (p, pb) = placed_record(id);
+        let mut v1 = OrderRecord::default();
+        v1.absorb(&p, &pb, 0);
+        let (c, cb) = cancelled_record(id, &pb, p.meta.key_id);
+        let mut v2 = v1.clone();
+        assert_eq!(v2.absorb(&c, &cb, 1), Absorbed::Applied);
+        let cf = store.cf(CF_ORDER_STATE);
+        // The writer stored version 2; a lagging projector then merges 1.
+        store
+            .db()
+            .merge_cf(cf, id.as_bytes(), encode_state(&v2))
+            .unwrap();
+        store
+            .db()
+            .merge_cf(cf, id.as_bytes(), encode_state(&v1))
+            .unwrap();
+        assert_eq!(load_order(&store, &id).unwrap().unwrap(), v2);
+        // Also once compacted into one value.
+        store
+            .db()
+            .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(load_order(&store, &id).unwrap().unwrap(), v2);
+    }
+
+    #[test]
+    fn a_fold_skips_what_the_order_already_holds_and_flags_broken_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Uuid::now_v7();
+        let (p, pb) = placed_record(id);
+        let (c, cb) = cancelled_record(id, &pb, p.meta.key_id);
+        let key = [7u8; 32];
+        let mut f = StateFolder::new(store.clone(), DEFAULT_IDEMPOTENCY_TTL);
+        assert_eq!(
+            f.fold(&p, &pb, 0, Some((key, [1; 32]))).unwrap().absorbed,
+            Absorbed::Applied
+        );
+        assert_eq!(
+            f.fold(&p, &pb, 0, None).unwrap().absorbed,
+            Absorbed::Already
+        );
+        let mut batch = WriteBatch::default();
+        f.stage(&mut batch, 5_000);
+        store.db().write(batch).unwrap();
+        assert_eq!(load_order(&store, &id).unwrap().unwrap().state.version, 1);
+        assert!(load_placed(&store, &id).unwrap().is_some());
+        let got = lookup_idempotency(&store, &key, 5_000).unwrap().unwrap();
+        assert_eq!((got.order_id, got.version), (id, 1));
+        // Expired a week after the event, whatever is on disk.
+        let week = DEFAULT_IDEMPOTENCY_TTL.as_millis() as i64;
+        assert_eq!(
+            lookup_idempotency(&store, &key, 1_000 + week).unwrap(),
+            None
+        );
+
+        // A new folder (a restart) reads the stored order and goes on.
+        let mut f = StateFolder::new(store.clone(), DEFAULT_IDEMPOTENCY_TTL);
+        assert_eq!(
+            f.fold(&p, &pb, 0, None).unwrap().absorbed,
+            Absorbed::Already
+        );
+        assert_eq!(
+            f.fold(&c, &cb, 1, None).unwrap().absorbed,
+            Absorbed::Applied
+        );
+        // The same sequence again with another hash: a fork, not applied.
+        let (other, ob) = placed_record(id);
+        let (fork, fb) = cancelled_record(id, &ob, other.meta.key_id);
+        let mut rec = load_order(&store, &id).unwrap().unwrap();
+        assert_eq!(rec.absorb(&fork, &fb, 2), Absorbed::Broken);
+    }
+
+    #[test]
+    fn expired_idempotency_rows_are_dropped_by_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let out = IdempotentOutcome {
+            request_digest: [2; 32],
+            order_id: Uuid::now_v7(),
+            version: 1,
+        };
+        let cf = store.cf(CF_IDEMPOTENCY);
+        store
+            .db()
+            .put_cf(cf, [1u8; 32], encode_idempotency(&out, 1))
+            .unwrap();
+        store
+            .db()
+            .put_cf(cf, [2u8; 32], encode_idempotency(&out, i64::MAX))
+            .unwrap();
+        store.db().flush_cf(cf).unwrap();
+        store
+            .db()
+            .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(store.db().get_cf(cf, [1u8; 32]).unwrap(), None);
+        assert!(store.db().get_cf(cf, [2u8; 32]).unwrap().is_some());
+    }
 }

@@ -8,7 +8,30 @@
 //! shipping_feed    provider | partition | offset   FeedEntry (bincode): order id, change
 //! merchant_feed    merchant | partition | offset   FeedEntry (bincode)
 //! view_offsets     partition (u32 BE)           next offset to project (u64 BE)
+//! order_state      order id (16 bytes)          format (1) | version (u64 BE) | StateRow (bincode)
+//! order_placed     order id (16 bytes)          the order's sealed `OrderPlaced` record, as in the log
+//! idempotency      key MAC (32 bytes)           expires at ms (i64 BE) | request digest (32) | order id (16) | version (u64 BE)
+//! erase_intents    order id (16 bytes)          EraseIntent (bincode): classes (none = whole order), when
+//! meta             name (UTF-8)                 small facts about the database itself (see below)
 //! ```
+//!
+//! `meta` rows: `order_state.format` (one byte) is written once the order
+//! state has been built from the start of the log; a data directory of an
+//! earlier version, whose views are current but which has no order state
+//! yet, lacks it, and the writers then build the state from offset 0.
+//!
+//! `order_state` is what commands are decided against (see
+//! [`crate::service::state`]). Two writers keep it: the projector, in the same
+//! WriteBatch as the views and `view_offsets` (so it is exactly-once and
+//! survives crashes), and the writer, which stores the effects of its own
+//! acknowledged batches before answering. Both derive every row from the log,
+//! so a row with the same version is the same row; the column family's merge
+//! operator keeps the highest version, and neither writer can move an order
+//! back in time whatever order their writes land in. Rows are written with
+//! `merge`, never `put`.
+//!
+//! `idempotency` rows expire: a lookup ignores an expired row, and a
+//! compaction filter drops it from disk.
 //!
 //! `provider` and `merchant` are length-prefixed (one byte) ids; partition is
 //! u32 and offset u64, big-endian, so a feed scans in log order per partition.
@@ -28,9 +51,21 @@ pub const CF_VIEW_ORDERS: &str = "view_orders";
 pub const CF_SHIPPING_FEED: &str = "shipping_feed";
 pub const CF_MERCHANT_FEED: &str = "merchant_feed";
 pub const CF_VIEW_OFFSETS: &str = "view_offsets";
+pub const CF_ORDER_STATE: &str = "order_state";
+pub const CF_ORDER_PLACED: &str = "order_placed";
+pub const CF_IDEMPOTENCY: &str = "idempotency";
+pub const CF_ERASE_INTENTS: &str = "erase_intents";
+pub const CF_META: &str = "meta";
 
-/// The column families that make up the views (digested by audits).
-pub const VIEW_COLUMN_FAMILIES: &[&str] = &[CF_VIEW_ORDERS, CF_SHIPPING_FEED, CF_MERCHANT_FEED];
+/// The column families derived from the log at `view_offsets`: the views and
+/// the order state (digested by audits, which compare them with a replay).
+pub const VIEW_COLUMN_FAMILIES: &[&str] = &[
+    CF_VIEW_ORDERS,
+    CF_SHIPPING_FEED,
+    CF_MERCHANT_FEED,
+    CF_ORDER_STATE,
+    CF_ORDER_PLACED,
+];
 
 /// Every column family this version knows; all are created when missing.
 pub const COLUMN_FAMILIES: &[&str] = &[
@@ -40,7 +75,77 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_SHIPPING_FEED,
     CF_MERCHANT_FEED,
     CF_VIEW_OFFSETS,
+    CF_ORDER_STATE,
+    CF_ORDER_PLACED,
+    CF_IDEMPOTENCY,
+    CF_ERASE_INTENTS,
+    CF_META,
 ];
+
+/// Memory RocksDB may use, whatever the number of orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreTuning {
+    /// One LRU block cache shared by every column family (uncompressed
+    /// blocks, index and filter blocks included).
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family; at most two per column family live
+    /// at once.
+    pub write_buffer_bytes: usize,
+}
+
+pub const DEFAULT_BLOCK_CACHE_MB: usize = 128;
+
+impl Default for StoreTuning {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_MB << 20,
+            write_buffer_bytes: 16 << 20,
+        }
+    }
+}
+
+impl StoreTuning {
+    fn cf_options(&self, name: &str, cache: &rocksdb::Cache) -> Options {
+        let mut block = rocksdb::BlockBasedOptions::default();
+        block.set_block_cache(cache);
+        // Index and filter blocks count against the cache, so memory stays
+        // bounded as SST files accumulate.
+        block.set_cache_index_and_filter_blocks(true);
+        block.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        block.set_bloom_filter(10.0, false);
+        let mut opts = Options::default();
+        opts.set_block_based_table_factory(&block);
+        opts.set_write_buffer_size(self.write_buffer_bytes);
+        opts.set_max_write_buffer_number(2);
+        match name {
+            CF_ORDER_STATE => {
+                opts.set_merge_operator_associative(
+                    "orderlog-highest-version",
+                    crate::service::state::merge_highest_version,
+                );
+            }
+            CF_IDEMPOTENCY => {
+                opts.set_compaction_filter("orderlog-expired", |_level, _key, value| {
+                    if crate::service::state::idempotency_expired(value, crate::service::now_ms()) {
+                        rocksdb::CompactionDecision::Remove
+                    } else {
+                        rocksdb::CompactionDecision::Keep
+                    }
+                });
+            }
+            _ => {}
+        }
+        opts
+    }
+
+    fn descriptors(&self) -> Vec<ColumnFamilyDescriptor> {
+        let cache = rocksdb::Cache::new_lru_cache(self.block_cache_bytes);
+        COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, self.cf_options(name, &cache)))
+            .collect()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,6 +177,10 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreTuning::default())
+    }
+
+    pub fn open_with(path: &Path, tuning: StoreTuning) -> Result<Self, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -80,12 +189,11 @@ impl Store {
         opts.set_wal_ttl_seconds(0);
         opts.set_wal_size_limit_mb(0);
         opts.set_keep_log_file_num(5);
-        let cfs = COLUMN_FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
+        let db = DB::open_cf_descriptors(&opts, path, tuning.descriptors()).map_err(|source| {
+            StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Ok(Self {
             db: Arc::new(db),
@@ -103,9 +211,7 @@ impl Store {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
         let opts = Options::default();
-        let cfs = COLUMN_FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let cfs = StoreTuning::default().descriptors();
         let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(|source| {
             StoreError::Open {
                 path: path.display().to_string(),

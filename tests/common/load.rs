@@ -141,6 +141,8 @@ pub struct Node {
     pub tokens: String,
     /// More `serve` arguments.
     pub args: Vec<String>,
+    /// More environment variables for `serve`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -157,6 +159,7 @@ impl Node {
                 "{CHECKOUT}=checkout,{LOGISTICS_SF}=logistics:sf-express,{MERCHANT_M1}=merchant:m-1,{PRIVACY}=privacy,{AUDITOR}=auditor"
             ),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -178,6 +181,7 @@ impl Node {
             .env("ORDERLOG_TOKENS", &self.tokens)
             .env("ORDERLOG_LOG", "warn")
             .env_remove("ORDERLOG_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
