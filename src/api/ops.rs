@@ -18,18 +18,30 @@ pub async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
 
-/// Connected to Kafka and caught up with the log: the projector has read the
-/// end of every assigned partition within the last few seconds and has
-/// projected up to it.
+/// Connected to Kafka and caught up with the log: the writers' stored state
+/// has caught up since the start, and the projector has read the end of
+/// every assigned partition within the last few seconds and has projected up
+/// to it.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let writers = state.service.ready();
     let Some(status) = &state.projector else {
-        return (StatusCode::OK, Json(json!({"status": "ready"}))).into_response();
+        return if writers {
+            (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not_ready", "reason": "writers are catching up with the log"})),
+            )
+                .into_response()
+        };
     };
     let lag = status.lag();
-    if status.ready(Duration::from_secs(5)) {
+    if writers && status.ready(Duration::from_secs(5)) {
         (StatusCode::OK, Json(json!({"status": "ready", "lag": lag}))).into_response()
     } else {
-        let why = if !status.assigned.load(std::sync::atomic::Ordering::Acquire) {
+        let why = if !writers {
+            "writers are catching up with the log"
+        } else if !status.assigned.load(std::sync::atomic::Ordering::Acquire) {
             "no partitions assigned yet"
         } else if !status.caught_up() {
             "projector is catching up with the log"

@@ -32,6 +32,8 @@ pub fn idempotency_headers(m: &impl Message) -> Option<([u8; 32], [u8; 32])> {
 #[derive(Debug, Clone)]
 pub struct RawRecord {
     pub offset: i64,
+    /// The record key (the order id, on every event orderlog writes).
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     /// Idempotency key and request digest headers, when present.
     pub idempotency: Option<([u8; 32], [u8; 32])>,
@@ -115,6 +117,7 @@ pub fn scan(
         }
         f(RawRecord {
             offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
             idempotency: idempotency_headers(&m),
             barrier: crate::kafka::is_barrier(&m),

@@ -194,6 +194,10 @@ struct Shared {
     producer: RwLock<FutureProducer>,
     /// Set by `shutdown`: a writer settling its partition gives up.
     closing: AtomicBool,
+    /// Set once every partition's state has caught up after the start.
+    ready: AtomicBool,
+    /// Notified when `ready` is set.
+    started: tokio::sync::Notify,
     vault: Arc<KeyVault>,
     replica: Option<KeyReplica>,
     store: Store,
@@ -250,9 +254,12 @@ impl Shared {
 }
 
 impl Service {
-    /// Catches every partition's stored state up to the end of the log,
-    /// finishes erasures a crash interrupted, and starts one writer per
-    /// partition.
+    /// Appends a barrier to every partition (failing fast when Kafka cannot
+    /// be written), then starts the writers. Each partition's stored state is
+    /// caught up with the log up to its barrier in the background, and
+    /// erasures a crash interrupted are finished; until then
+    /// [`Service::ready`] is false and commands wait (within the command
+    /// timeout) for it.
     pub async fn start(
         settings: KafkaSettings,
         topic: String,
@@ -262,7 +269,6 @@ impl Service {
         command_timeout: Duration,
         options: StateOptions,
     ) -> Result<Self, ServiceError> {
-        let started = Instant::now();
         let producer: FutureProducer = settings
             .reliable_producer_config(delivery_timeout(command_timeout))
             .create()
@@ -283,76 +289,28 @@ impl Service {
         // directory of an earlier version) or every erasure must be checked;
         // otherwise only the tail after the stored checkpoint.
         let from_zero = !state::prepare(&store)? || options.rebuild;
-        let catch_ups = ends.iter().enumerate().map(|(p, until)| {
-            let (s, t, st, until) = (settings.clone(), topic.clone(), store.clone(), *until);
-            let ttl = options.idempotency_ttl;
-            let stall = Duration::from_secs(60);
-            tokio::task::spawn_blocking(move || {
-                let from = state::checkpoint(&st, p as i32)?;
-                let t0 = Instant::now();
-                let caught = if from_zero {
-                    partition::catch_up(&s, &t, &st, ttl, p as i32, 0, until, stall)
-                } else {
-                    partition::follow(&s, &t, &st, ttl, p as i32, until, stall)
-                };
-                caught.map(|r| (if from_zero { 0 } else { from }, r, t0.elapsed()))
-            })
-        });
-        let mut erased = Vec::new();
-        let mut states = Vec::with_capacity(partitions);
         let per_partition = options.cache_orders.div_ceil(partitions.max(1));
-        for (p, r) in join_all(catch_ups).await.into_iter().enumerate() {
-            let (from, report, took) = r
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
-                .map_err(|e| match e {
-                    partition::CatchUpError::Kafka(e) => kafka_unavailable(&e),
-                    partition::CatchUpError::Store(e) => e.into(),
-                })?;
-            tracing::info!(
-                partition = p,
-                from,
-                to = report.end,
-                records = report.records,
-                applied = report.applied,
-                skipped = report.skipped,
-                elapsed_ms = took.as_millis() as u64,
-                "Partition state caught up with the log."
-            );
-            erased.extend(report.erased);
-            states.push(Mutex::new(PartitionState::new(per_partition, report.end)));
-        }
-        if from_zero {
-            state::mark_built(&store)?;
-        }
-        // An erasure is appended before the key is destroyed: finish those a
-        // crash interrupted (the intents), and those the tail holds whose key
-        // is still in the vault (a vault restored from the replica topic).
-        for (order_id, _) in intents::pending(&store)? {
-            finish_erasure(&vault, replica.as_ref(), &store, order_id, true).await?;
-        }
-        for order_id in erased {
-            finish_erasure(&vault, replica.as_ref(), &store, order_id, false).await?;
-        }
-        tracing::info!(
-            partitions,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Write side ready."
-        );
         let shared = Arc::new(Shared {
             settings,
             topic,
             producer: RwLock::new(producer),
             closing: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            started: tokio::sync::Notify::new(),
             vault,
             replica,
             store,
             idempotency_ttl: options.idempotency_ttl,
-            partitions: states,
+            partitions: ends
+                .iter()
+                .map(|end| Mutex::new(PartitionState::new(per_partition, *end)))
+                .collect(),
             in_flight: Mutex::new(HashSet::new()),
             command_timeout,
         });
         let mut queues = Vec::with_capacity(partitions);
-        let mut writers = Vec::with_capacity(partitions);
+        let mut writers = Vec::with_capacity(partitions + 1);
+        writers.push(tokio::spawn(catch_up_all(shared.clone(), ends, from_zero)));
         for p in 0..partitions {
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
             queues.push(tx);
@@ -363,6 +321,27 @@ impl Service {
             queues: Arc::new(RwLock::new(Some(queues))),
             writers: Arc::new(Mutex::new(writers)),
         })
+    }
+
+    /// True once every partition's stored state has caught up with the log
+    /// (as of the start) and the writers take commands.
+    pub fn ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`Service::ready`], or `deadline`.
+    async fn wait_ready(&self, deadline: tokio::time::Instant) -> Result<(), ServiceError> {
+        loop {
+            let started = self.shared.started.notified();
+            if self.ready() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, started).await.is_err() {
+                return Err(ServiceError::Unavailable(
+                    "the write side is still catching up with the log after a start".into(),
+                ));
+            }
+        }
     }
 
     pub fn partitions(&self) -> usize {
@@ -382,6 +361,12 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<Outcome, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
+        // Until the tail is folded, an idempotency key written there would
+        // not be found.
+        if !self.ready() {
+            self.wait_ready(tokio::time::Instant::now() + self.shared.command_timeout)
+                .await?;
+        }
         let mut guard = None;
         if let Some(idem) = idempotency {
             if let Some(prev) = self.known(&idem.key)? {
@@ -662,7 +647,116 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
     }
 }
 
+/// Catches every partition's stored state up to `ends` (its start barrier)
+/// and finishes interrupted erasures, then opens the writers. Retries until
+/// it succeeds or the service stops.
+async fn catch_up_all(shared: Arc<Shared>, ends: Vec<i64>, from_zero: bool) {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        if shared.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match try_catch_up_all(&shared, &ends, from_zero).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "Catching up with the log failed; retrying.");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    shared.ready.store(true, Ordering::Release);
+    shared.started.notify_waiters();
+    tracing::info!(
+        partitions = ends.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Write side ready."
+    );
+}
+
+async fn try_catch_up_all(
+    shared: &Arc<Shared>,
+    ends: &[i64],
+    from_zero: bool,
+) -> Result<(), ServiceError> {
+    let store = shared.store.clone();
+    let catch_ups = ends.iter().enumerate().map(|(p, until)| {
+        let (s, t, st, until) = (
+            shared.settings.clone(),
+            shared.topic.clone(),
+            store.clone(),
+            *until,
+        );
+        let ttl = shared.idempotency_ttl;
+        let stall = Duration::from_secs(60);
+        tokio::task::spawn_blocking(move || {
+            let from = if from_zero {
+                0
+            } else {
+                state::checkpoint(&st, p as i32)?
+            };
+            let t0 = Instant::now();
+            let caught = if from_zero {
+                partition::catch_up(&s, &t, &st, ttl, p as i32, 0, until, stall)
+            } else {
+                partition::follow(&s, &t, &st, ttl, p as i32, until, stall)
+            };
+            caught.map(|r| (from, r, t0.elapsed()))
+        })
+    });
+    let mut erased = Vec::new();
+    for (p, r) in join_all(catch_ups).await.into_iter().enumerate() {
+        let (from, report, took) = r
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| match e {
+                partition::CatchUpError::Kafka(e) => kafka_unavailable(&e),
+                partition::CatchUpError::Store(e) => e.into(),
+            })?;
+        tracing::info!(
+            partition = p,
+            from,
+            to = report.end,
+            records = report.records,
+            applied = report.applied,
+            skipped = report.skipped,
+            elapsed_ms = took.as_millis() as u64,
+            "Partition state caught up with the log."
+        );
+        erased.extend(report.erased);
+    }
+    if from_zero {
+        state::mark_built(&store)?;
+    }
+    // An erasure is appended before the key is destroyed: finish those a
+    // crash interrupted (the intents), and those the log holds whose key is
+    // still in the vault (a vault restored from the replica topic).
+    let replica = shared.replica.as_ref();
+    for (order_id, _) in intents::pending(&store)? {
+        finish_erasure(&shared.vault, replica, &store, order_id, true).await?;
+    }
+    for order_id in erased {
+        finish_erasure(&shared.vault, replica, &store, order_id, false).await?;
+    }
+    Ok(())
+}
+
 async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Job>) {
+    // Nothing is decided before the partition's stored state has caught up.
+    loop {
+        let started = shared.started.notified();
+        if shared.ready.load(Ordering::Acquire) || shared.closing.load(Ordering::Acquire) {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), started).await;
+    }
+    if !shared.ready.load(Ordering::Acquire) {
+        // Stopped before the state caught up: nothing may be decided on it.
+        while let Some(job) = rx.recv().await {
+            let _ = job.reply.send(Err(ServiceError::ShuttingDown));
+        }
+        return;
+    }
     // Jobs waiting for a later batch, in arrival order.
     let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     let mut open = true;

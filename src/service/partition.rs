@@ -152,6 +152,16 @@ impl StoreFolder {
         }
         let partition = self.partition;
         match events::decode(&r.payload) {
+            // The projector refuses (dead-letters) a record keyed to another
+            // order; so does the state, on either side.
+            Ok(env)
+                if r.key
+                    .as_deref()
+                    .is_some_and(|k| k != env.meta.order_id.as_bytes()) =>
+            {
+                self.report.skipped += 1;
+                tracing::warn!(partition, offset = r.offset, order_id = %env.meta.order_id, "Record keyed to another order; skipped.");
+            }
             Ok(env) => {
                 let f = self
                     .folder
@@ -333,6 +343,7 @@ mod tests {
         let env = events::seal_event(&event, meta, Some(&key)).unwrap();
         RawRecord {
             offset,
+            key: Some(order_id.as_bytes().to_vec()),
             payload: events::encode(&env),
             idempotency: None,
             barrier: false,
@@ -368,12 +379,14 @@ mod tests {
         );
         let barrier = RawRecord {
             offset: 1,
+            key: None,
             payload: Vec::new(),
             idempotency: None,
             barrier: true,
         };
         let garbage = RawRecord {
             offset: 3,
+            key: Some(id.as_bytes().to_vec()),
             payload: b"not an envelope".to_vec(),
             idempotency: None,
             barrier: false,
