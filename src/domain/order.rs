@@ -398,7 +398,7 @@ impl Status {
 }
 
 /// The public facts of a placed order: everything `decide` needs, no personal data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderFacts {
     pub order_number: OrderNumber,
     pub merchant_id: MerchantId,
@@ -426,7 +426,7 @@ impl OrderFacts {
 }
 
 /// An order's state: how many events it has (its version) and, once placed, its facts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub version: u64,
     pub order: Option<OrderFacts>,

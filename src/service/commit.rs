@@ -13,13 +13,13 @@ use rdkafka::producer::FutureRecord;
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
-use super::intents::{self, EraseIntent};
+use super::intents::{self, EraseIntent, IntentId};
 use super::log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
 use super::settle::resync;
 use super::state::{self, Absorbed, IdempotentOutcome, OrderRecord};
 use super::{
-    Job, Outcome, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, now_ms,
-    publish_replica_row, republish_replica_row,
+    Job, Outcome, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, finish_intents, now_ms,
+    publish_replica_row, replay, republish_replica_row,
 };
 use crate::crypto::{KeyId, OrderKey};
 use crate::domain::{self, Command, ErasureScope, FieldClass};
@@ -80,12 +80,24 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
         return;
     }
     let stale = shared.partition(partition).stale;
-    if stale && !resync(shared, partition).await {
-        refuse_all(jobs, || {
-            ServiceError::Unavailable("the order state could not be brought up to date".into())
-        });
-        return;
-    }
+    let jobs = if stale {
+        if !resync(shared, partition).await {
+            refuse_all(jobs, || {
+                ServiceError::Unavailable("the order state could not be brought up to date".into())
+            });
+            return;
+        }
+        // Erasures answered `outcome_unknown` are known now: finish those
+        // that landed.
+        if let Err(e) = finish_intents(shared, partition).await {
+            tracing::warn!(partition, error = %e, "Finishing erase intents failed; retried at next start.");
+        }
+        // A key the settled records carried was not stored when these jobs
+        // looked it up: look again.
+        recheck_idempotency(shared, jobs)
+    } else {
+        jobs
+    };
     let now = now_ms();
     // Tentative copies of the orders this batch touches.
     let mut tentative: HashMap<Uuid, OrderRecord> = HashMap::new();
@@ -230,11 +242,14 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
     // Erase intents, then new order keys, each in one fsynced batch: an
     // event must never reach the log without its key being safe, nor an
     // erasure without the promise to destroy the key.
-    let erase_intents: Vec<(Uuid, EraseIntent)> = pending
+    let erase_intents: Vec<(IntentId, EraseIntent)> = pending
         .iter()
         .filter_map(|p| match &p.job.command {
             Command::EraseOrder { scope } => Some((
-                p.job.order_id,
+                IntentId {
+                    order_id: p.job.order_id,
+                    sequence: p.outcome.version,
+                },
                 EraseIntent {
                     classes: match scope {
                         ErasureScope::Order => None,
@@ -313,12 +328,19 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
         None
     };
     let mut stored = WriteBatch::default();
-    let mut to_shred: Vec<(Uuid, Option<BTreeSet<FieldClass>>, usize)> = Vec::new();
+    // Idempotency keys stay in flight until their outcome is stored.
+    let mut guards = Vec::new();
+    let mut to_shred: Vec<(Uuid, Option<BTreeSet<FieldClass>>, IntentId, usize)> = Vec::new();
     let mut replies = Vec::with_capacity(acked.len());
     let mut remember = Vec::new();
     let mut known_gone = Vec::new();
     let expires = now.saturating_add(shared.idempotency_ttl.as_millis() as i64);
     for (mut p, res) in acked {
+        guards.push(p.job._in_flight.take());
+        let intent = IntentId {
+            order_id: p.job.order_id,
+            sequence: p.outcome.version,
+        };
         let res = match (res, settled) {
             (Ok(pos), _) => Ok(pos),
             (Err(e), Some(true)) => match landed(shared, partition, &p) {
@@ -364,7 +386,7 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
                         ErasureScope::Order => None,
                         ErasureScope::Classes(c) => Some(c.clone()),
                     };
-                    to_shred.push((p.job.order_id, classes, replies.len()));
+                    to_shred.push((p.job.order_id, classes, intent, replies.len()));
                 }
                 replies.push((p.job.reply, Ok(p.outcome)));
             }
@@ -376,7 +398,7 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
                         let _ = shared.vault.discard(p.job.order_id);
                     }
                     if matches!(p.job.command, Command::EraseOrder { .. }) {
-                        known_gone.push(p.job.order_id);
+                        known_gone.push(intent);
                     }
                 }
                 replies.push((p.job.reply, Err(e)));
@@ -385,7 +407,7 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
     }
     for id in known_gone {
         if let Err(e) = intents::clear(&shared.store, &id) {
-            tracing::warn!(order_id = %id, error = %e, "Clearing an erase intent failed; it is resolved at next start.");
+            tracing::warn!(order_id = %id.order_id, error = %e, "Clearing an erase intent failed; it is resolved at next start.");
         }
     }
     if !remember.is_empty() {
@@ -411,7 +433,7 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
         }
     }
     // Erasure: the OrderErased event is in the log; now destroy the key.
-    for (order_id, classes, idx) in to_shred {
+    for (order_id, classes, intent, idx) in to_shred {
         let rec = match shared.vault.destroy(order_id, classes.as_ref(), now) {
             Ok(rec) => rec,
             Err(e) => {
@@ -427,14 +449,14 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
         .await
         {
             Ok(()) => {
-                if let Err(e) = intents::clear(&shared.store, &order_id) {
+                if let Err(e) = intents::clear(&shared.store, &intent) {
                     tracing::warn!(%order_id, error = %e, "Clearing an erase intent failed; it is finished again at next start.");
                 }
                 false
             }
             Err(e) => {
                 tracing::warn!(%order_id, error = %e, "The key replica did not acknowledge an erasure's row; retrying in the background.");
-                tokio::spawn(republish_replica_row(shared.clone(), order_id));
+                tokio::spawn(republish_replica_row(shared.clone(), order_id, intent));
                 true
             }
         };
@@ -446,9 +468,32 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
     for (reply, res) in replies {
         let _ = reply.send(res);
     }
+    drop(guards);
 }
 
-fn clear_intents(shared: &Shared, erase_intents: &[(Uuid, EraseIntent)]) {
+/// Answers the jobs whose idempotency key is stored by now, and returns the rest.
+fn recheck_idempotency(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
+    let now = now_ms();
+    let mut rest = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let Some(idem) = job.idempotency else {
+            rest.push(job);
+            continue;
+        };
+        match state::lookup_idempotency(&shared.store, &idem.key, now) {
+            Ok(Some(prev)) => {
+                let _ = job.reply.send(replay(prev, idem));
+            }
+            Ok(None) => rest.push(job),
+            Err(e) => {
+                let _ = job.reply.send(Err(e.into()));
+            }
+        }
+    }
+    rest
+}
+
+fn clear_intents(shared: &Shared, erase_intents: &[(IntentId, EraseIntent)]) {
     for (id, _) in erase_intents {
         let _ = intents::clear(&shared.store, id);
     }

@@ -1,4 +1,6 @@
 //! Erase intents: written (fsynced) before an `OrderErased` record is sent,
+//! one per erasure (keyed by order id and the event's sequence number, so
+//! two erasures of one order never clear each other's),
 //! removed once the key is destroyed and its replica row acknowledged, or
 //! once the record is known not to be in the log. A writer that takes a
 //! partition finishes every intent it finds, so a crash anywhere between the
@@ -14,6 +16,31 @@ use uuid::Uuid;
 use crate::domain::FieldClass;
 use crate::store::{CF_ERASE_INTENTS, Store, StoreError, decode_value, encode_value};
 
+/// Which erasure an intent is for: the order and the sequence number its
+/// `OrderErased` event takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IntentId {
+    pub order_id: Uuid,
+    pub sequence: u64,
+}
+
+impl IntentId {
+    fn key(&self) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        k[..16].copy_from_slice(self.order_id.as_bytes());
+        k[16..].copy_from_slice(&self.sequence.to_be_bytes());
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<Self> {
+        let k = <&[u8; 24]>::try_from(k).ok()?;
+        Some(Self {
+            order_id: Uuid::from_bytes(k[..16].try_into().expect("16 bytes")),
+            sequence: u64::from_be_bytes(k[16..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EraseIntent {
     /// `None`: the whole order.
@@ -22,17 +49,13 @@ pub struct EraseIntent {
 }
 
 /// Records intents durably (one fsynced batch).
-pub fn record(store: &Store, intents: &[(Uuid, EraseIntent)]) -> Result<(), StoreError> {
+pub fn record(store: &Store, intents: &[(IntentId, EraseIntent)]) -> Result<(), StoreError> {
     if intents.is_empty() {
         return Ok(());
     }
     let mut batch = WriteBatch::default();
     for (id, intent) in intents {
-        batch.put_cf(
-            store.cf(CF_ERASE_INTENTS),
-            id.as_bytes(),
-            encode_value(intent),
-        );
+        batch.put_cf(store.cf(CF_ERASE_INTENTS), id.key(), encode_value(intent));
     }
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -40,26 +63,24 @@ pub fn record(store: &Store, intents: &[(Uuid, EraseIntent)]) -> Result<(), Stor
     Ok(())
 }
 
-pub fn clear(store: &Store, order_id: &Uuid) -> Result<(), StoreError> {
-    store
-        .db()
-        .delete_cf(store.cf(CF_ERASE_INTENTS), order_id.as_bytes())?;
+pub fn clear(store: &Store, id: &IntentId) -> Result<(), StoreError> {
+    store.db().delete_cf(store.cf(CF_ERASE_INTENTS), id.key())?;
     Ok(())
 }
 
 /// Every intent not yet cleared.
-pub fn pending(store: &Store) -> Result<Vec<(Uuid, EraseIntent)>, StoreError> {
+pub fn pending(store: &Store) -> Result<Vec<(IntentId, EraseIntent)>, StoreError> {
     let mut out = Vec::new();
     for item in store
         .db()
         .iterator_cf(store.cf(CF_ERASE_INTENTS), IteratorMode::Start)
     {
         let (k, v) = item?;
-        let id = <[u8; 16]>::try_from(&k[..]).map_err(|_| StoreError::Corrupt {
+        let id = IntentId::from_key(&k).ok_or_else(|| StoreError::Corrupt {
             cf: CF_ERASE_INTENTS,
             reason: format!("key of {} bytes", k.len()),
         })?;
-        out.push((Uuid::from_bytes(id), decode_value(CF_ERASE_INTENTS, &v)?));
+        out.push((id, decode_value(CF_ERASE_INTENTS, &v)?));
     }
     Ok(out)
 }
@@ -72,7 +93,17 @@ mod tests {
     fn intents_are_listed_until_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let order = Uuid::now_v7();
+        let (a, b) = (
+            IntentId {
+                order_id: order,
+                sequence: 3,
+            },
+            IntentId {
+                order_id: order,
+                sequence: 5,
+            },
+        );
         let classes = Some(BTreeSet::from([FieldClass::Identity]));
         record(
             &store,
@@ -95,9 +126,10 @@ mod tests {
         )
         .unwrap();
         let mut got = pending(&store).unwrap();
-        got.sort_by_key(|(id, _)| *id);
+        got.sort_by_key(|(id, _)| id.sequence);
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].1.classes, classes);
+        // Two erasures of one order: clearing one keeps the other.
         clear(&store, &a).unwrap();
         assert_eq!(
             pending(&store)

@@ -423,19 +423,7 @@ impl Service {
     }
 
     fn replay(&self, prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, ServiceError> {
-        if prev.request_digest != idem.request {
-            return Err(ServiceError::IdempotencyMismatch);
-        }
-        Ok(Outcome {
-            order_id: prev.order_id,
-            version: prev.version,
-            position: None,
-            occurred_at_ms: 0,
-            replayed: true,
-            shredded: None,
-            replica_pending: false,
-            key_id: None,
-        })
+        replay(prev, idem)
     }
 
     async fn dispatch(
@@ -547,6 +535,24 @@ impl Service {
     }
 }
 
+/// The answer to a request whose idempotency key is already stored: the
+/// first outcome, or a refusal when the key came with another request.
+fn replay(prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, ServiceError> {
+    if prev.request_digest != idem.request {
+        return Err(ServiceError::IdempotencyMismatch);
+    }
+    Ok(Outcome {
+        order_id: prev.order_id,
+        version: prev.version,
+        position: None,
+        occurred_at_ms: 0,
+        replayed: true,
+        shredded: None,
+        replica_pending: false,
+        key_id: None,
+    })
+}
+
 /// Destroys an order's key (or some classes of it) in the vault, then
 /// replaces its replica row with the reduced row or a tombstone.
 async fn shred(
@@ -572,7 +578,7 @@ async fn finish_erasure(
     replica: Option<&KeyReplica>,
     store: &Store,
     order_id: Uuid,
-    intent: bool,
+    intent: Option<intents::IntentId>,
 ) -> Result<(), ServiceError> {
     let rec = state::load_order(store, &order_id)?;
     let erased = rec.as_ref().and_then(|r| {
@@ -590,14 +596,33 @@ async fn finish_erasure(
             let classes = (!o.fully_erased).then(|| o.erased.clone());
             shred(vault, replica, order_id, classes.as_ref(), at).await?;
             tracing::warn!(%order_id, "Finished an interrupted erasure.");
-        } else if intent {
+        } else if intent.is_some() {
             // A crash between the vault and the replica could leave a
             // wrapped key in the replica: send its row again.
             publish_replica_row(vault, replica, order_id).await?;
         }
     }
-    if intent {
-        intents::clear(store, &order_id)?;
+    if let Some(id) = intent {
+        intents::clear(store, &id)?;
+    }
+    Ok(())
+}
+
+/// Finishes the erase intents of `partition` left by erasures whose outcome
+/// was not known when they were answered (idempotent for any other).
+async fn finish_intents(shared: &Shared, partition: usize) -> Result<(), ServiceError> {
+    let n = shared.partitions.len();
+    for (id, _) in intents::pending(&shared.store)? {
+        if partition_of(&id.order_id, n) == partition {
+            finish_erasure(
+                &shared.vault,
+                shared.replica.as_ref(),
+                &shared.store,
+                id.order_id,
+                Some(id),
+            )
+            .await?;
+        }
     }
     Ok(())
 }
@@ -622,7 +647,7 @@ async fn publish_replica_row(
 /// Retries [`publish_replica_row`] until Kafka acknowledges it: an erased
 /// order's wrapped key must not stay in the replica topic for longer than the
 /// outage. (A crash before that is covered at the next start.)
-async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
+async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid, intent: intents::IntentId) {
     let mut pause = Duration::from_millis(200);
     loop {
         tokio::time::sleep(pause).await;
@@ -633,7 +658,7 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid) {
             // landed; publishing again puts the latest row last.
             Ok(()) if shared.vault.stored(order_id).ok().flatten() == before => {
                 tracing::info!(%order_id, "Key replica row of an erasure written after a retry.");
-                if let Err(e) = intents::clear(&shared.store, &order_id) {
+                if let Err(e) = intents::clear(&shared.store, &intent) {
                     tracing::warn!(%order_id, error = %e, "Clearing the erase intent failed; it is finished again at next start.");
                 }
                 return;
@@ -732,11 +757,11 @@ async fn try_catch_up_all(
     // crash interrupted (the intents), and those the log holds whose key is
     // still in the vault (a vault restored from the replica topic).
     let replica = shared.replica.as_ref();
-    for (order_id, _) in intents::pending(&store)? {
-        finish_erasure(&shared.vault, replica, &store, order_id, true).await?;
+    for (id, _) in intents::pending(&store)? {
+        finish_erasure(&shared.vault, replica, &store, id.order_id, Some(id)).await?;
     }
     for order_id in erased {
-        finish_erasure(&shared.vault, replica, &store, order_id, false).await?;
+        finish_erasure(&shared.vault, replica, &store, order_id, None).await?;
     }
     Ok(())
 }

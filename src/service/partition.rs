@@ -121,6 +121,7 @@ pub struct StoreFolder {
     partition: i32,
     pub report: CatchUp,
     seen: Option<std::collections::HashSet<Uuid>>,
+    erased_seen: std::collections::HashSet<Uuid>,
 }
 
 impl StoreFolder {
@@ -135,6 +136,7 @@ impl StoreFolder {
                 ..CatchUp::default()
             },
             seen: None,
+            erased_seen: std::collections::HashSet::new(),
         }
     }
 
@@ -179,7 +181,10 @@ impl StoreFolder {
                 {
                     self.report.touched.push(f.order_id);
                 }
-                if f.erased && f.absorbed == Absorbed::Applied {
+                // Erased orders, whoever folded the erasure first (the
+                // projector folds the same records meanwhile).
+                if f.erased && f.absorbed != Absorbed::Broken && self.erased_seen.insert(f.order_id)
+                {
                     self.report.erased.push(f.order_id);
                 }
             }

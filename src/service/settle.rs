@@ -123,17 +123,17 @@ pub(super) async fn resync(shared: &Shared, partition: usize) -> bool {
         shared.partition(partition).stale = true;
         return false;
     };
-    let mut folder = StoreFolder::new(
-        shared.store.clone(),
-        shared.idempotency_ttl,
-        partition as i32,
-        from,
-    )
-    .tracking_touched();
-    let folded = records
-        .iter()
-        .try_for_each(|r| folder.fold(r))
-        .and_then(|()| folder.finish());
+    let (store, ttl) = (shared.store.clone(), shared.idempotency_ttl);
+    let folded = tokio::task::spawn_blocking(move || {
+        let mut folder = StoreFolder::new(store, ttl, partition as i32, from).tracking_touched();
+        records
+            .iter()
+            .try_for_each(|r| folder.fold(r))
+            .and_then(|()| folder.finish())
+    })
+    .await
+    .map_err(|e| format!("the folding task failed: {e}"))
+    .and_then(|r| r.map_err(|e| e.to_string()));
     let mut st = shared.partition(partition);
     match folded {
         Ok(report) => {

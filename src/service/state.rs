@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::crypto::KeyId;
-use crate::domain::{Event, State, apply};
+use crate::domain::validation::{Item, MerchantId, Money, OrderNumber, ProviderId};
+use crate::domain::{CancelReason, Event, FieldClass, OrderFacts, Party, State, apply};
 use crate::events::{self, Envelope, RecordHash};
 use crate::store::{
     CF_IDEMPOTENCY, CF_META, CF_ORDER_PLACED, CF_ORDER_STATE, CF_VIEW_OFFSETS, Store, StoreError,
@@ -36,7 +37,7 @@ pub const DEFAULT_IDEMPOTENCY_TTL: std::time::Duration =
 /// One order as the writer knows it: enough to decide the next command and
 /// chain the next event. (Its sealed placement is a row of its own, read
 /// only by queries.)
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderRecord {
     pub state: State,
     pub last_hash: RecordHash,
@@ -90,10 +91,117 @@ impl OrderRecord {
     }
 }
 
+/// The stored form of an [`OrderRecord`] (format 1): the domain's types stay
+/// free to change; a change here is a new format.
+#[derive(Serialize, Deserialize)]
+struct RowV1 {
+    version: u64,
+    order: Option<FactsV1>,
+    last_hash: RecordHash,
+    key_id: Option<KeyId>,
+    placed_at_ms: i64,
+    updated_at_ms: i64,
+    last_offset: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FactsV1 {
+    order_number: OrderNumber,
+    merchant_id: MerchantId,
+    items: Vec<Item>,
+    amount: Money,
+    real_name: bool,
+    has_contact: bool,
+    cancelled: Option<CancelReason>,
+    erased: std::collections::BTreeSet<FieldClass>,
+    fully_erased: bool,
+    shares: Vec<(PartyV1, std::collections::BTreeSet<FieldClass>)>,
+}
+
+/// A party, externally tagged (bincode cannot read the adjacently tagged
+/// JSON form the domain type has).
+#[derive(Serialize, Deserialize)]
+enum PartyV1 {
+    Logistics(ProviderId),
+    Merchant(MerchantId),
+}
+
+impl From<&OrderRecord> for RowV1 {
+    fn from(r: &OrderRecord) -> Self {
+        RowV1 {
+            version: r.state.version,
+            order: r.state.order.as_ref().map(|o| FactsV1 {
+                order_number: o.order_number.clone(),
+                merchant_id: o.merchant_id.clone(),
+                items: o.items.clone(),
+                amount: o.amount,
+                real_name: o.real_name,
+                has_contact: o.has_contact,
+                cancelled: o.cancelled,
+                erased: o.erased.clone(),
+                fully_erased: o.fully_erased,
+                shares: o
+                    .shares
+                    .iter()
+                    .map(|(p, c)| {
+                        let p = match p {
+                            Party::Logistics(id) => PartyV1::Logistics(id.clone()),
+                            Party::Merchant(id) => PartyV1::Merchant(id.clone()),
+                        };
+                        (p, c.clone())
+                    })
+                    .collect(),
+            }),
+            last_hash: r.last_hash,
+            key_id: r.key_id,
+            placed_at_ms: r.placed_at_ms,
+            updated_at_ms: r.updated_at_ms,
+            last_offset: r.last_offset,
+        }
+    }
+}
+
+impl From<RowV1> for OrderRecord {
+    fn from(r: RowV1) -> Self {
+        OrderRecord {
+            state: State {
+                version: r.version,
+                order: r.order.map(|o| OrderFacts {
+                    order_number: o.order_number,
+                    merchant_id: o.merchant_id,
+                    items: o.items,
+                    amount: o.amount,
+                    real_name: o.real_name,
+                    has_contact: o.has_contact,
+                    cancelled: o.cancelled,
+                    erased: o.erased,
+                    fully_erased: o.fully_erased,
+                    shares: o
+                        .shares
+                        .into_iter()
+                        .map(|(p, c)| {
+                            let p = match p {
+                                PartyV1::Logistics(id) => Party::Logistics(id),
+                                PartyV1::Merchant(id) => Party::Merchant(id),
+                            };
+                            (p, c)
+                        })
+                        .collect(),
+                }),
+            },
+            last_hash: r.last_hash,
+            key_id: r.key_id,
+            placed_at_ms: r.placed_at_ms,
+            updated_at_ms: r.updated_at_ms,
+            last_offset: r.last_offset,
+        }
+    }
+}
+
 /// Encodes an `order_state` row: format, version (big-endian, so the merge
 /// operator compares versions without decoding), then the record.
 pub fn encode_state(rec: &OrderRecord) -> Vec<u8> {
-    let body = crate::store::encode_value(rec);
+    let body = crate::store::encode_value(&RowV1::from(rec));
     let mut v = Vec::with_capacity(9 + body.len());
     v.push(STATE_FORMAT);
     v.extend_from_slice(&rec.state.version.to_be_bytes());
@@ -111,7 +219,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<OrderRecord, StoreError> {
         Some(f) => return Err(corrupt(format!("unknown row format {f}"))),
         None => return Err(corrupt("empty row".into())),
     }
-    let rec: OrderRecord = crate::store::decode_value(CF_ORDER_STATE, &bytes[9..])?;
+    let rec: OrderRecord = crate::store::decode_value::<RowV1>(CF_ORDER_STATE, &bytes[9..])?.into();
     if rec.state.version.to_be_bytes() != bytes[1..9] {
         return Err(corrupt("version prefix does not match the row".into()));
     }
@@ -378,7 +486,17 @@ impl StateFolder {
             self.order(&order_id)?;
             self.touched.get_mut(&order_id).expect("loaded above")
         };
-        let absorbed = entry.0.absorb(env, bytes, offset);
+        let mut absorbed = entry.0.absorb(env, bytes, offset);
+        if absorbed == Absorbed::Broken && env.meta.sequence > entry.0.state.version + 1 {
+            // A gap: the order may have been stored past this copy meanwhile
+            // (by the writer, or a catch-up beside this fold). Read it again.
+            if let Some(fresh) = load_order(&self.store, &order_id)?
+                && fresh.state.version > entry.0.state.version
+            {
+                entry.0 = fresh;
+                absorbed = entry.0.absorb(env, bytes, offset);
+            }
+        }
         if absorbed == Absorbed::Applied {
             if placed_event {
                 entry.1 = Some(bytes.to_vec());
@@ -480,6 +598,19 @@ mod tests {
         let (env, bytes) = placed_record(id);
         let mut rec = OrderRecord::default();
         assert_eq!(rec.absorb(&env, &bytes, 7), Absorbed::Applied);
+        // Every kind of fact: shares with both kinds of party, a cancel, an
+        // erased class.
+        let facts = rec.state.order.as_mut().unwrap();
+        facts.shares.insert(
+            Party::Logistics(ProviderId::parse("p", "sf-express").unwrap()),
+            [FieldClass::Shipping].into(),
+        );
+        facts.shares.insert(
+            Party::Merchant(facts.merchant_id.clone()),
+            [FieldClass::Contact, FieldClass::Shipping].into(),
+        );
+        facts.cancelled = Some(CancelReason::OutOfStock);
+        facts.erased.insert(FieldClass::Identity);
         let row = encode_state(&rec);
         assert_eq!(row[0], STATE_FORMAT);
         assert_eq!(row_version(&row), Some(1));
