@@ -13,8 +13,11 @@
 //! Run: `cargo bench --profile dev --bench start` (1M, 3M and 10M events;
 //! `ORDERLOG_BENCH_START_EVENTS=1000000,3000000` to choose;
 //! `ORDERLOG_BENCH_START_ORDERS` for the extra orders, default 100000;
-//! `ORDERLOG_BENCH_SERVE_BIN=/path/to/orderlog` measures another build, for
-//! example the previous release). Under `cargo test`: 3,000 events, 200 orders.
+//! `ORDERLOG_BENCH_SERVE_BIN=/path/to/orderlog` measures another build;
+//! `ORDERLOG_BENCH_BASELINE_BIN=/path/to/orderlog` also measures that build
+//! (for example the previous release) on the same topic first, with its own
+//! empty data directory: empty start and restart, without the extra
+//! orders). Under `cargo test`: 3,000 events, 200 orders.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -220,6 +223,15 @@ async fn main() {
                 s.ready.as_secs_f64()
             );
         };
+        if let Ok(baseline) = std::env::var("ORDERLOG_BENCH_BASELINE_BIN") {
+            let data = dir.path().join("baseline");
+            for what in ["baseline: empty dir", "baseline: restart"] {
+                let s = start(&client, &baseline, &brokers, &topic, &data, &kek).await;
+                let rss = rss_mb(&s.child);
+                row(what, &s, rss);
+                stop(s.child);
+            }
+        }
 
         let cold = start(&client, &bin, &brokers, &topic, &data, &kek).await;
         let rss = rss_mb(&cold.child);

@@ -143,26 +143,8 @@ impl App {
             .await?
             .with_context(|| format!("reading metadata of topic {}", config.topic))?
         };
-        // The projector first: it folds the order state with the views, and a
-        // writer with a long tail to catch up waits for it rather than
-        // reading the log a second time.
-        let projector = Projector::start(
-            store.clone(),
-            ProjectorConfig {
-                settings: settings.clone(),
-                topic: config.topic.clone(),
-                // Every partition, from the offsets stored beside the views:
-                // the order state commands are decided against is kept on
-                // every node for every partition, so a node that takes a
-                // partition over reads only its tail.
-                assignment: Assignment::All,
-                batch_max: 1000,
-                max_rate: 0,
-                dead_letter: true,
-                idempotency_ttl: config.idempotency_ttl,
-            },
-        )
-        .context("starting the projector")?;
+        // The writers first: their start barriers, then their catch-up in
+        // the background.
         let service = Service::start(
             settings.clone(),
             config.topic.clone(),
@@ -179,7 +161,31 @@ impl App {
         )
         .await
         .context("starting the write service")?;
-
+        // Then the projector: it folds the order state with the views, and a
+        // writer with a long tail to catch up waits for it (in the
+        // background) rather than reading the log a second time.
+        let projector = match Projector::start(
+            store.clone(),
+            ProjectorConfig {
+                settings: settings.clone(),
+                topic: config.topic.clone(),
+                // Every partition, from the offsets stored beside the views:
+                // the order state commands are decided against is kept on
+                // every node for every partition, so a node that takes a
+                // partition over reads only its tail.
+                assignment: Assignment::All,
+                batch_max: 1000,
+                max_rate: 0,
+                dead_letter: true,
+                idempotency_ttl: config.idempotency_ttl,
+            },
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                service.shutdown(SHUTDOWN_LIMIT).await;
+                return Err(e).context("starting the projector");
+            }
+        };
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
             tracing::warn!(

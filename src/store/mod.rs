@@ -91,6 +91,8 @@ pub struct StoreTuning {
     /// Memtable size per column family; at most two per column family live
     /// at once.
     pub write_buffer_bytes: usize,
+    /// All memtables together: past this, the largest is flushed.
+    pub memtables_total_bytes: usize,
 }
 
 pub const DEFAULT_BLOCK_CACHE_MB: usize = 128;
@@ -100,6 +102,7 @@ impl Default for StoreTuning {
         Self {
             block_cache_bytes: DEFAULT_BLOCK_CACHE_MB << 20,
             write_buffer_bytes: 16 << 20,
+            memtables_total_bytes: 64 << 20,
         }
     }
 }
@@ -189,6 +192,10 @@ impl Store {
         opts.set_wal_ttl_seconds(0);
         opts.set_wal_size_limit_mb(0);
         opts.set_keep_log_file_num(5);
+        opts.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
+            tuning.memtables_total_bytes,
+            false,
+        ));
         let db = DB::open_cf_descriptors(&opts, path, tuning.descriptors()).map_err(|source| {
             StoreError::Open {
                 path: path.display().to_string(),
