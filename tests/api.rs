@@ -624,6 +624,198 @@ async fn state_is_rebuilt_from_the_log_on_restart() {
     app.app.stop().await;
 }
 
+/// What four orders (cancelled, shared, erased, untouched) answer, reads and
+/// refusals that write nothing, so it can be asked again after each restart.
+async fn check_four_orders(app: &TestApp, ids: &[String], when: &str) {
+    let (_, o) = get_order(app, &ids[0], CHECKOUT).await;
+    assert_eq!(
+        (o["version"].as_u64(), o["status"].as_str()),
+        (Some(2), Some("cancelled")),
+        "{when}: {o}"
+    );
+    let (s, b) = call(
+        app,
+        &format!("/v1/orders/{}/cancel", ids[0]),
+        CHECKOUT,
+        json!({"reason": "other"}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_cancelled")),
+        "{when}"
+    );
+    let share = json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping"]});
+    let (s, b) = call(
+        app,
+        &format!("/v1/orders/{}/shares", ids[1]),
+        CHECKOUT,
+        share.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["version"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{when}: sharing again changes nothing: {b}"
+    );
+    let (_, o) = get_order(app, &ids[1], CHECKOUT).await;
+    assert_eq!(o["personal"]["consignee"]["name"], NAME, "{when}: {o}");
+    let (s, b) = call(
+        app,
+        &format!("/v1/orders/{}/shares", ids[2]),
+        CHECKOUT,
+        share,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("order_erased")),
+        "{when}"
+    );
+    let (_, o) = get_order(app, &ids[2], CHECKOUT).await;
+    assert_eq!(
+        (o["status"].as_str(), &o["personal"]),
+        (Some("erased"), &Value::Null),
+        "{when}"
+    );
+    let (_, o) = get_order(app, &ids[3], CHECKOUT).await;
+    assert_eq!(
+        (o["version"].as_u64(), o["status"].as_str()),
+        (Some(1), Some("active")),
+        "{when}: {o}"
+    );
+    assert_eq!(o["personal"]["consignee"]["name"], NAME, "{when}: {o}");
+}
+
+async fn wait_ready(app: &TestApp) {
+    for _ in 0..600 {
+        let r = app
+            .client
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("never ready");
+}
+
+/// The order state and its placement rows, digested.
+fn state_digest(dir: &std::path::Path) -> Vec<(&'static str, (u64, String))> {
+    let store = orderlog::store::Store::open_read_only(dir).unwrap();
+    let d = orderlog::projections::query::digest(&store).unwrap();
+    [
+        orderlog::store::CF_ORDER_STATE,
+        orderlog::store::CF_ORDER_PLACED,
+    ]
+    .map(|cf| (cf, d.per_view[cf].clone()))
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_state_on_disk_decides_alike_after_eviction_an_upgrade_and_an_empty_data_dir() {
+    let mut app = TestApp::spawn().await;
+    // A cache of one order: every other order is read back from RocksDB.
+    app.config.state_cache_orders = 1;
+    let app = app.restart().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(placed_id(&app, false).await);
+    }
+    call(
+        &app,
+        &format!("/v1/orders/{}/cancel", ids[0]),
+        CHECKOUT,
+        json!({"reason": "other"}),
+    )
+    .await;
+    let (s, _) = call(
+        &app,
+        &format!("/v1/orders/{}/shares", ids[1]),
+        CHECKOUT,
+        json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &app,
+        &format!("/v1/orders/{}/erase", ids[2]),
+        PRIVACY,
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    check_four_orders(&app, &ids, "with a cache of one order").await;
+
+    // A restart resumes from the stored state and checkpoint.
+    let app = app.restart().await;
+    wait_ready(&app).await;
+    check_four_orders(&app, &ids, "after a restart").await;
+    let before = state_digest(&app.config.data_dir);
+    assert_eq!(before[0].1.0, 4, "one state row per order");
+    assert_eq!(before[1].1.0, 3, "no placement row once erased");
+
+    // A data dir of the previous version: views and their offsets, no
+    // order state. The writers build it from offset 0.
+    let app = app
+        .restart_after(|dir| {
+            let store = orderlog::store::Store::open(dir).unwrap();
+            for cf in [
+                orderlog::store::CF_ORDER_STATE,
+                orderlog::store::CF_ORDER_PLACED,
+                orderlog::store::CF_META,
+            ] {
+                let keys: Vec<_> = store
+                    .db()
+                    .iterator_cf(store.cf(cf), rocksdb::IteratorMode::Start)
+                    .map(|kv| kv.unwrap().0)
+                    .collect();
+                for k in keys {
+                    store.db().delete_cf(store.cf(cf), k).unwrap();
+                }
+            }
+        })
+        .await;
+    wait_ready(&app).await;
+    check_four_orders(
+        &app,
+        &ids,
+        "after an upgrade from a data dir without order state",
+    )
+    .await;
+    assert_eq!(
+        state_digest(&app.config.data_dir),
+        before,
+        "the rebuilt state equals the kept one"
+    );
+
+    // An empty data dir: keys from the replica topic, state and views from the log.
+    let app = app
+        .restart_after(|dir| {
+            std::fs::remove_dir_all(dir).unwrap();
+        })
+        .await;
+    wait_ready(&app).await;
+    check_four_orders(&app, &ids, "after a start on an empty data dir").await;
+    assert_eq!(
+        state_digest(&app.config.data_dir),
+        before,
+        "the rebuilt state equals the kept one"
+    );
+    let (s, b) = call(
+        &app,
+        &format!("/v1/orders/{}/cancel", ids[3]),
+        CHECKOUT,
+        json!({"reason": "other"}),
+    )
+    .await;
+    assert_eq!((s, b["version"].as_u64()), (StatusCode::OK, Some(2)), "{b}");
+    app.app.stop().await;
+}
+
 #[test]
 fn the_openapi_document_names_exactly_the_routes_served() {
     let doc: Value = serde_json::from_str(

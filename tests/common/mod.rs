@@ -190,6 +190,12 @@ pub mod app {
 
         /// Stops this instance and starts a new one on the same topic and data dir.
         pub async fn restart(self) -> Self {
+            self.restart_after(|_| {}).await
+        }
+
+        /// As [`TestApp::restart`], with `between` run on the data dir while
+        /// no instance has it open.
+        pub async fn restart_after(self, between: impl FnOnce(&std::path::Path)) -> Self {
             let TestApp {
                 app,
                 client,
@@ -199,6 +205,7 @@ pub mod app {
                 ..
             } = self;
             app.stop().await;
+            between(&config.data_dir);
             let app = App::start(&config).await.expect("orderlog restarts");
             let base = format!("http://{}", app.addr);
             Self {
