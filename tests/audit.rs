@@ -378,6 +378,23 @@ async fn a_clean_log_verifies_and_the_reports_tell_who_got_what() {
     assert!(stdout.contains("name=张三丰1"), "{stdout}");
     assert!(stdout.contains("identity  [erased]"), "{stdout}");
     assert!(!stdout.contains(&fixtures::id_number(1)), "{stdout}");
+
+    // verify compares the stored order state with a replay too: a node
+    // whose state lost an order (what commands are decided against) is a
+    // finding, named by its column family.
+    {
+        let store = orderlog::store::Store::open(node.data_dir.path()).unwrap();
+        let cf = store.cf(orderlog::store::CF_ORDER_STATE);
+        store.db().delete_cf(cf, s.orders[&3].as_bytes()).unwrap();
+    }
+    let out = node.run(&["verify"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let finding = stdout
+        .lines()
+        .find(|l| l.starts_with("FINDING view_digest_mismatch"))
+        .unwrap_or_else(|| panic!("no digest finding:\n{stdout}"));
+    assert!(finding.contains("order_state"), "{finding}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -532,13 +532,17 @@ pub async fn get_order(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Checkout, Role::Auditor])?;
     let order_id = parse_order_id(&id)?;
-    let view = state.service.get(order_id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "order_not_found",
-            "order does not exist",
-        )
-    })?;
+    let view = state
+        .service
+        .get_when_ready(order_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+                "order does not exist",
+            )
+        })?;
     if !view.personal.is_empty() {
         tracing::info!(%order_id, role = %caller.0, "Personal fields read.");
     }

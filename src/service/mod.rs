@@ -479,7 +479,19 @@ impl Service {
         }
     }
 
-    /// The order's state and, when its key lives, its personal fields.
+    /// [`Service::get`] once the stored state has caught up after a start
+    /// (an order in the tail not yet folded would read as missing), waiting
+    /// for that within the command timeout.
+    pub async fn get_when_ready(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
+        if !self.ready() {
+            self.wait_ready(tokio::time::Instant::now() + self.shared.command_timeout)
+                .await?;
+        }
+        self.get(order_id)
+    }
+
+    /// The order's state and, when its key lives, its personal fields, as
+    /// stored now.
     pub fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
         let cached = self.shared.partition(p).peek(&order_id).cloned();
