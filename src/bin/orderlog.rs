@@ -504,14 +504,17 @@ fn serve(overrides: Overrides) -> anyhow::Result<()> {
         }
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let app = App::start(&config).await?;
         println!("orderlog listening on {}://{}", app.scheme, app.addr);
         wait_for_signal().await;
         tracing::info!("Shutdown requested.");
         app.stop().await;
         Ok(())
-    })
+    });
+    // Blocking work (a log scan) still running after the stop is bounded.
+    runtime.shutdown_timeout(orderlog::app::SHUTDOWN_LIMIT);
+    result
 }
 
 async fn wait_for_signal() {

@@ -53,16 +53,26 @@ pub fn read_range(
     stall: Duration,
 ) -> Result<Vec<RawRecord>, KafkaError> {
     let mut out = Vec::new();
-    scan(settings, topic, partition, from, Some(until), stall, |r| {
-        out.push(r)
-    })?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    scan(
+        settings,
+        topic,
+        partition,
+        from,
+        Some(until),
+        stall,
+        &never,
+        |r| out.push(r),
+    )?;
     Ok(out)
 }
 
 /// Calls `f` with every record from `from` to the end: the high watermark of
-/// the moment the scan starts, or `until` if that is further. Returns the end.
+/// the moment the scan starts, or `until` if that is further. Returns the end,
+/// or `Canceled` once `stop` is set.
 /// Fails when no record arrives for `stall`, not when a long partition takes
 /// long.
+#[allow(clippy::too_many_arguments)] // one read's whole range, limits and stop flag
 pub fn scan(
     settings: &KafkaSettings,
     topic: &str,
@@ -70,6 +80,7 @@ pub fn scan(
     from: i64,
     until: Option<i64>,
     stall: Duration,
+    stop: &std::sync::atomic::AtomicBool,
     mut f: impl FnMut(RawRecord),
 ) -> Result<i64, KafkaError> {
     let consumer: BaseConsumer = settings
@@ -90,6 +101,9 @@ pub fn scan(
     let mut last_progress = Instant::now();
     let mut next = from;
     while next < end {
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(KafkaError::Canceled);
+        }
         if last_progress.elapsed() > stall {
             return Err(KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,

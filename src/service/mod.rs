@@ -336,6 +336,9 @@ impl Service {
             if self.ready() {
                 return Ok(());
             }
+            if self.shared.closing.load(Ordering::Acquire) {
+                return Err(ServiceError::ShuttingDown);
+            }
             if tokio::time::timeout_at(deadline, started).await.is_err() {
                 return Err(ServiceError::Unavailable(
                     "the write side is still catching up with the log after a start".into(),
@@ -360,12 +363,12 @@ impl Service {
         expected_version: Option<u64>,
         idempotency: Option<Idempotency>,
     ) -> Result<Outcome, ServiceError> {
-        let p = partition_of(&order_id, self.partitions());
+        // One deadline for the whole command, waiting for the start included.
+        let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
         // Until the tail is folded, an idempotency key written there would
         // not be found.
         if !self.ready() {
-            self.wait_ready(tokio::time::Instant::now() + self.shared.command_timeout)
-                .await?;
+            self.wait_ready(deadline).await?;
         }
         let mut guard = None;
         if let Some(idem) = idempotency {
@@ -396,7 +399,14 @@ impl Service {
         }
         let kind = command.kind();
         let result = self
-            .dispatch(p, order_id, command, expected_version, idempotency, guard)
+            .dispatch(
+                order_id,
+                command,
+                expected_version,
+                idempotency,
+                guard,
+                deadline,
+            )
             .await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -428,14 +438,14 @@ impl Service {
 
     async fn dispatch(
         &self,
-        p: usize,
         order_id: Uuid,
         command: Command,
         expected_version: Option<u64>,
         idempotency: Option<Idempotency>,
         in_flight: Option<InFlight>,
+        deadline: tokio::time::Instant,
     ) -> Result<Outcome, ServiceError> {
-        let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
+        let p = partition_of(&order_id, self.partitions());
         let tx = {
             let q = self.queues.read().expect("queues lock");
             q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
@@ -535,6 +545,8 @@ impl Service {
     pub async fn shutdown(&self, limit: Duration) {
         self.queues.write().expect("queues lock").take();
         self.shared.closing.store(true, Ordering::Release);
+        // Requests waiting for the start to finish give up.
+        self.shared.started.notify_waiters();
         let writers: Vec<_> = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
         if tokio::time::timeout(limit, join_all(writers))
             .await
@@ -685,19 +697,32 @@ async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid, intent: inte
 }
 
 /// Catches every partition's stored state up to `ends` (its start barrier)
-/// and finishes interrupted erasures, then opens the writers. Retries until
-/// it succeeds or the service stops.
+/// and finishes interrupted erasures, then opens the writers. Each step is
+/// retried until it succeeds or the service stops.
 async fn catch_up_all(shared: Arc<Shared>, ends: Vec<i64>, from_zero: bool) {
     let started = Instant::now();
     let mut pause = Duration::from_millis(500);
+    let erased = loop {
+        if shared.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match catch_up_partitions(&shared, &ends, from_zero).await {
+            Ok(erased) => break erased,
+            Err(e) => {
+                tracing::error!(error = %e, "Catching up with the log failed; retrying.");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
     loop {
         if shared.closing.load(Ordering::Acquire) {
             return;
         }
-        match try_catch_up_all(&shared, &ends, from_zero).await {
+        match finish_erasures(&shared, &erased).await {
             Ok(()) => break,
             Err(e) => {
-                tracing::error!(error = %e, "Catching up with the log failed; retrying.");
+                tracing::error!(error = %e, "Finishing interrupted erasures failed; retrying.");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
@@ -712,32 +737,28 @@ async fn catch_up_all(shared: Arc<Shared>, ends: Vec<i64>, from_zero: bool) {
     );
 }
 
-async fn try_catch_up_all(
+/// Folds every partition up to its barrier; returns the erased orders the
+/// folds met (every one when folding from 0).
+async fn catch_up_partitions(
     shared: &Arc<Shared>,
     ends: &[i64],
     from_zero: bool,
-) -> Result<(), ServiceError> {
-    let store = shared.store.clone();
+) -> Result<Vec<Uuid>, ServiceError> {
     let catch_ups = ends.iter().enumerate().map(|(p, until)| {
-        let (s, t, st, until) = (
-            shared.settings.clone(),
-            shared.topic.clone(),
-            store.clone(),
-            *until,
-        );
-        let ttl = shared.idempotency_ttl;
-        let stall = Duration::from_secs(60);
+        let (sh, until) = (shared.clone(), *until);
         tokio::task::spawn_blocking(move || {
+            let (s, t, st) = (&sh.settings, &sh.topic, &sh.store);
+            let (ttl, stall, stop) = (sh.idempotency_ttl, Duration::from_secs(60), &sh.closing);
             let from = if from_zero {
                 0
             } else {
-                state::checkpoint(&st, p as i32)?
+                state::checkpoint(st, p as i32)?
             };
             let t0 = Instant::now();
             let caught = if from_zero {
-                partition::catch_up(&s, &t, &st, ttl, p as i32, 0, until, stall)
+                partition::catch_up(s, t, st, ttl, p as i32, 0, until, stall, stop)
             } else {
-                partition::follow(&s, &t, &st, ttl, p as i32, until, stall)
+                partition::follow(s, t, st, ttl, p as i32, until, stall, stop)
             };
             caught.map(|r| (from, r, t0.elapsed()))
         })
@@ -763,17 +784,21 @@ async fn try_catch_up_all(
         erased.extend(report.erased);
     }
     if from_zero {
-        state::mark_built(&store)?;
+        state::mark_built(&shared.store)?;
     }
-    // An erasure is appended before the key is destroyed: finish those a
-    // crash interrupted (the intents), and those the log holds whose key is
-    // still in the vault (a vault restored from the replica topic).
-    let replica = shared.replica.as_ref();
-    for (id, _) in intents::pending(&store)? {
-        finish_erasure(&shared.vault, replica, &store, id.order_id, Some(id)).await?;
+    Ok(erased)
+}
+
+/// An erasure is appended before the key is destroyed: finishes those a
+/// crash interrupted (the intents), and those the log holds whose key is
+/// still in the vault (a vault restored from the replica topic).
+async fn finish_erasures(shared: &Shared, erased: &[Uuid]) -> Result<(), ServiceError> {
+    let (vault, replica, store) = (&shared.vault, shared.replica.as_ref(), &shared.store);
+    for (id, _) in intents::pending(store)? {
+        finish_erasure(vault, replica, store, id.order_id, Some(id)).await?;
     }
     for order_id in erased {
-        finish_erasure(&shared.vault, replica, &store, order_id, None).await?;
+        finish_erasure(vault, replica, store, *order_id, None).await?;
     }
     Ok(())
 }

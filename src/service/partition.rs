@@ -9,6 +9,7 @@
 //! order is read back from RocksDB as it was.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -235,16 +236,26 @@ pub fn catch_up(
     from: i64,
     until: i64,
     stall: Duration,
+    stop: &AtomicBool,
 ) -> Result<CatchUp, CatchUpError> {
     let mut folder = StoreFolder::new(store.clone(), idempotency_ttl, partition, from);
     let mut failed = None;
-    let end = scan(settings, topic, partition, from, Some(until), stall, |r| {
-        if failed.is_none()
-            && let Err(e) = folder.fold(&r)
-        {
-            failed = Some(e);
-        }
-    })?;
+    let end = scan(
+        settings,
+        topic,
+        partition,
+        from,
+        Some(until),
+        stall,
+        stop,
+        |r| {
+            if failed.is_none()
+                && let Err(e) = folder.fold(&r)
+            {
+                failed = Some(e);
+            }
+        },
+    )?;
     if let Some(e) = failed {
         return Err(e.into());
     }
@@ -268,11 +279,15 @@ pub fn follow(
     partition: i32,
     until: i64,
     stall: Duration,
+    stop: &AtomicBool,
 ) -> Result<CatchUp, CatchUpError> {
     let mut at = super::state::checkpoint(store, partition)?;
     let mut progress = std::time::Instant::now();
     let mut logged = std::time::Instant::now();
     loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(CatchUpError::Kafka(rdkafka::error::KafkaError::Canceled));
+        }
         if at >= until {
             return Ok(CatchUp {
                 end: at,
@@ -297,6 +312,7 @@ pub fn follow(
                 at,
                 until,
                 stall,
+                stop,
             );
         }
         if logged.elapsed() > Duration::from_secs(10) {

@@ -311,20 +311,43 @@ pub fn load_order(store: &Store, order_id: &Uuid) -> Result<Option<OrderRecord>,
     }
 }
 
+/// Encodes an `order_placed` row: format, the version of the order it is
+/// true from (1 for the placement, the erasure's for the marker that replaces
+/// it), then the `OrderPlaced` record (empty in the marker). The column
+/// family keeps the highest version, as `order_state` does, so a placement
+/// staged from a stale copy of the order can never outlive its erasure.
+fn encode_placed(version: u64, record: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + record.len());
+    v.push(STATE_FORMAT);
+    v.extend_from_slice(&version.to_be_bytes());
+    v.extend_from_slice(record);
+    v
+}
+
 /// An order's sealed `OrderPlaced` record, while the order is not fully erased.
 pub fn load_placed(store: &Store, order_id: &Uuid) -> Result<Option<Envelope>, StoreError> {
-    match store
+    let corrupt = |reason: String| StoreError::Corrupt {
+        cf: CF_ORDER_PLACED,
+        reason,
+    };
+    let Some(v) = store
         .db()
         .get_pinned_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes())?
-    {
-        Some(v) => events::decode(&v)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                cf: CF_ORDER_PLACED,
-                reason: e.to_string(),
-            }),
-        None => Ok(None),
+    else {
+        return Ok(None);
+    };
+    match v.first() {
+        Some(&STATE_FORMAT) if v.len() >= 9 => {}
+        Some(f) => return Err(corrupt(format!("unknown row format {f}"))),
+        None => return Err(corrupt("empty row".into())),
     }
+    let record = &v[9..];
+    if record.is_empty() {
+        return Ok(None); // erased
+    }
+    events::decode(record)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 /// One point read: the stored answer to an idempotency key, if it has not expired.
@@ -391,9 +414,10 @@ pub fn checkpoint(store: &Store, partition: i32) -> Result<i64, StoreError> {
     }
 }
 
-/// Adds an order's changed rows to `batch`: its state (merged), its placement
-/// (`placed`: the `OrderPlaced` record, when this change placed it), removed
-/// once fully erased.
+/// Adds an order's changed rows to `batch`: its state, and its placement
+/// (`placed`: the `OrderPlaced` record, when this change placed it), replaced
+/// by an empty marker once the order is fully erased. Both are merged: the
+/// highest version wins, whichever writer's batch lands last.
 pub fn stage_order(
     store: &Store,
     batch: &mut WriteBatch,
@@ -407,9 +431,17 @@ pub fn stage_order(
         encode_state(rec),
     );
     if rec.fully_erased() {
-        batch.delete_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes());
+        batch.merge_cf(
+            store.cf(CF_ORDER_PLACED),
+            order_id.as_bytes(),
+            encode_placed(rec.state.version, &[]),
+        );
     } else if let Some(bytes) = placed {
-        batch.put_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes(), bytes);
+        batch.merge_cf(
+            store.cf(CF_ORDER_PLACED),
+            order_id.as_bytes(),
+            encode_placed(1, bytes),
+        );
     }
 }
 
@@ -706,6 +738,37 @@ mod tests {
         let (fork, fb) = cancelled_record(id, &ob, other.meta.key_id);
         let mut rec = load_order(&store, &id).unwrap().unwrap();
         assert_eq!(rec.absorb(&fork, &fb, 2), Absorbed::Broken);
+    }
+
+    #[test]
+    fn a_late_placement_never_outlives_the_erasure_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Uuid::now_v7();
+        let (p, pb) = placed_record(id);
+        let mut placed = OrderRecord::default();
+        placed.absorb(&p, &pb, 0);
+        let mut erased = placed.clone();
+        erased.state.version = 3;
+        erased.state.order.as_mut().unwrap().fully_erased = true;
+        let write = |rec: &OrderRecord, bytes: Option<&[u8]>| {
+            let mut b = WriteBatch::default();
+            stage_order(&store, &mut b, &id, rec, bytes);
+            store.db().write(b).unwrap();
+        };
+        write(&placed, Some(&pb));
+        assert_eq!(load_placed(&store, &id).unwrap().unwrap(), p);
+        write(&erased, None);
+        // A fold that held a stale copy of the order stages the placement again.
+        write(&placed, Some(&pb));
+        assert_eq!(load_placed(&store, &id).unwrap(), None);
+        let cf = store.cf(CF_ORDER_PLACED);
+        store
+            .db()
+            .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(load_placed(&store, &id).unwrap(), None);
+        let row = store.db().get_cf(cf, id.as_bytes()).unwrap().unwrap();
+        assert_eq!(row.len(), 9, "only the marker is left, no sealed bytes");
     }
 
     #[test]

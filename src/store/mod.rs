@@ -9,7 +9,7 @@
 //! merchant_feed    merchant | partition | offset   FeedEntry (bincode)
 //! view_offsets     partition (u32 BE)           next offset to project (u64 BE)
 //! order_state      order id (16 bytes)          format (1) | version (u64 BE) | StateRow (bincode)
-//! order_placed     order id (16 bytes)          the order's sealed `OrderPlaced` record, as in the log
+//! order_placed     order id (16 bytes)          format (1) | version (u64 BE) | the sealed `OrderPlaced` record as in the log (empty once erased)
 //! idempotency      key MAC (32 bytes)           expires at ms (i64 BE) | request digest (32) | order id (16) | version (u64 BE)
 //! erase_intents    order id (16 bytes)          EraseIntent (bincode): classes (none = whole order), when
 //! meta             name (UTF-8)                 small facts about the database itself (see below)
@@ -28,7 +28,9 @@
 //! so a row with the same version is the same row; the column family's merge
 //! operator keeps the highest version, and neither writer can move an order
 //! back in time whatever order their writes land in. Rows are written with
-//! `merge`, never `put`.
+//! `merge`, never `put`. `order_placed` works the same way: its placement
+//! (version 1) gives way to the empty marker of the erasure (a higher
+//! version), so the sealed bytes cannot come back.
 //!
 //! `idempotency` rows expire: a lookup ignores an expired row, and a
 //! compaction filter drops it from disk.
@@ -121,7 +123,7 @@ impl StoreTuning {
         opts.set_write_buffer_size(self.write_buffer_bytes);
         opts.set_max_write_buffer_number(2);
         match name {
-            CF_ORDER_STATE => {
+            CF_ORDER_STATE | CF_ORDER_PLACED => {
                 opts.set_merge_operator_associative(
                     "orderlog-highest-version",
                     crate::service::state::merge_highest_version,
