@@ -112,9 +112,6 @@ impl App {
                 ..Default::default()
             },
         )?;
-        // Before anything folds into it: a new data directory is marked as
-        // one whose order state the projector builds from offset 0.
-        crate::service::state::prepare(&store)?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
         let keys_topic = keys_topic_for(&config.topic);
         let mut restored = false;
@@ -143,8 +140,9 @@ impl App {
             .await?
             .with_context(|| format!("reading metadata of topic {}", config.topic))?
         };
-        // The writers first: their start barriers, then their catch-up in
-        // the background.
+        // The writers first: their start barriers, the data directory
+        // prepared for the order state (before the projector folds into it),
+        // then their catch-up in the background.
         let service = Service::start(
             settings.clone(),
             config.topic.clone(),

@@ -300,7 +300,7 @@ impl Run {
                 // From the stored offsets: a restart reads only the tail.
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..partitions as i32 {
-                    let next = crate::service::state::checkpoint(&store, p)?;
+                    let next = store.view_offset(p)?;
                     tpl.add_partition_offset(&config.topic, p, Offset::Offset(next))?;
                 }
                 consumer.assign(&tpl)?;
@@ -331,15 +331,7 @@ impl Run {
         if let Some(n) = self.next.get(&partition) {
             return Ok(*n);
         }
-        let cf = self.store.cf(CF_VIEW_OFFSETS);
-        let n = match self
-            .store
-            .db()
-            .get_cf(cf, (partition as u32).to_be_bytes())?
-        {
-            Some(v) if v.len() == 8 => i64::from_be_bytes(v[..].try_into().expect("8 bytes")),
-            _ => 0,
-        };
+        let n = self.store.view_offset(partition)?;
         self.next.insert(partition, n);
         Ok(n)
     }

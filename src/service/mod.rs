@@ -373,7 +373,7 @@ impl Service {
         let mut guard = None;
         if let Some(idem) = idempotency {
             if let Some(prev) = self.known(&idem.key)? {
-                return self.replay(prev, idem);
+                return replay(prev, idem);
             }
             if !self
                 .shared
@@ -393,7 +393,7 @@ impl Service {
             // request under it can start.
             if let Some(prev) = self.known(&idem.key)? {
                 drop(g);
-                return self.replay(prev, idem);
+                return replay(prev, idem);
             }
             guard = Some(g);
         }
@@ -430,10 +430,6 @@ impl Service {
             key,
             now_ms(),
         )?)
-    }
-
-    fn replay(&self, prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, ServiceError> {
-        replay(prev, idem)
     }
 
     async fn dispatch(
@@ -752,7 +748,7 @@ async fn catch_up_partitions(
             let from = if from_zero {
                 0
             } else {
-                state::checkpoint(st, p as i32)?
+                st.view_offset(p as i32)?
             };
             let t0 = Instant::now();
             let caught = if from_zero {

@@ -281,7 +281,7 @@ pub fn follow(
     stall: Duration,
     stop: &AtomicBool,
 ) -> Result<CatchUp, CatchUpError> {
-    let mut at = super::state::checkpoint(store, partition)?;
+    let mut at = store.view_offset(partition)?;
     let mut progress = std::time::Instant::now();
     let mut logged = std::time::Instant::now();
     loop {
@@ -325,7 +325,7 @@ pub fn follow(
             logged = std::time::Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
-        let now = super::state::checkpoint(store, partition)?;
+        let now = store.view_offset(partition)?;
         if now > at {
             at = now;
             progress = std::time::Instant::now();

@@ -397,23 +397,6 @@ pub fn mark_built(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Next offset of `partition` that the views and the order state have not
-/// folded (0 when nothing is stored).
-pub fn checkpoint(store: &Store, partition: i32) -> Result<i64, StoreError> {
-    match store
-        .db()
-        .get_cf(store.cf(CF_VIEW_OFFSETS), (partition as u32).to_be_bytes())?
-    {
-        Some(v) => <[u8; 8]>::try_from(&v[..])
-            .map(i64::from_be_bytes)
-            .map_err(|_| StoreError::Corrupt {
-                cf: CF_VIEW_OFFSETS,
-                reason: format!("{} bytes, not 8", v.len()),
-            }),
-        None => Ok(0),
-    }
-}
-
 /// Adds an order's changed rows to `batch`: its state, and its placement
 /// (`placed`: the `OrderPlaced` record, when this change placed it), replaced
 /// by an empty marker once the order is fully erased. Both are merged: the
@@ -573,11 +556,6 @@ impl StateFolder {
             }
         }
     }
-
-    /// Orders folded since the last [`StateFolder::stage`].
-    pub fn touched(&self) -> usize {
-        self.touched.len()
-    }
 }
 
 #[cfg(test)]
@@ -663,14 +641,43 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_merge_keeps_the_highest_version_in_any_order() {
+    /// A store and one placed order: its record, and its state at version 1.
+    struct Placed {
+        _dir: tempfile::TempDir,
+        store: Store,
+        id: Uuid,
+        env: Envelope,
+        bytes: Vec<u8>,
+        v1: OrderRecord,
+    }
+
+    fn placed_in_a_store() -> Placed {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = Uuid::now_v7();
-        let (p, pb) = placed_record(id);
+        let (env, bytes) = placed_record(id);
         let mut v1 = OrderRecord::default();
-        v1.absorb(&p, &pb, 0);
+        assert_eq!(v1.absorb(&env, &bytes, 0), Absorbed::Applied);
+        Placed {
+            _dir: dir,
+            store,
+            id,
+            env,
+            bytes,
+            v1,
+        }
+    }
+
+    #[test]
+    fn the_merge_keeps_the_highest_version_in_any_order() {
+        let Placed {
+            _dir,
+            store,
+            id,
+            env: p,
+            bytes: pb,
+            v1,
+        } = placed_in_a_store();
         let (c, cb) = cancelled_record(id, &pb, p.meta.key_id);
         let mut v2 = v1.clone();
         assert_eq!(v2.absorb(&c, &cb, 1), Absorbed::Applied);
@@ -694,10 +701,14 @@ mod tests {
 
     #[test]
     fn a_fold_skips_what_the_order_already_holds_and_flags_broken_chains() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = Uuid::now_v7();
-        let (p, pb) = placed_record(id);
+        let Placed {
+            _dir,
+            store,
+            id,
+            env: p,
+            bytes: pb,
+            ..
+        } = placed_in_a_store();
         let (c, cb) = cancelled_record(id, &pb, p.meta.key_id);
         let key = [7u8; 32];
         let mut f = StateFolder::new(store.clone(), DEFAULT_IDEMPOTENCY_TTL);
@@ -742,12 +753,14 @@ mod tests {
 
     #[test]
     fn a_late_placement_never_outlives_the_erasure_marker() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = Uuid::now_v7();
-        let (p, pb) = placed_record(id);
-        let mut placed = OrderRecord::default();
-        placed.absorb(&p, &pb, 0);
+        let Placed {
+            _dir,
+            store,
+            id,
+            env: p,
+            bytes: pb,
+            v1: placed,
+        } = placed_in_a_store();
         let mut erased = placed.clone();
         erased.state.version = 3;
         erased.state.order.as_mut().unwrap().fully_erased = true;
