@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::Role;
 use crate::api::{self, AppState, auth::Tokens};
 use crate::config::{Config, Secret};
-use crate::crypto::replica::{self, keys_topic_spec};
-use crate::crypto::{KekRing, KeyReplica, KeyVault, keys_topic_for};
+use crate::crypto::replica::keys_topic_spec;
+use crate::crypto::{KekRing, KeyFollower, KeyReplica, KeyVault, keys_topic_for};
 use crate::kafka::{self, KafkaSettings, TopicSpec, embedded::Embedded};
 use crate::projections::{Assignment, Projector, ProjectorConfig};
-use crate::service::{Service, StateOptions};
+use crate::service::{ClusterOptions, Service, StateOptions};
 use crate::store::Store;
 
 /// A running orderlog.
@@ -29,6 +29,7 @@ pub struct App {
     pub topic: String,
     pub store: Store,
     pub projector: Option<Projector>,
+    keys: Option<KeyFollower>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Kept alive for the app's lifetime; dropped last.
@@ -73,6 +74,10 @@ impl App {
                             config.partitions,
                             config.replication,
                         ),
+                        kafka::members_topic_spec(
+                            &kafka::members_topic_for(&config.topic),
+                            config.replication,
+                        ),
                     ],
                 )
                 .await
@@ -92,6 +97,10 @@ impl App {
                     1,
                 )
                 .context("creating the dead-letter topic on the embedded cluster")?;
+                e.create_topic(&keys_topic_for(&config.topic), config.partitions)
+                    .context("creating the key topic on the embedded cluster")?;
+                e.create_topic(&kafka::members_topic_for(&config.topic), 1)
+                    .context("creating the members topic on the embedded cluster")?;
                 let settings = KafkaSettings::new(e.bootstrap());
                 let dir = tempfile::Builder::new()
                     .prefix("orderlog-embedded-")
@@ -114,18 +123,25 @@ impl App {
         )?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
         let keys_topic = keys_topic_for(&config.topic);
-        let mut restored = false;
-        if vault.is_empty()? {
-            let (s, t, v) = (settings.clone(), keys_topic.clone(), vault.clone());
-            let report = tokio::task::spawn_blocking(move || {
-                replica::restore(&s, &t, &v, crate::service::now_ms())
+        // The vault follows the key topic for as long as the node runs; a
+        // node whose vault is empty restores it this way first.
+        let was_empty = vault.is_empty()?;
+        let (follower, report) = {
+            let (s, t, v, st) = (
+                settings.clone(),
+                keys_topic.clone(),
+                vault.clone(),
+                store.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                KeyFollower::start(&s, &t, v, st, Duration::from_secs(120))
             })
             .await?
-            .context("restoring keys from the key replica topic")?;
-            if report.restored + report.shredded > 0 {
-                restored = true;
-                tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the replica topic.");
-            }
+            .context("reading the key topic")?
+        };
+        let restored = was_empty && report.restored + report.shredded > 0;
+        if restored {
+            tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the key topic.");
         }
         let key_replica = KeyReplica::new(
             &settings,
@@ -140,7 +156,28 @@ impl App {
             .await?
             .with_context(|| format!("reading metadata of topic {}", config.topic))?
         };
-        // The writers first: their start barriers, the data directory
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let cluster = ClusterOptions {
+            node_id: match &config.node_id {
+                Some(id) => id.clone(),
+                None => node_id(&data_dir)?,
+            },
+            advertise_url: config
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| advertised(scheme, addr)),
+            session_timeout: config.writer_session_timeout,
+            heartbeat: Duration::from_secs(1),
+        };
+        // The writers first: the data directory
         // prepared for the order state (before the projector folds into it),
         // then their catch-up in the background.
         let service = Service::start(
@@ -149,6 +186,7 @@ impl App {
             partitions,
             vault,
             Some(key_replica),
+            Some(follower.status.clone()),
             config.produce_timeout,
             StateOptions {
                 store: store.clone(),
@@ -156,6 +194,7 @@ impl App {
                 idempotency_ttl: config.idempotency_ttl,
                 rebuild: restored,
             },
+            cluster.clone(),
         )
         .await
         .context("starting the write service")?;
@@ -197,11 +236,12 @@ impl App {
             topic: config.topic.as_str().into(),
             store: store.clone(),
             projector: Some(projector.status.clone()),
+            forwarder: Arc::new(api::forward::Forwarder::new(
+                *kek.derive_secret("node-auth"),
+                config.tls.as_ref().map(|(cert, _)| cert.as_path()),
+                config.produce_timeout,
+            )?),
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let router = api::router(state);
@@ -221,12 +261,7 @@ impl App {
                 })
             }
         };
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        tracing::info!(%addr, scheme, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
+        tracing::info!(%addr, scheme, node_id = %cluster.node_id, url = %cluster.advertise_url, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
         Ok(Self {
             addr,
             scheme,
@@ -235,6 +270,7 @@ impl App {
             topic: config.topic.clone(),
             store,
             projector: Some(projector),
+            keys: Some(follower),
             shutdown,
             server,
             _data: data,
@@ -258,6 +294,9 @@ impl App {
         if let Some(p) = self.projector.take() {
             let _ = tokio::task::spawn_blocking(move || p.stop()).await;
         }
+        if let Some(k) = self.keys.take() {
+            let _ = tokio::task::spawn_blocking(move || k.stop()).await;
+        }
         tracing::info!("orderlog stopped.");
     }
 }
@@ -265,4 +304,32 @@ impl App {
 /// One token per role for the embedded demo, with the roles printed.
 pub fn demo_tokens() -> Vec<(Secret, Role)> {
     api::auth::demo_tokens()
+}
+
+/// The node id kept in the data directory (`node-id`), generated on first use.
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id)
+                .with_context(|| format!("writing the node id to {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+/// The URL other nodes reach this one at, from the bound address (an
+/// unspecified address is advertised as the loopback one).
+fn advertised(scheme: &str, addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        addr.ip()
+    };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }

@@ -72,6 +72,9 @@ pub struct FileConfig {
     pub state_cache_orders: Option<usize>,
     pub block_cache_mb: Option<usize>,
     pub idempotency_ttl_hours: Option<u64>,
+    pub advertise_url: Option<String>,
+    pub node_id: Option<String>,
+    pub writer_session_timeout_ms: Option<u64>,
     /// token = role
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -148,6 +151,20 @@ pub struct Overrides {
     /// (hours). Default 168 (7 days).
     #[arg(long, env = "ORDERLOG_IDEMPOTENCY_TTL_HOURS")]
     pub idempotency_ttl_hours: Option<u64>,
+    /// Base URL other nodes reach this node's API at, for commands forwarded
+    /// to the partition's writer. Default: the listen address (with
+    /// 127.0.0.1 for an unspecified address).
+    #[arg(long, env = "ORDERLOG_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// This node's id in the cluster. Default: one generated once and kept
+    /// in the data directory (`node-id`).
+    #[arg(long, env = "ORDERLOG_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How long a node that stopped answering keeps its partitions before
+    /// other nodes take them over (ms; the brokers allow 6000 and up by
+    /// default). Default 6000.
+    #[arg(long, env = "ORDERLOG_WRITER_SESSION_TIMEOUT_MS")]
+    pub writer_session_timeout_ms: Option<u64>,
 }
 
 /// Where the KEK comes from.
@@ -188,6 +205,11 @@ pub struct Config {
     pub state_cache_orders: usize,
     pub block_cache_mb: usize,
     pub idempotency_ttl: Duration,
+    /// `None`: derived from the listen address at start.
+    pub advertise_url: Option<String>,
+    /// `None`: kept in the data directory.
+    pub node_id: Option<String>,
+    pub writer_session_timeout: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -329,6 +351,38 @@ impl Config {
                 problem: "must be between 1 and 87600 (ten years)".into(),
             });
         }
+        let advertise_url = o.advertise_url.clone().or(file.advertise_url);
+        if let Some(u) = &advertise_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "advertise_url",
+                problem: "must start with http:// or https://".into(),
+            });
+        }
+        let node_id = o.node_id.clone().or(file.node_id);
+        if let Some(id) = &node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "node_id",
+                problem: "must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            });
+        }
+        let session_ms = o
+            .writer_session_timeout_ms
+            .or(file.writer_session_timeout_ms)
+            .unwrap_or(6000);
+        if !(1000..=300_000).contains(&session_ms) {
+            return Err(ConfigError::Invalid {
+                setting: "writer_session_timeout_ms",
+                problem: "must be between 1000 and 300000".into(),
+            });
+        }
         let tls = match (
             o.tls_cert.clone().or(file.tls_cert),
             o.tls_key.clone().or(file.tls_key),
@@ -372,6 +426,9 @@ impl Config {
             state_cache_orders,
             block_cache_mb,
             idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
+            advertise_url,
+            node_id,
+            writer_session_timeout: Duration::from_millis(session_ms),
         })
     }
 }

@@ -25,6 +25,10 @@ pub const ERASURES: &str = "orderlog_erasures_total";
 pub const ERASE_LATENCY: &str = "orderlog_erase_duration_seconds";
 /// Orders whose key (or part of it) is alive in this node's vault.
 pub const LIVE_KEYS: &str = "orderlog_live_keys";
+/// Partitions this node took over (writers' group assignments carried out).
+pub const PARTITIONS_TAKEN: &str = "orderlog_partitions_taken_total";
+/// Commands this node forwarded to the partition's owner.
+pub const FORWARDED: &str = "orderlog_commands_forwarded_total";
 
 /// Every metric this build exports, for checks of dashboards and docs.
 pub const ALL: &[&str] = &[
@@ -38,6 +42,8 @@ pub const ALL: &[&str] = &[
     ERASURES,
     ERASE_LATENCY,
     LIVE_KEYS,
+    PARTITIONS_TAKEN,
+    FORWARDED,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use.

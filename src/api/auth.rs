@@ -147,8 +147,15 @@ mod tests {
 }
 
 /// The authenticated caller of a request.
+/// Who is calling: the role of a bearer token, or the role a forwarding node
+/// vouches for (then `forwarded` is set, and the command is never forwarded
+/// again).
 #[derive(Debug, Clone)]
-pub struct Caller(pub Role);
+pub struct Caller(pub Role, pub Forwarded);
+
+/// Whether a request came from another node, carrying its caller's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded(pub bool);
 
 impl Caller {
     /// 403 unless the caller has one of `allowed`.
@@ -177,6 +184,12 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
         state: &super::AppState,
     ) -> Result<Self, Self::Rejection> {
         use axum::http::StatusCode;
+        if let Some(role) = state
+            .forwarder
+            .verify(&parts.headers, &parts.method, parts.uri.path())?
+        {
+            return Ok(Caller(role, Forwarded(true)));
+        }
         let unauthenticated =
             |m: &str| super::error::ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
         let header = parts
@@ -196,7 +209,7 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
             .tokens
             .role(token)
             .cloned()
-            .map(Caller)
+            .map(|r| Caller(r, Forwarded(false)))
             .ok_or_else(|| unauthenticated("unknown bearer token"))
     }
 }

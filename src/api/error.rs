@@ -154,6 +154,16 @@ impl From<ServiceError> for ApiError {
                     ),
                 )
             }
+            ServiceError::NotOwner { partition } | ServiceError::PartitionMoving { partition } => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partition_moving",
+                    format!(
+                        "partition {partition} of the order is moving between nodes and has no writer right now; \
+                         nothing was written; retry"
+                    ),
+                )
+            }
             ServiceError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod forward;
 pub mod ops;
 pub mod orders;
 pub mod tls;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub store: crate::store::Store,
     /// The in-process projector's figures (readiness, lag).
     pub projector: Option<Arc<crate::projections::ProjectorStatus>>,
+    /// Sends commands to the node that writes their partition.
+    pub forwarder: Arc<forward::Forwarder>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ use crate::domain::{
     CancelReason, Command, ContactInfo, ErasureScope, FieldClass, NewOrder, Party, PersonalData,
     ShippingInfo,
 };
-use crate::service::{Idempotency, OrderView, Outcome};
+use crate::service::{Idempotency, OrderView, Outcome, ServiceError};
 
 // Request bodies. They hold personal data as plain strings for the moment of
 // parsing only, so they derive no Debug.
@@ -239,6 +239,64 @@ fn idempotency(
     }))
 }
 
+/// A command carried out here, or the answer of the node that carried it out.
+enum Done {
+    Here(Outcome),
+    There(Response),
+}
+
+/// Carries the command out here when this node writes the order's
+/// partition; otherwise forwards the request to the node that does. While
+/// the partition has no writer (it is moving), tries again until the command
+/// timeout, then answers 503 `partition_moving`.
+#[allow(clippy::too_many_arguments)] // one request, as it came in
+async fn execute_or_forward(
+    state: &AppState,
+    caller: &Caller,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    order_id: Uuid,
+    command: Command,
+    expected_version: Option<u64>,
+    idem: Option<Idempotency>,
+) -> Result<Done, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.service.command_timeout();
+    loop {
+        let partition = match state
+            .service
+            .execute(order_id, command.clone(), expected_version, idem)
+            .await
+        {
+            Ok(o) => return Ok(Done::Here(o)),
+            Err(ServiceError::NotOwner { partition }) => partition,
+            Err(e) => return Err(e.into()),
+        };
+        // A forwarded command is not forwarded again.
+        if !caller.1.0
+            && let Some(owner) = state.service.owner_elsewhere(partition)
+        {
+            let resp = state
+                .forwarder
+                .forward(
+                    state.service.node_id(),
+                    &owner,
+                    &caller.0,
+                    &Method::POST,
+                    uri.path(),
+                    headers,
+                    body.clone(),
+                )
+                .await?;
+            return Ok(Done::There(resp));
+        }
+        if tokio::time::Instant::now() + std::time::Duration::from_millis(100) >= deadline {
+            return Err(ServiceError::PartitionMoving { partition }.into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
         ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id")
@@ -265,6 +323,7 @@ fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
 pub async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -273,11 +332,27 @@ pub async fn place_order(
     let parsed: PlaceOrderBody = parse_body(&bytes)?;
     let idem = idempotency(&state, &caller.0, &headers, "POST /v1/orders", &bytes)?;
     let order = parsed.into_new_order()?;
-    let order_id = Uuid::now_v7();
-    let outcome = state
-        .service
-        .execute(order_id, Command::PlaceOrder(order), None, idem)
-        .await?;
+    // The partition decides the id: the one an idempotency key maps to (so
+    // a retry through any node reaches the writer that knows the key), or
+    // one this node writes.
+    let partition = state.service.partition_for_new_order(idem.as_ref());
+    let order_id = crate::service::order_id_in(partition, state.service.partitions());
+    let outcome = match execute_or_forward(
+        &state,
+        &caller,
+        &uri,
+        &headers,
+        &bytes,
+        order_id,
+        Command::PlaceOrder(order),
+        None,
+        idem,
+    )
+    .await?
+    {
+        Done::Here(o) => o,
+        Done::There(resp) => return Ok(resp),
+    };
     tracing::info!(order_id = %outcome.order_id, version = outcome.version, replayed = outcome.replayed, "Order placed.");
     let mut resp = written(StatusCode::CREATED, &outcome, json!({}));
     resp.headers_mut().insert(
@@ -292,6 +367,7 @@ pub async fn place_order(
 pub async fn share_order(
     State(state): State<AppState>,
     caller: Caller,
+    uri: Uri,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -318,18 +394,25 @@ pub async fn share_order(
         &format!("POST /v1/orders/{order_id}/shares"),
         &bytes,
     )?;
-    let outcome = state
-        .service
-        .execute(
-            order_id,
+    let outcome = match execute_or_forward(
+        &state,
+        &caller,
+        &uri,
+        &headers,
+        &bytes,
+        order_id,
             Command::ShareOrder {
                 party: party.clone(),
                 classes,
             },
             expected_version(&headers)?,
             idem,
-        )
-        .await?;
+    )
+    .await?
+    {
+        Done::Here(o) => o,
+        Done::There(resp) => return Ok(resp),
+    };
     tracing::info!(%order_id, %party, version = outcome.version, "Order shared.");
     Ok(written(StatusCode::OK, &outcome, json!({})))
 }
@@ -337,6 +420,7 @@ pub async fn share_order(
 pub async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,
+    uri: Uri,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -358,15 +442,22 @@ pub async fn cancel_order(
         &format!("POST /v1/orders/{order_id}/cancel"),
         &bytes,
     )?;
-    let outcome = state
-        .service
-        .execute(
-            order_id,
+    let outcome = match execute_or_forward(
+        &state,
+        &caller,
+        &uri,
+        &headers,
+        &bytes,
+        order_id,
             Command::CancelOrder { reason },
             expected_version(&headers)?,
             idem,
-        )
-        .await?;
+    )
+    .await?
+    {
+        Done::Here(o) => o,
+        Done::There(resp) => return Ok(resp),
+    };
     tracing::info!(%order_id, reason = reason.as_str(), version = outcome.version, "Order cancelled.");
     Ok(written(StatusCode::OK, &outcome, json!({})))
 }
@@ -374,6 +465,7 @@ pub async fn cancel_order(
 pub async fn erase_order(
     State(state): State<AppState>,
     caller: Caller,
+    uri: Uri,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -391,17 +483,24 @@ pub async fn erase_order(
         Some(f) => ErasureScope::Classes(parse_classes("fields", f)?),
     };
     let started = std::time::Instant::now();
-    let outcome = state
-        .service
-        .execute(
-            order_id,
+    let outcome = match execute_or_forward(
+        &state,
+        &caller,
+        &uri,
+        &headers,
+        &bytes,
+        order_id,
             Command::EraseOrder {
                 scope: scope.clone(),
             },
             expected_version(&headers)?,
             None,
-        )
-        .await?;
+    )
+    .await?
+    {
+        Done::Here(o) => o,
+        Done::There(resp) => return Ok(resp),
+    };
     let logged_ms = started.elapsed().as_millis() as u64;
     // Verify what we can: the vault must no longer yield the erased classes.
     let mut verified = Vec::new();

@@ -55,7 +55,7 @@ pub fn watermarks(
 fn consumer(source: &Source) -> Result<BaseConsumer, AuditError> {
     Ok(source
         .settings
-        .client_config()
+        .reader_config()
         .set("group.id", format!("orderlog-audit-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -99,11 +99,15 @@ pub fn scan(
             return Err(AuditError::Stalled(STALL_LIMIT));
         }
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            crate::kafka::drop_reached(&consumer, &source.topic, &mut remaining);
             continue;
         };
         let m = match msg {
             Ok(m) => m,
-            Err(KafkaError::PartitionEOF(_)) => continue,
+            Err(KafkaError::PartitionEOF(_)) => {
+                crate::kafka::drop_reached(&consumer, &source.topic, &mut remaining);
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Consume error during an audit scan; retrying.");
                 continue;

@@ -15,12 +15,14 @@
 //! crypto-shred of the order. Nothing in here logs key material, and every key
 //! type prints `[redacted]` and is zeroed on drop.
 
+pub mod follow;
 pub mod kek;
 pub mod keys;
 pub mod replica;
 pub mod seal;
 pub mod vault;
 
+pub use follow::KeyFollower;
 pub use kek::{Kek, KekError, KekRing};
 pub use keys::{KeyId, OrderKey};
 pub use replica::{KeyReplica, keys_topic_for};

@@ -127,7 +127,7 @@ pub fn restore(
 ) -> Result<RestoreReport, VaultError> {
     let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
     let consumer: BaseConsumer = settings
-        .client_config()
+        .reader_config()
         .set("group.id", format!("orderlog-restore-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()

@@ -336,6 +336,84 @@ impl KeyVault {
         Ok(())
     }
 
+    /// The row the key replica must hold once `classes` (all with `None`)
+    /// of the order's key are destroyed: the reduced row, or `None` for a
+    /// tombstone. Changes nothing; an erasure sends it in the transaction of
+    /// its `OrderErased` event, so the key topic and the log agree.
+    pub fn row_after_destroy(
+        &self,
+        order_id: Uuid,
+        classes: Option<&BTreeSet<FieldClass>>,
+    ) -> Result<Option<StoredKey>, VaultError> {
+        let Some(mut stored) = self.stored(order_id)? else {
+            return Ok(None);
+        };
+        match classes {
+            None => stored.wrapped.clear(),
+            Some(classes) => stored.wrapped.retain(|(c, _)| !classes.contains(c)),
+        }
+        Ok((!stored.wrapped.is_empty()).then_some(stored))
+    }
+
+    /// Applies a row of the key replica written by any node: a new key is
+    /// stored, a reduced row destroys the classes it no longer holds, a
+    /// tombstone destroys the whole key. Classes already shredded here are
+    /// never brought back by an older row. Returns true when something was
+    /// destroyed (its rows are then to be purged from disk).
+    pub fn apply_replica_row(
+        &self,
+        order_id: Uuid,
+        row: Option<&StoredKey>,
+        now_ms: i64,
+    ) -> Result<bool, VaultError> {
+        let local = self.stored(order_id)?;
+        let shredded = self.shred_record(order_id)?;
+        let Some(row) = row else {
+            if shredded.as_ref().is_some_and(|s| s.whole) && local.is_none() {
+                return Ok(false);
+            }
+            if local.is_some() {
+                self.destroy(order_id, None, now_ms)?;
+            } else {
+                self.mark_shredded(order_id, now_ms)?;
+            }
+            return Ok(true);
+        };
+        let gone: BTreeSet<FieldClass> = shredded.map(|s| s.classes).unwrap_or_default();
+        let mut row = row.clone();
+        row.wrapped.retain(|(c, _)| !gone.contains(c));
+        let kept: BTreeSet<FieldClass> = row.wrapped.iter().map(|(c, _)| *c).collect();
+        match local {
+            Some(local) => {
+                let dropped: BTreeSet<FieldClass> = local
+                    .wrapped
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .filter(|c| !kept.contains(c))
+                    .collect();
+                if !dropped.is_empty() {
+                    self.destroy(order_id, Some(&dropped), now_ms)?;
+                    if !row.wrapped.is_empty() && self.stored(order_id)?.as_ref() != Some(&row) {
+                        self.restore_row(order_id, &row)?;
+                    }
+                    return Ok(true);
+                }
+                if local != row {
+                    // The same classes, re-wrapped (a KEK rotation).
+                    self.restore_row(order_id, &row)?;
+                }
+                Ok(false)
+            }
+            None if !gone.is_empty() => Ok(false),
+            None => {
+                if !row.wrapped.is_empty() {
+                    self.restore_row(order_id, &row)?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// Records that an order's key is gone without having its row (restore of a tombstone).
     pub fn mark_shredded(&self, order_id: Uuid, now_ms: i64) -> Result<(), VaultError> {
         let existed = self.stored(order_id)?.is_some();

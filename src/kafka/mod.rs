@@ -14,6 +14,40 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 /// The event log: one record per event, keyed by order id, kept forever.
 pub const TOPIC_EVENTS: &str = "orders.events";
 
+/// The consumer group the writers of `topic` join: partitions assigned to a
+/// node in it are the partitions that node writes.
+pub fn writers_group(topic: &str) -> String {
+    format!("orderlog-writers.{topic}")
+}
+
+/// The `transactional.id` of the writer of `partition`: the same on every
+/// node, so whoever takes the partition fences whoever had it.
+pub fn transactional_id(topic: &str, partition: usize) -> String {
+    format!("orderlog-writer.{topic}.{partition}")
+}
+
+/// `orders.events` -> `orders.members`: where nodes announce themselves.
+pub fn members_topic_for(events_topic: &str) -> String {
+    match events_topic.strip_suffix(".events") {
+        Some(base) => format!("{base}.members"),
+        None => format!("{events_topic}.members"),
+    }
+}
+
+/// The members topic: one compacted partition, a row per node.
+pub fn members_topic_spec(name: &str, replication: i32) -> TopicSpec {
+    TopicSpec {
+        name: name.to_owned(),
+        partitions: 1,
+        replication,
+        config: vec![
+            ("cleanup.policy", "compact".into()),
+            ("segment.ms", "600000".into()),
+            ("min.cleanable.dirty.ratio", "0.1".into()),
+        ],
+    }
+}
+
 /// Header of a barrier record: a record without key or value that a writer
 /// appends to its partition to settle what an unanswered produce left behind
 /// (see `service`). Every reader of the event log skips it.
@@ -87,6 +121,37 @@ impl KafkaSettings {
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
             );
+        c
+    }
+
+    /// A consumer of the event log or the key replica. Reads only what
+    /// transactions committed (`isolation.level=read_committed`): a record of
+    /// an aborted or still open transaction (a fenced writer's) is never seen.
+    pub fn reader_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("isolation.level", "read_committed");
+        c
+    }
+
+    /// The transactional producer of one partition's writer: the
+    /// [`reliable_producer_config`](Self::reliable_producer_config) with a
+    /// `transactional.id` that is the same on every node, so a new owner's
+    /// `init_transactions` fences the previous one. A transaction left open
+    /// (its owner paused or cut off) is aborted by the coordinator after
+    /// `transaction.timeout.ms`, or at once when the next owner takes over.
+    pub fn transactional_producer_config(
+        &self,
+        transactional_id: &str,
+        delivery_timeout: Duration,
+    ) -> ClientConfig {
+        let mut c = self.reliable_producer_config(delivery_timeout);
+        c.set("transactional.id", transactional_id);
+        if !self.extra.contains_key("transaction.timeout.ms") {
+            c.set(
+                "transaction.timeout.ms",
+                (delivery_timeout.as_millis() * 2).max(10_000).to_string(),
+            );
+        }
         c
     }
 
@@ -208,6 +273,28 @@ pub fn is_transient(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::NotCoordinator
         )
     )
+}
+
+/// Drops from `remaining` (partition -> end offset) every partition the
+/// consumer's position has reached. A read-committed consumer is never handed
+/// the commit and abort markers of transactions, nor aborted records, but its
+/// position moves past them: a partition ending with a marker is read to its
+/// end once the position says so, not when a record at `end - 1` arrives.
+pub fn drop_reached<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    remaining: &mut BTreeMap<i32, i64>,
+) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for e in positions.elements_for_topic(topic) {
+        if let rdkafka::Offset::Offset(pos) = e.offset()
+            && remaining.get(&e.partition()).is_some_and(|end| pos >= *end)
+        {
+            remaining.remove(&e.partition());
+        }
+    }
 }
 
 /// `fetch_watermarks`, retried on transient errors until `timeout`.

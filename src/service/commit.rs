@@ -1,7 +1,9 @@
 //! One group-commit batch of a partition's writer: decide every command
 //! against the stored state (through the cache), seal and chain the events,
-//! make new keys and erase intents durable, send everything in one produce
-//! round trip, store the acknowledged effects, then answer.
+//! make new keys and erase intents durable locally, then send the batch's
+//! events and key rows (new keys, and the tombstone or reduced row of each
+//! erasure) in one Kafka transaction, store the committed effects, then
+//! answer.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -9,19 +11,18 @@ use std::sync::atomic::Ordering;
 
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
 use super::intents::{self, EraseIntent, IntentId};
 use super::log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
-use super::settle::resync;
 use super::state::{self, Absorbed, IdempotentOutcome, OrderRecord};
-use super::{
-    Job, Outcome, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, finish_intents, now_ms,
-    publish_replica_row, replay, republish_replica_row,
-};
-use crate::crypto::{KeyId, OrderKey};
+use super::ownership::{self, Owned};
+use super::{Job, Outcome, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, now_ms, replay};
+use crate::crypto::{KeyId, OrderKey, StoredKey};
+use crate::store::encode_value;
 use crate::domain::{self, Command, ErasureScope, FieldClass};
 use crate::events::{self, EventMeta};
 
@@ -38,7 +39,7 @@ struct Pending {
 /// A pending command with where its last record landed, or why it did not.
 type Acked = (Pending, Result<(i32, i64), String>);
 
-fn refuse_all(jobs: impl IntoIterator<Item = Job>, e: impl Fn() -> ServiceError) {
+pub(super) fn refuse_all(jobs: impl IntoIterator<Item = Job>, e: impl Fn() -> ServiceError) {
     for job in jobs {
         let _ = job.reply.send(Err(e()));
     }
@@ -65,7 +66,12 @@ fn abort_point() {
     }
 }
 
-pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Vec<Job>) {
+pub(super) async fn write_batch(
+    shared: &Arc<Shared>,
+    partition: usize,
+    owned: &Owned,
+    jobs: Vec<Job>,
+) {
     // A job whose caller stopped waiting before it was taken is dropped
     // unsent; the caller was told nothing was written.
     let jobs: Vec<Job> = jobs
@@ -79,25 +85,14 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
     if jobs.is_empty() {
         return;
     }
-    let stale = shared.partition(partition).stale;
-    let jobs = if stale {
-        if !resync(shared, partition).await {
-            refuse_all(jobs, || {
-                ServiceError::Unavailable("the order state could not be brought up to date".into())
-            });
-            return;
-        }
-        // Erasures answered `outcome_unknown` are known now: finish those
-        // that landed.
-        if let Err(e) = finish_intents(shared, partition).await {
-            tracing::warn!(partition, error = %e, "Finishing erase intents failed; retried at next start.");
-        }
-        // A key the settled records carried was not stored when these jobs
-        // looked it up: look again.
-        recheck_idempotency(shared, jobs)
-    } else {
-        jobs
-    };
+    if shared.partition(partition).stale {
+        // The effects of an earlier batch could not be stored: take the
+        // partition over again (which folds the log into the store) before
+        // deciding anything on it.
+        ownership::retake(shared, partition, owned.generation);
+        refuse_all(jobs, || ServiceError::PartitionMoving { partition });
+        return;
+    }
     let now = now_ms();
     // Tentative copies of the orders this batch touches.
     let mut tentative: HashMap<Uuid, OrderRecord> = HashMap::new();
@@ -280,53 +275,43 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
         });
         return;
     }
-    // ... and in their second home, the replica topic, before any event that needs them.
-    if let Some(replica) = &shared.replica
-        && !new_keys.is_empty()
-    {
-        let rows: Vec<(Uuid, Option<crate::crypto::StoredKey>)> = new_keys
-            .iter()
-            .map(|(id, _)| (*id, shared.vault.stored(*id).ok().flatten()))
-            .collect();
-        let refs: Vec<(Uuid, Option<&crate::crypto::StoredKey>)> =
-            rows.iter().map(|(id, r)| (*id, r.as_ref())).collect();
-        if let Err(e) = replica.publish(&refs).await {
-            tracing::warn!(error = %e, "Replicating new order keys failed; batch refused.");
-            for (id, _) in &new_keys {
-                let _ = shared.vault.discard(*id);
+    // Erasures: the key topic's row once the classes are destroyed goes in
+    // the same transaction as the `OrderErased` event.
+    let mut key_rows: Vec<(Uuid, Option<StoredKey>)> = Vec::new();
+    for (id, _) in &new_keys {
+        match shared.vault.stored(*id) {
+            Ok(row) => key_rows.push((*id, row)),
+            Err(e) => tracing::error!(order_id = %id, error = %e, "Reading a new key back failed."),
+        }
+    }
+    for (id, intent) in &erase_intents {
+        match shared
+            .vault
+            .row_after_destroy(id.order_id, intent.classes.as_ref())
+        {
+            Ok(row) => key_rows.push((id.order_id, row)),
+            Err(e) => {
+                tracing::error!(order_id = %id.order_id, error = %e, "Reading the key of an erasure failed; a tombstone is sent.");
+                key_rows.push((id.order_id, None));
             }
-            clear_intents(shared, &erase_intents);
-            let msg = format!("key replica: {e}");
-            refuse_all(pending.into_iter().map(|p| p.job), || {
-                ServiceError::Unavailable(msg.clone())
-            });
-            return;
         }
     }
 
-    let (acked, any_failed) = produce(shared, partition, pending).await;
-
-    // Some records were not acknowledged. Kafka may still hold some of them
-    // (a leader can append a record and commit it after the producer gave
-    // up), so settle the partition and fold it into the stored state: the
-    // store must match the log before the next command of these orders is
-    // decided, and each answer says whether its command is in the log.
-    // `Some(false)`: the service is stopping (or the store failed) and what
-    // became of the failed records is not known.
-    let settled = if any_failed {
-        tracing::warn!(
-            partition,
-            "Some records were not acknowledged; settling the partition."
-        );
-        let ok = resync(shared, partition).await;
-        let mut st = shared.partition(partition);
-        for (p, _) in &acked {
-            st.forget(&p.job.order_id);
+    let (acked, failure) = produce(shared, partition, owned, pending, &key_rows).await;
+    if let Some(failure) = &failure {
+        tracing::warn!(partition, error = %failure.error, fenced = failure.fenced, "The batch's transaction did not commit.");
+        if failure.fenced {
+            // Another node took the partition over: stop writing it.
+            if owned_by(shared, partition, owned.generation) {
+                shared.slots[partition].drop_generation(owned.generation);
+                tracing::warn!(partition, "Fenced by a newer owner; the partition is dropped here.");
+            }
+        } else if failure.unknown {
+            // Whether it committed is not known: take the partition over
+            // again, which settles the transaction and folds what it wrote.
+            ownership::retake(shared, partition, owned.generation);
         }
-        Some(ok)
-    } else {
-        None
-    };
+    }
     let mut stored = WriteBatch::default();
     // Idempotency keys stay in flight until their outcome is stored.
     let mut guards = Vec::new();
@@ -341,21 +326,16 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
             order_id: p.job.order_id,
             sequence: p.outcome.version,
         };
-        let res = match (res, settled) {
-            (Ok(pos), _) => Ok(pos),
-            (Err(e), Some(true)) => match landed(shared, partition, &p) {
-                Ok(Some(pos)) => Ok(pos),
-                Ok(None) => Err(ServiceError::Unavailable(e)),
-                Err(_) => Err(ServiceError::OutcomeUnknown(shared.command_timeout)),
-            },
-            (Err(_), _) => Err(ServiceError::OutcomeUnknown(shared.command_timeout)),
+        let res = match (res, &failure) {
+            (Ok(pos), None) => Ok(pos),
+            (_, Some(f)) if !f.unknown => Err(ServiceError::Unavailable(f.error.clone())),
+            _ => Err(ServiceError::OutcomeUnknown(shared.command_timeout)),
         };
         match res {
             Ok(pos) => {
                 p.outcome.position = Some(pos);
-                if settled.is_none() {
-                    // Everything acknowledged: store the effects as they are
-                    // in the log. (A settled partition is stored already.)
+                {
+                    // Committed: store the effects as they are in the log.
                     p.record.last_offset = pos.1;
                     let placed = matches!(p.job.command, Command::PlaceOrder(_))
                         .then(|| p.records[0].0.as_slice());
@@ -432,37 +412,22 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
             }
         }
     }
-    // Erasure: the OrderErased event is in the log; now destroy the key.
+    // Erasure: the OrderErased event and the key topic's row are committed;
+    // now destroy the key here (every other node does on the row).
     for (order_id, classes, intent, idx) in to_shred {
         let rec = match shared.vault.destroy(order_id, classes.as_ref(), now) {
             Ok(rec) => rec,
             Err(e) => {
-                tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; it is retried at next start.");
+                tracing::error!(%order_id, error = %e, "Key destruction failed after OrderErased; the key topic's row destroys it.");
                 continue;
             }
         };
-        let replica_pending = match publish_replica_row(
-            &shared.vault,
-            shared.replica.as_ref(),
-            order_id,
-        )
-        .await
-        {
-            Ok(()) => {
-                if let Err(e) = intents::clear(&shared.store, &intent) {
-                    tracing::warn!(%order_id, error = %e, "Clearing an erase intent failed; it is finished again at next start.");
-                }
-                false
-            }
-            Err(e) => {
-                tracing::warn!(%order_id, error = %e, "The key replica did not acknowledge an erasure's row; retrying in the background.");
-                tokio::spawn(republish_replica_row(shared.clone(), order_id, intent));
-                true
-            }
-        };
+        if let Err(e) = intents::clear(&shared.store, &intent) {
+            tracing::warn!(%order_id, error = %e, "Clearing an erase intent failed; it is finished again at the next take-over.");
+        }
         if let Ok(outcome) = &mut replies[idx].1 {
             outcome.shredded = Some(rec);
-            outcome.replica_pending = replica_pending;
+            outcome.replica_pending = false;
         }
     }
     for (reply, res) in replies {
@@ -472,7 +437,7 @@ pub(super) async fn write_batch(shared: &Arc<Shared>, partition: usize, jobs: Ve
 }
 
 /// Answers the jobs whose idempotency key is stored by now, and returns the rest.
-fn recheck_idempotency(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
+pub(super) fn recheck_idempotency(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
     let now = now_ms();
     let mut rest = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -499,83 +464,170 @@ fn clear_intents(shared: &Shared, erase_intents: &[(IntentId, EraseIntent)]) {
     }
 }
 
-/// Sends every pending command's records, then waits for all
-/// acknowledgements: one round trip. Returns each command with where its
-/// last record landed, and whether any record failed.
-async fn produce(shared: &Shared, partition: usize, pending: Vec<Pending>) -> (Vec<Acked>, bool) {
-    let producer = shared.producer();
-    let mut deliveries = Vec::with_capacity(pending.len());
-    for p in &pending {
-        let key: &[u8] = p.job.order_id.as_bytes();
-        let mut futs = Vec::with_capacity(p.records.len());
-        for (n, (bytes, ts)) in p.records.iter().enumerate() {
-            let mut headers = OwnedHeaders::new();
-            if let Some(idem) = &p.job.idempotency
-                && n + 1 == p.records.len()
-            {
-                headers = headers
-                    .insert(Header {
-                        key: HEADER_IDEMPOTENCY_KEY,
-                        value: Some(&idem.key[..]),
-                    })
-                    .insert(Header {
-                        key: HEADER_REQUEST_DIGEST,
-                        value: Some(&idem.request[..]),
-                    });
-            }
-            let record = FutureRecord::to(&shared.topic)
-                .partition(partition as i32)
-                .key(key)
-                .payload(bytes)
-                .timestamp(*ts)
-                .headers(headers);
-            futs.push(producer.send(record, delivery_timeout(shared.command_timeout)));
-        }
-        deliveries.push(join_all(futs));
-    }
-    metrics::histogram!(crate::telemetry::BATCH_SIZE).record(pending.len() as f64);
-    let produce_started = std::time::Instant::now();
-    let results = join_all(deliveries).await;
-    metrics::histogram!(crate::telemetry::PRODUCE_LATENCY)
-        .record(produce_started.elapsed().as_secs_f64());
-
-    let mut any_failed = false;
-    let mut acked: Vec<Acked> = Vec::with_capacity(pending.len());
-    for (p, res) in pending.into_iter().zip(results) {
-        let mut last = Ok((partition as i32, -1));
-        for r in res {
-            match r {
-                Ok(delivery) => {
-                    if last.is_ok() {
-                        last = Ok((delivery.partition, delivery.offset));
-                    }
-                }
-                Err((e, _)) => {
-                    any_failed = true;
-                    last = Err(e.to_string());
-                }
-            }
-        }
-        acked.push((p, last));
-    }
-    (acked, any_failed)
+/// Why a batch's transaction did not commit.
+struct Failure {
+    error: String,
+    /// A newer owner fenced this producer.
+    fenced: bool,
+    /// It may have committed (a commit without an answer).
+    unknown: bool,
 }
 
-/// Where the record of a command that was not acknowledged landed in the
-/// settled partition, if it did. (A batch holds one command per order, and
-/// every command writes one event: the order's last record is its record or
-/// not.)
-fn landed(
+fn owned_by(shared: &Shared, partition: usize, generation: u64) -> bool {
+    shared.slots[partition]
+        .owned()
+        .is_some_and(|o| o.generation == generation)
+}
+
+fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        )
+    ) || matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+}
+
+/// Sends every pending command's records and the batch's key rows in one
+/// transaction and commits it. Returns each command with where its last
+/// record landed, and why the transaction failed, if it did.
+async fn produce(
     shared: &Shared,
     partition: usize,
-    p: &Pending,
-) -> Result<Option<(i32, i64)>, crate::store::StoreError> {
-    debug_assert_eq!(p.records.len(), 1, "one event per command");
-    let rec = shared
-        .partition(partition)
-        .order(&shared.store, &p.job.order_id)?;
-    Ok(rec.and_then(|rec| {
-        (rec.state.version == p.outcome.version && rec.last_hash == p.record.last_hash)
-            .then_some((partition as i32, rec.last_offset))
-    }))
+    owned: &Owned,
+    pending: Vec<Pending>,
+    key_rows: &[(Uuid, Option<StoredKey>)],
+) -> (Vec<Acked>, Option<Failure>) {
+    let producer = &owned.producer;
+    metrics::histogram!(crate::telemetry::BATCH_SIZE).record(pending.len() as f64);
+    let started = std::time::Instant::now();
+    let result = transact(shared, partition, producer, &pending, key_rows).await;
+    metrics::histogram!(crate::telemetry::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(positions) => {
+            let acked = pending
+                .into_iter()
+                .zip(positions)
+                .map(|(p, pos)| (p, Ok(pos)))
+                .collect();
+            (acked, None)
+        }
+        Err(failure) => {
+            let acked = pending
+                .into_iter()
+                .map(|p| (p, Err(failure.error.clone())))
+                .collect();
+            (acked, Some(failure))
+        }
+    }
+}
+
+async fn transact(
+    shared: &Shared,
+    partition: usize,
+    producer: &FutureProducer,
+    pending: &[Pending],
+    key_rows: &[(Uuid, Option<StoredKey>)],
+) -> Result<Vec<(i32, i64)>, Failure> {
+    let failed = |e: KafkaError, unknown: bool| Failure {
+        fenced: is_fenced(&e),
+        error: e.to_string(),
+        unknown,
+    };
+    producer.begin_transaction().map_err(|e| failed(e, false))?;
+    let mut sent = Vec::with_capacity(pending.len() + key_rows.len());
+    let mut last_of = Vec::with_capacity(pending.len());
+    let mut error = None;
+    'send: for (id, row) in key_rows {
+        let value = row.as_ref().map(encode_value);
+        let mut r = FutureRecord::<[u8], Vec<u8>>::to(&shared.keys_topic).key(id.as_bytes());
+        if let Some(v) = &value {
+            r = r.payload(v);
+        }
+        match producer.send_result(r) {
+            Ok(d) => sent.push(d),
+            Err((e, _)) => {
+                error = Some(e);
+                break 'send;
+            }
+        }
+    }
+    if error.is_none() {
+        'events: for p in pending {
+            let key: &[u8] = p.job.order_id.as_bytes();
+            for (n, (bytes, ts)) in p.records.iter().enumerate() {
+                let mut headers = OwnedHeaders::new();
+                if let Some(idem) = &p.job.idempotency
+                    && n + 1 == p.records.len()
+                {
+                    headers = headers
+                        .insert(Header {
+                            key: HEADER_IDEMPOTENCY_KEY,
+                            value: Some(&idem.key[..]),
+                        })
+                        .insert(Header {
+                            key: HEADER_REQUEST_DIGEST,
+                            value: Some(&idem.request[..]),
+                        });
+                }
+                let record = FutureRecord::to(&shared.topic)
+                    .partition(partition as i32)
+                    .key(key)
+                    .payload(bytes)
+                    .timestamp(*ts)
+                    .headers(headers);
+                match producer.send_result(record) {
+                    Ok(d) => sent.push(d),
+                    Err((e, _)) => {
+                        error = Some(e);
+                        break 'events;
+                    }
+                }
+            }
+            last_of.push(sent.len() - 1);
+        }
+    }
+    let timeout = delivery_timeout(shared.command_timeout);
+    if let Some(e) = error {
+        abort(producer, timeout).await;
+        return Err(failed(e, false));
+    }
+    let p = producer.clone();
+    let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+    if let Err(e) = committed {
+        let requires_abort = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
+        if requires_abort && abort(producer, timeout).await {
+            return Err(failed(e, false));
+        }
+        return Err(failed(e, true));
+    }
+    let mut offsets = Vec::with_capacity(sent.len());
+    for d in join_all(sent).await {
+        match d {
+            Ok(Ok(d)) => offsets.push((d.partition, d.offset)),
+            // Committed, so delivered; a missing report is not expected.
+            _ => offsets.push((partition as i32, -1)),
+        }
+    }
+    Ok(last_of.into_iter().map(|i| offsets[i]).collect())
+}
+
+/// Aborts the open transaction; true when Kafka confirmed it (nothing of it
+/// will ever be read).
+async fn abort(producer: &FutureProducer, timeout: std::time::Duration) -> bool {
+    let p = producer.clone();
+    match tokio::task::spawn_blocking(move || p.abort_transaction(timeout)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Aborting the transaction failed.");
+            false
+        }
+        Err(_) => false,
+    }
 }

@@ -67,6 +67,12 @@ pub fn read_range(
     Ok(out)
 }
 
+fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end: i64) -> bool {
+    let mut remaining = std::collections::BTreeMap::from([(partition, end)]);
+    crate::kafka::drop_reached(consumer, topic, &mut remaining);
+    remaining.is_empty()
+}
+
 /// Calls `f` with every record from `from` to the end: the high watermark of
 /// the moment the scan starts, or `until` if that is further. Returns the end,
 /// or `Canceled` once `stop` is set.
@@ -84,7 +90,7 @@ pub fn scan(
     mut f: impl FnMut(RawRecord),
 ) -> Result<i64, KafkaError> {
     let consumer: BaseConsumer = settings
-        .client_config()
+        .reader_config()
         .set("group.id", format!("orderlog-rebuild-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -109,14 +115,24 @@ pub fn scan(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
             ));
         }
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+            if reached(&consumer, topic, partition, end) {
+                break;
+            }
             continue;
         };
         let m = match msg {
             Ok(m) => m,
             // The end was read from the leader; a record before it may take
-            // a moment to be fetchable: keep polling until the stall limit.
-            Err(KafkaError::PartitionEOF(_)) => continue,
+            // a moment to be fetchable: keep polling until the stall limit,
+            // unless the position (which moves past transaction markers no
+            // record is delivered for) says the end is reached.
+            Err(KafkaError::PartitionEOF(_)) => {
+                if reached(&consumer, topic, partition, end) {
+                    break;
+                }
+                continue;
+            }
             // A broker going away, a leader moving: the client reconnects;
             // the stall limit bounds how long that may take.
             Err(e) => {
@@ -138,4 +154,21 @@ pub fn scan(
         });
     }
     Ok(end)
+}
+
+/// The end of every partition of `topic` as a read-committed reader sees it
+/// now (the last stable offset).
+pub fn log_ends(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: usize,
+    timeout: Duration,
+) -> Result<Vec<i64>, KafkaError> {
+    let consumer: BaseConsumer = settings
+        .reader_config()
+        .set("group.id", format!("orderlog-ends-{}", Uuid::new_v4()))
+        .create()?;
+    (0..partitions as i32)
+        .map(|p| crate::kafka::watermarks(&consumer, topic, p, timeout).map(|(_, high)| high))
+        .collect()
 }

@@ -19,23 +19,25 @@
 mod commit;
 pub mod intents;
 pub mod log_reader;
+pub mod membership;
+pub mod ownership;
 pub mod partition;
-mod settle;
+mod recovery;
 pub mod state;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::crypto::follow::FollowStatus;
 use crate::crypto::{KeyId, KeyReplica, KeyVault, Shredded, VaultError};
-use crate::domain::{Command, DomainError, Event, FieldClass, PersonalFields};
+use crate::domain::{Command, DomainError, Event, PersonalFields};
 use crate::events;
 use crate::kafka::KafkaSettings;
 use crate::store::{Store, StoreError};
@@ -66,6 +68,14 @@ pub enum ServiceError {
     OutcomeUnknown(Duration),
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// Another node writes this partition: the command is to be forwarded
+    /// there. Nothing was sent.
+    #[error("partition {partition} is written by another node")]
+    NotOwner { partition: usize },
+    /// The partition is changing owner (a node joined, left or failed) and
+    /// no node takes its commands right now. Nothing was sent; retry.
+    #[error("partition {partition} is moving to another node; retry shortly")]
+    PartitionMoving { partition: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -190,22 +200,32 @@ pub fn delivery_timeout(command_timeout: Duration) -> Duration {
 struct Shared {
     settings: KafkaSettings,
     topic: String,
-    /// Replaced when librdkafka reports a fatal error.
-    producer: RwLock<FutureProducer>,
-    /// Set by `shutdown`: a writer settling its partition gives up.
+    keys_topic: String,
+    /// Set by `shutdown`: a writer taking a partition over gives up.
     closing: AtomicBool,
-    /// Set once every partition's state has caught up after the start.
+    /// Set once the start's catch-up is done (nothing to do unless the order
+    /// state is rebuilt from the whole log).
     ready: AtomicBool,
     /// Notified when `ready` is set.
     started: tokio::sync::Notify,
     vault: Arc<KeyVault>,
+    /// Writes repairs to the key topic outside the writers' transactions
+    /// (an erasure of a log written before them whose tombstone is missing).
     replica: Option<KeyReplica>,
+    /// How far the vault has applied the key topic.
+    keys: Option<Arc<FollowStatus>>,
     store: Store,
     idempotency_ttl: Duration,
+    per_partition_cache: usize,
     partitions: Vec<Mutex<PartitionState>>,
+    /// Which partitions this node writes.
+    slots: Vec<ownership::Slot>,
+    /// Where nodes find each other.
+    members: Arc<membership::Members>,
     in_flight: Mutex<HashSet<[u8; 32]>>,
     /// Every command is answered within this (`--produce-timeout-ms`).
     command_timeout: Duration,
+    runtime: tokio::runtime::Handle,
 }
 
 /// The write service. Cheap to clone.
@@ -214,6 +234,7 @@ pub struct Service {
     shared: Arc<Shared>,
     queues: Arc<RwLock<Option<Vec<mpsc::Sender<Job>>>>>,
     writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    group: Arc<Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -239,94 +260,173 @@ pub fn partition_of(order_id: &Uuid, partitions: usize) -> usize {
     (tail % partitions as u64) as usize
 }
 
+/// A new order id (UUIDv7) whose events go to `partition`.
+pub fn order_id_in(partition: usize, partitions: usize) -> Uuid {
+    loop {
+        let id = Uuid::now_v7();
+        if partition_of(&id, partitions) == partition {
+            return id;
+        }
+    }
+}
+
 fn kafka_unavailable(e: &KafkaError) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
 
 impl Shared {
-    fn producer(&self) -> FutureProducer {
-        self.producer.read().expect("producer lock").clone()
-    }
-
     fn partition(&self, p: usize) -> std::sync::MutexGuard<'_, PartitionState> {
         self.partitions[p].lock().expect("partition lock")
     }
 }
 
+/// How this node takes part in the cluster of writers.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub node_id: String,
+    /// Where other nodes reach this one's API (`--advertise-url`).
+    pub advertise_url: String,
+    /// The writers' group session timeout: how long a node that stopped
+    /// answering keeps its partitions.
+    pub session_timeout: Duration,
+    /// How often this node's row in the members topic is refreshed.
+    pub heartbeat: Duration,
+}
+
+impl ClusterOptions {
+    pub fn single(url: impl Into<String>) -> Self {
+        Self {
+            node_id: Uuid::new_v4().to_string(),
+            advertise_url: url.into(),
+            session_timeout: Duration::from_secs(6),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Service {
-    /// Appends a barrier to every partition (failing fast when Kafka cannot
-    /// be written), then starts the writers. Each partition's stored state is
-    /// caught up with the log up to its barrier in the background, and
-    /// erasures a crash interrupted are finished; until then
+    /// Starts the writers of `topic`: joins the writers' group, which assigns
+    /// this node the partitions it writes (each taken over in the background,
+    /// see [`ownership`]), and the members topic. When the stored order state
+    /// does not cover the log (an older data directory, or a vault restored
+    /// from the key topic) it is rebuilt first, in the background; until then
     /// [`Service::ready`] is false and commands wait (within the command
     /// timeout) for it.
+    #[allow(clippy::too_many_arguments)] // the write side's whole wiring
     pub async fn start(
         settings: KafkaSettings,
         topic: String,
         partitions: usize,
         vault: Arc<KeyVault>,
         replica: Option<KeyReplica>,
+        keys: Option<Arc<FollowStatus>>,
         command_timeout: Duration,
         options: StateOptions,
+        cluster: ClusterOptions,
     ) -> Result<Self, ServiceError> {
-        let producer: FutureProducer = settings
-            .reliable_producer_config(delivery_timeout(command_timeout))
-            .create()
-            .map_err(|e| kafka_unavailable(&e))?;
-        // A barrier first, so whatever an earlier process left unanswered on
-        // the partition is settled before the state is read (see `settle`).
-        let barriers =
-            (0..partitions).map(|p| settle::barrier(&producer, &topic, p, command_timeout));
-        let mut ends = Vec::with_capacity(partitions);
-        for (p, r) in join_all(barriers).await.into_iter().enumerate() {
-            ends.push(
-                r.map_err(|e| ServiceError::Unavailable(format!("barrier on partition {p}: {e}")))?
-                    + 1,
-            );
-        }
         let store = options.store.clone();
         // The whole log when the stored state does not cover it yet (a data
         // directory of an earlier version) or every erasure must be checked;
-        // otherwise only the tail after the stored checkpoint.
+        // otherwise each partition's tail when it is taken over.
         let from_zero = !state::prepare(&store)? || options.rebuild;
         let per_partition = options.cache_orders.div_ceil(partitions.max(1));
+        let members = membership::Members::start(&settings, &topic, &cluster)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("members topic: {e}")))?;
         let shared = Arc::new(Shared {
             settings,
+            keys_topic: crate::crypto::keys_topic_for(&topic),
             topic,
-            producer: RwLock::new(producer),
             closing: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             started: tokio::sync::Notify::new(),
             vault,
             replica,
+            keys,
             store,
             idempotency_ttl: options.idempotency_ttl,
-            partitions: ends
-                .iter()
-                .map(|end| Mutex::new(PartitionState::new(per_partition, *end)))
+            per_partition_cache: per_partition,
+            partitions: (0..partitions)
+                .map(|_| Mutex::new(PartitionState::new(per_partition, 0)))
                 .collect(),
+            slots: (0..partitions).map(|_| ownership::Slot::default()).collect(),
+            members,
             in_flight: Mutex::new(HashSet::new()),
             command_timeout,
+            runtime: tokio::runtime::Handle::current(),
         });
         let mut queues = Vec::with_capacity(partitions);
-        let mut writers = Vec::with_capacity(partitions + 1);
-        writers.push(tokio::spawn(catch_up_all(shared.clone(), ends, from_zero)));
+        let mut writers = Vec::with_capacity(partitions + 2);
+        writers.push(tokio::spawn(recovery::catch_up_all(shared.clone(), from_zero)));
+        writers.push(tokio::spawn(membership::heartbeat(
+            shared.members.clone(),
+            std::sync::Arc::downgrade(&shared),
+        )));
         for p in 0..partitions {
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
             queues.push(tx);
             writers.push(tokio::spawn(writer(shared.clone(), p, rx)));
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (weak, stop_t, session) = (
+            Arc::downgrade(&shared),
+            stop.clone(),
+            cluster.session_timeout,
+        );
+        let group = std::thread::Builder::new()
+            .name("writers-group".into())
+            .spawn(move || ownership::run_group(weak, stop_t, session))
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Self {
             shared,
             queues: Arc::new(RwLock::new(Some(queues))),
             writers: Arc::new(Mutex::new(writers)),
+            group: Arc::new(Mutex::new(Some((stop, group)))),
         })
+    }
+
+    /// The partition a new order goes to: with an idempotency key, the one
+    /// the key decides (so a retry through any node reaches the writer that
+    /// knows the key); without, one this node writes, if any.
+    pub fn partition_for_new_order(&self, idempotency: Option<&Idempotency>) -> usize {
+        let n = self.partitions();
+        if let Some(idem) = idempotency {
+            let h = u64::from_be_bytes(idem.key[..8].try_into().expect("8 bytes"));
+            return (h % n as u64) as usize;
+        }
+        let owned = ownership::owned_partitions(&self.shared.slots);
+        let pick = rand::random::<u64>() as usize;
+        if owned.is_empty() {
+            pick % n
+        } else {
+            owned[pick % owned.len()] as usize
+        }
+    }
+
+    /// Every command is answered within this.
+    pub fn command_timeout(&self) -> Duration {
+        self.shared.command_timeout
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.shared.members.node_id()
+    }
+
+    /// This node's id and how the partitions stand here.
+    pub fn cluster_status(&self) -> membership::ClusterStatus {
+        self.shared.members.status(&self.shared.slots)
+    }
+
+    /// The node that writes `partition`, as the members topic says (never
+    /// this one).
+    pub fn owner_elsewhere(&self, partition: usize) -> Option<membership::Member> {
+        self.shared.members.owner_of(partition as i32)
     }
 
     /// True once every partition's stored state has caught up with the log
     /// (as of the start) and the writers take commands.
     pub fn ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire)
+        self.shared.ready.load(Ordering::Acquire) && self.shared.members.covered()
     }
 
     /// Waits until [`Service::ready`], or `deadline`.
@@ -341,7 +441,12 @@ impl Service {
             }
             if tokio::time::timeout_at(deadline, started).await.is_err() {
                 return Err(ServiceError::Unavailable(
-                    "the write side is still catching up with the log after a start".into(),
+                    if self.shared.ready.load(Ordering::Acquire) {
+                        "the writers' group has not assigned every partition yet"
+                    } else {
+                        "the write side is still catching up with the log after a start"
+                    }
+                    .into(),
                 ));
             }
         }
@@ -413,6 +518,8 @@ impl Service {
             Err(ServiceError::Domain(_)) => "refused",
             Err(ServiceError::VersionMismatch { .. }) => "version_mismatch",
             Err(ServiceError::Unavailable(_) | ServiceError::ShuttingDown) => "unavailable",
+            Err(ServiceError::NotOwner { .. }) => "forwarded",
+            Err(ServiceError::PartitionMoving { .. }) => "moving",
             Err(ServiceError::OutcomeUnknown(_)) => "unknown",
             Err(_) => "error",
         };
@@ -442,6 +549,15 @@ impl Service {
         deadline: tokio::time::Instant,
     ) -> Result<Outcome, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
+        match self.shared.slots[p].wait_owned(deadline).await {
+            Ok(()) => {}
+            Err(ownership::NotOwned::Elsewhere) => {
+                return Err(ServiceError::NotOwner { partition: p });
+            }
+            Err(ownership::NotOwned::Moving) => {
+                return Err(ServiceError::PartitionMoving { partition: p });
+            }
+        }
         let tx = {
             let q = self.queues.read().expect("queues lock");
             q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
@@ -539,6 +655,14 @@ impl Service {
     /// Stops taking commands, lets the writers finish what they hold, and
     /// flushes the producer, within `limit`.
     pub async fn shutdown(&self, limit: Duration) {
+        // Leave the writers' group first: the partitions move to other nodes
+        // at once instead of after the session timeout.
+        let group = self.group.lock().expect("group lock").take();
+        if let Some((stop, thread)) = group {
+            stop.store(true, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.shared.members.leave().await;
         self.queues.write().expect("queues lock").take();
         self.shared.closing.store(true, Ordering::Release);
         // Requests waiting for the start to finish give up.
@@ -550,8 +674,6 @@ impl Service {
         {
             tracing::warn!(?limit, "Writers did not finish in time.");
         }
-        let producer = self.shared.producer();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(limit)).await;
     }
 }
 
@@ -573,251 +695,12 @@ fn replay(prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, Service
     })
 }
 
-/// Destroys an order's key (or some classes of it) in the vault, then
-/// replaces its replica row with the reduced row or a tombstone.
-async fn shred(
-    vault: &KeyVault,
-    replica: Option<&KeyReplica>,
-    order_id: Uuid,
-    classes: Option<&BTreeSet<FieldClass>>,
-    now: i64,
-) -> Result<Shredded, ServiceError> {
-    let record = vault.destroy(order_id, classes, now)?;
-    publish_replica_row(vault, replica, order_id).await?;
-    Ok(record)
-}
-
-/// Finishes an erasure the log holds (the order's stored state says which
-/// classes): destroys what the vault still holds of them and re-sends the
-/// replica row. With `intent`, the order had an erase intent: it is cleared
-/// once done, or at once when the log holds no erasure (the record never
-/// landed); without, the replica row is re-sent only when something was
-/// destroyed.
-async fn finish_erasure(
-    vault: &KeyVault,
-    replica: Option<&KeyReplica>,
-    store: &Store,
-    order_id: Uuid,
-    intent: Option<intents::IntentId>,
-) -> Result<(), ServiceError> {
-    let rec = state::load_order(store, &order_id)?;
-    let erased = rec.as_ref().and_then(|r| {
-        r.state
-            .order
-            .as_ref()
-            .filter(|o| !o.erased.is_empty())
-            .map(|o| (o, r.updated_at_ms))
-    });
-    if let Some((o, at)) = erased {
-        let live = vault
-            .stored(order_id)?
-            .is_some_and(|row| row.wrapped.iter().any(|(c, _)| o.erased.contains(c)));
-        if live {
-            let classes = (!o.fully_erased).then(|| o.erased.clone());
-            shred(vault, replica, order_id, classes.as_ref(), at).await?;
-            tracing::warn!(%order_id, "Finished an interrupted erasure.");
-        } else if intent.is_some() {
-            // A crash between the vault and the replica could leave a
-            // wrapped key in the replica: send its row again.
-            publish_replica_row(vault, replica, order_id).await?;
-        }
-    }
-    if let Some(id) = intent {
-        intents::clear(store, &id)?;
-    }
-    Ok(())
-}
-
-/// Finishes the erase intents of `partition` left by erasures whose outcome
-/// was not known when they were answered (idempotent for any other).
-async fn finish_intents(shared: &Shared, partition: usize) -> Result<(), ServiceError> {
-    let n = shared.partitions.len();
-    for (id, _) in intents::pending(&shared.store)? {
-        if partition_of(&id.order_id, n) == partition {
-            finish_erasure(
-                &shared.vault,
-                shared.replica.as_ref(),
-                &shared.store,
-                id.order_id,
-                Some(id),
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes an order's current vault row (a tombstone once it is shredded) to
-/// the key replica.
-async fn publish_replica_row(
-    vault: &KeyVault,
-    replica: Option<&KeyReplica>,
-    order_id: Uuid,
-) -> Result<(), ServiceError> {
-    let Some(replica) = replica else {
-        return Ok(());
-    };
-    let row = vault.stored(order_id)?;
-    replica
-        .publish(&[(order_id, row.as_ref())])
-        .await
-        .map_err(|e| ServiceError::Unavailable(format!("key replica: {e}")))
-}
-
-/// Retries [`publish_replica_row`] until Kafka acknowledges it: an erased
-/// order's wrapped key must not stay in the replica topic for longer than the
-/// outage. (A crash before that is covered at the next start.)
-async fn republish_replica_row(shared: Arc<Shared>, order_id: Uuid, intent: intents::IntentId) {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        tokio::time::sleep(pause).await;
-        let before = shared.vault.stored(order_id).ok().flatten();
-        match publish_replica_row(&shared.vault, shared.replica.as_ref(), order_id).await {
-            // Done only if the row did not change meanwhile: a later erasure
-            // of the order may have published its row before this one
-            // landed; publishing again puts the latest row last.
-            Ok(()) if shared.vault.stored(order_id).ok().flatten() == before => {
-                tracing::info!(%order_id, "Key replica row of an erasure written after a retry.");
-                if let Err(e) = intents::clear(&shared.store, &intent) {
-                    tracing::warn!(%order_id, error = %e, "Clearing the erase intent failed; it is finished again at next start.");
-                }
-                return;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                tracing::debug!(%order_id, error = %e, "Key replica row still not acknowledged.")
-            }
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Catches every partition's stored state up to `ends` (its start barrier)
-/// and finishes interrupted erasures, then opens the writers. Each step is
-/// retried until it succeeds or the service stops.
-async fn catch_up_all(shared: Arc<Shared>, ends: Vec<i64>, from_zero: bool) {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(500);
-    let erased = loop {
-        if shared.closing.load(Ordering::Acquire) {
-            return;
-        }
-        match catch_up_partitions(&shared, &ends, from_zero).await {
-            Ok(erased) => break erased,
-            Err(e) => {
-                tracing::error!(error = %e, "Catching up with the log failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
-        }
-    };
-    loop {
-        if shared.closing.load(Ordering::Acquire) {
-            return;
-        }
-        match finish_erasures(&shared, &erased).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::error!(error = %e, "Finishing interrupted erasures failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    shared.ready.store(true, Ordering::Release);
-    shared.started.notify_waiters();
-    tracing::info!(
-        partitions = ends.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "Write side ready."
-    );
-}
-
-/// Folds every partition up to its barrier; returns the erased orders the
-/// folds met (every one when folding from 0).
-async fn catch_up_partitions(
-    shared: &Arc<Shared>,
-    ends: &[i64],
-    from_zero: bool,
-) -> Result<Vec<Uuid>, ServiceError> {
-    let catch_ups = ends.iter().enumerate().map(|(p, until)| {
-        let (sh, until) = (shared.clone(), *until);
-        tokio::task::spawn_blocking(move || {
-            let (s, t, st) = (&sh.settings, &sh.topic, &sh.store);
-            let (ttl, stall, stop) = (sh.idempotency_ttl, Duration::from_secs(60), &sh.closing);
-            let from = if from_zero {
-                0
-            } else {
-                st.view_offset(p as i32)?
-            };
-            let t0 = Instant::now();
-            let caught = if from_zero {
-                partition::catch_up(s, t, st, ttl, p as i32, 0, until, stall, stop)
-            } else {
-                partition::follow(s, t, st, ttl, p as i32, until, stall, stop)
-            };
-            caught.map(|r| (from, r, t0.elapsed()))
-        })
-    });
-    let mut erased = Vec::new();
-    for (p, r) in join_all(catch_ups).await.into_iter().enumerate() {
-        let (from, report, took) = r
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|e| match e {
-                partition::CatchUpError::Kafka(e) => kafka_unavailable(&e),
-                partition::CatchUpError::Store(e) => e.into(),
-            })?;
-        tracing::info!(
-            partition = p,
-            from,
-            to = report.end,
-            records = report.records,
-            applied = report.applied,
-            skipped = report.skipped,
-            elapsed_ms = took.as_millis() as u64,
-            "Partition state caught up with the log."
-        );
-        erased.extend(report.erased);
-    }
-    if from_zero {
-        state::mark_built(&shared.store)?;
-    }
-    Ok(erased)
-}
-
-/// An erasure is appended before the key is destroyed: finishes those a
-/// crash interrupted (the intents), and those the log holds whose key is
-/// still in the vault (a vault restored from the replica topic).
-async fn finish_erasures(shared: &Shared, erased: &[Uuid]) -> Result<(), ServiceError> {
-    let (vault, replica, store) = (&shared.vault, shared.replica.as_ref(), &shared.store);
-    for (id, _) in intents::pending(store)? {
-        finish_erasure(vault, replica, store, id.order_id, Some(id)).await?;
-    }
-    for order_id in erased {
-        finish_erasure(vault, replica, store, *order_id, None).await?;
-    }
-    Ok(())
-}
-
 async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Job>) {
-    // Nothing is decided before the partition's stored state has caught up.
-    loop {
-        let started = shared.started.notified();
-        if shared.ready.load(Ordering::Acquire) || shared.closing.load(Ordering::Acquire) {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(200), started).await;
-    }
-    if !shared.ready.load(Ordering::Acquire) {
-        // Stopped before the state caught up: nothing may be decided on it.
-        while let Some(job) = rx.recv().await {
-            let _ = job.reply.send(Err(ServiceError::ShuttingDown));
-        }
-        return;
-    }
     // Jobs waiting for a later batch, in arrival order.
     let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     let mut open = true;
+    // The take-over the last batch was written under.
+    let mut generation = 0;
     while open || !waiting.is_empty() {
         if waiting.is_empty() {
             match rx.recv().await {
@@ -832,9 +715,19 @@ async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Jo
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        // At most one command per order in a batch: if Kafka failed one
-        // record of a batch and acknowledged a later one, a later command of
-        // the same order would be acknowledged on a chain with a hole.
+        let slot = &shared.slots[partition];
+        let batch_lock = slot.batch.lock().await;
+        let Some(owned) = slot.owned() else {
+            // Released (revoked, lost or fenced) after these were queued:
+            // none was sent; the caller may retry, reaching the new owner.
+            commit::refuse_all(waiting.drain(..), || ServiceError::PartitionMoving {
+                partition,
+            });
+            continue;
+        };
+        // At most one command per order in a batch: if a later command of
+        // an order were decided on an earlier one that then failed, it would
+        // be acknowledged on a chain with a hole.
         let mut orders = HashSet::new();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut later = std::collections::VecDeque::new();
@@ -846,7 +739,16 @@ async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Jo
             }
         }
         waiting = later;
-        commit::write_batch(&shared, partition, batch).await;
+        // Taken over again since the last batch: keys written meanwhile by
+        // other owners are in the stored state now; look again.
+        let batch = if owned.generation != generation {
+            generation = owned.generation;
+            commit::recheck_idempotency(&shared, batch)
+        } else {
+            batch
+        };
+        commit::write_batch(&shared, partition, &owned, batch).await;
+        drop(batch_lock);
     }
     tracing::debug!(partition, "Writer stopped.");
 }

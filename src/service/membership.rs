@@ -1,0 +1,257 @@
+//! How nodes find each other: a small compacted topic (`orders.members`)
+//! where every node keeps one row (its id, advertised URL, the partitions it
+//! writes, and a heartbeat time), refreshed every heartbeat and at every
+//! ownership change. Every node reads the topic from its start and keeps the
+//! newest row per node. A row older than [`DEAD_AFTER_HEARTBEATS`] heartbeats
+//! is a dead node's. A node that stops leaves a tombstone.
+//!
+//! The topic only says where to forward a command: who may write a
+//! partition is decided by the writers' group and enforced by transactions
+//! ([`super::ownership`]), so a stale row costs a `partition_moving` answer,
+//! never a wrong write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ClusterOptions, Shared, now_ms, ownership};
+use crate::kafka::KafkaSettings;
+
+/// A node whose row is older than this many heartbeats is dead.
+pub const DEAD_AFTER_HEARTBEATS: u32 = 3;
+
+/// One node's row in the members topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    /// Base URL of the node's API, as other nodes reach it.
+    pub url: String,
+    /// Partitions the node writes.
+    pub partitions: Vec<i32>,
+    pub heartbeat_ms: i64,
+}
+
+/// This node and what it knows of the others (for `/readyz`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: String,
+    pub url: String,
+    /// Per partition: `owned`, `taking_over` or `elsewhere`.
+    pub partitions: BTreeMap<i32, &'static str>,
+    /// Live nodes, this one included.
+    pub members: Vec<Member>,
+}
+
+/// The members topic, written and read.
+pub struct Members {
+    me: ClusterOptions,
+    topic: String,
+    producer: FutureProducer,
+    rows: Arc<RwLock<HashMap<String, Member>>>,
+    /// Set once every partition was seen owned (here or by a live node).
+    covered: AtomicBool,
+    wake: tokio::sync::Notify,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Members {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Members")
+            .field("node_id", &self.me.node_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Members {
+    /// Starts reading the members topic of `events_topic` (which must exist).
+    pub async fn start(
+        settings: &KafkaSettings,
+        events_topic: &str,
+        me: &ClusterOptions,
+    ) -> Result<Arc<Self>, KafkaError> {
+        let topic = crate::kafka::members_topic_for(events_topic);
+        let producer: FutureProducer = settings
+            .reliable_producer_config(me.heartbeat.max(Duration::from_secs(5)))
+            .create()?;
+        let consumer: BaseConsumer = settings
+            .client_config()
+            .set("group.id", format!("orderlog-members-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let rows = Arc::new(RwLock::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rows_t, stop_t) = (rows.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("members".into())
+            .spawn(move || follow(consumer, rows_t, stop_t))
+            .map_err(|_| KafkaError::Canceled)?;
+        Ok(Arc::new(Self {
+            me: me.clone(),
+            topic,
+            producer,
+            rows,
+            covered: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            stop,
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.me.node_id
+    }
+
+    /// Live rows of other nodes.
+    fn live_others(&self) -> Vec<Member> {
+        let oldest = now_ms() - (self.me.heartbeat * DEAD_AFTER_HEARTBEATS).as_millis() as i64;
+        self.rows
+            .read()
+            .expect("members lock")
+            .values()
+            .filter(|m| m.node_id != self.me.node_id && m.heartbeat_ms >= oldest)
+            .cloned()
+            .collect()
+    }
+
+    /// The live node (other than this one) that says it writes `partition`.
+    pub fn owner_of(&self, partition: i32) -> Option<Member> {
+        self.live_others()
+            .into_iter()
+            .filter(|m| m.partitions.contains(&partition))
+            .max_by_key(|m| m.heartbeat_ms)
+    }
+
+    /// True once every partition has been seen owned since the start: the
+    /// node can then carry out (or forward) any command.
+    pub fn covered(&self) -> bool {
+        self.covered.load(Ordering::Acquire)
+    }
+
+    /// Asks for this node's row to be written now (ownership changed).
+    pub fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn status(&self, slots: &[ownership::Slot]) -> ClusterStatus {
+        let mut members = self.live_others();
+        members.push(self.row(slots));
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        ClusterStatus {
+            node_id: self.me.node_id.clone(),
+            url: self.me.advertise_url.clone(),
+            partitions: ownership::phases(slots),
+            members,
+        }
+    }
+
+    fn row(&self, slots: &[ownership::Slot]) -> Member {
+        Member {
+            node_id: self.me.node_id.clone(),
+            url: self.me.advertise_url.clone(),
+            partitions: ownership::owned_partitions(slots),
+            heartbeat_ms: now_ms(),
+        }
+    }
+
+    async fn publish(&self, row: Option<&Member>) -> Result<(), KafkaError> {
+        let value = row.map(|r| serde_json::to_vec(r).expect("a member row serializes"));
+        let mut record = FutureRecord::<str, Vec<u8>>::to(&self.topic)
+            .partition(0)
+            .key(&self.me.node_id);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        self.producer
+            .send(record, self.me.heartbeat)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
+    fn check_covered(&self, slots: &[ownership::Slot]) -> bool {
+        if self.covered() {
+            return false;
+        }
+        let others = self.live_others();
+        let all = slots.iter().enumerate().all(|(p, s)| {
+            s.is_owned() || others.iter().any(|m| m.partitions.contains(&(p as i32)))
+        });
+        if all {
+            self.covered.store(true, Ordering::Release);
+        }
+        all
+    }
+
+    /// Writes this node's tombstone and stops reading the topic.
+    pub async fn leave(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Err(e) = self.publish(None).await {
+            tracing::debug!(error = %e, "Writing this node's members tombstone failed.");
+        }
+    }
+}
+
+fn follow(consumer: BaseConsumer, rows: Arc<RwLock<HashMap<String, Member>>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Some(node) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            continue;
+        };
+        let mut rows = rows.write().expect("members lock");
+        match m.payload().map(serde_json::from_slice::<Member>) {
+            None => {
+                rows.remove(node);
+            }
+            Some(Ok(row)) => {
+                rows.insert(node.to_owned(), row);
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "Unreadable members row skipped."),
+        }
+    }
+}
+
+/// Keeps this node's row fresh: every heartbeat, and at once when its
+/// partitions change. Also opens readiness once every partition has an
+/// owner.
+pub(super) async fn heartbeat(members: Arc<Members>, shared: Weak<Shared>) {
+    let mut last_sent: Option<Vec<i32>> = None;
+    loop {
+        let wake = members.wake.notified();
+        let Some(sh) = shared.upgrade() else { return };
+        if sh.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let row = members.row(&sh.slots);
+        if let Err(e) = members.publish(Some(&row)).await {
+            tracing::debug!(error = %e, "Writing this node's members row failed.");
+        } else if last_sent.as_ref() != Some(&row.partitions) {
+            tracing::info!(node_id = %row.node_id, partitions = ?row.partitions, "Members row written.");
+            last_sent = Some(row.partitions);
+        }
+        if members.check_covered(&sh.slots) {
+            sh.started.notify_waiters();
+            tracing::info!("Every partition has a writer; ready.");
+        }
+        let period = if members.covered() {
+            members.me.heartbeat
+        } else {
+            Duration::from_millis(200)
+        };
+        drop(sh);
+        let _ = tokio::time::timeout(period, wake).await;
+    }
+}
