@@ -184,9 +184,10 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
         state: &super::AppState,
     ) -> Result<Self, Self::Rejection> {
         use axum::http::StatusCode;
-        if let Some(role) = state
-            .forwarder
-            .verify(&parts.headers, &parts.method, parts.uri.path())?
+        if let Some(role) =
+            state
+                .forwarder
+                .verify(&parts.headers, &parts.method, parts.uri.path())?
         {
             return Ok(Caller(role, Forwarded(true)));
         }

@@ -28,7 +28,12 @@ pub const HEADER_AUTH: &str = "x-orderlog-node-auth";
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 
 /// Request headers a forwarded command keeps.
-const KEPT_REQUEST: &[&str] = &["content-type", "idempotency-key", "if-match", "x-request-id"];
+const KEPT_REQUEST: &[&str] = &[
+    "content-type",
+    "idempotency-key",
+    "if-match",
+    "x-request-id",
+];
 /// Answer headers relayed back.
 const KEPT_RESPONSE: &[&str] = &[
     "content-type",
@@ -51,8 +56,7 @@ impl std::fmt::Debug for Forwarder {
 }
 
 fn signature(secret: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut m =
-        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
     for p in parts {
         m.update(&(p.len() as u64).to_be_bytes());
         m.update(p);
@@ -123,7 +127,8 @@ impl Forwarder {
             .and_then(|h| h.to_str().ok())
             .ok_or_else(refused)?;
         let mut it = auth.splitn(4, '.');
-        let (Some("v1"), Some(node), Some(at), Some(mac)) = (it.next(), it.next(), it.next(), it.next())
+        let (Some("v1"), Some(node), Some(at), Some(mac)) =
+            (it.next(), it.next(), it.next(), it.next())
         else {
             return Err(refused());
         };
@@ -160,7 +165,13 @@ impl Forwarder {
         body: Bytes,
     ) -> Result<Response, ApiError> {
         let role = role.to_string();
-        let auth = self.sign(from_node, crate::service::now_ms(), &role, method.as_str(), path);
+        let auth = self.sign(
+            from_node,
+            crate::service::now_ms(),
+            &role,
+            method.as_str(),
+            path,
+        );
         let url = format!("{}{path}", to.url.trim_end_matches('/'));
         let mut req = self
             .client
@@ -257,6 +268,9 @@ mod tests {
         h.insert(HEADER_ROLE, "privacy".parse().unwrap());
         assert!(f.verify(&h, &Method::POST, "/p").is_err());
         // No claim at all: a normal request.
-        assert_eq!(f.verify(&HeaderMap::new(), &Method::POST, "/p").unwrap(), None);
+        assert_eq!(
+            f.verify(&HeaderMap::new(), &Method::POST, "/p").unwrap(),
+            None
+        );
     }
 }

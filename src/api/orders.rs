@@ -401,12 +401,12 @@ pub async fn share_order(
         &headers,
         &bytes,
         order_id,
-            Command::ShareOrder {
-                party: party.clone(),
-                classes,
-            },
-            expected_version(&headers)?,
-            idem,
+        Command::ShareOrder {
+            party: party.clone(),
+            classes,
+        },
+        expected_version(&headers)?,
+        idem,
     )
     .await?
     {
@@ -449,9 +449,9 @@ pub async fn cancel_order(
         &headers,
         &bytes,
         order_id,
-            Command::CancelOrder { reason },
-            expected_version(&headers)?,
-            idem,
+        Command::CancelOrder { reason },
+        expected_version(&headers)?,
+        idem,
     )
     .await?
     {
@@ -490,11 +490,11 @@ pub async fn erase_order(
         &headers,
         &bytes,
         order_id,
-            Command::EraseOrder {
-                scope: scope.clone(),
-            },
-            expected_version(&headers)?,
-            None,
+        Command::EraseOrder {
+            scope: scope.clone(),
+        },
+        expected_version(&headers)?,
+        None,
     )
     .await?
     {

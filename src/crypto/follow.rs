@@ -188,11 +188,7 @@ impl Run {
         if self.dirty {
             let mut batch = rocksdb::WriteBatch::default();
             for (p, next) in &self.next {
-                batch.put_cf(
-                    self.store.cf(CF_META),
-                    offset_key(*p),
-                    next.to_be_bytes(),
-                );
+                batch.put_cf(self.store.cf(CF_META), offset_key(*p), next.to_be_bytes());
             }
             self.store
                 .db()
@@ -214,7 +210,11 @@ impl Run {
             .map(|id| (CF_ORDER_KEYS, id.as_bytes().to_vec()))
             .collect();
         match self.store.purge(&ranges) {
-            Ok(r) => tracing::debug!(keys = ranges.len(), elapsed_ms = r.elapsed.as_millis() as u64, "Destroyed keys purged from disk."),
+            Ok(r) => tracing::debug!(
+                keys = ranges.len(),
+                elapsed_ms = r.elapsed.as_millis() as u64,
+                "Destroyed keys purged from disk."
+            ),
             Err(e) => tracing::error!(error = %e, "Purging destroyed keys from disk failed."),
         }
         self.last_purge = Instant::now();
@@ -295,7 +295,7 @@ impl KeyFollower {
             if run.step(Duration::from_millis(100))? {
                 last_progress = Instant::now();
                 applied += 1;
-                if applied % 10_000 == 0 {
+                if applied.is_multiple_of(10_000) {
                     run.checkpoint()?;
                 }
             }

@@ -10,21 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
 use super::intents::{self, EraseIntent, IntentId};
 use super::log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
-use super::state::{self, Absorbed, IdempotentOutcome, OrderRecord};
 use super::ownership::{self, Owned};
+use super::state::{self, Absorbed, IdempotentOutcome, OrderRecord};
 use super::{Job, Outcome, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, now_ms, replay};
 use crate::crypto::{KeyId, OrderKey, StoredKey};
-use crate::store::encode_value;
 use crate::domain::{self, Command, ErasureScope, FieldClass};
 use crate::events::{self, EventMeta};
+use crate::store::encode_value;
 
 /// A command decided and sealed, waiting for Kafka.
 struct Pending {
@@ -304,7 +304,10 @@ pub(super) async fn write_batch(
             // Another node took the partition over: stop writing it.
             if owned_by(shared, partition, owned.generation) {
                 shared.slots[partition].drop_generation(owned.generation);
-                tracing::warn!(partition, "Fenced by a newer owner; the partition is dropped here.");
+                tracing::warn!(
+                    partition,
+                    "Fenced by a newer owner; the partition is dropped here."
+                );
             }
         } else if failure.unknown {
             // Whether it committed is not known: take the partition over

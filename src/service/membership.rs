@@ -203,7 +203,11 @@ impl Members {
     }
 }
 
-fn follow(consumer: BaseConsumer, rows: Arc<RwLock<HashMap<String, Member>>>, stop: Arc<AtomicBool>) {
+fn follow(
+    consumer: BaseConsumer,
+    rows: Arc<RwLock<HashMap<String, Member>>>,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Acquire) {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
             continue;

@@ -228,13 +228,16 @@ struct Shared {
     runtime: tokio::runtime::Handle,
 }
 
+/// The writers' group thread and its stop flag.
+type GroupThread = (Arc<AtomicBool>, std::thread::JoinHandle<()>);
+
 /// The write service. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
     shared: Arc<Shared>,
     queues: Arc<RwLock<Option<Vec<mpsc::Sender<Job>>>>>,
     writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    group: Arc<Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>>,
+    group: Arc<Mutex<Option<GroupThread>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -349,7 +352,9 @@ impl Service {
             partitions: (0..partitions)
                 .map(|_| Mutex::new(PartitionState::new(per_partition, 0)))
                 .collect(),
-            slots: (0..partitions).map(|_| ownership::Slot::default()).collect(),
+            slots: (0..partitions)
+                .map(|_| ownership::Slot::default())
+                .collect(),
             members,
             in_flight: Mutex::new(HashSet::new()),
             command_timeout,
@@ -357,7 +362,10 @@ impl Service {
         });
         let mut queues = Vec::with_capacity(partitions);
         let mut writers = Vec::with_capacity(partitions + 2);
-        writers.push(tokio::spawn(recovery::catch_up_all(shared.clone(), from_zero)));
+        writers.push(tokio::spawn(recovery::catch_up_all(
+            shared.clone(),
+            from_zero,
+        )));
         writers.push(tokio::spawn(membership::heartbeat(
             shared.members.clone(),
             std::sync::Arc::downgrade(&shared),

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
 use super::partition::{self, PartitionState};
@@ -181,7 +181,11 @@ pub(super) fn assign(shared: &Arc<Shared>, partition: usize) {
 pub(super) fn retake(shared: &Arc<Shared>, partition: usize, generation: u64) {
     let next = GENERATION.fetch_add(1, Ordering::Relaxed);
     if shared.slots[partition].set_if_generation(generation, Phase::Acquiring(next)) {
-        tracing::warn!(partition, generation = next, "Taking the partition over again to settle it.");
+        tracing::warn!(
+            partition,
+            generation = next,
+            "Taking the partition over again to settle it."
+        );
         let sh = shared.clone();
         shared
             .runtime
@@ -203,7 +207,10 @@ pub(super) fn release(shared: &Shared, partition: usize, lost: bool) {
             break;
         }
         if Instant::now() > deadline {
-            tracing::warn!(partition, "A batch was still in flight when the partition was released.");
+            tracing::warn!(
+                partition,
+                "A batch was still in flight when the partition was released."
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -269,7 +276,10 @@ pub(super) async fn fencing_producer(
         )
         .create()
         .map_err(kafka)?;
-    let (p, timeout) = (producer.clone(), shared.command_timeout.max(Duration::from_secs(10)));
+    let (p, timeout) = (
+        producer.clone(),
+        shared.command_timeout.max(Duration::from_secs(10)),
+    );
     tokio::task::spawn_blocking(move || p.init_transactions(timeout))
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -304,7 +314,9 @@ pub(super) async fn commit_barrier(
     match delivery.await {
         Ok(Ok(d)) => Ok(d.offset),
         Ok(Err((e, _))) => Err(kafka(e)),
-        Err(_) => Err(ServiceError::Unavailable("barrier delivery canceled".into())),
+        Err(_) => Err(ServiceError::Unavailable(
+            "barrier delivery canceled".into(),
+        )),
     }
 }
 
@@ -426,7 +438,11 @@ impl ConsumerContext for GroupContext {
 
 /// Joins the writers' group and serves its callbacks until `stop`; then
 /// leaves it (releasing every partition, so another node takes them at once).
-pub(super) fn run_group(shared: std::sync::Weak<Shared>, stop: Arc<AtomicBool>, session_timeout: Duration) {
+pub(super) fn run_group(
+    shared: std::sync::Weak<Shared>,
+    stop: Arc<AtomicBool>,
+    session_timeout: Duration,
+) {
     let Some(sh) = shared.upgrade() else { return };
     let group = crate::kafka::writers_group(&sh.topic);
     let consumer: Result<BaseConsumer<GroupContext>, KafkaError> = sh
@@ -436,7 +452,10 @@ pub(super) fn run_group(shared: std::sync::Weak<Shared>, stop: Arc<AtomicBool>, 
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
-        .set("session.timeout.ms", session_timeout.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
         .set(
             "heartbeat.interval.ms",
             (session_timeout.as_millis() / 4).max(100).to_string(),

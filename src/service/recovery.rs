@@ -122,7 +122,11 @@ pub(super) async fn catch_up_all(shared: Arc<Shared>, from_zero: bool) {
         if shared.closing.load(Ordering::Acquire) {
             return;
         }
-        let (s, t, n) = (shared.settings.clone(), shared.topic.clone(), shared.slots.len());
+        let (s, t, n) = (
+            shared.settings.clone(),
+            shared.topic.clone(),
+            shared.slots.len(),
+        );
         let ends = match tokio::task::spawn_blocking(move || {
             super::log_reader::log_ends(&s, &t, n, Duration::from_secs(30))
         })
