@@ -152,7 +152,9 @@ impl Forwarder {
         Role::parse(claim).map(Some).map_err(|_| refused())
     }
 
-    /// Sends the command to `to` and relays its answer.
+    /// Sends the command to `to` and relays its answer, or gives up at
+    /// `deadline`. `Ok(None)`: the node could not be reached (nothing was
+    /// sent), so the caller may look for the partition's writer again.
     #[allow(clippy::too_many_arguments)] // one request, as it came in
     pub async fn forward(
         &self,
@@ -163,7 +165,8 @@ impl Forwarder {
         path: &str,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response, ApiError> {
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Response>, ApiError> {
         let role = role.to_string();
         let auth = self.sign(
             from_node,
@@ -178,6 +181,7 @@ impl Forwarder {
             .request(method.clone(), &url)
             .header(HEADER_ROLE, &role)
             .header(HEADER_AUTH, auth)
+            .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .body(body);
         for name in KEPT_REQUEST {
             if let Some(v) = headers.get(*name) {
@@ -185,17 +189,16 @@ impl Forwarder {
             }
         }
         metrics::counter!(crate::telemetry::FORWARDED).increment(1);
-        let answer = req.send().await.map_err(|e| {
-            tracing::warn!(node = %to.node_id, url = %to.url, error = %e, "Forwarding a command failed.");
-            // Not known whether it reached the owner.
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "outcome_unknown",
-                "the node that writes this order's partition did not answer; the command may or may \
-                 not have been written; retry with the same Idempotency-Key to learn its outcome",
-            )
-        })?;
+        let answer = match req.send().await {
+            Ok(a) => a,
+            Err(e) if e.is_connect() => {
+                tracing::debug!(node = %to.node_id, url = %to.url, error = %e, "The partition's writer cannot be reached.");
+                return Ok(None);
+            }
+            Err(e) => return Err(unknown(to, e)),
+        };
         let status = answer.status();
+
         let mut kept = Vec::new();
         for name in KEPT_RESPONSE {
             if let Some(v) = answer.headers().get(*name) {
@@ -216,8 +219,19 @@ impl Forwarder {
         }
         resp.headers_mut()
             .insert("x-orderlog-served-by", header_value(&to.node_id));
-        Ok(resp)
+        Ok(Some(resp))
     }
+}
+
+/// The command reached the writer (or may have), and no answer came.
+fn unknown(to: &Member, e: reqwest::Error) -> ApiError {
+    tracing::warn!(node = %to.node_id, url = %to.url, error = %e, "A forwarded command got no answer.");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "outcome_unknown",
+        "the node that writes this order's partition did not answer in time; the command may or \
+         may not have been written; retry with the same Idempotency-Key to learn its outcome",
+    )
 }
 
 fn header_value(s: &str) -> HeaderValue {

@@ -24,23 +24,37 @@ pub async fn healthz() -> Response {
 /// to it.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let writers = state.service.ready();
+    let cluster = state.service.cluster_status();
+    let not_writing = if state.service.ready_to_start() {
+        "waiting for the writers' group to give every partition a writer"
+    } else {
+        "writers are catching up with the log"
+    };
     let Some(status) = &state.projector else {
         return if writers {
-            (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+            (
+                StatusCode::OK,
+                Json(json!({"status": "ready", "cluster": cluster})),
+            )
+                .into_response()
         } else {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not_ready", "reason": "writers are catching up with the log"})),
+                Json(json!({"status": "not_ready", "reason": not_writing, "cluster": cluster})),
             )
                 .into_response()
         };
     };
     let lag = status.lag();
     if writers && status.ready(Duration::from_secs(5)) {
-        (StatusCode::OK, Json(json!({"status": "ready", "lag": lag}))).into_response()
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "lag": lag, "cluster": cluster})),
+        )
+            .into_response()
     } else {
         let why = if !writers {
-            "writers are catching up with the log"
+            not_writing
         } else if !status.assigned.load(std::sync::atomic::Ordering::Acquire) {
             "no partitions assigned yet"
         } else if !status.caught_up() {
@@ -50,7 +64,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": why, "lag": lag})),
+            Json(json!({"status": "not_ready", "reason": why, "lag": lag, "cluster": cluster})),
         )
             .into_response()
     }

@@ -265,7 +265,7 @@ async fn execute_or_forward(
     loop {
         let partition = match state
             .service
-            .execute(order_id, command.clone(), expected_version, idem)
+            .execute_by(deadline, order_id, command.clone(), expected_version, idem)
             .await
         {
             Ok(o) => return Ok(Done::Here(o)),
@@ -275,8 +275,7 @@ async fn execute_or_forward(
         // A forwarded command is not forwarded again.
         if !caller.1.0
             && let Some(owner) = state.service.owner_elsewhere(partition)
-        {
-            let resp = state
+            && let Some(resp) = state
                 .forwarder
                 .forward(
                     state.service.node_id(),
@@ -286,8 +285,10 @@ async fn execute_or_forward(
                     uri.path(),
                     headers,
                     body.clone(),
+                    deadline,
                 )
-                .await?;
+                .await?
+        {
             return Ok(Done::There(resp));
         }
         if tokio::time::Instant::now() + std::time::Duration::from_millis(100) >= deadline {

@@ -226,6 +226,8 @@ struct Shared {
     /// Every command is answered within this (`--produce-timeout-ms`).
     command_timeout: Duration,
     runtime: tokio::runtime::Handle,
+    /// Take-overs in progress; shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The writers' group thread and its stop flag.
@@ -359,6 +361,7 @@ impl Service {
             in_flight: Mutex::new(HashSet::new()),
             command_timeout,
             runtime: tokio::runtime::Handle::current(),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         let mut queues = Vec::with_capacity(partitions);
         let mut writers = Vec::with_capacity(partitions + 2);
@@ -437,6 +440,12 @@ impl Service {
         self.shared.ready.load(Ordering::Acquire) && self.shared.members.covered()
     }
 
+    /// True once the start's catch-up is done (the order state covers the
+    /// log; partitions are then taken over as the writers' group assigns them).
+    pub fn ready_to_start(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
     /// Waits until [`Service::ready`], or `deadline`.
     async fn wait_ready(&self, deadline: tokio::time::Instant) -> Result<(), ServiceError> {
         loop {
@@ -478,6 +487,20 @@ impl Service {
     ) -> Result<Outcome, ServiceError> {
         // One deadline for the whole command, waiting for the start included.
         let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
+        self.execute_by(deadline, order_id, command, expected_version, idempotency)
+            .await
+    }
+
+    /// [`Service::execute`] with the caller's deadline (a command that was
+    /// tried once already, say while its partition moved).
+    pub async fn execute_by(
+        &self,
+        deadline: tokio::time::Instant,
+        order_id: Uuid,
+        command: Command,
+        expected_version: Option<u64>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Outcome, ServiceError> {
         // Until the tail is folded, an idempotency key written there would
         // not be found.
         if !self.ready() {
@@ -676,10 +699,12 @@ impl Service {
         // Requests waiting for the start to finish give up.
         self.shared.started.notify_waiters();
         let writers: Vec<_> = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
-        if tokio::time::timeout(limit, join_all(writers))
-            .await
-            .is_err()
-        {
+        self.shared.tasks.close();
+        let all = async {
+            join_all(writers).await;
+            self.shared.tasks.wait().await;
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
             tracing::warn!(?limit, "Writers did not finish in time.");
         }
     }

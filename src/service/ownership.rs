@@ -169,9 +169,10 @@ pub(super) fn assign(shared: &Arc<Shared>, partition: usize) {
     shared.slots[partition].set(Phase::Acquiring(generation));
     tracing::info!(partition, generation, "Partition assigned; taking it over.");
     let sh = shared.clone();
-    shared
-        .runtime
-        .spawn(async move { acquire_until_done(sh, partition, generation).await });
+    shared.tasks.spawn_on(
+        async move { acquire_until_done(sh, partition, generation).await },
+        &shared.runtime,
+    );
 }
 
 /// Takes a partition this node owns over again (a new producer fences the
@@ -187,9 +188,10 @@ pub(super) fn retake(shared: &Arc<Shared>, partition: usize, generation: u64) {
             "Taking the partition over again to settle it."
         );
         let sh = shared.clone();
-        shared
-            .runtime
-            .spawn(async move { acquire_until_done(sh, partition, next).await });
+        shared.tasks.spawn_on(
+            async move { acquire_until_done(sh, partition, next).await },
+            &shared.runtime,
+        );
     }
 }
 

@@ -48,6 +48,11 @@ pub struct Load {
 
 impl Load {
     pub fn start(base: &str, seed: u64) -> Self {
+        Self::start_on(&[base.to_owned()], seed)
+    }
+
+    /// Load tasks spreading their requests round-robin over `bases`.
+    pub fn start_on(bases: &[String], seed: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Acks::default()));
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -56,7 +61,7 @@ impl Load {
                 tokio::spawn(load(
                     t,
                     seed,
-                    base.to_owned(),
+                    bases.to_vec(),
                     stop.clone(),
                     acks.clone(),
                     seen.clone(),
@@ -118,10 +123,13 @@ pub struct Acks {
     pub placed: BTreeMap<String, uuid::Uuid>,
     /// Two acknowledged commands that answered the same order version.
     pub duplicates: Vec<(uuid::Uuid, u64, What, What)>,
+    /// When each acknowledgement arrived, and for which order.
+    pub times: Vec<(Instant, uuid::Uuid)>,
 }
 
 impl Acks {
     fn record(&mut self, id: uuid::Uuid, version: u64, what: What) {
+        self.times.push((Instant::now(), id));
         if let Some(before) = self.acked.insert((id, version), what) {
             self.duplicates.push((id, version, before, what));
         }
@@ -331,7 +339,7 @@ pub async fn send_retrying(
 pub async fn load(
     task: u64,
     seed: u64,
-    base: String,
+    bases: Vec<String>,
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Acks>>,
     seen: Arc<Mutex<Seen>>,
@@ -339,7 +347,12 @@ pub async fn load(
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(task));
     let mut n = task * 1_000_000;
-    let post = |path: String, token: &str| client.post(format!("{base}{path}")).bearer_auth(token);
+    // Round-robin over the nodes, request by request (retries included).
+    let next = std::sync::atomic::AtomicUsize::new(task as usize);
+    let post = |path: String, token: &str| {
+        let base = &bases[next.fetch_add(1, Ordering::Relaxed) % bases.len()];
+        client.post(format!("{base}{path}")).bearer_auth(token)
+    };
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let place_key = format!("crash-{task}-{n}-place");
@@ -470,7 +483,7 @@ impl LogCheck {
 /// Idempotency-Key, so never retried) in the log unacknowledged.
 pub fn check_log(brokers: &str, topic: &str, acks: &Acks) -> LogCheck {
     // The log: every acknowledged command exactly once, chains intact.
-    let records = super::raw_records(brokers, topic);
+    let records = super::committed_records(brokers, topic);
     let mut per_order: BTreeMap<uuid::Uuid, Vec<(events::Envelope, Vec<u8>)>> = BTreeMap::new();
     for (key, value) in &records {
         // `raw_records` appends headers (idempotency key and request digest)
@@ -655,7 +668,7 @@ pub async fn check_key_replica_shredded(brokers: &str, topic: &str, log: &LogChe
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut last: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for (k, v) in super::raw_records(brokers, &keys_topic) {
+        for (k, v) in super::committed_records(brokers, &keys_topic) {
             last.insert(k, v);
         }
         let left: Vec<_> = erased
