@@ -8,8 +8,9 @@
 //! Faults during the load, each round:
 //! - SIGKILL of one node, restarted a moment later;
 //! - SIGSTOP of one node past its writers' group session timeout, then
-//!   SIGCONT: it must have been fenced, and it must never append after;
-//! and, once, a rolling restart of all three.
+//!   SIGCONT: it must have been fenced, and it must never append after.
+//!
+//! And, once, a rolling restart of all three.
 //!
 //! Afterwards: every acknowledged command is in the log exactly once at the
 //! version it answered, no order has a sequence number twice (no fork) and
@@ -267,4 +268,90 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("verify clean; done in {:?}", t0.elapsed());
+}
+
+/// Commands in flight while partitions move between two in-process nodes (a
+/// second node joins, so the first has partitions revoked with commands
+/// queued; then it leaves, so they are assigned back): every command is
+/// answered, 2xx or a retryable 503, and every acknowledged one is in the log
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_in_flight_while_partitions_move_are_answered_and_written_once() {
+    use common::app::TestApp;
+    let a = TestApp::spawn_with_partitions(3).await;
+    let owned_by = |app: &orderlog::app::App| {
+        app.service
+            .cluster_status()
+            .partitions
+            .values()
+            .filter(|p| **p == "owned")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned_by(&a.app) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the first node never wrote every partition"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let load = Load::start_on(std::slice::from_ref(&a.base), seed("ORDERLOG_CLUSTER_SEED"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A second node joins: some partitions are revoked from the first.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = a.config.clone();
+    config.data_dir = dir.path().to_owned();
+    let b = orderlog::app::App::start(&config).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned_by(&b) == 0 || owned_by(&a.app) == 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no partition moved to the second node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved = load.acked();
+    eprintln!(
+        "second node writes {} partition(s), the first {} ({moved} acknowledged)",
+        owned_by(&b),
+        owned_by(&a.app)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It leaves: its partitions are assigned back, commands still arriving.
+    b.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned_by(&a.app) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the partitions did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acks, seen) = load.finish().await;
+    eprintln!(
+        "{} acknowledged; answers {:?}; 503 by code {:?}",
+        acks.acked.len(),
+        seen.by_status,
+        seen.unavailable
+    );
+    assert!(
+        acks.acked.len() > moved,
+        "commands were acknowledged after the moves"
+    );
+    assert!(acks.duplicates.is_empty(), "{:?}", acks.duplicates);
+    assert!(
+        seen.errors.is_empty(),
+        "5xx other than 503: {:?}",
+        seen.errors
+    );
+    assert!(
+        seen.unavailable.keys().all(
+            |c| ["log_unavailable", "outcome_unknown", "partition_moving"].contains(&c.as_str())
+        ),
+        "503 codes: {:?}",
+        seen.unavailable
+    );
+    check_log(&a.app.kafka.brokers, &a.app.topic, &acks);
 }

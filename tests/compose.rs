@@ -40,25 +40,58 @@ fn known_env() -> BTreeSet<String> {
     vars
 }
 
+/// The orderlog nodes of the compose file.
+fn orderlog_services(c: &Value) -> Vec<String> {
+    c["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .filter(|k| k.starts_with("orderlog"))
+        .collect()
+}
+
 #[test]
 fn every_orderlog_variable_in_the_compose_file_is_one_the_code_reads() {
     let c = compose();
-    let env = c["services"]["orderlog"]["environment"]
-        .as_mapping()
-        .unwrap();
     let known = known_env();
     assert!(known.contains("ORDERLOG_BROKERS") && known.contains("ORDERLOG_TOKENS"));
-    for (k, _) in env {
-        let k = k.as_str().unwrap();
+    let nodes = orderlog_services(&c);
+    assert_eq!(nodes.len(), 3, "three orderlog nodes: {nodes:?}");
+    let mut ids = BTreeSet::new();
+    for name in &nodes {
+        let env = c["services"][name.as_str()]["environment"]
+            .as_mapping()
+            .unwrap();
+        for (k, _) in env {
+            let k = k.as_str().unwrap();
+            assert!(
+                known.contains(k),
+                "{k} in docker-compose.yml is not read by orderlog (known: {known:?})"
+            );
+        }
+        assert_eq!(
+            env[&Value::from("ORDERLOG_BROKERS")].as_str(),
+            Some("kafka:9092")
+        );
+        // Each node is reached by the others at the URL it advertises.
+        let url = env[&Value::from("ORDERLOG_ADVERTISE_URL")]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            url,
+            format!("http://{name}:8080"),
+            "{name} advertises itself"
+        );
         assert!(
-            known.contains(k),
-            "{k} in docker-compose.yml is not read by orderlog (known: {known:?})"
+            ids.insert(
+                env[&Value::from("ORDERLOG_NODE_ID")]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            )
         );
     }
-    assert_eq!(
-        env[&Value::from("ORDERLOG_BROKERS")].as_str(),
-        Some("kafka:9092")
-    );
     let kafka_ports: Vec<&str> = c["services"]["kafka"]["ports"]
         .as_sequence()
         .unwrap()
@@ -115,6 +148,7 @@ fn the_compose_file_creates_the_topics_the_code_uses_with_its_settings() {
             1,
         ),
         keys_topic_spec(&keys_topic_for(topic), partitions, 1),
+        orderlog::kafka::members_topic_spec(&orderlog::kafka::members_topic_for(topic), 1),
     ];
     let created: Vec<&str> = script.lines().filter(|l| l.contains("--create")).collect();
     assert_eq!(created.len(), expected.len());

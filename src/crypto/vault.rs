@@ -161,8 +161,14 @@ impl KeyVault {
     }
 
     /// Stores keys generated elsewhere (a write batch's new orders) in one
-    /// fsynced write. Refuses the whole batch if any order already has a key
-    /// or was shredded.
+    /// write. Refuses the whole batch if any order already has a key or was
+    /// shredded.
+    ///
+    /// Not fsynced: the key's durable home is the key topic, where it
+    /// commits in the same transaction as the events that need it. A crash
+    /// that loses this write is repaired by the key follower, which reads
+    /// the topic again from its stored offset (written after the rows it
+    /// covers, in the same write-ahead log, so never ahead of them).
     pub fn store_new(&self, keys: &[(Uuid, &OrderKey)], now_ms: i64) -> Result<(), VaultError> {
         if keys.is_empty() {
             return Ok(());
@@ -187,7 +193,7 @@ impl KeyVault {
                 encode_value(&Self::wrap(ring.current(), order_id, key, now_ms)),
             );
         }
-        db.write_opt(batch, &sync_writes())?;
+        db.write(batch)?;
         self.add_live(keys.len() as i64);
         Ok(())
     }

@@ -146,6 +146,14 @@ impl KafkaSettings {
     ) -> ClientConfig {
         let mut c = self.reliable_producer_config(delivery_timeout);
         c.set("transactional.id", transactional_id);
+        // Right after a commit, the coordinator answers the next
+        // transaction's first request with CONCURRENT_TRANSACTIONS until its
+        // markers are written (a few ms); librdkafka retries after
+        // `retry.backoff.ms`, 100 ms by default, which would put a floor of
+        // 100 ms under every batch that follows another.
+        if !self.extra.contains_key("retry.backoff.ms") {
+            c.set("retry.backoff.ms", "5");
+        }
         if !self.extra.contains_key("transaction.timeout.ms") {
             c.set(
                 "transaction.timeout.ms",

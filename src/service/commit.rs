@@ -16,25 +16,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
+use super::decide::{Decided, Pending, decide_batch};
 use super::intents::{self, EraseIntent, IntentId};
 use super::log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
 use super::ownership::{self, Owned};
-use super::state::{self, Absorbed, IdempotentOutcome, OrderRecord};
-use super::{Job, Outcome, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, now_ms, replay};
-use crate::crypto::{KeyId, OrderKey, StoredKey};
-use crate::domain::{self, Command, ErasureScope, FieldClass};
-use crate::events::{self, EventMeta};
+use super::state::{self, IdempotentOutcome, OrderRecord};
+use super::{Job, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, now_ms, replay};
+use crate::crypto::{OrderKey, StoredKey};
+use crate::domain::{Command, ErasureScope, FieldClass};
 use crate::store::encode_value;
-
-/// A command decided and sealed, waiting for Kafka.
-struct Pending {
-    job: Job,
-    records: Vec<(Vec<u8>, i64)>,
-    new_key: Option<OrderKey>,
-    outcome: Outcome,
-    /// The order after the command, as it is stored once acknowledged.
-    record: OrderRecord,
-}
 
 /// A pending command with where its last record landed, or why it did not.
 type Acked = (Pending, Result<(i32, i64), String>);
@@ -112,111 +102,34 @@ pub(super) async fn write_batch(
             }
         }
     }
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut noop_keys = WriteBatch::default();
-    let mut noop_replies = Vec::new();
-    for job in jobs {
-        if unreadable.contains(&job.order_id) {
-            let _ = job.reply.send(Err(ServiceError::Internal(
-                "reading the order state failed".into(),
-            )));
-            continue;
-        }
-        let mut rec = tentative.remove(&job.order_id).unwrap_or_default();
-        if let Some(expected) = job.expected_version
-            && expected != rec.state.version
-        {
-            let _ = job.reply.send(Err(ServiceError::VersionMismatch {
-                expected,
-                actual: rec.state.version,
-            }));
-            continue;
-        }
-        let events = match domain::decide(&rec.state, job.command.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = job.reply.send(Err(e.into()));
-                continue;
-            }
-        };
-        let mut outcome = Outcome {
-            order_id: job.order_id,
-            version: rec.state.version,
-            position: None,
-            occurred_at_ms: now,
-            replayed: false,
-            shredded: None,
-            replica_pending: false,
-            key_id: rec.key_id,
-        };
-        if events.is_empty() {
-            // Nothing to write, so no record carries the key: it is stored
-            // here only, so a retry answers the same and another request
-            // under it is refused, until it expires.
-            if let Some(idem) = job.idempotency {
-                state::stage_idempotency(
-                    &shared.store,
-                    &mut noop_keys,
-                    &idem.key,
-                    &IdempotentOutcome {
-                        request_digest: idem.request,
-                        order_id: job.order_id,
-                        version: outcome.version,
-                    },
-                    now.saturating_add(shared.idempotency_ttl.as_millis() as i64),
-                );
-            }
-            noop_replies.push((job, outcome));
-            continue;
-        }
-        let new_key = matches!(job.command, Command::PlaceOrder(_)).then(OrderKey::generate);
-        let mut records = Vec::with_capacity(events.len());
-        let mut failed = None;
-        for event in &events {
-            let key_id = new_key
-                .as_ref()
-                .map(OrderKey::id)
-                .or(rec.key_id)
-                .unwrap_or(KeyId([0; 16]));
-            let meta = EventMeta {
-                event_id: Uuid::now_v7(),
-                order_id: job.order_id,
-                sequence: rec.state.version + 1,
-                occurred_at_ms: now,
-                key_id,
-                prev_hash: rec.last_hash,
-            };
-            match events::seal_event(event, meta, new_key.as_ref()) {
-                Ok(env) => {
-                    let bytes = events::encode(&env);
-                    let absorbed = rec.absorb(&env, &bytes, -1);
-                    debug_assert_eq!(
-                        absorbed,
-                        Absorbed::Applied,
-                        "a fresh event always continues its chain"
-                    );
-                    records.push((bytes, now));
-                }
-                Err(e) => {
-                    failed = Some(ServiceError::Internal(e.to_string()));
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            let _ = job.reply.send(Err(e));
-            continue;
-        }
-        outcome.version = rec.state.version;
-        outcome.key_id = rec.key_id;
-        pending.push(Pending {
-            job,
-            records,
-            new_key,
-            outcome,
-            record: rec,
-        });
+    let Decided {
+        pending,
+        unchanged,
+        refused,
+    } = decide_batch(jobs, tentative, &unreadable, now);
+    for (job, e) in refused {
+        let _ = job.reply.send(Err(e));
     }
+    // Commands that write nothing: no record carries their idempotency key,
+    // so it is stored here only, so a retry answers the same and another
+    // request under it is refused, until it expires.
+    let mut noop_keys = WriteBatch::default();
+    for (job, outcome) in &unchanged {
+        if let Some(idem) = job.idempotency {
+            state::stage_idempotency(
+                &shared.store,
+                &mut noop_keys,
+                &idem.key,
+                &IdempotentOutcome {
+                    request_digest: idem.request,
+                    order_id: job.order_id,
+                    version: outcome.version,
+                },
+                now.saturating_add(shared.idempotency_ttl.as_millis() as i64),
+            );
+        }
+    }
+    let noop_replies = unchanged;
     if !noop_replies.is_empty() {
         if let Err(e) = shared.store.db().write(noop_keys) {
             tracing::error!(error = %e, "Storing idempotency keys failed.");
@@ -599,24 +512,37 @@ async fn transact(
         abort(producer, timeout).await;
         return Err(failed(e, false));
     }
-    let p = producer.clone();
-    let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
-        .await
-        .unwrap_or(Err(KafkaError::Canceled));
+    // Every delivery report first (each record has `message.timeout.ms`):
+    // committing with records in flight would make rust-rdkafka's flush
+    // wait in 100 ms polls.
+    let mut offsets = Vec::with_capacity(sent.len());
+    let mut undelivered = None;
+    for d in join_all(sent).await {
+        match d {
+            Ok(Ok(d)) => offsets.push((d.partition, d.offset)),
+            Ok(Err((e, _))) => {
+                undelivered.get_or_insert(e);
+                offsets.push((partition as i32, -1));
+            }
+            Err(_) => {
+                undelivered.get_or_insert(KafkaError::Canceled);
+                offsets.push((partition as i32, -1));
+            }
+        }
+    }
+    if let Some(e) = undelivered {
+        // Not committed, so never read: abort, and if Kafka confirms,
+        // nothing of the batch was written.
+        let confirmed = abort(producer, timeout).await;
+        return Err(failed(e, !confirmed));
+    }
+    let committed = ownership::commit(producer, timeout).await;
     if let Err(e) = committed {
         let requires_abort = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
         if requires_abort && abort(producer, timeout).await {
             return Err(failed(e, false));
         }
         return Err(failed(e, true));
-    }
-    let mut offsets = Vec::with_capacity(sent.len());
-    for d in join_all(sent).await {
-        match d {
-            Ok(Ok(d)) => offsets.push((d.partition, d.offset)),
-            // Committed, so delivered; a missing report is not expected.
-            _ => offsets.push((partition as i32, -1)),
-        }
     }
     Ok(last_of.into_iter().map(|i| offsets[i]).collect())
 }

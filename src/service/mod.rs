@@ -17,6 +17,7 @@
 //! ([`settle`]).
 
 mod commit;
+mod decide;
 pub mod intents;
 pub mod log_reader;
 pub mod membership;

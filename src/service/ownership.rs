@@ -304,22 +304,46 @@ pub(super) async fn commit_barrier(
         .partition(partition as i32)
         .headers(headers);
     let delivery = producer.send_result(record).map_err(|(e, _)| kafka(e))?;
-    let (p, timeout) = (producer.clone(), shared.command_timeout);
-    let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    if let Err(e) = committed {
-        let (p, timeout) = (producer.clone(), shared.command_timeout);
-        let _ = tokio::task::spawn_blocking(move || p.abort_transaction(timeout)).await;
-        return Err(kafka(e));
-    }
-    match delivery.await {
+    // Delivered before the commit (see [`commit`]).
+    let offset = match delivery.await {
         Ok(Ok(d)) => Ok(d.offset),
         Ok(Err((e, _))) => Err(kafka(e)),
         Err(_) => Err(ServiceError::Unavailable(
             "barrier delivery canceled".into(),
         )),
+    };
+    let committed = match offset {
+        Ok(o) => commit(producer, shared.command_timeout)
+            .await
+            .map(|()| o)
+            .map_err(kafka),
+        Err(e) => Err(e),
+    };
+    if committed.is_err() {
+        let (p, timeout) = (producer.clone(), shared.command_timeout);
+        let _ = tokio::task::spawn_blocking(move || p.abort_transaction(timeout)).await;
     }
+    committed
+}
+
+/// Commits the open transaction, once every record of it was delivered.
+///
+/// rust-rdkafka's `commit_transaction` first flushes, and its flush waits in
+/// polls of up to 100 ms while any record is still counted in flight (the
+/// delivery reports are served by the producer's own thread). A record stays
+/// counted for a moment after its delivery future resolved, so wait for the
+/// count to reach zero first: a commit then costs its round trip, not 100 ms.
+pub(super) async fn commit(producer: &FutureProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + timeout;
+        while p.in_flight_count() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        p.commit_transaction(until.saturating_duration_since(Instant::now()))
+    })
+    .await
+    .unwrap_or(Err(KafkaError::Canceled))
 }
 
 /// Takes the partition over: fences the previous owner, commits a barrier,
@@ -516,4 +540,86 @@ pub fn phases(slots: &[Slot]) -> BTreeMap<i32, &'static str> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer() -> FutureProducer {
+        // Never connects: nothing is sent through it here.
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn commands_wait_for_a_take_over_and_learn_where_the_partition_went() {
+        let slot = Slot::default();
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
+        // Not assigned here: forward.
+        assert_eq!(slot.wait_owned(soon()).await, Err(NotOwned::Elsewhere));
+        // Being taken over: wait, and say "moving" at the deadline.
+        slot.set(Phase::Acquiring(7));
+        assert_eq!(slot.wait_owned(soon()).await, Err(NotOwned::Moving));
+        // A command waiting while the take-over finishes goes through.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let waiting = slot.wait_owned(deadline);
+        let finish = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(slot.set_if_generation(
+                7,
+                Phase::Owned(Owned {
+                    generation: 7,
+                    producer: producer(),
+                })
+            ));
+        };
+        let (r, ()) = tokio::join!(waiting, finish);
+        assert_eq!(r, Ok(()));
+        assert_eq!(owned_partitions(std::slice::from_ref(&slot)), vec![0]);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_wins_over_a_take_over_that_finishes_late() {
+        let slot = Slot::default();
+        slot.set(Phase::Acquiring(3));
+        // Revoked while taking over...
+        slot.set(Phase::Unowned);
+        // ... so the late end of that take-over must not claim the partition.
+        assert!(!slot.set_if_generation(
+            3,
+            Phase::Owned(Owned {
+                generation: 3,
+                producer: producer(),
+            })
+        ));
+        assert!(!slot.is_owned());
+        // A waiting command learns the partition is elsewhere.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert_eq!(slot.wait_owned(deadline).await, Err(NotOwned::Elsewhere));
+        // A fenced producer drops only its own generation.
+        slot.set(Phase::Owned(Owned {
+            generation: 4,
+            producer: producer(),
+        }));
+        assert!(!slot.drop_generation(3));
+        assert!(slot.is_owned());
+        assert!(slot.drop_generation(4));
+        assert!(!slot.is_owned());
+    }
+
+    #[tokio::test]
+    async fn a_command_waiting_on_a_take_over_learns_of_its_revocation() {
+        let slot = Slot::default();
+        slot.set(Phase::Acquiring(9));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let revoke = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            slot.set(Phase::Unowned);
+        };
+        let (r, ()) = tokio::join!(slot.wait_owned(deadline), revoke);
+        assert_eq!(r, Err(NotOwned::Elsewhere));
+    }
 }
