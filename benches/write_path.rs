@@ -142,12 +142,19 @@ async fn library(
         let permit = sem.clone().acquire_owned().await.unwrap();
         let service = services[i % services.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let order = fixtures::new_order(i as u32, true);
-            let p = service.partition_for_new_order(None);
-            let id = orderlog::service::order_id_in(p, service.partitions());
-            let r = service
-                .execute(id, Command::PlaceOrder(order), None, None)
-                .await;
+            // A partition this node writes; if it moved meanwhile, another.
+            let r = loop {
+                let order = fixtures::new_order(i as u32, true);
+                let p = service.partition_for_new_order(None);
+                let id = orderlog::service::order_id_in(p, service.partitions());
+                match service
+                    .execute(id, Command::PlaceOrder(order), None, None)
+                    .await
+                {
+                    Err(orderlog::service::ServiceError::NotOwner { .. }) => continue,
+                    r => break r,
+                }
+            };
             drop(permit);
             r.unwrap();
         }));
@@ -283,13 +290,31 @@ async fn main() {
             apps.push(App::start(&config).await.unwrap());
             dirs.push(data);
         }
-        // Every partition written by some node before the clock starts.
+        // Before the clock starts: every node writes some partitions, and
+        // every partition has exactly one writer (the group has settled).
         let ready = Instant::now() + Duration::from_secs(60);
-        while !apps.iter().all(|a| a.service.ready()) {
-            assert!(Instant::now() < ready, "the nodes did not become ready");
+        loop {
+            let owned: Vec<usize> = apps
+                .iter()
+                .map(|a| {
+                    a.service
+                        .cluster_status()
+                        .partitions
+                        .values()
+                        .filter(|p| **p == "owned")
+                        .count()
+                })
+                .collect();
+            if apps.iter().all(|a| a.service.ready())
+                && owned.iter().all(|n| *n > 0)
+                && owned.iter().sum::<usize>() == partitions as usize
+            {
+                break;
+            }
+            assert!(Instant::now() < ready, "the nodes did not settle: {owned:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let services: Vec<_> = apps.iter().map(|a| a.service.clone()).collect();
         let urls: Vec<String> = apps
             .iter()
