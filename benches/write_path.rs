@@ -311,7 +311,10 @@ async fn main() {
             {
                 break;
             }
-            assert!(Instant::now() < ready, "the nodes did not settle: {owned:?}");
+            assert!(
+                Instant::now() < ready,
+                "the nodes did not settle: {owned:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
