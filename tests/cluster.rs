@@ -1,9 +1,10 @@
 //! Cluster test: three `orderlog serve` processes on one topic of the real
 //! three-broker cluster (RF 3, `min.insync.replicas=2`), each on its own data
 //! directory, with clients spreading every request round-robin over them
-//! (place, share, cancel, erase, retries with `Idempotency-Key`). A node that
-//! does not write an order's partition forwards the command to the one that
-//! does.
+//! (place, share, cancel, erase, retries with `Idempotency-Key`), leaving out
+//! a node while it is being killed, paused or restarted, as a load balancer's
+//! health check would. A node that does not write an order's partition
+//! forwards the command to the one that does.
 //!
 //! Faults during the load, each round:
 //! - SIGKILL of one node, restarted a moment later;
@@ -65,6 +66,25 @@ async fn owned(client: &reqwest::Client, base: &str) -> BTreeSet<usize> {
         .unwrap_or_default()
 }
 
+/// A node that writes at least one partition (the group may still be
+/// moving partitions to a node that just rejoined), and what it writes.
+async fn writing_node(
+    client: &reqwest::Client,
+    bases: &[String],
+    rng: &mut rand::rngs::StdRng,
+) -> (usize, BTreeSet<usize>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let k = rng.gen_range(0..bases.len());
+        let parts = owned(client, &bases[k]).await;
+        if !parts.is_empty() {
+            return (k, parts);
+        }
+        assert!(Instant::now() < deadline, "no node writes any partition");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// From `since`, how long until every partition of `partitions` had an
 /// acknowledged command again.
 fn failover(load: &Load, since: Instant, partitions: &BTreeSet<usize>) -> Option<Duration> {
@@ -115,6 +135,9 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
             let mut n = Node::new(&brokers, 3, &data.path().join(format!("n{i}")));
             n.topic = first.topic.clone();
             n.kek = first.kek.clone();
+            if let Ok(level) = std::env::var("ORDERLOG_CLUSTER_NODE_LOG") {
+                n.env.push(("ORDERLOG_LOG".into(), level));
+            }
             n.args = vec![
                 "--writer-session-timeout-ms".into(),
                 SESSION_MS.to_string(),
@@ -145,8 +168,8 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
     let mut failovers = Vec::new();
     for round in 0..rounds {
         // SIGKILL, then a restart.
-        let k = rng.gen_range(0..NODES);
-        let parts = owned(&client, &bases[k]).await;
+        let (k, parts) = writing_node(&client, &bases, &mut rng).await;
+        load.down.lock().unwrap().insert(k);
         let killed = Instant::now();
         children[k].kill().unwrap();
         children[k].wait().unwrap();
@@ -160,11 +183,12 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
         tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
         children[k] = nodes[k].spawn();
         wait_ready(&client, &bases[k], &mut children[k]).await;
+        load.down.lock().unwrap().remove(&k);
 
         // SIGSTOP past the session timeout, then SIGCONT: fenced.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let s = rng.gen_range(0..NODES);
-        let parts = owned(&client, &bases[s]).await;
+        let (s, parts) = writing_node(&client, &bases, &mut rng).await;
+        load.down.lock().unwrap().insert(s);
         let stopped = Instant::now();
         signal(&children[s], "-STOP");
         let took = wait_failover(&load, stopped, &parts).await;
@@ -179,10 +203,12 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
         );
         failovers.push(took);
         wait_ready(&client, &bases[s], &mut children[s]).await;
+        load.down.lock().unwrap().remove(&s);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     // A rolling restart of all three.
     for (i, node) in nodes.iter().enumerate() {
+        load.down.lock().unwrap().insert(i);
         signal(&children[i], "-TERM");
         let status = children[i].wait().unwrap();
         assert!(
@@ -191,6 +217,7 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
         );
         children[i] = node.spawn();
         wait_ready(&client, &bases[i], &mut children[i]).await;
+        load.down.lock().unwrap().remove(&i);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!(

@@ -40,6 +40,9 @@ pub fn seed(name: &str) -> u64 {
 
 /// `LOAD_TASKS` load tasks running against a node.
 pub struct Load {
+    /// Nodes (indexes into the bases) the load leaves out, as a load
+    /// balancer's health check would: a node being killed or paused.
+    pub down: Arc<Mutex<BTreeSet<usize>>>,
     stop: Arc<AtomicBool>,
     pub acks: Arc<Mutex<Acks>>,
     pub seen: Arc<Mutex<Seen>>,
@@ -56,12 +59,13 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Acks::default()));
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let down = Arc::new(Mutex::new(BTreeSet::new()));
         let tasks = (0..LOAD_TASKS as u64)
             .map(|t| {
                 tokio::spawn(load(
                     t,
                     seed,
-                    bases.to_vec(),
+                    (bases.to_vec(), down.clone()),
                     stop.clone(),
                     acks.clone(),
                     seen.clone(),
@@ -69,6 +73,7 @@ impl Load {
             })
             .collect();
         Load {
+            down,
             stop,
             acks,
             seen,
@@ -339,7 +344,7 @@ pub async fn send_retrying(
 pub async fn load(
     task: u64,
     seed: u64,
-    bases: Vec<String>,
+    (bases, down): (Vec<String>, Arc<Mutex<BTreeSet<usize>>>),
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Acks>>,
     seen: Arc<Mutex<Seen>>,
@@ -350,7 +355,15 @@ pub async fn load(
     // Round-robin over the nodes, request by request (retries included).
     let next = std::sync::atomic::AtomicUsize::new(task as usize);
     let post = |path: String, token: &str| {
-        let base = &bases[next.fetch_add(1, Ordering::Relaxed) % bases.len()];
+        let up: Vec<usize> = {
+            let down = down.lock().unwrap();
+            (0..bases.len()).filter(|i| !down.contains(i)).collect()
+        };
+        let pick = next.fetch_add(1, Ordering::Relaxed);
+        let base = match up.len() {
+            0 => &bases[pick % bases.len()],
+            n => &bases[up[pick % n]],
+        };
         client.post(format!("{base}{path}")).bearer_auth(token)
     };
     while !stop.load(Ordering::Relaxed) {
