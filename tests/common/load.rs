@@ -461,11 +461,17 @@ pub async fn wait_views_caught_up(
             if r.status() == 200 {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "views did not catch up with order {id}: {}",
-                r.status()
-            );
+            if Instant::now() >= deadline {
+                let ready = match client.get(format!("{base}/readyz")).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                panic!(
+                    "views did not catch up with order {id} (version {}): {}; /readyz: {ready}",
+                    evs.len(),
+                    r.status()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
