@@ -739,8 +739,6 @@ async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Jo
     // Jobs waiting for a later batch, in arrival order.
     let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     let mut open = true;
-    // The take-over the last batch was written under.
-    let mut generation = 0;
     let mut last_commit: Option<std::time::Instant> = None;
     while open || !waiting.is_empty() {
         if waiting.is_empty() {
@@ -790,14 +788,11 @@ async fn writer(shared: Arc<Shared>, partition: usize, mut rx: mpsc::Receiver<Jo
             }
         }
         waiting = later;
-        // Taken over again since the last batch: keys written meanwhile by
-        // other owners are in the stored state now; look again.
-        let batch = if owned.generation != generation {
-            generation = owned.generation;
-            commit::recheck_idempotency(&shared, batch)
-        } else {
-            batch
-        };
+        // A job's idempotency key was looked up when it arrived, maybe
+        // before a take-over folded the record that holds it (a retry of a
+        // command whose commit had no answer): look again, for every job
+        // (one point read each).
+        let batch = commit::recheck_idempotency(&shared, batch);
         commit::write_batch(&shared, partition, &owned, batch).await;
         last_commit = Some(std::time::Instant::now());
         drop(batch_lock);
