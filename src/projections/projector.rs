@@ -144,21 +144,43 @@ impl Projector {
             .set("group.id", format!("orderlog-lag-watch-{}", Uuid::new_v4()))
             .create()?;
         let topic = config.topic.clone();
-        let mut run = Run::new(store, config, status.clone())?;
+        let mut run = Run::new(store.clone(), config.clone(), status.clone())?;
         let (stop_w, status_w) = (stop.clone(), status.clone());
         std::thread::Builder::new()
             .name("projector-lag".into())
             .spawn(move || watch_lag(&watcher, &topic, &status_w, &stop_w))
             .expect("spawn lag watcher thread");
         let stop2 = stop.clone();
+        let status_r = status.clone();
         let handle = std::thread::Builder::new()
             .name("projector".into())
             .spawn(move || {
-                let r = run.run(&stop2);
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "Projector stopped on an error.");
+                // An error (Kafka unreachable, a store write failing) does
+                // not stop projection for good: what was not written is
+                // dropped, and a fresh run resumes from the stored offsets.
+                let mut pause = Duration::from_millis(500);
+                loop {
+                    let r = run.run(&stop2);
+                    let Err(e) = r else { return Ok(()) };
+                    if stop2.load(Ordering::Acquire) {
+                        return Err(e);
+                    }
+                    tracing::error!(error = %e, "Projector error; resuming from the stored offsets.");
+                    loop {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                        if stop2.load(Ordering::Acquire) {
+                            return Err(e);
+                        }
+                        match Run::new(store.clone(), config.clone(), status_r.clone()) {
+                            Ok(r) => {
+                                run = r;
+                                break;
+                            }
+                            Err(e) => tracing::error!(error = %e, "Restarting the projector failed; retrying."),
+                        }
+                    }
                 }
-                r
             })
             .expect("spawn projector thread");
         Ok(Self {
@@ -393,41 +415,66 @@ impl Run {
                     if offset < expected {
                         continue; // already in the views
                     }
-                    // Past the stored offset: a transaction's commit marker
-                    // takes an offset no record is delivered at, so a gap is
-                    // normal. Only the first record of a partition is
-                    // checked against the store, once.
-                    if offset > expected && self.checked.insert(partition) {
-                        let (low, _) = crate::kafka::watermarks(
+                    // Past the stored offset. In a consumer group, Kafka's
+                    // committed offset may have run ahead of RocksDB (say the
+                    // data dir was wiped): checked once per partition. A
+                    // transaction's commit marker takes an offset no record
+                    // is delivered at, so a gap is normal otherwise, and an
+                    // assignment from the stored offsets needs no check.
+                    if offset > expected
+                        && matches!(self.config.assignment, Assignment::Group(_))
+                        && self.checked.insert(partition)
+                    {
+                        match crate::kafka::watermarks(
                             &self.consumer,
                             &self.config.topic,
                             partition,
                             Duration::from_secs(30),
-                        )?;
-                        if low <= expected {
-                            // Kafka's committed offset ran ahead of RocksDB (for
-                            // example the data dir was wiped): go back.
-                            self.flush()?;
-                            tracing::info!(
+                        ) {
+                            Ok((low, _)) if low <= expected => {
+                                self.flush()?;
+                                tracing::info!(
+                                    partition,
+                                    from = offset,
+                                    to = expected,
+                                    "Seeking back to the views' offset."
+                                );
+                                match self.consumer.seek(
+                                    &self.config.topic,
+                                    partition,
+                                    Offset::Offset(expected),
+                                    Duration::from_secs(5),
+                                ) {
+                                    Ok(()) => continue,
+                                    Err(e) => {
+                                        // Checked again at the next record.
+                                        self.checked.remove(&partition);
+                                        tracing::warn!(partition, error = %e, "Seeking back failed; retrying.");
+                                        continue;
+                                    }
+                                }
+                            }
+                            Ok((low, _)) => tracing::warn!(
                                 partition,
-                                from = offset,
-                                to = expected,
-                                "Seeking back to the views' offset."
-                            );
-                            self.consumer.seek(
-                                &self.config.topic,
-                                partition,
-                                Offset::Offset(expected),
-                                Duration::from_secs(5),
-                            )?;
-                            continue;
+                                expected,
+                                low,
+                                "Records before the log's start are gone (retention); projecting from what is left."
+                            ),
+                            Err(e) => {
+                                // Kafka unreachable for now: do not fold past
+                                // the gap unchecked; look again.
+                                self.checked.remove(&partition);
+                                tracing::warn!(partition, error = %e, "Reading the start of the log failed; retrying.");
+                                let _ = self.consumer.seek(
+                                    &self.config.topic,
+                                    partition,
+                                    Offset::Offset(offset),
+                                    Duration::from_secs(5),
+                                );
+                                std::thread::sleep(Duration::from_millis(200));
+                                continue;
+                            }
                         }
-                        tracing::warn!(
-                            partition,
-                            expected,
-                            low,
-                            "Records before the log's start are gone (retention); projecting from what is left."
-                        );
                     }
                     if self.config.max_rate > 0 {
                         let due = Duration::from_secs_f64(
