@@ -126,10 +126,10 @@ impl Forwarder {
             .get(HEADER_AUTH)
             .and_then(|h| h.to_str().ok())
             .ok_or_else(refused)?;
-        let mut it = auth.splitn(4, '.');
-        let (Some("v1"), Some(node), Some(at), Some(mac)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
+        // `v1.<node>.<time>.<mac>`; a node id may itself hold dots.
+        let rest = auth.strip_prefix("v1.").ok_or_else(refused)?;
+        let mut it = rest.rsplitn(3, '.');
+        let (Some(mac), Some(at), Some(node)) = (it.next(), it.next(), it.next()) else {
             return Err(refused());
         };
         let at_ms: i64 = at.parse().map_err(|_| refused())?;
@@ -251,7 +251,7 @@ mod tests {
         h.insert(HEADER_ROLE, role.parse().unwrap());
         h.insert(
             HEADER_AUTH,
-            f.sign("node-a", at, role, method, path).parse().unwrap(),
+            f.sign("node.a-1", at, role, method, path).parse().unwrap(),
         );
         h
     }

@@ -145,6 +145,7 @@ struct Run {
     report: RestoreReport,
     to_purge: Vec<Uuid>,
     last_purge: Instant,
+    last_checkpoint: Instant,
 }
 
 impl Run {
@@ -197,6 +198,7 @@ impl Run {
             self.dirty = false;
         }
         self.status.publish(self.next.clone());
+        self.last_checkpoint = Instant::now();
         Ok(())
     }
 
@@ -230,7 +232,24 @@ impl Run {
             }
             Some(Ok(m)) => {
                 let m = m.detach();
-                self.apply(&m)?;
+                if let Err(e) = self.apply(&m) {
+                    // Not applied: read it again rather than skip it (a
+                    // skipped tombstone would leave an erased key here).
+                    let _ = self.consumer.seek(
+                        &self.topic,
+                        m.partition(),
+                        Offset::Offset(m.offset()),
+                        Duration::from_secs(5),
+                    );
+                    return Err(e);
+                }
+                // Under steady traffic the poll is never empty: store and
+                // publish the position on a timer too, so a take-over
+                // waiting for it sees it move.
+                if self.last_checkpoint.elapsed() >= Duration::from_millis(100) {
+                    self.checkpoint()?;
+                    self.purge(false);
+                }
                 Ok(true)
             }
             Some(Err(e)) => {
@@ -282,6 +301,7 @@ impl KeyFollower {
             report: RestoreReport::default(),
             to_purge: Vec::new(),
             last_purge: Instant::now(),
+            last_checkpoint: Instant::now(),
         };
         run.checkpoint()?;
         let mut last_progress = Instant::now();

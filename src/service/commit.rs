@@ -214,13 +214,11 @@ pub(super) async fn write_batch(
     if let Some(failure) = &failure {
         tracing::warn!(partition, error = %failure.error, fenced = failure.fenced, "The batch's transaction did not commit.");
         if failure.fenced {
-            // Another node took the partition over: stop writing it.
+            // Another producer of the partition's transactional id took
+            // over: drop the partition, or take it back if the group still
+            // gives it to this node (a stale take-over fenced it).
             if owned_by(shared, partition, owned.generation) {
-                shared.slots[partition].drop_generation(owned.generation);
-                tracing::warn!(
-                    partition,
-                    "Fenced by a newer owner; the partition is dropped here."
-                );
+                ownership::fenced(shared, partition, owned.generation);
             }
         } else if failure.unknown {
             // Whether it committed is not known: take the partition over
@@ -309,8 +307,12 @@ pub(super) async fn write_batch(
     if !remember.is_empty() {
         abort_point();
         let written = shared.store.db().write(stored);
+        // A batch that outlived its take-over must not fill the cache of
+        // the next one (the store keeps the highest version anyway).
+        let current = owned_by(shared, partition, owned.generation);
         let mut st = shared.partition(partition);
         match written {
+            Ok(()) if !current => {}
             Ok(()) => {
                 for (id, rec, offset) in remember {
                     st.next_offset = st.next_offset.max(offset + 1);
@@ -454,7 +456,9 @@ async fn transact(
         error: e.to_string(),
         unknown,
     };
-    producer.begin_transaction().map_err(|e| failed(e, false))?;
+    // A producer that cannot begin (its last abort did not complete) is
+    // replaced: report it as unknown, which takes the partition over again.
+    producer.begin_transaction().map_err(|e| failed(e, true))?;
     let mut sent = Vec::with_capacity(pending.len() + key_rows.len());
     let mut last_of = Vec::with_capacity(pending.len());
     let mut error = None;
@@ -509,8 +513,8 @@ async fn transact(
     }
     let timeout = delivery_timeout(shared.command_timeout);
     if let Some(e) = error {
-        abort(producer, timeout).await;
-        return Err(failed(e, false));
+        let confirmed = abort(producer, timeout).await;
+        return Err(failed(e, !confirmed));
     }
     // Every delivery report first (each record has `message.timeout.ms`):
     // committing with records in flight would make rust-rdkafka's flush

@@ -2,8 +2,9 @@
 //! where every node keeps one row (its id, advertised URL, the partitions it
 //! writes, and a heartbeat time), refreshed every heartbeat and at every
 //! ownership change. Every node reads the topic from its start and keeps the
-//! newest row per node. A row older than [`DEAD_AFTER_HEARTBEATS`] heartbeats
-//! is a dead node's. A node that stops leaves a tombstone.
+//! newest row per node. A node whose row this node has not received for
+//! [`DEAD_AFTER_HEARTBEATS`] heartbeats is dead (judged by the local clock).
+//! A node that stops leaves a tombstone.
 //!
 //! The topic only says where to forward a command: who may write a
 //! partition is decided by the writers' group and enforced by transactions
@@ -13,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -56,7 +57,9 @@ pub struct Members {
     me: ClusterOptions,
     topic: String,
     producer: FutureProducer,
-    rows: Arc<RwLock<HashMap<String, Member>>>,
+    /// Per node: its newest row and when this node received it (liveness
+    /// is judged by this node's clock, not the sender's).
+    rows: Arc<RwLock<HashMap<String, (Member, Instant)>>>,
     /// Set once every partition was seen owned (here or by a live node).
     covered: AtomicBool,
     wake: tokio::sync::Notify,
@@ -115,13 +118,13 @@ impl Members {
 
     /// Live rows of other nodes.
     fn live_others(&self) -> Vec<Member> {
-        let oldest = now_ms() - (self.me.heartbeat * DEAD_AFTER_HEARTBEATS).as_millis() as i64;
+        let max_age = self.me.heartbeat * DEAD_AFTER_HEARTBEATS;
         self.rows
             .read()
             .expect("members lock")
             .values()
-            .filter(|m| m.node_id != self.me.node_id && m.heartbeat_ms >= oldest)
-            .cloned()
+            .filter(|(m, at)| m.node_id != self.me.node_id && at.elapsed() <= max_age)
+            .map(|(m, _)| m.clone())
             .collect()
     }
 
@@ -205,7 +208,7 @@ impl Members {
 
 fn follow(
     consumer: BaseConsumer,
-    rows: Arc<RwLock<HashMap<String, Member>>>,
+    rows: Arc<RwLock<HashMap<String, (Member, Instant)>>>,
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Acquire) {
@@ -221,7 +224,7 @@ fn follow(
                 rows.remove(node);
             }
             Some(Ok(row)) => {
-                rows.insert(node.to_owned(), row);
+                rows.insert(node.to_owned(), (row, Instant::now()));
             }
             Some(Err(e)) => tracing::debug!(error = %e, "Unreadable members row skipped."),
         }

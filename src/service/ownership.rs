@@ -78,6 +78,8 @@ impl std::fmt::Debug for Phase {
 /// One partition's ownership on this node.
 pub struct Slot {
     phase: watch::Sender<Phase>,
+    /// The writers' group gives this partition to this node now.
+    pub(super) assigned: AtomicBool,
     /// Held by the writer while a batch is in flight; a release waits for it.
     pub(super) batch: tokio::sync::Mutex<()>,
 }
@@ -86,6 +88,7 @@ impl Default for Slot {
     fn default() -> Self {
         Self {
             phase: watch::Sender::new(Phase::Unowned),
+            assigned: AtomicBool::new(false),
             batch: tokio::sync::Mutex::new(()),
         }
     }
@@ -165,6 +168,9 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Starts taking `partition` over, in the background.
 pub(super) fn assign(shared: &Arc<Shared>, partition: usize) {
+    shared.slots[partition]
+        .assigned
+        .store(true, Ordering::Release);
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     shared.slots[partition].set(Phase::Acquiring(generation));
     tracing::info!(partition, generation, "Partition assigned; taking it over.");
@@ -195,29 +201,50 @@ pub(super) fn retake(shared: &Arc<Shared>, partition: usize, generation: u64) {
     }
 }
 
-/// Gives `partition` up (blocking; called from the group's rebalance
-/// callback): no new command is taken, the batch in flight is answered, the
-/// producer is dropped. Bounded by the command timeout.
-pub(super) fn release(shared: &Shared, partition: usize, lost: bool) {
-    let slot = &shared.slots[partition];
-    slot.set(Phase::Unowned);
+/// Gives `partitions` up (blocking; called from the group's rebalance
+/// callback): none takes a new command from now on, the batches in flight are
+/// answered, the producers are dropped. Bounded by the command timeout, for
+/// all of them together.
+pub(super) fn release(shared: &Shared, partitions: &[usize], lost: bool) {
+    for p in partitions {
+        let slot = &shared.slots[*p];
+        slot.assigned.store(false, Ordering::Release);
+        slot.set(Phase::Unowned);
+    }
     shared.members.changed();
     let deadline = Instant::now() + shared.command_timeout;
-    loop {
-        if let Ok(guard) = slot.batch.try_lock() {
-            drop(guard);
-            break;
+    for p in partitions {
+        let slot = &shared.slots[*p];
+        loop {
+            if let Ok(guard) = slot.batch.try_lock() {
+                drop(guard);
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    partition = p,
+                    "A batch was still in flight when the partition was released."
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if Instant::now() > deadline {
-            tracing::warn!(
-                partition,
-                "A batch was still in flight when the partition was released."
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        tracing::info!(partition = p, lost, "Partition released.");
     }
-    tracing::info!(partition, lost, "Partition released.");
+}
+
+/// After a fenced or failed commit: take the partition over again if the
+/// writers' group still gives it to this node (another node's stale
+/// take-over may have fenced it), else drop it.
+pub(super) fn fenced(shared: &Arc<Shared>, partition: usize, generation: u64) {
+    if shared.slots[partition].assigned.load(Ordering::Acquire) {
+        retake(shared, partition, generation);
+    } else if shared.slots[partition].drop_generation(generation) {
+        tracing::warn!(
+            partition,
+            "Fenced by a newer owner; the partition is dropped here."
+        );
+    }
 }
 
 async fn acquire_until_done(shared: Arc<Shared>, partition: usize, generation: u64) {
@@ -363,6 +390,11 @@ async fn acquire(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Revoked while waiting: fencing now would fence the partition's new
+    // owner.
+    if !matches!(shared.slots[partition].phase(), Phase::Acquiring(g) if g == generation) {
+        return Err(ServiceError::PartitionMoving { partition });
+    }
     let producer = fencing_producer(shared, partition).await?;
     let barrier = commit_barrier(shared, &producer, partition).await?;
     // Every key its orders need: the key rows of the previous owner's
@@ -436,9 +468,12 @@ impl ConsumerContext for GroupContext {
         };
         if let Rebalance::Revoke(tpl) = rebalance {
             let lost = _consumer.assignment_lost();
-            for e in tpl.elements() {
-                release(&shared, e.partition() as usize, lost);
-            }
+            let parts: Vec<usize> = tpl
+                .elements()
+                .iter()
+                .map(|e| e.partition() as usize)
+                .collect();
+            release(&shared, &parts, lost);
         }
     }
 
@@ -469,6 +504,19 @@ pub(super) fn run_group(
     stop: Arc<AtomicBool>,
     session_timeout: Duration,
 ) {
+    // Not before the start's catch-up is done: a node rebuilding its order
+    // state from the whole log would hold partitions it cannot write yet.
+    loop {
+        let Some(sh) = shared.upgrade() else { return };
+        if sh.ready.load(Ordering::Acquire) {
+            break;
+        }
+        drop(sh);
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let Some(sh) = shared.upgrade() else { return };
     let group = crate::kafka::writers_group(&sh.topic);
     let consumer: Result<BaseConsumer<GroupContext>, KafkaError> = sh
