@@ -24,6 +24,10 @@ use crate::service::membership::Member;
 
 pub const HEADER_ROLE: &str = "x-orderlog-forwarded-role";
 pub const HEADER_AUTH: &str = "x-orderlog-node-auth";
+/// SHA-256 of what the command reads besides its path: its body, its
+/// `Idempotency-Key` and `If-Match`. Signed, and checked against the request
+/// as it arrived, so a captured forwarded call cannot carry another body.
+pub const HEADER_DIGEST: &str = "x-orderlog-forwarded-digest";
 /// How far apart two nodes' clocks and a forwarded request's age may be.
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 
@@ -53,6 +57,20 @@ impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder").finish_non_exhaustive()
     }
+}
+
+/// The digest a forwarded call is bound to (see [`HEADER_DIGEST`]).
+pub fn request_digest(headers: &HeaderMap, body: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    for name in ["idempotency-key", "if-match"] {
+        let v = headers.get(name).map(|v| v.as_bytes()).unwrap_or_default();
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    h.update((body.len() as u64).to_be_bytes());
+    h.update(body);
+    hex::encode(h.finalize())
 }
 
 fn signature(secret: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
@@ -88,7 +106,16 @@ impl Forwarder {
         })
     }
 
-    fn sign(&self, node: &str, at_ms: i64, role: &str, method: &str, path: &str) -> String {
+    #[allow(clippy::too_many_arguments)] // every part the signature covers
+    fn sign(
+        &self,
+        node: &str,
+        at_ms: i64,
+        role: &str,
+        method: &str,
+        path: &str,
+        digest: &str,
+    ) -> String {
         let mac = signature(
             &self.secret,
             &[
@@ -98,6 +125,7 @@ impl Forwarder {
                 role.as_bytes(),
                 method.as_bytes(),
                 path.as_bytes(),
+                digest.as_bytes(),
             ],
         );
         format!("v1.{node}.{at_ms}.{}", hex::encode(mac))
@@ -136,7 +164,11 @@ impl Forwarder {
         if (crate::service::now_ms() - at_ms).unsigned_abs() > MAX_SKEW.as_millis() as u64 {
             return Err(refused());
         }
-        let expected = self.sign(node, at_ms, claim, method.as_str(), path);
+        let digest = headers
+            .get(HEADER_DIGEST)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(refused)?;
+        let expected = self.sign(node, at_ms, claim, method.as_str(), path, digest);
         let given = mac.as_bytes();
         let want = expected.rsplit('.').next().unwrap_or_default().as_bytes();
         // Constant time: the MAC must not leak through timing.
@@ -150,6 +182,21 @@ impl Forwarder {
             return Err(refused());
         }
         Role::parse(claim).map(Some).map_err(|_| refused())
+    }
+
+    /// For a forwarded call: the body and headers that arrived are the ones
+    /// the sending node signed.
+    pub fn check_digest(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+        let given = headers.get(HEADER_DIGEST).and_then(|h| h.to_str().ok());
+        if given == Some(request_digest(headers, body).as_str()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "a forwarded call's body or headers do not match its node signature",
+            ))
+        }
     }
 
     /// Sends the command to `to` and relays its answer, or gives up at
@@ -168,12 +215,14 @@ impl Forwarder {
         deadline: tokio::time::Instant,
     ) -> Result<Option<Response>, ApiError> {
         let role = role.to_string();
+        let digest = request_digest(headers, &body);
         let auth = self.sign(
             from_node,
             crate::service::now_ms(),
             &role,
             method.as_str(),
             path,
+            &digest,
         );
         let url = format!("{}{path}", to.url.trim_end_matches('/'));
         let mut req = self
@@ -181,6 +230,7 @@ impl Forwarder {
             .request(method.clone(), &url)
             .header(HEADER_ROLE, &role)
             .header(HEADER_AUTH, auth)
+            .header(HEADER_DIGEST, &digest)
             .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .body(body);
         for name in KEPT_REQUEST {
@@ -249,9 +299,13 @@ mod tests {
     fn signed(f: &Forwarder, role: &str, method: &str, path: &str, at: i64) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(HEADER_ROLE, role.parse().unwrap());
+        let digest = request_digest(&h, b"{}");
+        h.insert(HEADER_DIGEST, digest.parse().unwrap());
         h.insert(
             HEADER_AUTH,
-            f.sign("node.a-1", at, role, method, path).parse().unwrap(),
+            f.sign("node.a-1", at, role, method, path, &digest)
+                .parse()
+                .unwrap(),
         );
         h
     }
@@ -281,6 +335,20 @@ mod tests {
         let mut h = signed(&f, "checkout", "POST", "/p", now);
         h.insert(HEADER_ROLE, "privacy".parse().unwrap());
         assert!(f.verify(&h, &Method::POST, "/p").is_err());
+        // The body and headers that arrive are the ones signed.
+        let h = signed(&f, "privacy", "POST", "/p", now);
+        assert!(f.check_digest(&h, b"{}").is_ok());
+        assert!(f.check_digest(&h, b"{\"fields\":[\"identity\"]}").is_err());
+        let mut other_key = h.clone();
+        other_key.insert("idempotency-key", "k2".parse().unwrap());
+        assert!(f.check_digest(&other_key, b"{}").is_err());
+        // A changed digest breaks the signature itself.
+        let mut h2 = h.clone();
+        h2.insert(
+            HEADER_DIGEST,
+            request_digest(&HeaderMap::new(), b"x").parse().unwrap(),
+        );
+        assert!(f.verify(&h2, &Method::POST, "/p").is_err());
         // No claim at all: a normal request.
         assert_eq!(
             f.verify(&HeaderMap::new(), &Method::POST, "/p").unwrap(),

@@ -261,6 +261,10 @@ async fn execute_or_forward(
     expected_version: Option<u64>,
     idem: Option<Idempotency>,
 ) -> Result<Done, ApiError> {
+    if caller.1.0 {
+        // A forwarded call: its body and headers are the ones signed.
+        state.forwarder.check_digest(headers, body)?;
+    }
     let deadline = tokio::time::Instant::now() + state.service.command_timeout();
     loop {
         let partition = match state
