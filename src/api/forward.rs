@@ -4,9 +4,10 @@
 //!
 //! The role travels as a claim (`x-orderlog-forwarded-role`) signed with a
 //! secret every node derives from the KEK (`x-orderlog-node-auth`: HMAC over
-//! the claim, method, path, sending node and time). A claim without a valid
-//! signature of the last [`MAX_SKEW`] is refused, so a client cannot assert
-//! a role. A forwarded command is never forwarded again: if the receiving
+//! the claim, method, path, sending node, time, and a digest of the body,
+//! `Idempotency-Key` and `If-Match`, which the receiving node checks against
+//! the request as it arrives). A claim without a valid signature of the last
+//! [`MAX_SKEW`] is refused, so a client cannot assert a role. A forwarded command is never forwarded again: if the receiving
 //! node does not write the partition either (it moved meanwhile), the answer
 //! is 503 `partition_moving`.
 
