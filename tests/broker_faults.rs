@@ -294,11 +294,7 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
         "two acknowledged commands answered the same version: {:?}",
         acks.duplicates
     );
-    assert!(
-        seen.errors.is_empty(),
-        "5xx other than 503: {:?}",
-        seen.errors
-    );
+    seen.assert_only_retryable_failures();
     // The node never went away, and never left a command unanswered.
     for label in ["timeout", "connection error"] {
         assert!(
@@ -319,12 +315,6 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
         );
     }
     let codes: BTreeMap<_, _> = seen.unavailable.clone();
-    assert!(
-        codes.keys().all(
-            |c| ["log_unavailable", "outcome_unknown", "partition_moving"].contains(&c.as_str())
-        ),
-        "503 codes: {codes:?}"
-    );
     // With one broker of three out and fenced, min.insync.replicas=2 still
     // holds and commands can be acknowledged; how many were is a figure.
     let out: Vec<_> = injected

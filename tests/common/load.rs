@@ -259,6 +259,26 @@ pub struct Seen {
     pub errors: Vec<String>,
 }
 
+impl Seen {
+    /// Every answer was a success, a refusal, or a retryable 503 whose code
+    /// says nothing was written, the outcome is unknown, or the partition is
+    /// moving between nodes; no other 5xx.
+    pub fn assert_only_retryable_failures(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "5xx other than 503: {:?}",
+            self.errors
+        );
+        assert!(
+            self.unavailable.keys().all(|c| {
+                ["log_unavailable", "outcome_unknown", "partition_moving"].contains(&c.as_str())
+            }),
+            "503 codes: {:?}",
+            self.unavailable
+        );
+    }
+}
+
 /// What became of one attempt.
 pub enum Answer {
     Acked(u64, Value),
