@@ -140,6 +140,7 @@ async fn main() {
             max_rate: 0,
             dead_letter: true,
             idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
+            purge: None,
         },
     )
     .unwrap();

@@ -14,6 +14,7 @@ use crate::api::{self, AppState, auth::Tokens};
 use crate::config::{Config, Secret};
 use crate::crypto::replica::keys_topic_spec;
 use crate::crypto::{KekRing, KeyFollower, KeyReplica, KeyVault, keys_topic_for};
+use crate::erasure::{Purger, Tracker};
 use crate::kafka::{self, KafkaSettings, TopicSpec, embedded::Embedded};
 use crate::projections::{Assignment, Projector, ProjectorConfig};
 use crate::service::{ClusterOptions, Service, StateOptions};
@@ -30,6 +31,7 @@ pub struct App {
     pub store: Store,
     pub projector: Option<Projector>,
     keys: Option<KeyFollower>,
+    purger: Option<Purger>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Kept alive for the app's lifetime; dropped last.
@@ -123,18 +125,22 @@ impl App {
         )?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
         let keys_topic = keys_topic_for(&config.topic);
+        // Purges what the key follower and the projector destroy (and what a
+        // crash left queued) off the disk.
+        let purger = Purger::start(store.clone()).context("starting the purger")?;
         // The vault follows the key topic for as long as the node runs; a
         // node whose vault is empty restores it this way first.
         let was_empty = vault.is_empty()?;
         let (follower, report) = {
-            let (s, t, v, st) = (
+            let (s, t, v, st, pg) = (
                 settings.clone(),
                 keys_topic.clone(),
                 vault.clone(),
                 store.clone(),
+                purger.status.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                KeyFollower::start(&s, &t, v, st, Duration::from_secs(120))
+                KeyFollower::start(&s, &t, v, st, pg, Duration::from_secs(120))
             })
             .await?
             .context("reading the key topic")?
@@ -215,6 +221,7 @@ impl App {
                 max_rate: 0,
                 dead_letter: true,
                 idempotency_ttl: config.idempotency_ttl,
+                purge: Some(purger.status.clone()),
             },
         ) {
             Ok(p) => p,
@@ -223,6 +230,11 @@ impl App {
                 return Err(e).context("starting the projector");
             }
         };
+        service.set_tracker(Tracker {
+            keys: follower.status.clone(),
+            views: projector.status.clone(),
+            purge: purger.status.clone(),
+        });
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
             tracing::warn!(
@@ -241,6 +253,7 @@ impl App {
                 config.tls.as_ref().map(|(cert, _)| cert.as_path()),
                 config.produce_timeout,
             )?),
+            erasure_wait: config.erasure_wait,
         };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -271,6 +284,7 @@ impl App {
             store,
             projector: Some(projector),
             keys: Some(follower),
+            purger: Some(purger),
             shutdown,
             server,
             _data: data,
@@ -296,6 +310,9 @@ impl App {
         }
         if let Some(k) = self.keys.take() {
             let _ = tokio::task::spawn_blocking(move || k.stop()).await;
+        }
+        if let Some(p) = self.purger.take() {
+            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
         }
         tracing::info!("orderlog stopped.");
     }

@@ -75,6 +75,7 @@ pub struct FileConfig {
     pub advertise_url: Option<String>,
     pub node_id: Option<String>,
     pub writer_session_timeout_ms: Option<u64>,
+    pub erasure_wait_ms: Option<u64>,
     /// token = role
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -165,6 +166,11 @@ pub struct Overrides {
     /// default). Default 6000.
     #[arg(long, env = "ORDERLOG_WRITER_SESSION_TIMEOUT_MS")]
     pub writer_session_timeout_ms: Option<u64>,
+    /// How long an erase request waits for every live node to destroy the
+    /// key and purge it from its disk before it answers the receipt (which
+    /// then names the nodes still pending). Default 2000 ms.
+    #[arg(long, env = "ORDERLOG_ERASURE_WAIT_MS")]
+    pub erasure_wait_ms: Option<u64>,
 }
 
 /// Where the KEK comes from.
@@ -210,6 +216,7 @@ pub struct Config {
     /// `None`: kept in the data directory.
     pub node_id: Option<String>,
     pub writer_session_timeout: Duration,
+    pub erasure_wait: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -383,6 +390,13 @@ impl Config {
                 problem: "must be between 1000 and 300000".into(),
             });
         }
+        let erasure_wait_ms = o.erasure_wait_ms.or(file.erasure_wait_ms).unwrap_or(2000);
+        if erasure_wait_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                setting: "erasure_wait_ms",
+                problem: "must be at most 60000".into(),
+            });
+        }
         let tls = match (
             o.tls_cert.clone().or(file.tls_cert),
             o.tls_key.clone().or(file.tls_key),
@@ -429,6 +443,7 @@ impl Config {
             advertise_url,
             node_id,
             writer_session_timeout: Duration::from_millis(session_ms),
+            erasure_wait: Duration::from_millis(erasure_wait_ms),
         })
     }
 }

@@ -12,6 +12,8 @@
 //! - [`kafka`]: client settings, topics, the embedded mock cluster.
 //! - [`projections`]: the projector and the shipping and merchant views.
 //! - [`service`]: the write side: per-partition writers with group commit.
+//! - [`erasure`]: after an erasure is logged: the purge queue, each node's
+//!   progress, the receipt.
 //! - [`api`]: HTTP routes, authentication, error-to-status mapping.
 //! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
@@ -24,6 +26,7 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod erasure;
 pub mod events;
 pub mod kafka;
 pub mod projections;

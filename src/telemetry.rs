@@ -29,6 +29,10 @@ pub const LIVE_KEYS: &str = "orderlog_live_keys";
 pub const PARTITIONS_TAKEN: &str = "orderlog_partitions_taken_total";
 /// Commands this node forwarded to the partition's owner.
 pub const FORWARDED: &str = "orderlog_commands_forwarded_total";
+/// Purges of erased rows from disk (one flush and compaction for a batch of orders).
+pub const PURGES: &str = "orderlog_purges_total";
+/// Time one purge of erased rows took.
+pub const PURGE_LATENCY: &str = "orderlog_purge_duration_seconds";
 
 /// Every metric this build exports, for checks of dashboards and docs.
 pub const ALL: &[&str] = &[
@@ -44,6 +48,8 @@ pub const ALL: &[&str] = &[
     LIVE_KEYS,
     PARTITIONS_TAKEN,
     FORWARDED,
+    PURGES,
+    PURGE_LATENCY,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -62,6 +68,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(ERASE_LATENCY.into()),
+                    &latency_buckets,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(PURGE_LATENCY.into()),
                     &latency_buckets,
                 )
             })

@@ -43,6 +43,8 @@ pub struct AppState {
     pub projector: Option<Arc<crate::projections::ProjectorStatus>>,
     /// Sends commands to the node that writes their partition.
     pub forwarder: Arc<forward::Forwarder>,
+    /// How long an erase waits for every live node to purge (`--erasure-wait-ms`).
+    pub erasure_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,6 +75,12 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/v1/orders/{id}/shares", post(orders::share_order)),
         ("POST", "/v1/orders/{id}/cancel", post(orders::cancel_order)),
         ("POST", "/v1/orders/{id}/erase", post(orders::erase_order)),
+        (
+            "GET",
+            "/v1/orders/{id}/erasure",
+            get(orders::erasure_status),
+        ),
+        ("GET", "/v1/cluster", get(ops::cluster)),
         (
             "GET",
             "/v1/shipping/{provider}/orders",

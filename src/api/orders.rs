@@ -506,127 +506,71 @@ pub async fn erase_order(
         Done::Here(o) => o,
         Done::There(resp) => return Ok(resp),
     };
-    let logged_ms = started.elapsed().as_millis() as u64;
-    // Verify what we can: the vault must no longer yield the erased classes.
-    let mut verified = Vec::new();
-    // No key row left at all: the replica holds a tombstone, not a reduced row.
-    let mut row_gone = false;
-    match state.service.vault().get(order_id) {
-        Err(crate::crypto::VaultError::Shredded { .. }) if scope == ErasureScope::Order => {
-            row_gone = true;
-            verified.push("order key no longer in the key vault".to_owned());
-        }
-        // A class erasure that shreds the last subkeys left (say all three
-        // classes named at once) removes the whole key row: every class,
-        // these included, is gone.
-        Err(crate::crypto::VaultError::Shredded { .. }) => {
-            row_gone = true;
-            verified.push(
-                "erased classes' subkeys no longer in the key vault (no subkey of the order is left)"
-                    .to_owned(),
-            );
-        }
-        Ok(key) if scope.classes().iter().all(|c| key.subkey(*c).is_none()) => {
-            verified.push("erased classes' subkeys no longer in the key vault".to_owned());
-        }
-        _ => {
-            tracing::error!(%order_id, "Erasure could not be verified in the vault.");
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "erasure_unverified",
-                "the erasure event is logged but key destruction could not be verified; it is retried at next start",
-            ));
-        }
-    }
-    let mut purged = vec![
-        "key vault: wrapped subkeys deleted (fsynced)".to_owned(),
-        format!(
-            "key replica {}: {}",
-            crate::crypto::keys_topic_for(&state.topic),
-            match (row_gone, outcome.replica_pending) {
-                (true, false) => "tombstone written",
-                (false, false) => "reduced row written",
-                (true, true) =>
-                    "tombstone pending: Kafka has not acknowledged it yet; it is retried until it does",
-                (false, true) =>
-                    "reduced row pending: Kafka has not acknowledged it yet; it is retried until it does",
-            }
-        ),
-    ];
-    // The views drop the sealed fields when the projector applies the
-    // OrderErased event; wait for it (bounded) so the purge below covers them.
-    let view_started = std::time::Instant::now();
-    let view_deadline = view_started + super::views::MAX_WAIT;
-    let mut view_version = 0;
-    while std::time::Instant::now() < view_deadline {
-        view_version = crate::projections::query::order(&state.store, order_id)
-            .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?
-            .map_or(0, |o| o.version);
-        if view_version >= outcome.version {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    if view_version >= outcome.version {
-        purged.push(format!(
-            "views: sealed {} fields dropped at version {} (the projector purges the old row from disk)",
-            classes_text(&scope),
-            outcome.version
-        ));
-    } else {
-        purged.push("views: pending, the projector lags; the fields are dropped when it reaches the OrderErased event".to_owned());
-    }
-    let view_ms = view_started.elapsed().as_millis() as u64;
-    // Physical destruction: flush memtables and the WAL, compact the rows' ranges.
-    let store = state.store.clone();
-    let id_bytes = order_id.as_bytes().to_vec();
-    let report = tokio::task::spawn_blocking(move || {
-        // The view row is purged by the projector once it has applied the
-        // OrderErased event (it does so whenever it is idle); here, the key.
-        store.purge(&[(crate::store::CF_ORDER_KEYS, id_bytes)])
-    })
+    let receipt = crate::erasure::receipt::after_erase(
+        &state.service,
+        &state.topic,
+        &scope,
+        &outcome,
+        started,
+        state.erasure_wait,
+    )
     .await
-    .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?
-    .map_err(|e| ApiError::from(crate::service::ServiceError::Internal(e.to_string())))?;
-    purged.push(format!(
-        "disk: memtables and WAL flushed, key ranges compacted to the bottom level in {} ms",
-        report.elapsed.as_millis()
-    ));
-    tracing::info!(%order_id, elapsed_ms = started.elapsed().as_millis() as u64, purge_ms = report.elapsed.as_millis() as u64, "Order erased.");
+    .map_err(receipt_error)?;
+    tracing::info!(%order_id, elapsed_ms = receipt.elapsed_ms, complete = receipt.complete, "Order erased.");
     metrics::counter!(crate::telemetry::ERASURES, "scope" => if scope == ErasureScope::Order { "order" } else { "classes" }).increment(1);
     metrics::histogram!(crate::telemetry::ERASE_LATENCY).record(started.elapsed().as_secs_f64());
-    let classes: Vec<&str> = scope.classes().iter().map(|c| c.as_str()).collect();
     Ok(written(
         StatusCode::OK,
         &outcome,
-        json!({
-            "receipt": {
-                "order_id": order_id,
-                "erased_at": super::rfc3339(outcome.occurred_at_ms),
-                "scope": if scope == ErasureScope::Order { "order" } else { "classes" },
-                "fields": classes,
-                "event": outcome.position.map(|(p, o)| json!({ "topic": &*state.topic, "partition": p, "offset": o })),
-                "key_id": outcome.key_id.map(|k| k.to_string()),
-                "purged": purged,
-                "verified": verified,
-                "elapsed_ms": started.elapsed().as_millis() as u64,
-                "timings_ms": {
-                    "logged_and_key_destroyed": logged_ms,
-                    "views_purged": view_ms,
-                    "disk_purged": report.elapsed.as_millis() as u64,
-                },
-            }
-        }),
+        json!({ "receipt": receipt }),
     ))
 }
 
-fn classes_text(scope: &ErasureScope) -> String {
-    scope
-        .classes()
-        .iter()
-        .map(|c| c.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `GET /v1/orders/{id}/erasure`: the order's latest erasure as it stands
+/// now on every live node, so completion can be confirmed after the receipt.
+pub async fn erasure_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Privacy, Role::Auditor])?;
+    let order_id = parse_order_id(&id)?;
+    if !state.service.ready() {
+        state.service.get_when_ready(order_id).await?;
+    }
+    let receipt = crate::erasure::receipt::current(&state.service, &state.topic, order_id)
+        .map_err(receipt_error)?;
+    Ok(Json(json!({ "receipt": receipt })).into_response())
+}
+
+fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {
+    use crate::erasure::receipt::ReceiptError as E;
+    match e {
+        E::Unverified => {
+            tracing::error!("Erasure could not be verified in the vault.");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "erasure_unverified",
+                "the erasure event is logged but key destruction could not be verified; the key topic's row destroys it",
+            )
+        }
+        E::NoOrder => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "order does not exist",
+        ),
+        E::NotErased => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_erased",
+            "order has not been erased",
+        ),
+        E::Lagging => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "view_lagging",
+            "this node has not read the order's erasure yet; retry",
+        ),
+        E::Service(e) => e.into(),
+    }
 }
 
 pub async fn get_order(

@@ -149,6 +149,7 @@ pub fn run(
             max_rate: 0,
             dead_letter: false,
             idempotency_ttl: crate::service::state::DEFAULT_IDEMPOTENCY_TTL,
+            purge: None,
         },
     )?;
     let counts = |p: &Projector| {

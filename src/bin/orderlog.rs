@@ -382,6 +382,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         max_rate: args.max_rate,
         dead_letter: true,
         idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
+        purge: None,
     };
     let projector = Projector::start(store, config)?;
     let started = std::time::Instant::now();

@@ -2,11 +2,15 @@
 //! committed, for as long as it runs: keys placed through any node arrive,
 //! and an erasure's tombstone (or reduced row), committed in the same
 //! transaction as its `OrderErased` event, destroys the key on every node.
-//! Destroyed rows are then purged from disk (memtable flush and compaction of
-//! their ranges), batched so a burst of erasures costs one purge.
 //!
-//! The consumed offsets are stored in RocksDB (`meta`), so a restart reads
-//! only what it has not applied; applying a row twice changes nothing.
+//! Each row is applied in one RocksDB WriteBatch with the next offset of its
+//! partition (`meta`, `keys-offset/<p>`) and, for an erasure, the row of the
+//! purge queue ([`crate::erasure::purge`]) that gets the destroyed bytes off
+//! the disk, batched with every other erasure queued meanwhile. A restart
+//! reads only what it has not applied; applying a row twice changes nothing.
+//! The batches are not fsynced: RocksDB loses only a suffix of unsynced
+//! writes, so a row lost with a machine's crash is lost with its offset, and
+//! read again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,17 +25,21 @@ use uuid::Uuid;
 
 use super::replica::RestoreReport;
 use super::vault::{KeyVault, StoredKey, VaultError};
+use crate::domain::FieldClass;
+use crate::erasure::purge::{self, PurgeStatus, Source};
 use crate::kafka::KafkaSettings;
 use crate::store::{CF_META, CF_ORDER_KEYS, Store, decode_value};
 
 const OFFSET_PREFIX: &[u8] = b"keys-offset/";
-/// Destroyed rows are purged from disk at most this often.
-const PURGE_EVERY: Duration = Duration::from_millis(500);
 
 /// What the follower has applied, per partition of the key topic.
 #[derive(Debug, Default)]
 pub struct FollowStatus {
     positions: Mutex<BTreeMap<i32, i64>>,
+    /// The end of the key topic as last read, and when (Unix ms) the
+    /// follower last had applied everything up to the end read before.
+    ends: Mutex<BTreeMap<i32, i64>>,
+    current_at_ms: std::sync::atomic::AtomicI64,
     /// Keys destroyed by rows other nodes wrote (or this one, again).
     pub destroyed: std::sync::atomic::AtomicU64,
     changed: std::sync::Condvar,
@@ -71,6 +79,40 @@ impl FollowStatus {
                 .expect("positions lock")
                 .0;
         }
+    }
+
+    /// The end of each partition of the key topic, as last read.
+    pub fn ends(&self) -> BTreeMap<i32, i64> {
+        self.ends.lock().expect("ends lock").clone()
+    }
+
+    /// Rows behind the end of the key topic (as last read), per partition.
+    pub fn lag(&self) -> BTreeMap<i32, i64> {
+        let pos = self.positions();
+        self.ends
+            .lock()
+            .expect("ends lock")
+            .iter()
+            .map(|(p, end)| (*p, (end - pos.get(p).copied().unwrap_or(0)).max(0)))
+            .collect()
+    }
+
+    /// The vault had applied the key topic up to its end within `max_age`
+    /// (what was at the end half a second earlier counts, so a busy topic
+    /// does not make a node that keeps up look behind).
+    pub fn current(&self, max_age: Duration) -> bool {
+        let age = crate::service::now_ms() - self.current_at_ms.load(Ordering::Acquire);
+        age >= 0 && (age as u128) <= max_age.as_millis()
+    }
+
+    /// Records the end of the key topic just read.
+    fn saw_ends(&self, ends: BTreeMap<i32, i64>) {
+        let mut last = self.ends.lock().expect("ends lock");
+        if !last.is_empty() && self.reached(&last) {
+            self.current_at_ms
+                .store(crate::service::now_ms(), Ordering::Release);
+        }
+        *last = ends;
     }
 
     fn publish(&self, positions: BTreeMap<i32, i64>) {
@@ -139,87 +181,107 @@ struct Run {
     vault: Arc<KeyVault>,
     store: Store,
     status: Arc<FollowStatus>,
-    /// Next offset per partition, applied but maybe not stored yet.
+    purge: Arc<PurgeStatus>,
+    /// Next offset per partition, as stored.
     next: BTreeMap<i32, i64>,
-    dirty: bool,
     report: RestoreReport,
-    to_purge: Vec<Uuid>,
-    last_purge: Instant,
     last_checkpoint: Instant,
 }
 
 impl Run {
+    /// Applies one row, its offset and (for an erasure) its purge in one
+    /// WriteBatch.
     fn apply(&mut self, m: &rdkafka::message::OwnedMessage) -> Result<(), VaultError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut queued = None;
+        let mut applied = None;
         if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
             let row = match m.payload() {
                 None => None,
                 Some(v) => Some(decode_value::<StoredKey>(CF_ORDER_KEYS, v)?),
             };
-            let destroyed =
-                self.vault
-                    .apply_replica_row(id, row.as_ref(), crate::service::now_ms())?;
-            match (&row, destroyed) {
-                (_, true) => {
-                    self.report.shredded += 1;
-                    self.status.destroyed.fetch_add(1, Ordering::Relaxed);
-                    self.to_purge.push(id);
-                }
-                (Some(_), false) => self.report.restored += 1,
-                (None, false) => {}
+            let a = self.vault.stage_replica_row(
+                &mut batch,
+                id,
+                row.as_ref(),
+                crate::service::now_ms(),
+            )?;
+            // A tombstone or a reduced row (keys are made with every class)
+            // is an erasure: its rows are purged here even when an earlier
+            // read already destroyed the key (a restart re-reads it).
+            let erasure = row
+                .as_ref()
+                .is_none_or(|r| r.wrapped.len() < FieldClass::ALL.len());
+            if a.destroyed {
+                self.report.shredded += 1;
+                self.status.destroyed.fetch_add(1, Ordering::Relaxed);
+            } else if !erasure {
+                self.report.restored += 1;
             }
+            if erasure || a.destroyed {
+                let entry = purge::Entry {
+                    source: Source::Keys,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    order_id: id,
+                };
+                purge::stage(
+                    &self.store,
+                    &mut batch,
+                    &entry,
+                    m.timestamp().to_millis().unwrap_or(0),
+                );
+                queued = Some(entry);
+            }
+            applied = Some(a);
+        }
+        batch.put_cf(
+            self.store.cf(CF_META),
+            offset_key(m.partition()),
+            (m.offset() + 1).to_be_bytes(),
+        );
+        self.store
+            .db()
+            .write(batch)
+            .map_err(crate::store::StoreError::from)?;
+        if let Some(a) = &applied {
+            self.vault.applied(a);
+        }
+        if let Some(e) = queued {
+            self.purge.noted(&[e]);
         }
         self.next.insert(m.partition(), m.offset() + 1);
-        self.dirty = true;
         Ok(())
     }
 
-    /// Stores the offsets (past transaction markers too) and publishes them.
+    /// Moves the stored offsets past transaction markers (which no record
+    /// is delivered at) and publishes the positions.
     fn checkpoint(&mut self) -> Result<(), VaultError> {
+        let mut batch = rocksdb::WriteBatch::default();
         if let Ok(positions) = self.consumer.position() {
             for e in positions.elements_for_topic(&self.topic) {
                 if let Offset::Offset(pos) = e.offset() {
                     let next = self.next.entry(e.partition()).or_insert(0);
                     if pos > *next {
                         *next = pos;
-                        self.dirty = true;
+                        batch.put_cf(
+                            self.store.cf(CF_META),
+                            offset_key(e.partition()),
+                            pos.to_be_bytes(),
+                        );
                     }
                 }
             }
         }
-        if self.dirty {
-            let mut batch = rocksdb::WriteBatch::default();
-            for (p, next) in &self.next {
-                batch.put_cf(self.store.cf(CF_META), offset_key(*p), next.to_be_bytes());
-            }
+        if !batch.is_empty() {
             self.store
                 .db()
                 .write(batch)
                 .map_err(crate::store::StoreError::from)?;
-            self.dirty = false;
         }
         self.status.publish(self.next.clone());
         self.last_checkpoint = Instant::now();
         Ok(())
-    }
-
-    fn purge(&mut self, force: bool) {
-        if self.to_purge.is_empty() || (!force && self.last_purge.elapsed() < PURGE_EVERY) {
-            return;
-        }
-        let ranges: Vec<(&'static str, Vec<u8>)> = self
-            .to_purge
-            .drain(..)
-            .map(|id| (CF_ORDER_KEYS, id.as_bytes().to_vec()))
-            .collect();
-        match self.store.purge(&ranges) {
-            Ok(r) => tracing::debug!(
-                keys = ranges.len(),
-                elapsed_ms = r.elapsed.as_millis() as u64,
-                "Destroyed keys purged from disk."
-            ),
-            Err(e) => tracing::error!(error = %e, "Purging destroyed keys from disk failed."),
-        }
-        self.last_purge = Instant::now();
     }
 
     /// Polls once; true when a record was applied.
@@ -227,7 +289,6 @@ impl Run {
         match self.consumer.poll(wait) {
             None => {
                 self.checkpoint()?;
-                self.purge(false);
                 Ok(false)
             }
             Some(Ok(m)) => {
@@ -248,7 +309,6 @@ impl Run {
                 // waiting for it sees it move.
                 if self.last_checkpoint.elapsed() >= Duration::from_millis(100) {
                     self.checkpoint()?;
-                    self.purge(false);
                 }
                 Ok(true)
             }
@@ -269,6 +329,7 @@ impl KeyFollower {
         topic: &str,
         vault: Arc<KeyVault>,
         store: Store,
+        purge: Arc<PurgeStatus>,
         timeout: Duration,
     ) -> Result<(Self, RestoreReport), VaultError> {
         let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
@@ -296,16 +357,13 @@ impl KeyFollower {
             vault,
             store,
             status: status.clone(),
+            purge,
             next,
-            dirty: false,
             report: RestoreReport::default(),
-            to_purge: Vec::new(),
-            last_purge: Instant::now(),
             last_checkpoint: Instant::now(),
         };
         run.checkpoint()?;
         let mut last_progress = Instant::now();
-        let mut applied: u64 = 0;
         while !status.reached(&ends) {
             if last_progress.elapsed() > timeout {
                 return Err(VaultError::Replica(format!(
@@ -314,16 +372,46 @@ impl KeyFollower {
             }
             if run.step(Duration::from_millis(100))? {
                 last_progress = Instant::now();
-                applied += 1;
-                if applied.is_multiple_of(10_000) {
-                    run.checkpoint()?;
-                }
             }
         }
         run.checkpoint()?;
-        run.purge(true);
         let report = run.report;
+        // Caught up at start: the vault is current as of the ends just read.
+        status.saw_ends(ends.clone());
+        status.saw_ends(ends);
         let stop = Arc::new(AtomicBool::new(false));
+        {
+            let watcher: BaseConsumer = settings
+                .reader_config()
+                .set("group.id", format!("orderlog-keys-lag-{}", Uuid::new_v4()))
+                .create()
+                .map_err(kafka)?;
+            let partitions: Vec<i32> = status.positions().into_keys().collect();
+            let (topic, status, stop) = (topic.to_owned(), status.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("key-follower-lag".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(500));
+                        let mut ends = BTreeMap::new();
+                        for p in &partitions {
+                            match crate::kafka::watermarks(&watcher, &topic, *p, Duration::from_secs(5)) {
+                                Ok((_, high)) => {
+                                    ends.insert(*p, high);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "Reading the end of the key topic failed.");
+                                    break;
+                                }
+                            }
+                        }
+                        if ends.len() == partitions.len() {
+                            status.saw_ends(ends);
+                        }
+                    }
+                })
+                .expect("spawn key follower lag thread");
+        }
         let stop_t = stop.clone();
         let thread = std::thread::Builder::new()
             .name("key-follower".into())
@@ -340,7 +428,6 @@ impl KeyFollower {
                     }
                 }
                 let _ = run.checkpoint();
-                run.purge(true);
             })
             .expect("spawn key follower thread");
         Ok((

@@ -22,7 +22,7 @@ pub mod replica;
 pub mod seal;
 pub mod vault;
 
-pub use follow::KeyFollower;
+pub use follow::{FollowStatus, KeyFollower};
 pub use kek::{Kek, KekError, KekRing};
 pub use keys::{KeyId, OrderKey};
 pub use replica::{KeyReplica, keys_topic_for};

@@ -59,6 +59,15 @@ pub struct Shredded {
     pub at_ms: i64,
 }
 
+/// What staging a key replica row changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// A key or some of its class subkeys were destroyed: the rows are to
+    /// be purged from disk.
+    pub destroyed: bool,
+    live_delta: i64,
+}
+
 /// Counts of a KEK rotation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RewrapReport {
@@ -361,29 +370,39 @@ impl KeyVault {
         Ok((!stored.wrapped.is_empty()).then_some(stored))
     }
 
-    /// Applies a row of the key replica written by any node: a new key is
-    /// stored, a reduced row destroys the classes it no longer holds, a
+    /// Stages in `batch` a row of the key replica written by any node: a new
+    /// key is stored, a reduced row destroys the classes it no longer holds, a
     /// tombstone destroys the whole key. Classes already shredded here are
-    /// never brought back by an older row. Returns true when something was
-    /// destroyed (its rows are then to be purged from disk).
-    pub fn apply_replica_row(
+    /// never brought back by an older row. The caller writes the batch (with
+    /// its read position) and then calls [`KeyVault::applied`]; one row per
+    /// batch, as each reads the state the previous one left.
+    pub fn stage_replica_row(
         &self,
+        batch: &mut WriteBatch,
         order_id: Uuid,
         row: Option<&StoredKey>,
         now_ms: i64,
-    ) -> Result<bool, VaultError> {
+    ) -> Result<Applied, VaultError> {
         let local = self.stored(order_id)?;
         let shredded = self.shred_record(order_id)?;
+        let keys = self.store.cf(CF_ORDER_KEYS);
+        let records = self.store.cf(CF_SHREDDED_KEYS);
         let Some(row) = row else {
             if shredded.as_ref().is_some_and(|s| s.whole) && local.is_none() {
-                return Ok(false);
+                return Ok(Applied::default());
             }
-            if local.is_some() {
-                self.destroy(order_id, None, now_ms)?;
-            } else {
-                self.mark_shredded(order_id, now_ms)?;
-            }
-            return Ok(true);
+            let record = Shredded {
+                key_id: local.as_ref().map_or(KeyId([0; 16]), |l| l.key_id),
+                classes: FieldClass::ALL.into_iter().collect(),
+                whole: true,
+                at_ms: now_ms,
+            };
+            batch.delete_cf(keys, order_id.as_bytes());
+            batch.put_cf(records, order_id.as_bytes(), encode_value(&record));
+            return Ok(Applied {
+                destroyed: true,
+                live_delta: if local.is_some() { -1 } else { 0 },
+            });
         };
         let gone: BTreeSet<FieldClass> = shredded.map(|s| s.classes).unwrap_or_default();
         let mut row = row.clone();
@@ -398,26 +417,44 @@ impl KeyVault {
                     .filter(|c| !kept.contains(c))
                     .collect();
                 if !dropped.is_empty() {
-                    self.destroy(order_id, Some(&dropped), now_ms)?;
-                    if !row.wrapped.is_empty() && self.stored(order_id)?.as_ref() != Some(&row) {
-                        self.restore_row(order_id, &row)?;
+                    let whole = row.wrapped.is_empty();
+                    if whole {
+                        batch.delete_cf(keys, order_id.as_bytes());
+                    } else {
+                        batch.put_cf(keys, order_id.as_bytes(), encode_value(&row));
                     }
-                    return Ok(true);
+                    let record = Shredded {
+                        key_id: local.key_id,
+                        classes: gone.into_iter().chain(dropped).collect(),
+                        whole,
+                        at_ms: now_ms,
+                    };
+                    batch.put_cf(records, order_id.as_bytes(), encode_value(&record));
+                    return Ok(Applied {
+                        destroyed: true,
+                        live_delta: if whole { -1 } else { 0 },
+                    });
                 }
                 if local != row {
                     // The same classes, re-wrapped (a KEK rotation).
-                    self.restore_row(order_id, &row)?;
+                    batch.put_cf(keys, order_id.as_bytes(), encode_value(&row));
                 }
-                Ok(false)
+                Ok(Applied::default())
             }
-            None if !gone.is_empty() => Ok(false),
+            None if !gone.is_empty() || row.wrapped.is_empty() => Ok(Applied::default()),
             None => {
-                if !row.wrapped.is_empty() {
-                    self.restore_row(order_id, &row)?;
-                }
-                Ok(false)
+                batch.put_cf(keys, order_id.as_bytes(), encode_value(&row));
+                Ok(Applied {
+                    destroyed: false,
+                    live_delta: 1,
+                })
             }
         }
+    }
+
+    /// Accounts for a batch of [`KeyVault::stage_replica_row`] once written.
+    pub fn applied(&self, applied: &Applied) {
+        self.add_live(applied.live_delta);
     }
 
     /// Records that an order's key is gone without having its row (restore of a tombstone).

@@ -30,8 +30,8 @@ use super::model::{FeedTarget, ProjectedOrder, feed_key, project};
 use crate::kafka::KafkaSettings;
 use crate::service::state::StateFolder;
 use crate::store::{
-    CF_MERCHANT_FEED, CF_ORDER_PLACED, CF_ORDER_STATE, CF_SHIPPING_FEED, CF_VIEW_OFFSETS,
-    CF_VIEW_ORDERS, Store, StoreError, decode_value, encode_value,
+    CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError,
+    decode_value, encode_value,
 };
 
 /// Suffix of the dead-letter topic: `<events topic>.dead-letter`.
@@ -64,6 +64,9 @@ pub struct ProjectorConfig {
     pub dead_letter: bool,
     /// Expiry of the idempotency keys folded into the order state.
     pub idempotency_ttl: Duration,
+    /// The purger told of each erasure's queued purge (without one, the
+    /// queue is drained by the next `serve` on this data directory).
+    pub purge: Option<Arc<crate::erasure::PurgeStatus>>,
 }
 
 impl ProjectorConfig {
@@ -286,9 +289,9 @@ struct Run {
     pending: usize,
     /// Partitions whose first record was checked against the stored offset.
     checked: std::collections::HashSet<i32>,
-    /// Orders erased in the current batch: their rows are purged from disk
-    /// once the batch is written.
-    erased: Vec<[u8; 16]>,
+    /// Purges of erased orders staged in the current batch, announced to
+    /// the purger once it is written.
+    queued: Vec<crate::erasure::purge::Entry>,
     /// The order state's share of the fold.
     state: StateFolder,
 }
@@ -347,7 +350,7 @@ impl Run {
             batch: WriteBatch::default(),
             dirty: HashMap::new(),
             pending: 0,
-            erased: Vec::new(),
+            queued: Vec::new(),
             checked: std::collections::HashSet::new(),
         })
     }
@@ -404,7 +407,6 @@ impl Run {
             match polled {
                 None => {
                     self.flush()?;
-                    self.purge_erased();
                     self.advance_past_markers()?;
                 }
                 Some(Err(e)) => {
@@ -504,7 +506,6 @@ impl Run {
             }
         }
         self.flush()?;
-        self.purge_erased();
         Ok(())
     }
 
@@ -544,7 +545,21 @@ impl Run {
                     .iter()
                     .any(|(_, e)| e.change == super::model::ChangeKind::Erased)
                 {
-                    self.erased.push(p.order.order_id);
+                    // The old row (with the sealed fields) leaves the disk
+                    // once this batch is written: queued in the same batch.
+                    let entry = crate::erasure::purge::Entry {
+                        source: crate::erasure::Source::Views,
+                        partition,
+                        offset,
+                        order_id: Uuid::from_bytes(p.order.order_id),
+                    };
+                    crate::erasure::purge::stage(
+                        &self.store,
+                        &mut self.batch,
+                        &entry,
+                        p.order.updated_at_ms,
+                    );
+                    self.queued.push(entry);
                 }
                 self.overlay.insert(p.order.order_id, p.order);
                 self.status.projected.fetch_add(1, Ordering::Relaxed);
@@ -598,26 +613,6 @@ impl Run {
         Ok(())
     }
 
-    /// Makes the old versions of erased view rows gone from memtables, WAL and
-    /// SST files. Runs when the projector is idle (so a rebuild purges once at
-    /// the end, not once per batch), whenever the erasure is projected: the
-    /// erase request itself only waits a bounded time for it.
-    fn purge_erased(&mut self) {
-        if self.erased.is_empty() || self.pending > 0 {
-            return;
-        }
-        let ranges: Vec<(&'static str, Vec<u8>)> = self
-            .erased
-            .drain(..)
-            .flat_map(|id| {
-                [CF_VIEW_ORDERS, CF_ORDER_STATE, CF_ORDER_PLACED].map(|cf| (cf, id.to_vec()))
-            })
-            .collect();
-        if let Err(e) = self.store.purge(&ranges) {
-            tracing::error!(error = %e, "Purging erased view rows from disk failed.");
-        }
-    }
-
     /// With nothing left to fold, moves the stored offsets up to the
     /// consumer's position: past the commit and abort markers (and aborted
     /// records) a read-committed consumer never delivers, so a partition
@@ -651,16 +646,28 @@ impl Run {
             batch.put_cf(self.store.cf(CF_VIEW_ORDERS), id, encode_value(&o));
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in self.dirty.drain() {
+        let written: Vec<(i32, i64)> = self.dirty.drain().collect();
+        for (p, next) in &written {
             batch.put_cf(
                 self.store.cf(CF_VIEW_OFFSETS),
-                (p as u32).to_be_bytes(),
+                (*p as u32).to_be_bytes(),
                 next.to_be_bytes(),
             );
-            tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(next))?;
+            tpl.add_partition_offset(&self.config.topic, *p, Offset::Offset(*next))?;
         }
         self.store.db().write(batch)?;
         self.pending = 0;
+        {
+            // Published at once: an erase request waits for it.
+            let mut flushed = self.status.flushed.lock().expect("flushed lock");
+            for (p, next) in written {
+                flushed.insert(p, next);
+            }
+        }
+        let queued = std::mem::take(&mut self.queued);
+        if let Some(purge) = &self.config.purge {
+            purge.noted(&queued);
+        }
         self.status.batches.fetch_add(1, Ordering::Relaxed);
         if matches!(self.config.assignment, Assignment::Group(_)) {
             // A hint for the next start; RocksDB's offsets are the truth.

@@ -197,6 +197,7 @@ pub(super) async fn write_batch(
             Err(e) => tracing::error!(order_id = %id, error = %e, "Reading a new key back failed."),
         }
     }
+    let new_key_rows = key_rows.len();
     for (id, intent) in &erase_intents {
         match shared
             .vault
@@ -210,7 +211,10 @@ pub(super) async fn write_batch(
         }
     }
 
-    let (acked, failure) = produce(shared, partition, owned, pending, &key_rows).await;
+    let (acked, key_positions, failure) =
+        produce(shared, partition, owned, pending, &key_rows).await;
+    // Where each erasure's key row landed (they follow the new keys' rows).
+    let mut erasure_rows = key_positions.into_iter().skip(new_key_rows);
     if let Some(failure) = &failure {
         tracing::warn!(partition, error = %failure.error, fenced = failure.fenced, "The batch's transaction did not commit.");
         if failure.fenced {
@@ -276,6 +280,7 @@ pub(super) async fn write_batch(
                     remember.push((p.job.order_id, p.record.clone(), pos.1));
                 }
                 if let Command::EraseOrder { scope } = &p.job.command {
+                    p.outcome.key_row = erasure_rows.next().filter(|(_, o)| *o >= 0);
                     let classes = match scope {
                         ErasureScope::Order => None,
                         ErasureScope::Classes(c) => Some(c.clone()),
@@ -345,7 +350,6 @@ pub(super) async fn write_batch(
         }
         if let Ok(outcome) = &mut replies[idx].1 {
             outcome.shredded = Some(rec);
-            outcome.replica_pending = false;
         }
     }
     for (reply, res) in replies {
@@ -419,27 +423,27 @@ async fn produce(
     owned: &Owned,
     pending: Vec<Pending>,
     key_rows: &[(Uuid, Option<StoredKey>)],
-) -> (Vec<Acked>, Option<Failure>) {
+) -> (Vec<Acked>, Vec<(i32, i64)>, Option<Failure>) {
     let producer = &owned.producer;
     metrics::histogram!(crate::telemetry::BATCH_SIZE).record(pending.len() as f64);
     let started = std::time::Instant::now();
     let result = transact(shared, partition, producer, &pending, key_rows).await;
     metrics::histogram!(crate::telemetry::PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
     match result {
-        Ok(positions) => {
+        Ok((positions, key_positions)) => {
             let acked = pending
                 .into_iter()
                 .zip(positions)
                 .map(|(p, pos)| (p, Ok(pos)))
                 .collect();
-            (acked, None)
+            (acked, key_positions, None)
         }
         Err(failure) => {
             let acked = pending
                 .into_iter()
                 .map(|p| (p, Err(failure.error.clone())))
                 .collect();
-            (acked, Some(failure))
+            (acked, Vec::new(), Some(failure))
         }
     }
 }
@@ -450,7 +454,7 @@ async fn transact(
     producer: &FutureProducer,
     pending: &[Pending],
     key_rows: &[(Uuid, Option<StoredKey>)],
-) -> Result<Vec<(i32, i64)>, Failure> {
+) -> Result<(Vec<(i32, i64)>, Vec<(i32, i64)>), Failure> {
     let failed = |e: KafkaError, unknown: bool| Failure {
         fenced: is_fenced(&e),
         error: e.to_string(),
@@ -548,7 +552,8 @@ async fn transact(
         }
         return Err(failed(e, true));
     }
-    Ok(last_of.into_iter().map(|i| offsets[i]).collect())
+    let keys = offsets[..key_rows.len()].to_vec();
+    Ok((last_of.into_iter().map(|i| offsets[i]).collect(), keys))
 }
 
 /// Aborts the open transaction; true when Kafka confirmed it (nothing of it

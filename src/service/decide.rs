@@ -108,7 +108,7 @@ fn decide_one(job: &Job, mut rec: OrderRecord, now: i64) -> Result<One, ServiceE
         occurred_at_ms: now,
         replayed: false,
         shredded: None,
-        replica_pending: false,
+        key_row: None,
         key_id: rec.key_id,
     };
     if events.is_empty() {

@@ -1,7 +1,9 @@
 //! How nodes find each other: a small compacted topic (`orders.members`)
 //! where every node keeps one row (its id, advertised URL, the partitions it
-//! writes, and a heartbeat time), refreshed every heartbeat and at every
-//! ownership change. Every node reads the topic from its start and keeps the
+//! writes, a heartbeat time, and how far its vault and views have read and
+//! purged: [`crate::erasure::Positions`]), refreshed every heartbeat, at
+//! every ownership change, and within [`POSITIONS_EVERY`] when its positions
+//! move (so an erasure's receipt learns soon that every node purged it). Every node reads the topic from its start and keeps the
 //! newest row per node. A node whose row this node has not received for
 //! [`DEAD_AFTER_HEARTBEATS`] heartbeats is dead (judged by the local clock).
 //! A node that stops leaves a tombstone.
@@ -25,10 +27,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ClusterOptions, Shared, now_ms, ownership};
+use crate::erasure::Positions;
 use crate::kafka::KafkaSettings;
 
 /// A node whose row is older than this many heartbeats is dead.
 pub const DEAD_AFTER_HEARTBEATS: u32 = 3;
+/// A row whose positions moved is written again at most this often.
+pub const POSITIONS_EVERY: Duration = Duration::from_millis(200);
 
 /// One node's row in the members topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +44,21 @@ pub struct Member {
     /// Partitions the node writes.
     pub partitions: Vec<i32>,
     pub heartbeat_ms: i64,
+    /// How often the node writes its row (so any reader can judge it dead).
+    #[serde(default)]
+    pub heartbeat_every_ms: u64,
+    /// How far its vault and views have read and purged.
+    #[serde(default)]
+    pub positions: Positions,
+}
+
+/// A row as this node knows it, for `GET /v1/cluster`.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub member: Member,
+    /// Since this node received the row.
+    pub age: Duration,
+    pub live: bool,
 }
 
 /// This node and what it knows of the others (for `/readyz`).
@@ -128,6 +148,26 @@ impl Members {
             .collect()
     }
 
+    /// Every row received (this node's own included), live or not.
+    pub fn known(&self) -> Vec<Known> {
+        let max_age = self.me.heartbeat * DEAD_AFTER_HEARTBEATS;
+        self.rows
+            .read()
+            .expect("members lock")
+            .values()
+            .map(|(m, at)| Known {
+                member: m.clone(),
+                age: at.elapsed(),
+                live: at.elapsed() <= max_age,
+            })
+            .collect()
+    }
+
+    /// Live rows of the other nodes, with their positions.
+    pub fn live_peers(&self) -> Vec<Member> {
+        self.live_others()
+    }
+
     /// The live node (other than this one) that says it writes `partition`.
     pub fn owner_of(&self, partition: i32) -> Option<Member> {
         self.live_others()
@@ -147,9 +187,9 @@ impl Members {
         self.wake.notify_one();
     }
 
-    pub fn status(&self, slots: &[ownership::Slot]) -> ClusterStatus {
+    pub fn status(&self, slots: &[ownership::Slot], positions: Positions) -> ClusterStatus {
         let mut members = self.live_others();
-        members.push(self.row(slots));
+        members.push(self.row(slots, positions));
         members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         ClusterStatus {
             node_id: self.me.node_id.clone(),
@@ -159,12 +199,14 @@ impl Members {
         }
     }
 
-    fn row(&self, slots: &[ownership::Slot]) -> Member {
+    pub(super) fn row(&self, slots: &[ownership::Slot], positions: Positions) -> Member {
         Member {
             node_id: self.me.node_id.clone(),
             url: self.me.advertise_url.clone(),
             partitions: ownership::owned_partitions(slots),
             heartbeat_ms: now_ms(),
+            heartbeat_every_ms: self.me.heartbeat.as_millis() as u64,
+            positions,
         }
     }
 
@@ -231,30 +273,45 @@ fn follow(
     }
 }
 
-/// Keeps this node's row fresh: every heartbeat, and at once when its
-/// partitions change. Also opens readiness once every partition has an
-/// owner.
+/// Keeps this node's row fresh: every heartbeat, at once when its
+/// partitions change, and within [`POSITIONS_EVERY`] when its positions move.
+/// Also opens readiness once every partition has an owner.
 pub(super) async fn heartbeat(members: Arc<Members>, shared: Weak<Shared>) {
-    let mut last_sent: Option<Vec<i32>> = None;
+    let mut last: Option<Member> = None;
+    let mut sent_at = Instant::now();
     loop {
         let wake = members.wake.notified();
         let Some(sh) = shared.upgrade() else { return };
         if sh.closing.load(Ordering::Acquire) {
             return;
         }
-        let row = members.row(&sh.slots);
-        if let Err(e) = members.publish(Some(&row)).await {
-            tracing::debug!(error = %e, "Writing this node's members row failed.");
-        } else if last_sent.as_ref() != Some(&row.partitions) {
-            tracing::info!(node_id = %row.node_id, partitions = ?row.partitions, "Members row written.");
-            last_sent = Some(row.partitions);
+        let row = members.row(&sh.slots, sh.positions());
+        let due = match &last {
+            None => true,
+            Some(l) => {
+                l.partitions != row.partitions
+                    || sent_at.elapsed() >= members.me.heartbeat
+                    || (l.positions != row.positions && sent_at.elapsed() >= POSITIONS_EVERY)
+            }
+        };
+        if due {
+            match members.publish(Some(&row)).await {
+                Err(e) => tracing::debug!(error = %e, "Writing this node's members row failed."),
+                Ok(()) => {
+                    if last.as_ref().is_none_or(|l| l.partitions != row.partitions) {
+                        tracing::info!(node_id = %row.node_id, partitions = ?row.partitions, "Members row written.");
+                    }
+                    sent_at = Instant::now();
+                    last = Some(row);
+                }
+            }
         }
         if members.check_covered(&sh.slots) {
             sh.started.notify_waiters();
             tracing::info!("Every partition has a writer; ready.");
         }
         let period = if members.covered() {
-            members.me.heartbeat
+            POSITIONS_EVERY.min(members.me.heartbeat)
         } else {
             Duration::from_millis(200)
         };

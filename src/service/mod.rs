@@ -140,9 +140,9 @@ pub struct Outcome {
     pub replayed: bool,
     /// Set for erasures: the shred record of the vault.
     pub shredded: Option<Shredded>,
-    /// For erasures: Kafka has not acknowledged the key replica's tombstone
-    /// (or reduced row) yet; it is retried in the background until it does.
-    pub replica_pending: bool,
+    /// For erasures: where the key's tombstone (or reduced row) landed in
+    /// the key topic, committed with the event.
+    pub key_row: Option<(i32, i64)>,
     pub key_id: Option<KeyId>,
 }
 
@@ -215,6 +215,8 @@ struct Shared {
     replica: Option<KeyReplica>,
     /// How far the vault has applied the key topic.
     keys: Option<Arc<FollowStatus>>,
+    /// This node's readers, once they run (for its members row).
+    tracker: std::sync::OnceLock<crate::erasure::Tracker>,
     store: Store,
     idempotency_ttl: Duration,
     per_partition_cache: usize,
@@ -284,6 +286,14 @@ impl Shared {
     fn partition(&self, p: usize) -> std::sync::MutexGuard<'_, PartitionState> {
         self.partitions[p].lock().expect("partition lock")
     }
+
+    /// How far this node's readers are (empty until they run).
+    fn positions(&self) -> crate::erasure::Positions {
+        self.tracker
+            .get()
+            .map(crate::erasure::Tracker::positions)
+            .unwrap_or_default()
+    }
 }
 
 /// How this node takes part in the cluster of writers.
@@ -349,6 +359,7 @@ impl Service {
             vault,
             replica,
             keys,
+            tracker: std::sync::OnceLock::new(),
             store,
             idempotency_ttl: options.idempotency_ttl,
             per_partition_cache: per_partition,
@@ -426,7 +437,70 @@ impl Service {
 
     /// This node's id and how the partitions stand here.
     pub fn cluster_status(&self) -> membership::ClusterStatus {
-        self.shared.members.status(&self.shared.slots)
+        self.shared
+            .members
+            .status(&self.shared.slots, self.shared.positions())
+    }
+
+    /// Hands over this node's readers, whose positions its members row
+    /// carries from now on.
+    pub fn set_tracker(&self, tracker: crate::erasure::Tracker) {
+        let _ = self.shared.tracker.set(tracker);
+    }
+
+    pub fn tracker(&self) -> Option<&crate::erasure::Tracker> {
+        self.shared.tracker.get()
+    }
+
+    /// This node (its positions as of now) and every live node (as its
+    /// members row says).
+    pub fn nodes(&self) -> Vec<crate::erasure::NodeRow> {
+        let me = self
+            .shared
+            .members
+            .row(&self.shared.slots, self.shared.positions());
+        std::iter::once(crate::erasure::NodeRow {
+            node_id: me.node_id,
+            url: me.url,
+            this_node: true,
+            positions: me.positions,
+        })
+        .chain(
+            self.shared
+                .members
+                .live_peers()
+                .into_iter()
+                .map(|m| crate::erasure::NodeRow {
+                    node_id: m.node_id,
+                    url: m.url,
+                    this_node: false,
+                    positions: m.positions,
+                }),
+        )
+        .collect()
+    }
+
+    /// Every members row this node has received (its own as of now), live
+    /// or not.
+    pub fn members(&self) -> Vec<membership::Known> {
+        let me = self
+            .shared
+            .members
+            .row(&self.shared.slots, self.shared.positions());
+        let mut out: Vec<membership::Known> = self
+            .shared
+            .members
+            .known()
+            .into_iter()
+            .filter(|k| k.member.node_id != me.node_id)
+            .collect();
+        out.push(membership::Known {
+            member: me,
+            age: Duration::ZERO,
+            live: true,
+        });
+        out.sort_by(|a, b| a.member.node_id.cmp(&b.member.node_id));
+        out
     }
 
     /// The node that writes `partition`, as the members topic says (never
@@ -472,6 +546,11 @@ impl Service {
 
     pub fn partitions(&self) -> usize {
         self.shared.partitions.len()
+    }
+
+    /// The node's RocksDB.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     pub fn vault(&self) -> &Arc<KeyVault> {
@@ -648,13 +727,16 @@ impl Service {
     /// stored now.
     pub fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
         let p = partition_of(&order_id, self.partitions());
+        // The writer's cache is ahead of the store while this node writes
+        // the partition; after the partition moved, the projector brings the
+        // store past it (erasures other nodes wrote included): the newer wins.
         let cached = self.shared.partition(p).peek(&order_id).cloned();
-        let record = match cached {
-            Some(r) => r,
-            None => match state::load_order(&self.shared.store, &order_id)? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
+        let stored = state::load_order(&self.shared.store, &order_id)?;
+        let record = match (cached, stored) {
+            (Some(c), Some(s)) if s.state.version > c.state.version => s,
+            (Some(c), _) => c,
+            (None, Some(s)) => s,
+            (None, None) => return Ok(None),
         };
         let key = match self.shared.vault.get(order_id) {
             Ok(k) => Some(k),
@@ -724,7 +806,7 @@ fn replay(prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, Service
         occurred_at_ms: 0,
         replayed: true,
         shredded: None,
-        replica_pending: false,
+        key_row: None,
         key_id: None,
     })
 }

@@ -13,7 +13,14 @@
 //! idempotency      key MAC (32 bytes)           expires at ms (i64 BE) | request digest (32) | order id (16) | version (u64 BE)
 //! erase_intents    order id (16 bytes)          EraseIntent (bincode): classes (none = whole order), when
 //! meta             name (UTF-8)                 small facts about the database itself (see below)
+//! purge_queue      source (1) | partition (u32 BE) | offset (u64 BE) | order id (16)   empty: rows of this order to purge from disk
+//! erasures         order id (16) | source (1)   partition (i32 BE) | offset (i64 BE): where this node read the order's last erasure
 //! ```
+//!
+//! `purge_queue` and `erasures` rows are written in the same WriteBatch as
+//! the change that destroyed a key (source `k`, from `orders.keys`) or dropped
+//! a view's sealed fields (source `v`, from the event log); see
+//! [`crate::erasure`].
 //!
 //! `meta` rows: `order_state.format` (one byte) is written once the order
 //! state has been built from the start of the log; a data directory of an
@@ -58,6 +65,8 @@ pub const CF_ORDER_PLACED: &str = "order_placed";
 pub const CF_IDEMPOTENCY: &str = "idempotency";
 pub const CF_ERASE_INTENTS: &str = "erase_intents";
 pub const CF_META: &str = "meta";
+pub const CF_PURGE_QUEUE: &str = "purge_queue";
+pub const CF_ERASURES: &str = "erasures";
 
 /// The column families derived from the log at `view_offsets`: the views and
 /// the order state (digested by audits, which compare them with a replay).
@@ -82,6 +91,8 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_IDEMPOTENCY,
     CF_ERASE_INTENTS,
     CF_META,
+    CF_PURGE_QUEUE,
+    CF_ERASURES,
 ];
 
 /// Memory RocksDB may use, whatever the number of orders.

@@ -1,0 +1,387 @@
+//! The purge queue: a destroyed key or a view row that dropped its sealed
+//! fields is still on disk (memtable, WAL, older SST files) until RocksDB
+//! compacts it away. Whoever destroys (the key follower, the projector) puts
+//! a row in `purge_queue` in the same WriteBatch as the destruction, so the
+//! promise to purge is as durable as the destruction itself. One background
+//! thread drains the queue: it flushes the memtables and the WAL, compacts the
+//! ranges of every queued order at once (a burst of erasures costs one
+//! purge), and only then deletes the queue rows. Rows left by a crash are
+//! drained at the next start.
+//!
+//! The queue also tells how far this node's disk is clean: per source and
+//! partition, every destruction read before the first offset still queued is
+//! purged ([`PurgeStatus::purged_up_to`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rocksdb::{IteratorMode, WriteBatch};
+use uuid::Uuid;
+
+use crate::store::{
+    CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_ORDER_STATE, CF_PURGE_QUEUE, CF_VIEW_ORDERS,
+    Store, StoreError,
+};
+
+/// Which reader met the destruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// The key follower, reading `orders.keys`: a tombstone or reduced row.
+    Keys,
+    /// The projector, reading the event log: an `OrderErased` event.
+    Views,
+}
+
+impl Source {
+    fn tag(self) -> u8 {
+        match self {
+            Source::Keys => b'k',
+            Source::Views => b'v',
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<Self> {
+        match t {
+            b'k' => Some(Source::Keys),
+            b'v' => Some(Source::Views),
+            _ => None,
+        }
+    }
+}
+
+/// One queued purge: the order and where its destruction was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub source: Source,
+    pub partition: i32,
+    pub offset: i64,
+    pub order_id: Uuid,
+}
+
+impl Entry {
+    fn key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(29);
+        k.push(self.source.tag());
+        k.extend_from_slice(&(self.partition as u32).to_be_bytes());
+        k.extend_from_slice(&(self.offset as u64).to_be_bytes());
+        k.extend_from_slice(self.order_id.as_bytes());
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<Self> {
+        if k.len() != 29 {
+            return None;
+        }
+        Some(Self {
+            source: Source::from_tag(k[0])?,
+            partition: u32::from_be_bytes(k[1..5].try_into().ok()?) as i32,
+            offset: u64::from_be_bytes(k[5..13].try_into().ok()?) as i64,
+            order_id: Uuid::from_slice(&k[13..]).ok()?,
+        })
+    }
+}
+
+/// Where this node read an order's latest erasure, per source.
+pub fn mark_key(order_id: &Uuid, source: Source) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..16].copy_from_slice(order_id.as_bytes());
+    k[16] = source.tag();
+    k
+}
+
+/// Stages the purge of `entry` (and the mark of where the erasure, made at
+/// `at_ms`, was read) in `batch`, which the caller writes with the
+/// destruction. Call [`PurgeStatus::noted`] once the batch is written.
+pub fn stage(store: &Store, batch: &mut WriteBatch, entry: &Entry, at_ms: i64) {
+    batch.put_cf(store.cf(CF_PURGE_QUEUE), entry.key(), []);
+    let mut pos = [0u8; 20];
+    pos[..4].copy_from_slice(&entry.partition.to_be_bytes());
+    pos[4..12].copy_from_slice(&entry.offset.to_be_bytes());
+    pos[12..].copy_from_slice(&at_ms.to_be_bytes());
+    batch.put_cf(
+        store.cf(CF_ERASURES),
+        mark_key(&entry.order_id, entry.source),
+        pos,
+    );
+}
+
+/// Where this node read the order's latest erasure from `source`:
+/// `(partition, offset, made at ms)`, if it did.
+pub fn mark(
+    store: &Store,
+    order_id: &Uuid,
+    source: Source,
+) -> Result<Option<(i32, i64, i64)>, StoreError> {
+    let Some(v) = store
+        .db()
+        .get_pinned_cf(store.cf(CF_ERASURES), mark_key(order_id, source))?
+    else {
+        return Ok(None);
+    };
+    if v.len() != 20 {
+        return Err(StoreError::Corrupt {
+            cf: CF_ERASURES,
+            reason: format!("{} bytes, not 20", v.len()),
+        });
+    }
+    Ok(Some((
+        i32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
+        i64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
+        i64::from_be_bytes(v[12..].try_into().expect("8 bytes")),
+    )))
+}
+
+/// What is queued and what was purged, shared with the readers and the API.
+#[derive(Debug, Default)]
+pub struct PurgeStatus {
+    /// Queued (written) and not purged yet.
+    pending: Mutex<BTreeSet<Entry>>,
+    wake: Condvar,
+    /// Purges run (each one flush and one compaction per column family).
+    pub purges: AtomicU64,
+    /// Orders whose rows were purged.
+    pub purged: AtomicU64,
+}
+
+impl PurgeStatus {
+    /// Records entries whose batch was written, and wakes the purger.
+    pub fn noted(&self, entries: &[Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        self.pending
+            .lock()
+            .expect("purge lock")
+            .extend(entries.iter().copied());
+        self.wake.notify_all();
+    }
+
+    /// Per partition: the offset before which every destruction read from
+    /// `source` is purged from disk, given how far that source has `applied`.
+    pub fn purged_up_to(&self, source: Source, applied: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        let pending = self.pending.lock().expect("purge lock");
+        let mut out = applied.clone();
+        for e in pending.iter().filter(|e| e.source == source) {
+            if let Some(at) = out.get_mut(&e.partition) {
+                *at = (*at).min(e.offset);
+            }
+        }
+        out
+    }
+
+    /// Queued purges not run yet.
+    pub fn queued(&self) -> usize {
+        self.pending.lock().expect("purge lock").len()
+    }
+}
+
+/// The background purger.
+#[derive(Debug)]
+pub struct Purger {
+    pub status: Arc<PurgeStatus>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The rows of an order a purge compacts away.
+fn ranges(ids: &BTreeSet<Uuid>) -> Vec<(&'static str, Vec<u8>)> {
+    ids.iter()
+        .flat_map(|id| {
+            [
+                CF_ORDER_KEYS,
+                CF_VIEW_ORDERS,
+                CF_ORDER_STATE,
+                CF_ORDER_PLACED,
+            ]
+            .map(|cf| (cf, id.as_bytes().to_vec()))
+        })
+        .collect()
+}
+
+fn queued_rows(store: &Store) -> Result<Vec<Entry>, StoreError> {
+    let mut out = Vec::new();
+    for item in store
+        .db()
+        .iterator_cf(store.cf(CF_PURGE_QUEUE), IteratorMode::Start)
+    {
+        let (k, _) = item?;
+        match Entry::from_key(&k) {
+            Some(e) => out.push(e),
+            None => tracing::warn!("Unreadable purge queue row skipped."),
+        }
+    }
+    Ok(out)
+}
+
+/// Purges every queued order once; returns how many.
+fn drain(store: &Store, status: &PurgeStatus) -> Result<usize, StoreError> {
+    let rows = queued_rows(store)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: BTreeSet<Uuid> = rows.iter().map(|e| e.order_id).collect();
+    let report = store.purge(&ranges(&ids))?;
+    let mut batch = WriteBatch::default();
+    for e in &rows {
+        batch.delete_cf(store.cf(CF_PURGE_QUEUE), e.key());
+    }
+    store.db().write(batch)?;
+    {
+        let mut pending = status.pending.lock().expect("purge lock");
+        for e in &rows {
+            pending.remove(e);
+        }
+    }
+    status.purges.fetch_add(1, Ordering::Relaxed);
+    status.purged.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    metrics::counter!(crate::telemetry::PURGES).increment(1);
+    tracing::debug!(
+        orders = ids.len(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "Erased rows purged from disk."
+    );
+    Ok(ids.len())
+}
+
+impl Purger {
+    /// Starts the purger; rows a crash left in the queue are purged first.
+    pub fn start(store: Store) -> Result<Self, StoreError> {
+        let status = Arc::new(PurgeStatus::default());
+        status.noted(&queued_rows(&store)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (status_t, stop_t) = (status.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("purger".into())
+            .spawn(move || {
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    {
+                        let pending = status_t.pending.lock().expect("purge lock");
+                        if pending.is_empty() && !stop_t.load(Ordering::Acquire) {
+                            let _ = status_t
+                                .wake
+                                .wait_timeout(pending, Duration::from_millis(200))
+                                .expect("purge lock");
+                        }
+                    }
+                    // A few milliseconds more, so the other reader's half of
+                    // the same erasure (key row, event) joins this purge.
+                    std::thread::sleep(Duration::from_millis(5));
+                    let started = Instant::now();
+                    match drain(&store, &status_t) {
+                        Ok(_) => pause = Duration::from_millis(100),
+                        Err(e) => {
+                            tracing::error!(error = %e, "Purging erased rows from disk failed; retrying.");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                    metrics::histogram!(crate::telemetry::PURGE_LATENCY)
+                        .record(started.elapsed().as_secs_f64());
+                    if stop_t.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn purger thread");
+        Ok(Self {
+            status,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Drains what is queued, then stops.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.status.wake.notify_all();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("The purger thread panicked.");
+        }
+    }
+}
+
+impl Drop for Purger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.status.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_round_trip_and_sort_by_source_partition_offset() {
+        let a = Entry {
+            source: Source::Keys,
+            partition: 2,
+            offset: 7,
+            order_id: Uuid::now_v7(),
+        };
+        assert_eq!(Entry::from_key(&a.key()), Some(a));
+        let b = Entry { offset: 300, ..a };
+        assert!(a.key() < b.key());
+    }
+
+    #[test]
+    fn purged_watermark_stops_at_the_first_queued_entry() {
+        let status = PurgeStatus::default();
+        let applied = BTreeMap::from([(0, 100), (1, 50)]);
+        let e = |p, o| Entry {
+            source: Source::Keys,
+            partition: p,
+            offset: o,
+            order_id: Uuid::now_v7(),
+        };
+        status.noted(&[e(0, 40), e(0, 60)]);
+        status.noted(&[Entry {
+            source: Source::Views,
+            ..e(1, 10)
+        }]);
+        assert_eq!(
+            status.purged_up_to(Source::Keys, &applied),
+            BTreeMap::from([(0, 40), (1, 50)])
+        );
+        assert_eq!(
+            status.purged_up_to(Source::Views, &applied),
+            BTreeMap::from([(0, 100), (1, 10)])
+        );
+    }
+
+    #[test]
+    fn drained_entries_are_purged_and_leave_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = Uuid::now_v7();
+        store
+            .db()
+            .put_cf(store.cf(CF_ORDER_KEYS), id.as_bytes(), b"wrapped")
+            .unwrap();
+        store
+            .db()
+            .delete_cf(store.cf(CF_ORDER_KEYS), id.as_bytes())
+            .unwrap();
+        let entry = Entry {
+            source: Source::Keys,
+            partition: 0,
+            offset: 5,
+            order_id: id,
+        };
+        let mut batch = WriteBatch::default();
+        stage(&store, &mut batch, &entry, 42);
+        store.db().write(batch).unwrap();
+        let status = PurgeStatus::default();
+        status.noted(&[entry]);
+        assert_eq!(drain(&store, &status).unwrap(), 1);
+        assert_eq!(status.queued(), 0);
+        assert!(queued_rows(&store).unwrap().is_empty());
+        assert_eq!(mark(&store, &id, Source::Keys).unwrap(), Some((0, 5, 42)));
+        assert_eq!(drain(&store, &status).unwrap(), 0);
+    }
+}

@@ -1,0 +1,240 @@
+//! Receipts: what an erase request answers once its event is logged, and
+//! what `GET /v1/orders/{id}/erasure` answers later, both from the same
+//! checks: this node's vault no longer yields the erased classes, and every
+//! live node's positions have passed the erasure's two records.
+
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::purge::{self, Source};
+use super::{LogRef, NodeErasure, Receipt, Records, Step, Timings};
+use crate::crypto::VaultError;
+use crate::domain::{ErasureScope, FieldClass};
+use crate::service::{Outcome, Service, ServiceError};
+
+/// Why no receipt can be given.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// The event is logged, yet this node's vault still yields an erased class.
+    #[error("the erasure event is logged but key destruction could not be verified")]
+    Unverified,
+    #[error("order does not exist")]
+    NoOrder,
+    #[error("order has not been erased")]
+    NotErased,
+    /// This node has not read the erasure yet.
+    #[error("this node has not read the erasure yet")]
+    Lagging,
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<crate::store::StoreError> for ReceiptError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Service(ServiceError::Internal(e.to_string()))
+    }
+}
+
+/// What this node's vault says of the erased classes.
+fn verify_vault(
+    service: &Service,
+    order_id: Uuid,
+    classes: &[FieldClass],
+) -> Result<(Vec<String>, bool), ReceiptError> {
+    match service.vault().get(order_id) {
+        Err(VaultError::Shredded { .. }) if classes.len() == FieldClass::ALL.len() => {
+            Ok((vec!["order key no longer in the key vault".to_owned()], true))
+        }
+        // A class erasure that shreds the last subkeys left removes the
+        // whole key row: every class, these included, is gone.
+        Err(VaultError::Shredded { .. }) => Ok((
+            vec![
+                "erased classes' subkeys no longer in the key vault (no subkey of the order is left)"
+                    .to_owned(),
+            ],
+            true,
+        )),
+        Ok(key) if classes.iter().all(|c| key.subkey(*c).is_none()) => Ok((
+            vec!["erased classes' subkeys no longer in the key vault".to_owned()],
+            false,
+        )),
+        Ok(_) => Err(ReceiptError::Unverified),
+        Err(e) => Err(ReceiptError::Service(e.into())),
+    }
+}
+
+/// Polls every live node's positions until all are done or `limit`; returns
+/// the last statuses and when this node and the cluster were done.
+async fn await_nodes(
+    service: &Service,
+    records: Records,
+    limit: Duration,
+) -> (Vec<NodeErasure>, Option<Duration>, Duration) {
+    let started = Instant::now();
+    let mut here = None;
+    loop {
+        let nodes = records.on(&service.nodes());
+        if here.is_none() && nodes.iter().any(|n| n.this_node && n.done) {
+            here = Some(started.elapsed());
+        }
+        if nodes.iter().all(|n| n.done) || started.elapsed() >= limit {
+            return (nodes, here, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn class_names(classes: &[FieldClass]) -> Vec<String> {
+    classes.iter().map(|c| c.as_str().to_owned()).collect()
+}
+
+/// The lines of `purged` that say what this node and the cluster did.
+fn describe(nodes: &[NodeErasure], classes: &[FieldClass], version: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let me = nodes.iter().find(|n| n.this_node);
+    let names = class_names(classes).join(", ");
+    match me.map(|n| n.views) {
+        Some(Step::Purged | Step::Applied) => out.push(format!(
+            "views: sealed {names} fields dropped at version {version} on this node"
+        )),
+        _ => out.push("views: pending, the projector lags; the fields are dropped when it reaches the OrderErased event".to_owned()),
+    }
+    if me.is_some_and(|n| n.done) {
+        out.push("disk: memtables and WAL flushed, the order's key and view ranges compacted to the bottom level on this node".to_owned());
+    } else {
+        out.push(
+            "disk: purge queued on this node; it runs in the background and survives a restart"
+                .to_owned(),
+        );
+    }
+    let done = nodes.iter().filter(|n| n.done).count();
+    out.push(format!(
+        "cluster: {done} of {} live node(s) destroyed the key and purged it from disk",
+        nodes.len()
+    ));
+    out
+}
+
+/// The receipt of an erasure this node has just written (`outcome`).
+pub async fn after_erase(
+    service: &Service,
+    topic: &str,
+    scope: &ErasureScope,
+    outcome: &Outcome,
+    started: Instant,
+    wait: Duration,
+) -> Result<Receipt, ReceiptError> {
+    let logged = started.elapsed();
+    let classes: Vec<FieldClass> = scope.classes().into_iter().collect();
+    let (mut verified, row_gone) = verify_vault(service, outcome.order_id, &classes)?;
+    let keys_topic = crate::crypto::keys_topic_for(topic);
+    let mut purged = vec![
+        "key vault: wrapped subkeys deleted on this node".to_owned(),
+        format!(
+            "key replica {keys_topic}: {}",
+            if row_gone {
+                "tombstone written"
+            } else {
+                "reduced row written"
+            }
+        ),
+    ];
+    let event = outcome.position.unwrap_or((-1, -1));
+    let records = Records {
+        key_row: outcome.key_row,
+        event,
+    };
+    let (nodes, here, cluster) = await_nodes(service, records, wait).await;
+    purged.extend(describe(&nodes, &classes, outcome.version));
+    if nodes.iter().all(|n| n.done) {
+        verified.push(format!(
+            "every live node ({}) read the key row and the event and purged its disk",
+            nodes.len()
+        ));
+    }
+    Ok(Receipt {
+        order_id: outcome.order_id,
+        erased_at: crate::api::rfc3339(outcome.occurred_at_ms),
+        scope: if *scope == ErasureScope::Order {
+            "order"
+        } else {
+            "classes"
+        }
+        .to_owned(),
+        fields: class_names(&classes),
+        event: LogRef {
+            topic: topic.to_owned(),
+            partition: event.0,
+            offset: event.1,
+        },
+        key_row: outcome.key_row.map(|(partition, offset)| LogRef {
+            topic: keys_topic.clone(),
+            partition,
+            offset,
+        }),
+        key_id: outcome.key_id.map(|k| k.to_string()),
+        purged,
+        verified,
+        complete: nodes.iter().all(|n| n.done),
+        nodes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        timings_ms: Timings {
+            logged_and_key_destroyed: logged.as_millis() as u64,
+            purged_here: here.map_or(0, |h| (logged + h).as_millis() as u64),
+            cluster: (logged + cluster).as_millis() as u64,
+        },
+    })
+}
+
+/// The receipt of an order's latest erasure as it stands now, from this
+/// node's record of where it read the erasure.
+pub fn current(service: &Service, topic: &str, order_id: Uuid) -> Result<Receipt, ReceiptError> {
+    let started = Instant::now();
+    let view = service.get(order_id)?.ok_or(ReceiptError::NoOrder)?;
+    let Some(order) = &view.record.state.order else {
+        return Err(ReceiptError::NoOrder);
+    };
+    let store = service.store();
+    let event = purge::mark(store, &order_id, Source::Views)?;
+    let classes: Vec<FieldClass> = order.erased.iter().copied().collect();
+    let Some(event) = event else {
+        return Err(if classes.is_empty() {
+            ReceiptError::NotErased
+        } else {
+            ReceiptError::Lagging
+        });
+    };
+    let key_row = purge::mark(store, &order_id, Source::Keys)?;
+    let (verified, _) = verify_vault(service, order_id, &classes)?;
+    let records = Records {
+        key_row: key_row.map(|(p, o, _)| (p, o)),
+        event: (event.0, event.1),
+    };
+    let nodes = records.on(&service.nodes());
+    let whole = order.status().as_str() == "erased";
+    let keys_topic = crate::crypto::keys_topic_for(topic);
+    Ok(Receipt {
+        order_id,
+        erased_at: crate::api::rfc3339(event.2),
+        scope: if whole { "order" } else { "classes" }.to_owned(),
+        purged: describe(&nodes, &classes, view.record.state.version),
+        fields: class_names(&classes),
+        event: LogRef {
+            topic: topic.to_owned(),
+            partition: event.0,
+            offset: event.1,
+        },
+        key_row: key_row.map(|(partition, offset, _)| LogRef {
+            topic: keys_topic,
+            partition,
+            offset,
+        }),
+        key_id: view.shredded.as_ref().map(|s| s.key_id.to_string()),
+        verified,
+        complete: nodes.iter().all(|n| n.done),
+        nodes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        timings_ms: Timings::default(),
+    })
+}
