@@ -21,6 +21,15 @@
 //! Three nodes started at the same moment on the fresh topic must all be
 //! ready within 30 s.
 //!
+//! Then every node as a complete read replica: the merchant and shipping
+//! feeds read through a round-robin of the nodes give, entry for entry, what
+//! one node's feed gives; an order erased through one node is unreadable on
+//! the others within the erase request (its receipt lists every live node
+//! as purged); a node stopped during an erasure applies it before it is
+//! ready again; a node on an empty data directory catches up and becomes
+//! ready (time printed). Finally no data directory holds an erased order's
+//! wrapped key, sealed fields or personal plaintext.
+//!
 //! Short form: 1 round. `ORDERLOG_CLUSTER_ROUNDS=N` for a long form;
 //! `ORDERLOG_CLUSTER_SEED=S` repeats a logged run's choices.
 
@@ -30,14 +39,43 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::app::{AUDITOR, CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY};
 use common::load::{Load, Node, check_erased_unreadable, check_key_replica_shredded, check_log};
 use common::load::{env_or, seed, wait_ready};
 use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
 
 const NODES: usize = 3;
 /// The writers' group session timeout the nodes run with (the brokers'
 /// minimum by default).
 const SESSION_MS: u64 = 6000;
+
+/// The node processes; killed if the test panics, so none outlives it.
+struct Children(Vec<Child>);
+
+impl std::ops::Deref for Children {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Children {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
 
 fn signal(child: &Child, sig: &str) {
     assert!(
@@ -152,7 +190,7 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
     let t0 = Instant::now();
 
     // All three at the same moment, on a fresh topic.
-    let mut children: Vec<Child> = nodes.iter().map(Node::spawn).collect();
+    let mut children = Children(nodes.iter().map(Node::spawn).collect());
     for (child, base) in children.iter_mut().zip(&bases) {
         wait_ready(&client, base, child).await;
     }
@@ -280,13 +318,32 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
             }
         }
     }
-    for child in &children {
+    // Every node a complete read replica, and erasures reach every node.
+    let replicas = replicas(
+        &client,
+        &nodes,
+        &bases,
+        &mut children,
+        log.records,
+        data.path(),
+    )
+    .await;
+    for child in children.iter() {
         signal(child, "-TERM");
     }
     for (i, child) in children.iter_mut().enumerate() {
         let status = child.wait().unwrap();
         assert!(status.success(), "node {i} exit status: {status:?}");
     }
+    // No file of any node's data directory (the node that joined last
+    // included) holds the erased orders' wrapped keys, their sealed fields
+    // or their personal data in plaintext.
+    let mut dirs: Vec<&std::path::Path> = nodes.iter().map(|n| n.data_dir.as_path()).collect();
+    dirs.push(&replicas.new_node_dir);
+    let scanned = scan_dirs(&dirs, &replicas.secrets);
+    eprintln!(
+        "data directories scanned: {scanned} bytes, none holds the erased orders' key, sealed or plaintext bytes"
+    );
     // `orderlog verify` on one node's data directory: clean.
     let out = Command::new(env!("CARGO_BIN_EXE_orderlog"))
         .args(["verify", "--brokers", &brokers, "--topic", &nodes[0].topic])
@@ -378,4 +435,409 @@ async fn commands_in_flight_while_partitions_move_are_answered_and_written_once(
     assert!(acks.duplicates.is_empty(), "{:?}", acks.duplicates);
     seen.assert_only_retryable_failures();
     check_log(&a.app.kafka.brokers, &a.app.topic, &acks);
+}
+
+/// What the replica checks leave for the data directory scan.
+struct Replicas {
+    new_node_dir: std::path::PathBuf,
+    /// Byte strings no data directory may hold: erased orders' wrapped
+    /// subkeys, sealed fields, and their personal data in plaintext.
+    secrets: Vec<Vec<u8>>,
+}
+
+/// A place-order body with personal data of its own (`n` makes it unique).
+fn replica_order(n: u32) -> Value {
+    json!({
+        "order_number": format!("ON-REPLICA-{n}"),
+        "merchant_id": "m-1",
+        "currency": "CNY",
+        "amount": 8800,
+        "items": [{"sku": "TEA-250", "name": "Longjing tea", "quantity": 1, "unit_price": 8800}],
+        "consignee": {"name": format!("诸葛亮{n}"), "mobile": format!("1391234{n:04}"),
+            "address": {"province": "湖北省", "city": "襄阳市", "district": "隆中区",
+                "street": format!("卧龙岗路 {n} 号"), "postal_code": "441000"}},
+        "contact": {"email": format!("kongming{n}@example.com")},
+    })
+}
+
+fn plaintext(n: u32) -> Vec<Vec<u8>> {
+    let b = replica_order(n);
+    [
+        &b["consignee"]["name"],
+        &b["consignee"]["mobile"],
+        &b["consignee"]["address"]["street"],
+        &b["contact"]["email"],
+    ]
+    .iter()
+    .map(|v| v.as_str().unwrap().as_bytes().to_vec())
+    .collect()
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Places order `n` through `base` and shares it with sf-express.
+async fn place_shared(client: &reqwest::Client, base: &str, n: u32) -> String {
+    let (s, placed) = send(
+        client
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(CHECKOUT)
+            .json(&replica_order(n)),
+    )
+    .await;
+    assert_eq!(s, 201, "{placed}");
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    let (s, shared) = send(
+        client
+            .post(format!("{base}/v1/orders/{id}/shares"))
+            .bearer_auth(CHECKOUT)
+            .json(&json!({"party": {"kind": "logistics", "id": "sf-express"}, "fields": ["shipping", "contact"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{shared}");
+    id
+}
+
+/// The shipping view of `id` on `base` once it has version `min` or more.
+async fn shipping_view(client: &reqwest::Client, base: &str, id: &str, min: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = send(
+            client
+                .get(format!(
+                    "{base}/v1/shipping/sf-express/orders/{id}?min_version={min}"
+                ))
+                .bearer_auth(LOGISTICS_SF),
+        )
+        .await;
+        if s == 200 {
+            return v;
+        }
+        assert!(
+            s == 503 && Instant::now() < deadline,
+            "shipping view of {id} on {base}: {s} {v}"
+        );
+    }
+}
+
+/// Every entry of a feed, page by page, each page from the next node of
+/// `bases` in turn: (position, order id, change, version).
+async fn walk_feed(
+    client: &reqwest::Client,
+    bases: &[String],
+    path: &str,
+    token: &str,
+    limit: usize,
+) -> Vec<(String, String, String, u64)> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    let mut turn = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let base = &bases[turn % bases.len()];
+        let (s, page) = send(
+            client
+                .get(format!("{base}{path}?limit={limit}&after={cursor}"))
+                .bearer_auth(token),
+        )
+        .await;
+        assert!(Instant::now() < deadline, "walking {path} took too long");
+        if s == 503 {
+            continue; // view_lagging on this node: ask it again
+        }
+        assert_eq!(s, 200, "{base}{path}: {page}");
+        turn += 1;
+        let changes = page["changes"].as_array().unwrap();
+        if changes.is_empty() {
+            return out;
+        }
+        for c in changes {
+            out.push((
+                c["position"].as_str().unwrap().to_owned(),
+                c["order_id"].as_str().unwrap().to_owned(),
+                c["change"].as_str().unwrap().to_owned(),
+                c["version"].as_u64().unwrap(),
+            ));
+        }
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    }
+}
+
+/// `GET /v1/cluster` on `base`.
+async fn cluster_view(client: &reqwest::Client, base: &str) -> Value {
+    let (s, v) = send(
+        client
+            .get(format!("{base}/v1/cluster"))
+            .bearer_auth(AUDITOR),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// Waits until every live node of the cluster (as `base` sees it) has
+/// projected as far as `base` itself.
+async fn converged(client: &reqwest::Client, base: &str, nodes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = cluster_view(client, base).await;
+        let live: Vec<&Value> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["live"] == true)
+            .collect();
+        let mine = live
+            .iter()
+            .find(|m| m["this_node"] == true)
+            .map(|m| m["views"]["projected"].clone());
+        if live.len() == nodes
+            && live
+                .iter()
+                .all(|m| Some(&m["views"]["projected"]) == mine.as_ref())
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the nodes did not converge: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Wrapped subkeys of `id` from the key topic, and its sealed fields from
+/// the event log.
+fn key_and_sealed_bytes(brokers: &str, topic: &str, id: &str) -> Vec<Vec<u8>> {
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let mut out = Vec::new();
+    for (k, v) in common::raw_records(brokers, &orderlog::crypto::keys_topic_for(topic)) {
+        if k == id.as_bytes() && !v.is_empty() {
+            let row: orderlog::crypto::StoredKey =
+                orderlog::store::decode_value(orderlog::store::CF_ORDER_KEYS, &v).unwrap();
+            out.extend(row.wrapped.into_iter().map(|(_, w)| w));
+        }
+    }
+    for (k, v) in common::raw_records(brokers, topic) {
+        if k == id.as_bytes()
+            && let Ok(env) = orderlog::events::decode(&v)
+        {
+            out.extend(env.sealed.into_iter().map(|s| s.ciphertext));
+        }
+    }
+    assert!(out.len() >= 3, "found {id}'s wrapped key and sealed fields");
+    out
+}
+
+/// Polls `GET /v1/orders/{id}/erasure` on `base` until it says every one
+/// of `nodes` live nodes destroyed the key and purged its disk.
+async fn erasure_complete(client: &reqwest::Client, base: &str, id: &str, nodes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, st) = send(
+            client
+                .get(format!("{base}/v1/orders/{id}/erasure"))
+                .bearer_auth(PRIVACY),
+        )
+        .await;
+        let listed = st["receipt"]["nodes"].as_array().map_or(0, Vec::len);
+        if s == 200 && st["receipt"]["complete"] == true && listed == nodes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} does not confirm the erasure of {id} on {nodes} nodes: {s} {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts a node no longer shows `id`'s personal data anywhere.
+async fn unreadable_on(client: &reqwest::Client, base: &str, id: &str) {
+    let (s, o) = send(
+        client
+            .get(format!("{base}/v1/orders/{id}"))
+            .bearer_auth(CHECKOUT),
+    )
+    .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["status"], "erased", "{base}: {o}");
+    assert_eq!(o["personal"], Value::Null, "{base}: {o}");
+    let v = shipping_view(client, base, id, 3).await;
+    assert_eq!(
+        (
+            &v["consignee"],
+            &v["contact"],
+            v["fields"].as_array().map(Vec::len)
+        ),
+        (&Value::Null, &Value::Null, Some(0)),
+        "{base}: {v}"
+    );
+}
+
+async fn replicas(
+    client: &reqwest::Client,
+    nodes: &[Node],
+    bases: &[String],
+    children: &mut [Child],
+    events: usize,
+    data_root: &std::path::Path,
+) -> Replicas {
+    let brokers = &nodes[0].brokers;
+    let topic = &nodes[0].topic;
+    let mut secrets = Vec::new();
+    converged(client, &bases[0], NODES).await;
+    let c = cluster_view(client, &bases[1]).await;
+    let owners = c["partition_owners"].as_object().unwrap();
+    assert!(
+        owners.values().all(Value::is_string),
+        "every partition has a live owner: {c}"
+    );
+
+    // Feeds: a round-robin of the nodes, page by page, gives what one node gives.
+    let merchant = "/v1/merchants/m-1/orders";
+    let one = walk_feed(client, &bases[..1], merchant, MERCHANT_M1, 50).await;
+    let spread = walk_feed(client, bases, merchant, MERCHANT_M1, 37).await;
+    assert!(one.len() > 100, "the merchant feed holds the load's orders");
+    assert_eq!(spread, one, "the merchant feed through three nodes");
+    let shared: Vec<String> = {
+        let mut ids = Vec::new();
+        for n in 0..12 {
+            ids.push(place_shared(client, &bases[n as usize % NODES], n).await);
+        }
+        ids
+    };
+    converged(client, &bases[0], NODES).await;
+    let shipping = "/v1/shipping/sf-express/orders";
+    let one = walk_feed(client, &bases[..1], shipping, LOGISTICS_SF, 5).await;
+    let spread = walk_feed(client, bases, shipping, LOGISTICS_SF, 3).await;
+    assert_eq!(
+        one.len(),
+        shared.len(),
+        "one shipping entry per shared order"
+    );
+    assert_eq!(spread, one, "the shipping feed through three nodes");
+    eprintln!("feeds through a round-robin of the nodes equal one node's: merchant and shipping");
+
+    // Erasure on every node: erased through node 0, unreadable on 1 and 2
+    // once the receipt is answered, which lists all three as purged.
+    let x = &shared[0];
+    for base in bases {
+        let v = shipping_view(client, base, x, 2).await;
+        assert!(v["consignee"]["name"].is_string(), "{base} reads {x}: {v}");
+    }
+    secrets.extend(key_and_sealed_bytes(brokers, topic, x));
+    secrets.extend(plaintext(0));
+    let t = Instant::now();
+    let (s, r) = send(
+        client
+            .post(format!("{}/v1/orders/{x}/erase", bases[0]))
+            .bearer_auth(PRIVACY),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let receipt = &r["receipt"];
+    let done: Vec<bool> = receipt["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["done"] == true)
+        .collect();
+    assert_eq!(
+        (done, &receipt["complete"]),
+        (vec![true; NODES], &Value::Bool(true)),
+        "the receipt lists every live node as purged: {receipt}"
+    );
+    eprintln!(
+        "erased through node 0; every node destroyed and purged in {:?} (receipt timings {})",
+        t.elapsed(),
+        receipt["timings_ms"]
+    );
+    for base in &bases[1..] {
+        unreadable_on(client, base, x).await;
+        erasure_complete(client, base, x, NODES).await;
+    }
+
+    // A node that was down: node 2 stops, an order it holds is erased, it
+    // starts again and applies the erasure before it is ready.
+    let y = &shared[1];
+    shipping_view(client, &bases[2], y, 2).await;
+    secrets.extend(key_and_sealed_bytes(brokers, topic, y));
+    secrets.extend(plaintext(1));
+    signal(&children[2], "-TERM");
+    assert!(children[2].wait().unwrap().success());
+    let (s, r) = send(
+        client
+            .post(format!("{}/v1/orders/{y}/erase", bases[1]))
+            .bearer_auth(PRIVACY),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let listed: Vec<&str> = r["receipt"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), NODES - 1, "a stopped node is not listed: {r}");
+    assert_eq!(r["receipt"]["complete"], true, "{r}");
+    children[2] = nodes[2].spawn();
+    wait_ready(client, &bases[2], &mut children[2]).await;
+    unreadable_on(client, &bases[2], y).await;
+    erasure_complete(client, &bases[2], y, NODES).await;
+    eprintln!("node 2, down during an erasure, applied it before it was ready");
+
+    // A new node on an empty data directory: it catches up and becomes
+    // ready, then answers any read in full.
+    let mut fresh = Node::new(brokers, 3, &data_root.join("n-new"));
+    fresh.topic = topic.clone();
+    fresh.kek = nodes[0].kek.clone();
+    fresh.args = nodes[0].args.clone();
+    let t = Instant::now();
+    let mut child = Children(vec![fresh.spawn()]);
+    wait_ready(client, &fresh.base(), &mut child[0]).await;
+    let ready_in = t.elapsed();
+    eprintln!(
+        "a new node on an empty data directory was ready in {ready_in:?} ({events} events in the log)"
+    );
+    unreadable_on(client, &fresh.base(), x).await;
+    unreadable_on(client, &fresh.base(), y).await;
+    let z = &shared[2];
+    let v = shipping_view(client, &fresh.base(), z, 2).await;
+    assert!(v["consignee"]["name"].is_string(), "{v}");
+    let all: Vec<String> = bases.iter().cloned().chain([fresh.base()]).collect();
+    converged(client, &bases[0], NODES + 1).await;
+    let one = walk_feed(client, &bases[..1], merchant, MERCHANT_M1, 50).await;
+    let spread = walk_feed(client, &all, merchant, MERCHANT_M1, 41).await;
+    assert_eq!(spread, one, "the merchant feed through four nodes");
+    signal(&child[0], "-TERM");
+    assert!(child[0].wait().unwrap().success());
+    Replicas {
+        new_node_dir: fresh.data_dir.clone(),
+        secrets,
+    }
+}
+
+/// Bytes scanned; panics on the first file that holds one of `secrets`.
+fn scan_dirs(dirs: &[&std::path::Path], secrets: &[Vec<u8>]) -> usize {
+    let mut scanned = 0;
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        for s in secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_slice()),
+                "{} holds an erased order's bytes ({} bytes long)",
+                path.display(),
+                s.len()
+            );
+        }
+    }
+    assert!(scanned > 0);
+    scanned
 }

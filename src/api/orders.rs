@@ -535,7 +535,7 @@ pub async fn erasure_status(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Privacy, Role::Auditor])?;
     let order_id = parse_order_id(&id)?;
-    if !state.service.ready() {
+    if !state.service.reads_ready() {
         state.service.get_when_ready(order_id).await?;
     }
     let receipt = crate::erasure::receipt::current(&state.service, &state.topic, order_id)

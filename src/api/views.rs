@@ -259,22 +259,57 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// Waits up to [`MAX_WAIT`] until this node has projected every partition
+/// as far as `after` says the client has read (a cursor another node gave),
+/// so a page never shows an order older than one already seen; else 503
+/// `view_lagging`.
+async fn wait_for_cursor(state: &AppState, after: &Cursor) -> Result<(), ApiError> {
+    let partitions = state.service.partitions();
+    if after.0.keys().any(|p| *p as usize >= partitions) {
+        return Err(ApiError::bad_request(
+            "invalid_cursor",
+            format!("after names a partition the topic does not have (it has {partitions})"),
+        )
+        .field("after"));
+    }
+    let deadline = Instant::now() + MAX_WAIT;
+    loop {
+        let mut behind = None;
+        for (p, next) in &after.0 {
+            let have = state.store.view_offset(*p as i32).map_err(internal)?;
+            if have < *next as i64 {
+                behind = Some((*p, have, *next));
+                break;
+            }
+        }
+        let Some((p, have, want)) = behind else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "view_lagging",
+                format!(
+                    "this node has projected partition {p} up to offset {have}, not yet {want} as the cursor says; retry"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One page of a party's feed, as the query string asks.
-fn read_feed(
+async fn read_feed(
     state: &AppState,
     cf: &'static str,
     party: &str,
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(Vec<FeedItem>, Cursor), ApiError> {
     let p = params(q)?;
-    query::feed(
-        &state.store,
-        cf,
-        party,
-        &cursor(p.after.as_deref())?,
-        limit(p.limit)?,
-    )
-    .map_err(internal)
+    let after = cursor(p.after.as_deref())?;
+    let limit = limit(p.limit)?;
+    wait_for_cursor(state, &after).await?;
+    query::feed(&state.store, cf, party, &after, limit).map_err(internal)
 }
 
 pub async fn shipping_feed(
@@ -284,7 +319,7 @@ pub async fn shipping_feed(
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let party = provider_role(&caller, &provider)?;
-    let (items, next) = read_feed(&state, CF_SHIPPING_FEED, &provider, q)?;
+    let (items, next) = read_feed(&state, CF_SHIPPING_FEED, &provider, q).await?;
     Ok(Json(feed_json(&state, items, next, |o| {
         shipping_json(&state, o, &party)
     })?))
@@ -316,7 +351,7 @@ pub async fn merchant_feed(
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     merchant_role(&caller, &merchant)?;
-    let (items, next) = read_feed(&state, CF_MERCHANT_FEED, &merchant, q)?;
+    let (items, next) = read_feed(&state, CF_MERCHANT_FEED, &merchant, q).await?;
     Ok(Json(feed_json(&state, items, next, |o| {
         merchant_json(&state, o)
     })?))

@@ -2,9 +2,12 @@
 //! time, partition and offset, scope, key id), each re-verified against the
 //! node's data directory: the erased classes' subkeys (or the whole key) are
 //! gone from the vault, and the order's view row keeps no sealed field of an
-//! erased class.
+//! erased class. Then against the cluster: every node live now (by its
+//! members row) must have read the erasure's key row and event and purged
+//! them from its disk ([`crate::erasure`]); a node still pending fails the
+//! receipt.
 //!
-//! [`check`] is pure; [`run`] reads Kafka and the node.
+//! [`check`] and [`check_cluster`] are pure; [`run`] reads Kafka and the node.
 
 use std::collections::BTreeSet;
 
@@ -33,6 +36,8 @@ pub struct Receipt {
     pub key_id: String,
     pub verified: Vec<String>,
     pub failures: Vec<String>,
+    /// Every node live when the check ran, and its part of the erasure.
+    pub nodes: Vec<crate::erasure::NodeErasure>,
 }
 
 impl Receipt {
@@ -79,6 +84,7 @@ pub fn collect<'a>(
             key_id: env.meta.key_id.to_string(),
             verified: vec![],
             failures: vec![],
+            nodes: vec![],
         });
     }
     out.sort_by_key(|r| (r.at_ms, r.partition, r.offset));
@@ -157,6 +163,50 @@ pub fn check(receipt: &mut Receipt, key: &KeyLookup, view: Option<&ProjectedOrde
     }
 }
 
+/// Checks that every live node has passed the erasure's records (the key
+/// row where the audited node read it, and the event). Pure.
+pub fn check_cluster(
+    receipt: &mut Receipt,
+    key_row: Option<(i32, i64)>,
+    live: &[crate::erasure::NodeRow],
+) {
+    use crate::erasure::{Records, Step};
+    if live.is_empty() {
+        receipt.verified.push(
+            "cluster: no node is live now; a node applies every erasure before it is ready again"
+                .into(),
+        );
+        return;
+    }
+    let nodes = Records {
+        key_row,
+        event: (receipt.partition, receipt.offset),
+    }
+    .on(live);
+    let name = |s: Step| match s {
+        Step::Purged => "purged",
+        Step::Applied => "applied, purge pending",
+        Step::Pending => "pending",
+        Step::Unknown => "unknown (this data directory never read the key row)",
+    };
+    for n in &nodes {
+        if n.done {
+            receipt.verified.push(format!(
+                "node {}: key destroyed and purged, views purged",
+                n.node_id
+            ));
+        } else {
+            receipt.failures.push(format!(
+                "node {}: key {}, views {}",
+                n.node_id,
+                name(n.key),
+                name(n.views)
+            ));
+        }
+    }
+    receipt.nodes = nodes;
+}
+
 pub fn to_text(receipts: &[Receipt]) -> String {
     let mut s = String::new();
     for r in receipts {
@@ -199,14 +249,61 @@ pub fn run(source: &Source, node: &NodeData) -> Result<Vec<Receipt>, AuditError>
             .iter()
             .map(|r| (r.partition, r.offset, r.key.as_deref(), r.value.as_slice())),
     );
+    let live = live_members(source)?;
     for r in &mut receipts {
         let view = query::order(node.store(), r.order_id)?;
         check(r, &node.key(r.order_id), view.as_ref());
+        let key_row =
+            crate::erasure::purge::mark(node.store(), &r.order_id, crate::erasure::Source::Keys)?
+                .map(|(p, o, _)| (p, o));
+        check_cluster(r, key_row, &live);
         if !r.ok() {
             tracing::warn!(order_id = %r.order_id, partition = r.partition, offset = r.offset, "Erasure receipt failed re-verification.");
         }
     }
     Ok(receipts)
+}
+
+/// The nodes whose members row is fresh now (within three of their
+/// heartbeats, and two seconds for clocks apart), with their positions.
+fn live_members(source: &Source) -> Result<Vec<crate::erasure::NodeRow>, AuditError> {
+    use crate::service::membership::{DEAD_AFTER_HEARTBEATS, Member};
+    let members = Source {
+        settings: source.settings.clone(),
+        topic: crate::kafka::members_topic_for(&source.topic),
+    };
+    let mut rows: std::collections::BTreeMap<String, Option<Member>> = Default::default();
+    match log::scan(&members, None, |r| {
+        let Some(node) = r.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        let row = if r.value.is_empty() {
+            None
+        } else {
+            serde_json::from_slice::<Member>(&r.value).ok()
+        };
+        rows.insert(node.to_owned(), row);
+    }) {
+        Ok(_) => {}
+        // No members topic: no node ever ran against this topic in cluster mode.
+        Err(AuditError::NoTopic(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let now = crate::service::now_ms();
+    Ok(rows
+        .into_values()
+        .flatten()
+        .filter(|m| {
+            let every = m.heartbeat_every_ms.max(1000) as i64;
+            now - m.heartbeat_ms <= every * i64::from(DEAD_AFTER_HEARTBEATS) + 2000
+        })
+        .map(|m| crate::erasure::NodeRow {
+            node_id: m.node_id,
+            url: m.url,
+            this_node: false,
+            positions: m.positions,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -286,5 +383,52 @@ mod tests {
             text.ends_with("2 erasures, 1 verified, 1 failed\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_receipt_is_confirmed_only_when_every_live_node_passed_its_records() {
+        use crate::erasure::{NodeRow, Positions};
+        use std::collections::BTreeMap;
+        let receipt = || Receipt {
+            order_id: Uuid::nil(),
+            at: String::new(),
+            at_ms: 0,
+            partition: 0,
+            offset: 10,
+            sequence: 3,
+            scope: "order",
+            classes: vec![],
+            key_id: String::new(),
+            verified: vec![],
+            failures: vec![],
+            nodes: vec![],
+        };
+        let node = |id: &str, keys: i64, views: i64| NodeRow {
+            node_id: id.into(),
+            url: String::new(),
+            this_node: false,
+            positions: Positions {
+                keys_applied: BTreeMap::from([(2, keys)]),
+                keys_purged: BTreeMap::from([(2, keys)]),
+                views_projected: BTreeMap::from([(0, views)]),
+                views_purged: BTreeMap::from([(0, views)]),
+            },
+        };
+        let mut r = receipt();
+        check_cluster(&mut r, Some((2, 5)), &[node("a", 6, 11), node("b", 6, 11)]);
+        assert!(r.ok(), "{:?}", r.failures);
+        assert_eq!(r.nodes.len(), 2);
+
+        let mut r = receipt();
+        check_cluster(&mut r, Some((2, 5)), &[node("a", 6, 11), node("b", 5, 11)]);
+        assert_eq!(r.failures, vec!["node b: key pending, views purged"]);
+
+        let mut r = receipt();
+        check_cluster(&mut r, None, &[node("a", 6, 11)]);
+        assert!(!r.ok(), "a key row this node never read is not confirmed");
+
+        let mut r = receipt();
+        check_cluster(&mut r, Some((2, 5)), &[]);
+        assert!(r.ok());
     }
 }

@@ -2,8 +2,9 @@
 //! where every node keeps one row (its id, advertised URL, the partitions it
 //! writes, a heartbeat time, and how far its vault and views have read and
 //! purged: [`crate::erasure::Positions`]), refreshed every heartbeat, at
-//! every ownership change, and within [`POSITIONS_EVERY`] when its positions
-//! move (so an erasure's receipt learns soon that every node purged it). Every node reads the topic from its start and keeps the
+//! every ownership change, at once when its purger has purged (so an
+//! erasure's receipt learns soon that every node did), and within
+//! [`POSITIONS_EVERY`] when its positions move otherwise. Every node reads the topic from its start and keeps the
 //! newest row per node. A node whose row this node has not received for
 //! [`DEAD_AFTER_HEARTBEATS`] heartbeats is dead (judged by the local clock).
 //! A node that stops leaves a tombstone.
@@ -32,8 +33,12 @@ use crate::kafka::KafkaSettings;
 
 /// A node whose row is older than this many heartbeats is dead.
 pub const DEAD_AFTER_HEARTBEATS: u32 = 3;
-/// A row whose positions moved is written again at most this often.
-pub const POSITIONS_EVERY: Duration = Duration::from_millis(200);
+/// A row whose positions moved is written again at most this often; at
+/// once when the node's purger has just purged (an erasure's receipt waits
+/// for that).
+pub const POSITIONS_EVERY: Duration = Duration::from_millis(500);
+/// How often the heartbeat task looks for a change to publish.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// One node's row in the members topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,17 +284,20 @@ fn follow(
 pub(super) async fn heartbeat(members: Arc<Members>, shared: Weak<Shared>) {
     let mut last: Option<Member> = None;
     let mut sent_at = Instant::now();
+    let mut purges_sent = 0;
     loop {
         let wake = members.wake.notified();
         let Some(sh) = shared.upgrade() else { return };
         if sh.closing.load(Ordering::Acquire) {
             return;
         }
+        let purges = sh.purges();
         let row = members.row(&sh.slots, sh.positions());
         let due = match &last {
             None => true,
             Some(l) => {
                 l.partitions != row.partitions
+                    || purges != purges_sent
                     || sent_at.elapsed() >= members.me.heartbeat
                     || (l.positions != row.positions && sent_at.elapsed() >= POSITIONS_EVERY)
             }
@@ -302,6 +310,7 @@ pub(super) async fn heartbeat(members: Arc<Members>, shared: Weak<Shared>) {
                         tracing::info!(node_id = %row.node_id, partitions = ?row.partitions, "Members row written.");
                     }
                     sent_at = Instant::now();
+                    purges_sent = purges;
                     last = Some(row);
                 }
             }
@@ -311,7 +320,7 @@ pub(super) async fn heartbeat(members: Arc<Members>, shared: Weak<Shared>) {
             tracing::info!("Every partition has a writer; ready.");
         }
         let period = if members.covered() {
-            POSITIONS_EVERY.min(members.me.heartbeat)
+            LOOK_EVERY
         } else {
             Duration::from_millis(200)
         };

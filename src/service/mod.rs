@@ -217,6 +217,8 @@ struct Shared {
     keys: Option<Arc<FollowStatus>>,
     /// This node's readers, once they run (for its members row).
     tracker: std::sync::OnceLock<crate::erasure::Tracker>,
+    /// Set once the readers have caught up since the start.
+    reads_ready: AtomicBool,
     store: Store,
     idempotency_ttl: Duration,
     per_partition_cache: usize,
@@ -285,6 +287,13 @@ fn kafka_unavailable(e: &KafkaError) -> ServiceError {
 impl Shared {
     fn partition(&self, p: usize) -> std::sync::MutexGuard<'_, PartitionState> {
         self.partitions[p].lock().expect("partition lock")
+    }
+
+    /// Purges this node's purger has run (0 until it runs).
+    fn purges(&self) -> u64 {
+        self.tracker
+            .get()
+            .map_or(0, |t| t.purge.purges.load(Ordering::Relaxed))
     }
 
     /// How far this node's readers are (empty until they run).
@@ -360,6 +369,7 @@ impl Service {
             replica,
             keys,
             tracker: std::sync::OnceLock::new(),
+            reads_ready: AtomicBool::new(false),
             store,
             idempotency_ttl: options.idempotency_ttl,
             per_partition_cache: per_partition,
@@ -716,11 +726,40 @@ impl Service {
     /// (an order in the tail not yet folded would read as missing), waiting
     /// for that within the command timeout.
     pub async fn get_when_ready(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
-        if !self.ready() {
-            self.wait_ready(tokio::time::Instant::now() + self.shared.command_timeout)
-                .await?;
+        if !self.reads_ready() {
+            let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
+            self.wait_ready(deadline).await?;
+            while !self.reads_ready() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ServiceError::Unavailable(
+                        "this node is still reading the log and the key topic after a start".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         self.get(order_id)
+    }
+
+    /// True once the writers are ready and, since the start, the vault and
+    /// the projector have caught up with their topics once: from then on
+    /// this node's reads reflect every erasure made while it was down.
+    pub fn reads_ready(&self) -> bool {
+        if !self.ready() {
+            return false;
+        }
+        if self.shared.reads_ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let caught_up = self
+            .shared
+            .tracker
+            .get()
+            .is_none_or(|t| t.views.caught_up() && t.keys.current(Duration::from_secs(5)));
+        if caught_up {
+            self.shared.reads_ready.store(true, Ordering::Release);
+        }
+        caught_up
     }
 
     /// The order's state and, when its key lives, its personal fields, as
