@@ -472,3 +472,62 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
     }
     app2.stop().await;
 }
+
+/// A node whose vault was not current for longer than the key topic keeps
+/// tombstones may have missed one (the log cleaner dropped it with the key
+/// row): at start it reads the whole key topic and destroys every key the
+/// topic no longer holds. A vault current a moment ago does not.
+#[tokio::test]
+async fn a_vault_out_of_date_for_hours_drops_the_keys_the_key_topic_no_longer_holds() {
+    use orderlog::crypto::follow::{CURRENT_AT, RECONCILE_AFTER};
+    let app = TestApp::spawn().await;
+    let placed = post(&app, "/v1/orders", CHECKOUT, order_body(1)).await;
+    let id = uuid::Uuid::parse_str(placed["order_id"].as_str().unwrap()).unwrap();
+    let config = app.config.clone();
+    let kek = app.kek.clone();
+    let data_dir = app.data_dir;
+    app.app.stop().await;
+    // A key the topic has no row for, as if its tombstone had been compacted
+    // away while the node was down.
+    let ghost = uuid::Uuid::now_v7();
+    let set_current_at = |ago: std::time::Duration, with_ghost: bool| {
+        let store = orderlog::store::Store::open(data_dir.path()).unwrap();
+        let now = orderlog::service::now_ms();
+        if with_ghost {
+            let vault = KeyVault::new(store.clone(), KekRing::new(kek.clone()));
+            vault
+                .store_new(&[(ghost, &orderlog::crypto::OrderKey::generate())], now)
+                .unwrap();
+        }
+        store
+            .db()
+            .put_cf(
+                store.cf(orderlog::store::CF_META),
+                CURRENT_AT,
+                (now - ago.as_millis() as i64).to_be_bytes(),
+            )
+            .unwrap();
+    };
+    set_current_at(std::time::Duration::from_secs(60), true);
+    let app2 = orderlog::app::App::start(&config).await.unwrap();
+    assert!(
+        app2.service.vault().get(ghost).is_ok(),
+        "a vault current a minute ago is not reconciled"
+    );
+    app2.stop().await;
+
+    set_current_at(RECONCILE_AFTER + std::time::Duration::from_secs(60), false);
+    let app3 = orderlog::app::App::start(&config).await.unwrap();
+    assert!(
+        matches!(
+            app3.service.vault().get(ghost),
+            Err(VaultError::Shredded { .. })
+        ),
+        "the key the topic no longer holds is destroyed"
+    );
+    assert!(
+        app3.service.vault().get(id).is_ok(),
+        "a key the topic holds is kept"
+    );
+    app3.stop().await;
+}

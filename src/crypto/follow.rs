@@ -31,6 +31,12 @@ use crate::kafka::KafkaSettings;
 use crate::store::{CF_META, CF_ORDER_KEYS, Store, decode_value};
 
 const OFFSET_PREFIX: &[u8] = b"keys-offset/";
+/// `meta` row: when (Unix ms) this vault was last caught up with the key topic.
+pub const CURRENT_AT: &[u8] = b"keys-current-at";
+/// A vault last current longer ago than this is reconciled with the whole
+/// key topic at start: the log cleaner drops a tombstone `delete.retention.ms`
+/// (one day) after it was written, so a node down that long could miss one.
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// What the follower has applied, per partition of the key topic.
 #[derive(Debug, Default)]
@@ -39,7 +45,7 @@ pub struct FollowStatus {
     /// The end of the key topic as last read, and when (Unix ms) the
     /// follower last had applied everything up to the end read before.
     ends: Mutex<BTreeMap<i32, i64>>,
-    current_at_ms: std::sync::atomic::AtomicI64,
+    pub(crate) current_at_ms: std::sync::atomic::AtomicI64,
     /// Keys destroyed by rows other nodes wrote (or this one, again).
     pub destroyed: std::sync::atomic::AtomicU64,
     changed: std::sync::Condvar,
@@ -186,6 +192,8 @@ struct Run {
     next: BTreeMap<i32, i64>,
     report: RestoreReport,
     last_checkpoint: Instant,
+    /// While reconciling: the orders the key topic holds a live row for.
+    live: Option<std::collections::HashSet<Uuid>>,
 }
 
 impl Run {
@@ -212,6 +220,13 @@ impl Run {
             let erasure = row
                 .as_ref()
                 .is_none_or(|r| r.wrapped.len() < FieldClass::ALL.len());
+            if let Some(live) = &mut self.live {
+                if row.as_ref().is_some_and(|r| !r.wrapped.is_empty()) {
+                    live.insert(id);
+                } else {
+                    live.remove(&id);
+                }
+            }
             if a.destroyed {
                 self.report.shredded += 1;
                 self.status.destroyed.fetch_add(1, Ordering::Relaxed);
@@ -240,15 +255,14 @@ impl Run {
             offset_key(m.partition()),
             (m.offset() + 1).to_be_bytes(),
         );
-        self.store
-            .db()
-            .write(batch)
-            .map_err(crate::store::StoreError::from)?;
+        let queued: Vec<purge::Entry> = queued.into_iter().collect();
+        self.purge.noted(&queued);
+        if let Err(e) = self.store.db().write(batch) {
+            self.purge.forget(&queued);
+            return Err(crate::store::StoreError::from(e).into());
+        }
         if let Some(a) = &applied {
             self.vault.applied(a);
-        }
-        if let Some(e) = queued {
-            self.purge.noted(&[e]);
         }
         self.next.insert(m.partition(), m.offset() + 1);
         Ok(())
@@ -273,15 +287,58 @@ impl Run {
                 }
             }
         }
-        if !batch.is_empty() {
-            self.store
-                .db()
-                .write(batch)
-                .map_err(crate::store::StoreError::from)?;
+        let current_at = self.status.current_at_ms.load(Ordering::Acquire);
+        if current_at > 0 {
+            batch.put_cf(self.store.cf(CF_META), CURRENT_AT, current_at.to_be_bytes());
         }
+        self.store
+            .db()
+            .write(batch)
+            .map_err(crate::store::StoreError::from)?;
         self.status.publish(self.next.clone());
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// After reading the whole key topic: a key this vault holds that the
+    /// topic has no live row for was erased, its tombstone since compacted
+    /// away. Destroyed and queued for the purge like any other erasure.
+    fn reconcile(&mut self, live: &std::collections::HashSet<Uuid>) -> Result<u64, VaultError> {
+        let mut gone = Vec::new();
+        for item in self
+            .store
+            .db()
+            .iterator_cf(self.store.cf(CF_ORDER_KEYS), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(crate::store::StoreError::from)?;
+            if let Ok(id) = Uuid::from_slice(&k)
+                && !live.contains(&id)
+            {
+                gone.push(id);
+            }
+        }
+        for id in &gone {
+            let mut batch = rocksdb::WriteBatch::default();
+            let a =
+                self.vault
+                    .stage_replica_row(&mut batch, *id, None, crate::service::now_ms())?;
+            // No position in the topic: partition -1 holds no watermark back.
+            let entry = purge::Entry {
+                source: Source::Keys,
+                partition: -1,
+                offset: 0,
+                order_id: *id,
+            };
+            purge::stage(&self.store, &mut batch, &entry, crate::service::now_ms());
+            self.purge.noted(&[entry]);
+            if let Err(e) = self.store.db().write(batch) {
+                self.purge.forget(&[entry]);
+                return Err(crate::store::StoreError::from(e).into());
+            }
+            self.vault.applied(&a);
+            self.report.shredded += 1;
+        }
+        Ok(gone.len() as u64)
     }
 
     /// Polls once; true when a record was applied.
@@ -341,10 +398,33 @@ impl KeyFollower {
             .create()
             .map_err(kafka)?;
         let ends = ends(settings, topic, timeout).map_err(kafka)?;
+        // A vault that has not been current for a long time may have missed
+        // tombstones the cleaner has dropped since: read the whole topic
+        // and reconcile. So does a data directory of an earlier version,
+        // which kept no such time.
+        let mut stored = BTreeMap::new();
+        for p in ends.keys() {
+            stored.insert(*p, stored_offset(&store, *p)?);
+        }
+        let current_at = store
+            .db()
+            .get_cf(store.cf(CF_META), CURRENT_AT)
+            .map_err(crate::store::StoreError::from)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes);
+        let reconcile = stored.values().any(|o| *o > 0)
+            && current_at
+                .is_none_or(|t| crate::service::now_ms() - t > RECONCILE_AFTER.as_millis() as i64);
+        if reconcile {
+            tracing::warn!(
+                topic,
+                "The key vault was not current for a long time (or never recorded when): reading the whole key topic to find keys whose tombstone was compacted away."
+            );
+        }
         let mut tpl = TopicPartitionList::new();
         let mut next = BTreeMap::new();
         for p in ends.keys() {
-            let from = stored_offset(&store, *p)?;
+            let from = if reconcile { 0 } else { stored[p] };
             next.insert(*p, from);
             tpl.add_partition_offset(topic, *p, Offset::Offset(from))
                 .map_err(kafka)?;
@@ -361,6 +441,7 @@ impl KeyFollower {
             next,
             report: RestoreReport::default(),
             last_checkpoint: Instant::now(),
+            live: reconcile.then(Default::default),
         };
         run.checkpoint()?;
         let mut last_progress = Instant::now();
@@ -374,11 +455,19 @@ impl KeyFollower {
                 last_progress = Instant::now();
             }
         }
-        run.checkpoint()?;
-        let report = run.report;
-        // Caught up at start: the vault is current as of the ends just read.
+        if let Some(live) = run.live.take() {
+            let n = run.reconcile(&live)?;
+            tracing::warn!(
+                destroyed = n,
+                "Key vault reconciled with the whole key topic."
+            );
+        }
+        // Caught up at start: the vault is current as of the ends just read
+        // (given twice: `current` compares with the ends read the time before).
         status.saw_ends(ends.clone());
         status.saw_ends(ends);
+        run.checkpoint()?;
+        let report = run.report;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let watcher: BaseConsumer = settings

@@ -93,7 +93,9 @@ pub fn mark_key(order_id: &Uuid, source: Source) -> [u8; 17] {
 
 /// Stages the purge of `entry` (and the mark of where the erasure, made at
 /// `at_ms`, was read) in `batch`, which the caller writes with the
-/// destruction. Call [`PurgeStatus::noted`] once the batch is written.
+/// destruction. Call [`PurgeStatus::noted`] before writing the batch (so the
+/// purger never drains a row it does not count as pending) and
+/// [`PurgeStatus::forget`] if the write fails.
 pub fn stage(store: &Store, batch: &mut WriteBatch, entry: &Entry, at_ms: i64) {
     batch.put_cf(store.cf(CF_PURGE_QUEUE), entry.key(), []);
     let mut pos = [0u8; 20];
@@ -146,7 +148,9 @@ pub struct PurgeStatus {
 }
 
 impl PurgeStatus {
-    /// Records entries whose batch was written, and wakes the purger.
+    /// Records entries whose batch is about to be written (a pending entry
+    /// whose row is not written yet only holds the watermark back a moment),
+    /// and wakes the purger.
     pub fn noted(&self, entries: &[Entry]) {
         if entries.is_empty() {
             return;
@@ -158,13 +162,32 @@ impl PurgeStatus {
         self.wake.notify_all();
     }
 
+    /// Takes back entries whose batch failed to be written.
+    pub fn forget(&self, entries: &[Entry]) {
+        let mut pending = self.pending.lock().expect("purge lock");
+        for e in entries {
+            pending.remove(e);
+        }
+    }
+
     /// Per partition: the offset before which every destruction read from
     /// `source` is purged from disk, given how far that source has `applied`.
     pub fn purged_up_to(&self, source: Source, applied: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
         let pending = self.pending.lock().expect("purge lock");
         let mut out = applied.clone();
-        for e in pending.iter().filter(|e| e.source == source) {
-            if let Some(at) = out.get_mut(&e.partition) {
+        for (p, at) in out.iter_mut() {
+            // Entries sort by source, partition, offset: the first one of
+            // this partition is the lowest offset still queued.
+            let from = Entry {
+                source,
+                partition: *p,
+                offset: i64::MIN,
+                order_id: Uuid::nil(),
+            };
+            if let Some(e) = pending.range(from..).next()
+                && e.source == source
+                && e.partition == *p
+            {
                 *at = (*at).min(e.offset);
             }
         }
@@ -271,15 +294,18 @@ impl Purger {
                     std::thread::sleep(Duration::from_millis(5));
                     let started = Instant::now();
                     match drain(&store, &status_t) {
-                        Ok(_) => pause = Duration::from_millis(100),
+                        Ok(0) => {}
+                        Ok(_) => {
+                            pause = Duration::from_millis(100);
+                            metrics::histogram!(crate::telemetry::PURGE_LATENCY)
+                                .record(started.elapsed().as_secs_f64());
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "Purging erased rows from disk failed; retrying.");
                             std::thread::sleep(pause);
                             pause = (pause * 2).min(Duration::from_secs(5));
                         }
                     }
-                    metrics::histogram!(crate::telemetry::PURGE_LATENCY)
-                        .record(started.elapsed().as_secs_f64());
                     if stop_t.load(Ordering::Acquire) {
                         return;
                     }

@@ -89,6 +89,9 @@ pub struct ProjectorStatus {
     /// Next offset per assigned partition as written to RocksDB, published by
     /// the projector thread (no I/O) for the watermark watcher.
     pub flushed: Mutex<BTreeMap<i32, i64>>,
+    /// When (Unix ms) the views last covered every partition up to the end
+    /// of the log as read the time before (a quarter second earlier).
+    pub current_at_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ProjectorStatus {
@@ -107,6 +110,13 @@ impl ProjectorStatus {
     pub fn ready(&self, max_age: Duration) -> bool {
         let age = crate::service::now_ms() - self.refreshed_at_ms.load(Ordering::Acquire);
         self.caught_up() && age >= 0 && (age as u128) <= max_age.as_millis()
+    }
+
+    /// The views covered, within `max_age`, the log as it was a quarter
+    /// second before: a node that keeps up under steady writes counts.
+    pub fn current(&self, max_age: Duration) -> bool {
+        let age = crate::service::now_ms() - self.current_at_ms.load(Ordering::Acquire);
+        age >= 0 && (age as u128) <= max_age.as_millis()
     }
 
     /// True once partitions are assigned and none lags.
@@ -239,6 +249,7 @@ impl Drop for Projector {
 /// Reads the end of every assigned partition a few times a second and
 /// publishes positions, lag and readiness. Runs beside the projector thread.
 fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, stop: &AtomicBool) {
+    let mut previous: BTreeMap<i32, i64> = BTreeMap::new();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(250));
         // The flushed offsets are read before the ends, so lag is never
@@ -267,6 +278,16 @@ fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, sto
             metrics::gauge!(crate::telemetry::PROJECTOR_LAG, "partition" => p.to_string())
                 .set((high - next).max(0) as f64);
         }
+        if !previous.is_empty()
+            && positions
+                .iter()
+                .all(|(p, (next, _))| previous.get(p).is_some_and(|end| next >= end))
+        {
+            status
+                .current_at_ms
+                .store(crate::service::now_ms(), Ordering::Release);
+        }
+        previous = positions.iter().map(|(p, (_, high))| (*p, *high)).collect();
         *status.positions.lock().expect("positions lock") = positions;
         status
             .refreshed_at_ms
@@ -655,7 +676,18 @@ impl Run {
             );
             tpl.add_partition_offset(&self.config.topic, *p, Offset::Offset(*next))?;
         }
-        self.store.db().write(batch)?;
+        // Announced before the write, so the purger never drains a row it
+        // does not count as pending; taken back if the write fails.
+        let queued = std::mem::take(&mut self.queued);
+        if let Some(purge) = &self.config.purge {
+            purge.noted(&queued);
+        }
+        if let Err(e) = self.store.db().write(batch) {
+            if let Some(purge) = &self.config.purge {
+                purge.forget(&queued);
+            }
+            return Err(e.into());
+        }
         self.pending = 0;
         {
             // Published at once: an erase request waits for it.
@@ -663,10 +695,6 @@ impl Run {
             for (p, next) in written {
                 flushed.insert(p, next);
             }
-        }
-        let queued = std::mem::take(&mut self.queued);
-        if let Some(purge) = &self.config.purge {
-            purge.noted(&queued);
         }
         self.status.batches.fetch_add(1, Ordering::Relaxed);
         if matches!(self.config.assignment, Assignment::Group(_)) {
