@@ -21,9 +21,11 @@ use rocksdb::{IteratorMode, WriteBatch};
 use uuid::Uuid;
 
 use crate::store::{
-    CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_ORDER_STATE, CF_PURGE_QUEUE, CF_VIEW_ORDERS,
-    Store, StoreError,
+    CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_PURGE_QUEUE, CF_VIEW_ORDERS, Store, StoreError,
 };
+
+/// How long the purger waits after the first entry for more to join.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// Which reader met the destruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,17 +210,12 @@ pub struct Purger {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The rows of an order a purge compacts away.
+/// The rows of an order a purge compacts away: those that held key bytes or
+/// sealed fields (`order_state` holds neither).
 fn ranges(ids: &BTreeSet<Uuid>) -> Vec<(&'static str, Vec<u8>)> {
     ids.iter()
         .flat_map(|id| {
-            [
-                CF_ORDER_KEYS,
-                CF_VIEW_ORDERS,
-                CF_ORDER_STATE,
-                CF_ORDER_PLACED,
-            ]
-            .map(|cf| (cf, id.as_bytes().to_vec()))
+            [CF_ORDER_KEYS, CF_VIEW_ORDERS, CF_ORDER_PLACED].map(|cf| (cf, id.as_bytes().to_vec()))
         })
         .collect()
 }
@@ -289,9 +286,10 @@ impl Purger {
                                 .expect("purge lock");
                         }
                     }
-                    // A few milliseconds more, so the other reader's half of
-                    // the same erasure (key row, event) joins this purge.
-                    std::thread::sleep(Duration::from_millis(5));
+                    // A moment more, so the other reader's half of the same
+                    // erasure (its key row and its event commit together)
+                    // joins this purge rather than costing a second one.
+                    std::thread::sleep(LINGER);
                     let started = Instant::now();
                     match drain(&store, &status_t) {
                         Ok(0) => {}
