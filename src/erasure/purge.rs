@@ -100,6 +100,9 @@ pub fn mark_key(order_id: &Uuid, source: Source) -> [u8; 17] {
 /// [`PurgeStatus::forget`] if the write fails.
 pub fn stage(store: &Store, batch: &mut WriteBatch, entry: &Entry, at_ms: i64) {
     batch.put_cf(store.cf(CF_PURGE_QUEUE), entry.key(), []);
+    if entry.partition < 0 {
+        return; // read nowhere (a reconciliation): no mark
+    }
     let mut pos = [0u8; 20];
     pos[..4].copy_from_slice(&entry.partition.to_be_bytes());
     pos[4..12].copy_from_slice(&entry.offset.to_be_bytes());
