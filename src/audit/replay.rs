@@ -139,6 +139,9 @@ pub fn run(
         .sum();
     let store = Store::open(into)?;
     let started = Instant::now();
+    // Erased orders' rows written before their erasure are purged from the
+    // new directory's disk (the last purge runs when it stops).
+    let purger = crate::erasure::Purger::start(store.clone())?;
     let projector = Projector::start(
         store.clone(),
         ProjectorConfig {
@@ -149,7 +152,7 @@ pub fn run(
             max_rate: 0,
             dead_letter: false,
             idempotency_ttl: crate::service::state::DEFAULT_IDEMPOTENCY_TTL,
-            purge: None,
+            purge: Some(purger.status.clone()),
         },
     )?;
     let counts = |p: &Projector| {
@@ -191,6 +194,7 @@ pub fn run(
         elapsed,
     });
     projector.stop()?;
+    purger.stop();
     let digest = query::digest(&store)?;
     Ok(ReplayReport {
         projected,

@@ -384,6 +384,12 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
         purge: None,
     };
+    // Erased orders' old rows are purged from disk as they are met.
+    let purger = orderlog::erasure::Purger::start(store.clone())?;
+    let config = ProjectorConfig {
+        purge: Some(purger.status.clone()),
+        ..config
+    };
     let projector = Projector::start(store, config)?;
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -412,6 +418,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         .dead_lettered
         .load(std::sync::atomic::Ordering::Relaxed);
     projector.stop()?;
+    purger.stop();
     println!(
         "projected {projected} events ({dead} dead-lettered) in {:.1} s",
         started.elapsed().as_secs_f64()
