@@ -258,20 +258,13 @@ impl App {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let router = api::router(state);
+        let limits = config.http;
         let server = match &config.tls {
-            None => tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-            }),
+            None => tokio::spawn(api::server::serve(listener, router, limits, token)),
             Some((cert, key)) => {
                 let tls = api::tls::server_config(cert, key)?;
                 let listener = api::tls::TlsListener::new(listener, tls)?;
-                tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(token.cancelled_owned())
-                        .await
-                })
+                tokio::spawn(api::server::serve(listener, router, limits, token))
             }
         };
         tracing::info!(%addr, scheme, node_id = %cluster.node_id, url = %cluster.advertise_url, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");

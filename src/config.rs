@@ -76,6 +76,9 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     pub writer_session_timeout_ms: Option<u64>,
     pub erasure_wait_ms: Option<u64>,
+    pub http_header_timeout_ms: Option<u64>,
+    pub http_request_timeout_ms: Option<u64>,
+    pub http_max_connections: Option<usize>,
     /// token = role
     #[serde(default)]
     pub tokens: BTreeMap<String, String>,
@@ -171,6 +174,19 @@ pub struct Overrides {
     /// then names the nodes still pending). Default 2000 ms.
     #[arg(long, env = "ORDERLOG_ERASURE_WAIT_MS")]
     pub erasure_wait_ms: Option<u64>,
+    /// A request's headers must arrive within this, and an idle keep-alive
+    /// connection is closed after it (ms). Default 10000.
+    #[arg(long, env = "ORDERLOG_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+    /// Longest a request may take, body and answer included (ms; 408 after
+    /// it). Default 30000; must exceed the produce timeout plus the erasure
+    /// wait.
+    #[arg(long, env = "ORDERLOG_HTTP_REQUEST_TIMEOUT_MS")]
+    pub http_request_timeout_ms: Option<u64>,
+    /// Most HTTP connections open at once; one more is closed as it arrives.
+    /// Default 4096.
+    #[arg(long, env = "ORDERLOG_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
 }
 
 /// Where the KEK comes from.
@@ -217,6 +233,7 @@ pub struct Config {
     pub node_id: Option<String>,
     pub writer_session_timeout: Duration,
     pub erasure_wait: Duration,
+    pub http: crate::api::server::Limits,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -397,6 +414,50 @@ impl Config {
                 problem: "must be at most 60000".into(),
             });
         }
+        let defaults = crate::api::server::Limits::default();
+        let http = crate::api::server::Limits {
+            header_read_timeout: o
+                .http_header_timeout_ms
+                .or(file.http_header_timeout_ms)
+                .map_or(defaults.header_read_timeout, Duration::from_millis),
+            request_timeout: o
+                .http_request_timeout_ms
+                .or(file.http_request_timeout_ms)
+                .map_or(defaults.request_timeout, Duration::from_millis),
+            max_connections: o
+                .http_max_connections
+                .or(file.http_max_connections)
+                .unwrap_or(defaults.max_connections),
+        };
+        if !(Duration::from_millis(100)..=Duration::from_secs(600))
+            .contains(&http.header_read_timeout)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "http_header_timeout_ms",
+                problem: "must be between 100 and 600000".into(),
+            });
+        }
+        let produce_ms = o
+            .produce_timeout_ms
+            .or(file.produce_timeout_ms)
+            .unwrap_or(10_000);
+        if http.request_timeout
+            <= Duration::from_millis(produce_ms) + Duration::from_millis(erasure_wait_ms)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "http_request_timeout_ms",
+                problem: format!(
+                    "must exceed the produce timeout plus the erasure wait ({} ms), or commands would be cut off before they are answered",
+                    produce_ms + erasure_wait_ms
+                ),
+            });
+        }
+        if http.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "http_max_connections",
+                problem: "must be at least 1".into(),
+            });
+        }
         let tls = match (
             o.tls_cert.clone().or(file.tls_cert),
             o.tls_key.clone().or(file.tls_key),
@@ -444,6 +505,7 @@ impl Config {
             node_id,
             writer_session_timeout: Duration::from_millis(session_ms),
             erasure_wait: Duration::from_millis(erasure_wait_ms),
+            http,
         })
     }
 }

@@ -29,6 +29,8 @@ pub const LIVE_KEYS: &str = "orderlog_live_keys";
 pub const PARTITIONS_TAKEN: &str = "orderlog_partitions_taken_total";
 /// Commands this node forwarded to the partition's owner.
 pub const FORWARDED: &str = "orderlog_commands_forwarded_total";
+/// HTTP connections closed on arrival because `--http-max-connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "orderlog_http_connections_refused_total";
 /// Purges of erased rows from disk (one flush and compaction for a batch of orders).
 pub const PURGES: &str = "orderlog_purges_total";
 /// Time one purge of erased rows took.
@@ -50,6 +52,7 @@ pub const ALL: &[&str] = &[
     FORWARDED,
     PURGES,
     PURGE_LATENCY,
+    CONNECTIONS_REFUSED,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use.

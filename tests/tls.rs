@@ -1,5 +1,6 @@
 //! HTTPS: with a certificate configured the API speaks TLS (certificate made
-//! in the test), plain HTTP on that port gets no answer, and a bad key file
+//! in the test) and, to a client offering `h2` and `http/1.1`, picks
+//! `http/1.1`, which it speaks; plain HTTP on that port gets no answer, and a bad key file
 //! is refused with an error that names the file and not its contents.
 
 mod common;
@@ -24,6 +25,9 @@ async fn https_get(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // Offered as curl, browsers and Go do: the server must pick what it speaks.
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -31,6 +35,11 @@ async fn https_get(
         .connect(name, tcp)
         .await
         .expect("TLS handshake with the server's certificate");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"http/1.1"[..]),
+        "the server offers only the protocol it speaks"
+    );
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );

@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 pub mod ops;
 pub mod orders;
+pub mod server;
 pub mod tls;
 pub mod views;
 
