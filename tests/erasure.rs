@@ -531,3 +531,88 @@ async fn a_vault_out_of_date_for_hours_drops_the_keys_the_key_topic_no_longer_ho
     );
     app3.stop().await;
 }
+
+/// The purge is part of the erasure, not of the request: a client that
+/// hangs up at once still gets the key off the node's disk; and a retry
+/// with the same Idempotency-Key answers the erasure's receipt, not 409.
+#[tokio::test]
+async fn an_erasure_whose_client_hung_up_is_purged_and_a_retry_gets_its_receipt() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn().await;
+    let placed = post(&app, "/v1/orders", CHECKOUT, order_body(7)).await;
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let wrapped: Vec<Vec<u8>> = app
+        .app
+        .service
+        .vault()
+        .stored(uuid)
+        .unwrap()
+        .unwrap()
+        .wrapped
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
+    // The whole request; the connection is closed, unread, as soon as the
+    // erasure is logged and the key destroyed here (before the receipt,
+    // which waits for the purge).
+    let mut tcp = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let req = format!(
+        "POST /v1/orders/{id}/erase HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PRIVACY}\r\nIdempotency-Key: erase-{id}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.app.service.vault().get(uuid).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erasure was never carried out"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    drop(tcp);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        let (s, v) = get(&app, &format!("/v1/orders/{id}/erasure"), PRIVACY).await;
+        if s == StatusCode::OK && v["receipt"]["complete"] == true {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erasure was not carried out and purged: {s} {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // A retry with the same key: the same erasure's receipt.
+    let r = app
+        .post(&format!("/v1/orders/{id}/erase"), PRIVACY)
+        .header("Idempotency-Key", format!("erase-{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(retried["receipt"]["event"], status["receipt"]["event"]);
+    assert_eq!(retried["receipt"]["complete"], true, "{retried}");
+    let data_dir = app.data_dir;
+    app.app.stop().await;
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(data_dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        for w in &wrapped {
+            assert!(
+                !contains(&bytes, w),
+                "{} still holds the wrapped key of an erasure whose client hung up",
+                path.display()
+            );
+        }
+    }
+    assert!(scanned > 0);
+}

@@ -647,3 +647,32 @@ async fn no_file_of_the_data_directory_holds_personal_plaintext() {
     assert!(files > 3);
     drop(data_dir);
 }
+
+/// A view that lags `min_version` says so without stating the version it
+/// holds: the order may be another party's.
+#[tokio::test]
+async fn a_lagging_answer_never_states_the_version_of_another_partys_order() {
+    let app = TestApp::spawn().await;
+    let placed = post(&app, "/v1/orders", CHECKOUT, order_body(1, false, "m-2")).await;
+    let id = placed["order_id"].as_str().unwrap().to_owned();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while orderlog::projections::query::order(&app.app.store, uuid)
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the order was never projected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, body) = get(
+        &app,
+        &format!("/v1/merchants/m-1/orders/{id}?min_version=50"),
+        MERCHANT_M1,
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        !body.to_string().contains("version 1"),
+        "the answer states the version of another merchant's order: {body}"
+    );
+}

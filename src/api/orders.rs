@@ -227,8 +227,13 @@ fn idempotency(
             )
             .field("Idempotency-Key")
         })?;
-    // The digest covers the meaning of the body, not its spacing.
-    let canonical: Value = super::parse_json(body)?;
+    // The digest covers the meaning of the body, not its spacing (an empty
+    // body, which only an erase accepts, means `{}`).
+    let canonical: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        super::parse_json(body)?
+    };
     Ok(Some(Idempotency {
         key: state.mac(&[b"key", caller.to_string().as_bytes(), key.as_bytes()]),
         request: state.mac(&[
@@ -487,6 +492,15 @@ pub async fn erase_order(
         None => ErasureScope::Order,
         Some(f) => ErasureScope::Classes(parse_classes("fields", f)?),
     };
+    // A retry with the same Idempotency-Key (say after a timeout) gets the
+    // erasure's receipt as it stands, not 409 `already_erased`.
+    let idem = idempotency(
+        &state,
+        &caller.0,
+        &headers,
+        &format!("POST /v1/orders/{order_id}/erase"),
+        &bytes,
+    )?;
     let started = std::time::Instant::now();
     let outcome = match execute_or_forward(
         &state,
@@ -499,23 +513,27 @@ pub async fn erase_order(
             scope: scope.clone(),
         },
         expected_version(&headers)?,
-        None,
+        idem,
     )
     .await?
     {
         Done::Here(o) => o,
         Done::There(resp) => return Ok(resp),
     };
-    let receipt = crate::erasure::receipt::after_erase(
-        &state.service,
-        &state.topic,
-        &scope,
-        &outcome,
-        started,
-        state.erasure_wait,
-    )
-    .await
-    .map_err(receipt_error)?;
+    let receipt = if outcome.replayed {
+        wait_for_receipt(&state, order_id).await?
+    } else {
+        crate::erasure::receipt::after_erase(
+            &state.service,
+            &state.topic,
+            &scope,
+            &outcome,
+            started,
+            state.erasure_wait,
+        )
+        .await
+        .map_err(receipt_error)?
+    };
     tracing::info!(%order_id, elapsed_ms = receipt.elapsed_ms, complete = receipt.complete, "Order erased.");
     metrics::counter!(crate::telemetry::ERASURES, "scope" => if scope == ErasureScope::Order { "order" } else { "classes" }).increment(1);
     metrics::histogram!(crate::telemetry::ERASE_LATENCY).record(started.elapsed().as_secs_f64());
@@ -541,6 +559,25 @@ pub async fn erasure_status(
     let receipt = crate::erasure::receipt::current(&state.service, &state.topic, order_id)
         .map_err(receipt_error)?;
     Ok(Json(json!({ "receipt": receipt })).into_response())
+}
+
+/// The receipt of the order's latest erasure as it stands, once this node
+/// has read it (bounded by the erasure wait).
+async fn wait_for_receipt(
+    state: &AppState,
+    order_id: Uuid,
+) -> Result<crate::erasure::Receipt, ApiError> {
+    let deadline = std::time::Instant::now() + state.erasure_wait;
+    loop {
+        match crate::erasure::receipt::current(&state.service, &state.topic, order_id) {
+            Err(crate::erasure::receipt::ReceiptError::Lagging)
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            r => return r.map_err(receipt_error),
+        }
+    }
 }
 
 fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {

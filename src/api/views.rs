@@ -216,7 +216,9 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// The order's view row, waiting up to [`MAX_WAIT`] for `min_version`.
+/// The order's view row, waiting up to [`MAX_WAIT`] for `min_version`. The
+/// answer never states the version the view holds: the row may be another
+/// party's order.
 async fn wait_for(
     state: &AppState,
     id: Uuid,
@@ -232,7 +234,7 @@ async fn wait_for(
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "view_lagging",
-                        format!("the view has version {have} of this order, not yet {v}; retry"),
+                        format!("this node's view has no version {v} of this order yet; retry"),
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
