@@ -18,7 +18,7 @@ use crate::crypto::{Kek, KekError};
 use crate::kafka::TOPIC_EVENTS;
 
 /// A secret string: never printed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -81,10 +81,10 @@ pub struct FileConfig {
     pub http_max_connections: Option<usize>,
     /// token = role
     #[serde(default)]
-    pub tokens: BTreeMap<String, String>,
+    pub tokens: BTreeMap<Secret, String>,
     /// Passed through to librdkafka (security.protocol, ssl.*, sasl.*, ...).
     #[serde(default)]
-    pub kafka: BTreeMap<String, String>,
+    pub kafka: crate::kafka::KafkaExtra,
 }
 
 impl FileConfig {
@@ -214,7 +214,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None`: embedded mock cluster.
     pub brokers: Option<String>,
-    pub kafka: BTreeMap<String, String>,
+    pub kafka: crate::kafka::KafkaExtra,
     pub data_dir: PathBuf,
     pub topic: String,
     pub partitions: i32,
@@ -301,7 +301,7 @@ impl Config {
         let mut tokens = file
             .tokens
             .iter()
-            .map(|(t, r)| parse_token_entry(t, r))
+            .map(|(t, r)| parse_token_entry(t.expose(), r))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(list) = env.get("ORDERLOG_TOKENS") {
             tokens = parse_tokens(list)?;
@@ -562,6 +562,55 @@ mod tests {
         assert!(
             !format!("{c:?}").contains("aaaaaaaaaaaaaaaa1"),
             "tokens never printed"
+        );
+    }
+
+    #[test]
+    fn no_debug_output_prints_a_token_or_a_kafka_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("orderlog.toml");
+        std::fs::write(
+            &file,
+            "[tokens]\nfile-token-0123456789 = \"checkout\"\n[kafka]\n\"sasl.password\" = \"kafka-pass-0123\"\n\"ssl.key.password\" = \"key-pass-0123\"\n\"sasl.username\" = \"orderlog\"\n",
+        )
+        .unwrap();
+        let parsed = FileConfig::load(&file).unwrap();
+        let c = Config::resolve(
+            &Overrides {
+                config: Some(file),
+                ..Overrides::default()
+            },
+            &env(&[]),
+        )
+        .unwrap();
+        let settings = crate::kafka::KafkaSettings {
+            brokers: "b:9092".into(),
+            extra: c.kafka.clone(),
+        };
+        let projector = crate::projections::ProjectorConfig {
+            settings: settings.clone(),
+            topic: "t".into(),
+            assignment: crate::projections::Assignment::All,
+            batch_max: 1,
+            max_rate: 0,
+            dead_letter: false,
+            idempotency_ttl: std::time::Duration::ZERO,
+            purge: None,
+        };
+        for printed in [
+            format!("{parsed:?}"),
+            format!("{c:?}"),
+            format!("{settings:?}"),
+            format!("{projector:?}"),
+        ] {
+            for secret in ["file-token-0123456789", "kafka-pass-0123", "key-pass-0123"] {
+                assert!(!printed.contains(secret), "{secret} printed: {printed}");
+            }
+            assert!(printed.contains("[redacted]"), "{printed}");
+        }
+        assert!(
+            format!("{settings:?}").contains("orderlog"),
+            "non-secret settings still shown"
         );
     }
 

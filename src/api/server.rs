@@ -67,6 +67,8 @@ where
     let builder = Arc::new(builder);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Exported from the start, so a dashboard shows 0 rather than nothing.
+    metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED).increment(0);
     loop {
         let (io, _peer) = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -200,6 +200,8 @@ impl Run {
     /// Applies one row, its offset and (for an erasure) its purge in one
     /// WriteBatch.
     fn apply(&mut self, m: &rdkafka::message::OwnedMessage) -> Result<(), VaultError> {
+        let vault = self.vault.clone();
+        let _rows = vault.lock_rows();
         let mut batch = rocksdb::WriteBatch::default();
         let mut queued = None;
         let mut applied = None;
@@ -318,6 +320,8 @@ impl Run {
             }
         }
         for id in &gone {
+            let vault = self.vault.clone();
+            let _rows = vault.lock_rows();
             let mut batch = rocksdb::WriteBatch::default();
             let a =
                 self.vault

@@ -80,6 +80,9 @@ pub struct KeyVault {
     ring: RwLock<KekRing>,
     /// Orders with a (partly) live key, kept current by every change.
     live: std::sync::atomic::AtomicI64,
+    /// Held by every read-then-write of a key row (the writer's destroy, the
+    /// key follower's apply), so neither writes from a stale read.
+    rows: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -103,6 +106,7 @@ impl KeyVault {
             store,
             ring: RwLock::new(ring),
             live: std::sync::atomic::AtomicI64::new(0),
+            rows: std::sync::Mutex::new(()),
         };
         let n = vault.count_rows().unwrap_or(0);
         vault
@@ -123,6 +127,12 @@ impl KeyVault {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The lock a caller of [`KeyVault::stage_replica_row`] holds from the
+    /// read to the write of its batch.
+    pub fn lock_rows(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn current_kek_id(&self) -> KekId {
@@ -179,6 +189,7 @@ impl KeyVault {
     /// the topic again from its stored offset (written after the rows it
     /// covers, in the same write-ahead log, so never ahead of them).
     pub fn store_new(&self, keys: &[(Uuid, &OrderKey)], now_ms: i64) -> Result<(), VaultError> {
+        let _rows = self.lock_rows();
         if keys.is_empty() {
             return Ok(());
         }
@@ -210,6 +221,7 @@ impl KeyVault {
     /// Removes the key of an order that never made it into the log (its
     /// placement failed). Not a shred: no record is kept.
     pub fn discard(&self, order_id: Uuid) -> Result<(), VaultError> {
+        let _rows = self.lock_rows();
         let existed = self.stored(order_id)?.is_some();
         self.store.db().delete_cf_opt(
             self.store.cf(CF_ORDER_KEYS),
@@ -267,6 +279,7 @@ impl KeyVault {
         classes: Option<&BTreeSet<FieldClass>>,
         now_ms: i64,
     ) -> Result<Shredded, VaultError> {
+        let _rows = self.lock_rows();
         let db = self.store.db();
         let stored = self.stored(order_id)?;
         let previous = self.shred_record(order_id)?;
@@ -338,6 +351,7 @@ impl KeyVault {
 
     /// Writes a row restored from the replica topic as it is (still wrapped).
     pub fn restore_row(&self, order_id: Uuid, row: &StoredKey) -> Result<(), VaultError> {
+        let _rows = self.lock_rows();
         let existed = self.stored(order_id)?.is_some();
         self.store.db().put_cf_opt(
             self.store.cf(CF_ORDER_KEYS),
@@ -459,6 +473,7 @@ impl KeyVault {
 
     /// Records that an order's key is gone without having its row (restore of a tombstone).
     pub fn mark_shredded(&self, order_id: Uuid, now_ms: i64) -> Result<(), VaultError> {
+        let _rows = self.lock_rows();
         let existed = self.stored(order_id)?.is_some();
         let record = Shredded {
             key_id: KeyId([0; 16]),

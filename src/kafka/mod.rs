@@ -62,20 +62,87 @@ pub fn is_barrier(m: &impl rdkafka::message::Message) -> bool {
             .is_some_and(|h| h.iter().any(|h| h.key == HEADER_BARRIER))
 }
 
+/// librdkafka settings passed through as they are (security.protocol,
+/// sasl.*, ssl.*, ...). Its `Debug` prints the value of every setting that
+/// holds a secret (a password, a private key, a token) as `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct KafkaExtra(pub BTreeMap<String, String>);
+
+/// True for a librdkafka setting whose value is a secret.
+pub fn is_secret_setting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "private",
+        "token",
+        "jaas",
+        "credential",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
+impl std::fmt::Debug for KafkaExtra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_setting(k) {
+                        "[redacted]"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
+            .finish()
+    }
+}
+
+impl std::ops::Deref for KafkaExtra {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaExtra {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaExtra {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<BTreeMap<String, String>> for KafkaExtra {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        Self(m)
+    }
+}
+
 /// Where a Kafka cluster is and how to talk to it.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaSettings {
     /// `host:port,host:port`.
     pub brokers: String,
-    /// Passed through to librdkafka as is (security.protocol, sasl.*, ssl.*, ...).
-    pub extra: BTreeMap<String, String>,
+    /// Passed through to librdkafka as is.
+    pub extra: KafkaExtra,
 }
 
 impl KafkaSettings {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
-            extra: BTreeMap::new(),
+            extra: KafkaExtra::default(),
         }
     }
 

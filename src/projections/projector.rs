@@ -690,10 +690,15 @@ impl Run {
         }
         self.pending = 0;
         {
-            // Published at once: an erase request waits for it.
+            // Published at once (an erase request waits for it), for the
+            // partitions already published: the set of assigned partitions
+            // is `refresh_positions`' to give, or readiness would be judged
+            // on the partitions written so far.
             let mut flushed = self.status.flushed.lock().expect("flushed lock");
             for (p, next) in written {
-                flushed.insert(p, next);
+                if let Some(at) = flushed.get_mut(&p) {
+                    *at = next;
+                }
             }
         }
         self.status.batches.fetch_add(1, Ordering::Relaxed);
