@@ -263,7 +263,7 @@ impl App {
             None => tokio::spawn(api::server::serve(listener, router, limits, token)),
             Some((cert, key)) => {
                 let tls = api::tls::server_config(cert, key)?;
-                let listener = api::tls::TlsListener::new(listener, tls)?;
+                let listener = api::tls::TlsListener::new(listener, tls, limits.max_connections)?;
                 tokio::spawn(api::server::serve(listener, router, limits, token))
             }
         };
@@ -293,9 +293,12 @@ impl App {
     /// producer; bounded by [`SHUTDOWN_LIMIT`].
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        match tokio::time::timeout(SHUTDOWN_LIMIT, self.server).await {
-            Ok(_) => {}
-            Err(_) => tracing::warn!("HTTP server did not drain in time."),
+        if tokio::time::timeout(SHUTDOWN_LIMIT, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP server did not drain in time; its connections are dropped.");
+            self.server.abort();
         }
         self.service.shutdown(SHUTDOWN_LIMIT).await;
         if let Some(p) = self.projector.take() {

@@ -94,7 +94,7 @@ impl Forwarder {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout + Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(Duration::from_secs(5)); // below the receiving server's header timeout
         if let Some(path) = tls_cert {
             let pem = std::fs::read(path)?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)? {

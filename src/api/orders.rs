@@ -534,9 +534,12 @@ pub async fn erase_order(
         .await
         .map_err(receipt_error)?
     };
-    tracing::info!(%order_id, elapsed_ms = receipt.elapsed_ms, complete = receipt.complete, "Order erased.");
-    metrics::counter!(crate::telemetry::ERASURES, "scope" => if scope == ErasureScope::Order { "order" } else { "classes" }).increment(1);
-    metrics::histogram!(crate::telemetry::ERASE_LATENCY).record(started.elapsed().as_secs_f64());
+    if !outcome.replayed {
+        tracing::info!(%order_id, elapsed_ms = receipt.elapsed_ms, complete = receipt.complete, "Order erased.");
+        metrics::counter!(crate::telemetry::ERASURES, "scope" => if scope == ErasureScope::Order { "order" } else { "classes" }).increment(1);
+        metrics::histogram!(crate::telemetry::ERASE_LATENCY)
+            .record(started.elapsed().as_secs_f64());
+    }
     Ok(written(
         StatusCode::OK,
         &outcome,
@@ -570,9 +573,12 @@ async fn wait_for_receipt(
     let deadline = std::time::Instant::now() + state.erasure_wait;
     loop {
         match crate::erasure::receipt::current(&state.service, &state.topic, order_id) {
-            Err(crate::erasure::receipt::ReceiptError::Lagging)
-                if std::time::Instant::now() < deadline =>
-            {
+            // Not read here yet, or the writer has not destroyed its copy
+            // of the key yet (the retry came in between).
+            Err(
+                crate::erasure::receipt::ReceiptError::Lagging
+                | crate::erasure::receipt::ReceiptError::Unverified,
+            ) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             r => return r.map_err(receipt_error),

@@ -4,8 +4,8 @@
 //! - a request's headers must arrive within `header_read_timeout`, and an
 //!   idle keep-alive connection is closed after the same time (hyper starts
 //!   the header timer when the connection waits for its next request);
-//! - a request (its body read, its answer written) takes at most
-//!   `request_timeout`, or it is answered 408.
+//! - a request takes at most `request_timeout` from its head to its
+//!   answer's head, or it is answered 408.
 //!
 //! HTTP/1.1 only (TLS offers only `http/1.1` in ALPN): serving the
 //! connection as HTTP/1.1 from its first byte is what puts it under the
@@ -91,6 +91,8 @@ where
             drop(slot);
         });
     }
+    // Stop accepting before waiting: nothing new queues up meanwhile.
+    drop(listener);
     graceful.shutdown().await;
     Ok(())
 }

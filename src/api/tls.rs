@@ -67,9 +67,17 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// At most `max_handshakes` handshakes run at once: a socket past that is
+    /// closed at once (a client that never sends a ClientHello holds one for
+    /// at most the handshake limit).
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        max_handshakes: usize,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -85,8 +93,13 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED).increment(1);
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

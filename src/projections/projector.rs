@@ -521,8 +521,7 @@ impl Run {
                     }
                 }
             }
-            if last_positions.elapsed() > Duration::from_millis(100) {
-                self.refresh_positions();
+            if last_positions.elapsed() > Duration::from_millis(100) && self.refresh_positions() {
                 last_positions = Instant::now();
             }
         }
@@ -714,12 +713,13 @@ impl Run {
     /// Publishes the flushed offsets of the assigned partitions. No network
     /// I/O: the watermark watcher thread reads the end of the log, so a slow
     /// broker answer never holds up projection.
-    fn refresh_positions(&mut self) {
+    /// True when it ran (nothing pending: only flushed offsets count).
+    fn refresh_positions(&mut self) -> bool {
         if self.pending > 0 {
-            return; // only flushed offsets count
+            return false; // only flushed offsets count
         }
         let Ok(assignment) = self.consumer.assignment() else {
-            return;
+            return true;
         };
         let parts: Vec<i32> = assignment
             .elements()
@@ -727,15 +727,16 @@ impl Run {
             .map(|e| e.partition())
             .collect();
         if parts.is_empty() {
-            return;
+            return true;
         }
         let mut flushed = BTreeMap::new();
         for p in parts {
             let Ok(next) = self.stored_next(p) else {
-                return;
+                return true;
             };
             flushed.insert(p, next);
         }
         *self.status.flushed.lock().expect("flushed lock") = flushed;
+        true
     }
 }
