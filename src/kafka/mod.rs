@@ -80,6 +80,8 @@ pub fn is_secret_setting(name: &str) -> bool {
         "token",
         "jaas",
         "credential",
+        // sasl.oauthbearer.config / .extensions may carry client secrets.
+        "oauthbearer",
     ]
     .iter()
     .any(|w| name.contains(w))
