@@ -258,6 +258,28 @@ pub fn parse_tokens(list: &str) -> Result<Vec<(Secret, Role)>, ConfigError> {
         .collect()
 }
 
+/// Least spread of characters a token must show (its length times the
+/// Shannon entropy of its characters, in bits): a random 16-character hex
+/// token has about 57, `aaaaaaaaaaaaaaaa1` about 5.
+pub const MIN_TOKEN_BITS: f64 = 48.0;
+
+/// A rough upper bound of a token's entropy from its character spread.
+fn token_bits(token: &str) -> f64 {
+    let mut counts = BTreeMap::new();
+    for c in token.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let n = token.chars().count() as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|k| {
+            let p = *k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    per_char * n
+}
+
 fn parse_token_entry(token: &str, role: &str) -> Result<(Secret, Role), ConfigError> {
     if token.len() < 16 {
         return Err(ConfigError::Invalid {
@@ -269,6 +291,16 @@ fn parse_token_entry(token: &str, role: &str) -> Result<(Secret, Role), ConfigEr
         setting: "tokens",
         problem,
     })?;
+    let bits = token_bits(token);
+    if bits < MIN_TOKEN_BITS {
+        // Names the role, never the token.
+        return Err(ConfigError::Invalid {
+            setting: "tokens",
+            problem: format!(
+                "the token for role {role} is guessable (about {bits:.0} bits by the spread of its characters, at least {MIN_TOKEN_BITS:.0} needed); make one with `openssl rand -hex 16`"
+            ),
+        });
+    }
     Ok((Secret::new(token), role))
 }
 
@@ -550,7 +582,7 @@ mod tests {
             &env(&[
                 (
                     "ORDERLOG_TOKENS",
-                    "aaaaaaaaaaaaaaaa1=checkout, bbbbbbbbbbbbbbbb2=logistics:sf-express",
+                    "checkout-7f3a91c2d4e5=checkout, sf-express-b81e6d0a9c=logistics:sf-express",
                 ),
                 ("ORDERLOG_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
             ]),
@@ -560,7 +592,7 @@ mod tests {
         assert_eq!(c.tokens[1].1.to_string(), "logistics:sf-express");
         assert_eq!(c.kafka["sasl.mechanism"], "SCRAM-SHA-512");
         assert!(
-            !format!("{c:?}").contains("aaaaaaaaaaaaaaaa1"),
+            !format!("{c:?}").contains("checkout-7f3a91c2d4e5"),
             "tokens never printed"
         );
     }
@@ -648,6 +680,31 @@ mod tests {
         assert!(err.to_string().contains("16 characters"));
         let err = parse_tokens("aaaaaaaaaaaaaaaaaa=janitor").unwrap_err();
         assert!(err.to_string().contains("janitor"), "{err}");
+    }
+
+    #[test]
+    fn guessable_tokens_are_refused_without_being_echoed() {
+        for weak in ["aaaaaaaaaaaaaaaa1", "checkoutcheckout", "1111111122222222"] {
+            let err = parse_tokens(&format!("{weak}=checkout")).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("guessable") && text.contains("checkout"),
+                "{text}"
+            );
+            assert!(!text.contains(weak), "the token is echoed: {text}");
+        }
+        // Random ones of the minimum length pass: 16 hex, 16 base64-like.
+        for strong in [
+            "9f2c47e1a05bd368",
+            "Xq7pL2vR9mKd4TzW",
+            "test-token-merchant-m-1",
+        ] {
+            assert!(
+                parse_tokens(&format!("{strong}=checkout")).is_ok(),
+                "{strong}: {:.0} bits",
+                token_bits(strong)
+            );
+        }
     }
 
     #[test]
