@@ -173,12 +173,20 @@ pub fn ends(
         .set("group.id", format!("orderlog-keys-ends-{}", Uuid::new_v4()))
         .create()?;
     let n = crate::kafka::partition_count(settings, topic, timeout)?;
-    let mut out = BTreeMap::new();
-    for p in 0..n as i32 {
-        let (_, high) = crate::kafka::watermarks(&consumer, topic, p, timeout)?;
-        out.insert(p, high);
-    }
-    Ok(out)
+    read_ends(&consumer, topic, 0..n as i32, timeout)
+}
+
+/// The high watermark of each of `partitions`, through `consumer`.
+fn read_ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    partitions
+        .into_iter()
+        .map(|p| crate::kafka::watermarks(consumer, topic, p, timeout).map(|(_, high)| (p, high)))
+        .collect()
 }
 
 struct Run {
@@ -486,20 +494,9 @@ impl KeyFollower {
                 .spawn(move || {
                     while !stop.load(Ordering::Acquire) {
                         std::thread::sleep(Duration::from_millis(500));
-                        let mut ends = BTreeMap::new();
-                        for p in &partitions {
-                            match crate::kafka::watermarks(&watcher, &topic, *p, Duration::from_secs(5)) {
-                                Ok((_, high)) => {
-                                    ends.insert(*p, high);
-                                }
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "Reading the end of the key topic failed.");
-                                    break;
-                                }
-                            }
-                        }
-                        if ends.len() == partitions.len() {
-                            status.saw_ends(ends);
+                        match read_ends(&watcher, &topic, partitions.iter().copied(), Duration::from_secs(5)) {
+                            Ok(ends) => status.saw_ends(ends),
+                            Err(e) => tracing::debug!(error = %e, "Reading the end of the key topic failed."),
                         }
                     }
                 })

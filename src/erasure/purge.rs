@@ -280,14 +280,27 @@ impl Purger {
             .spawn(move || {
                 let mut pause = Duration::from_millis(100);
                 loop {
-                    {
+                    // Every queued row is pending (announced before it is
+                    // written, leftovers at start), so an empty set means
+                    // nothing to read: the queue is only scanned when there
+                    // is something to purge.
+                    let idle = {
                         let pending = status_t.pending.lock().expect("purge lock");
                         if pending.is_empty() && !stop_t.load(Ordering::Acquire) {
-                            let _ = status_t
+                            let (pending, _) = status_t
                                 .wake
                                 .wait_timeout(pending, Duration::from_millis(200))
                                 .expect("purge lock");
+                            pending.is_empty()
+                        } else {
+                            pending.is_empty()
                         }
+                    };
+                    if idle {
+                        if stop_t.load(Ordering::Acquire) {
+                            return;
+                        }
+                        continue;
                     }
                     // A moment more, so the other reader's half of the same
                     // erasure (its key row and its event commit together)

@@ -85,6 +85,21 @@ async fn await_nodes(
     }
 }
 
+/// The event and the key row of `records`, named by topic.
+fn refs(topic: &str, records: &Records) -> (LogRef, Option<LogRef>) {
+    let event = LogRef {
+        topic: topic.to_owned(),
+        partition: records.event.0,
+        offset: records.event.1,
+    };
+    let key_row = records.key_row.map(|(partition, offset)| LogRef {
+        topic: crate::crypto::keys_topic_for(topic),
+        partition,
+        offset,
+    });
+    (event, key_row)
+}
+
 fn class_names(classes: &[FieldClass]) -> Vec<String> {
     classes.iter().map(|c| c.as_str().to_owned()).collect()
 }
@@ -146,6 +161,7 @@ pub async fn after_erase(
         event,
     };
     let (nodes, here, cluster) = await_nodes(service, records, wait).await;
+    let (event_ref, key_ref) = refs(topic, &records);
     purged.extend(describe(&nodes, &classes, outcome.version));
     if nodes.iter().all(|n| n.done) {
         verified.push(format!(
@@ -163,16 +179,8 @@ pub async fn after_erase(
         }
         .to_owned(),
         fields: class_names(&classes),
-        event: LogRef {
-            topic: topic.to_owned(),
-            partition: event.0,
-            offset: event.1,
-        },
-        key_row: outcome.key_row.map(|(partition, offset)| LogRef {
-            topic: keys_topic.clone(),
-            partition,
-            offset,
-        }),
+        event: event_ref,
+        key_row: key_ref,
         key_id: outcome.key_id.map(|k| k.to_string()),
         purged,
         verified,
@@ -213,23 +221,15 @@ pub fn current(service: &Service, topic: &str, order_id: Uuid) -> Result<Receipt
     };
     let nodes = records.on(&service.nodes());
     let whole = order.status().as_str() == "erased";
-    let keys_topic = crate::crypto::keys_topic_for(topic);
+    let (event_ref, key_ref) = refs(topic, &records);
     Ok(Receipt {
         order_id,
         erased_at: crate::api::rfc3339(event.2),
         scope: if whole { "order" } else { "classes" }.to_owned(),
         purged: describe(&nodes, &classes, view.record.state.version),
         fields: class_names(&classes),
-        event: LogRef {
-            topic: topic.to_owned(),
-            partition: event.0,
-            offset: event.1,
-        },
-        key_row: key_row.map(|(partition, offset, _)| LogRef {
-            topic: keys_topic,
-            partition,
-            offset,
-        }),
+        event: event_ref,
+        key_row: key_ref,
         key_id: view.shredded.as_ref().map(|s| s.key_id.to_string()),
         verified,
         complete: nodes.iter().all(|n| n.done),
