@@ -68,7 +68,10 @@ fn main() {
         prev_hash: [0; 32],
     };
     let env = events::seal_event(&event, meta, Some(&key)).unwrap();
-    let bytes = events::encode(&env);
+    let log_keys = orderlog::crypto::LogKeys::from_ring(&orderlog::crypto::KekRing::new(
+        orderlog::crypto::Kek::generate(),
+    ));
+    let bytes = events::encode(&env, &log_keys);
     let mut plain_env = env.clone();
     plain_env.sealed.clear();
 
@@ -88,18 +91,18 @@ fn main() {
         iters
     );
     let base_enc = measure("encode, no sealing (baseline)", iters, || {
-        black_box(events::encode(black_box(&plain_env)));
+        black_box(events::encode(black_box(&plain_env), &log_keys));
     });
     let seal_enc = measure("seal + encode", iters, || {
         let e = events::seal_event(black_box(&event), meta, Some(&key)).unwrap();
-        black_box(events::encode(&e));
+        black_box(events::encode(&e, &log_keys));
     });
-    let plain_bytes = events::encode(&plain_env);
+    let plain_bytes = events::encode(&plain_env, &log_keys);
     let base_dec = measure("decode, no opening (baseline)", iters, || {
-        black_box(events::decode(black_box(&plain_bytes)).unwrap());
+        black_box(events::decode_authentic(black_box(&plain_bytes), &log_keys).unwrap());
     });
     let dec_open = measure("decode + open", iters, || {
-        let e = events::decode(black_box(&bytes)).unwrap();
+        let e = events::decode_authentic(black_box(&bytes), &log_keys).unwrap();
         black_box(events::open_event(&e, Some(&key)).unwrap());
     });
     println!(

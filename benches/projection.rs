@@ -41,7 +41,10 @@ async fn main() {
         .await
         .unwrap();
 
-    // Pre-fill.
+    // Pre-fill, authenticated under the log key of this run's KEK.
+    let log_keys = std::sync::Arc::new(orderlog::crypto::LogKeys::from_ring(
+        &orderlog::crypto::KekRing::new(orderlog::crypto::Kek::generate()),
+    ));
     let t = Instant::now();
     let producer: FutureProducer = settings
         .client_config()
@@ -59,7 +62,7 @@ async fn main() {
     while written < target {
         let mut batch = Vec::new();
         while batch.len() < 20_000 && written + batch.len() < target {
-            batch.extend(common::order_events(n));
+            batch.extend(common::order_events(n, &log_keys));
             n += 1;
         }
         let mut futs = Vec::new();
@@ -141,6 +144,7 @@ async fn main() {
             dead_letter: true,
             idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
             purge: None,
+            log_keys: log_keys.clone(),
         },
     )
     .unwrap();
@@ -184,6 +188,7 @@ async fn main() {
     let source = orderlog::audit::Source {
         settings: settings.clone(),
         topic: topic.clone(),
+        log_keys: Some(log_keys.clone()),
     };
     let report = orderlog::audit::replay::run(
         &source,

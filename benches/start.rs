@@ -208,14 +208,15 @@ async fn main() {
         .await
         .unwrap();
         let t = Instant::now();
-        let written = common::prefill(&brokers, &topic, PARTITIONS, size).await;
+        let node_kek = orderlog::crypto::Kek::generate();
+        let written = common::prefill(&brokers, &topic, PARTITIONS, size, &node_kek).await;
         eprintln!(
             "# {written} events pre-filled in {:.1} s",
             t.elapsed().as_secs_f64()
         );
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("node");
-        let kek = orderlog::crypto::Kek::generate().to_text().to_string();
+        let kek = node_kek.to_text().to_string();
         let row = |what: &str, s: &Started, rss: f64| {
             println!(
                 "{written:>10}  {what:<22} {:>8.2}s {:>8.2}s {rss:>9.0}",

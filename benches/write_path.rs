@@ -230,7 +230,13 @@ async fn main() {
         key_id: key.id(),
         prev_hash: [0; 32],
     };
-    let record_len = events::encode(&events::seal_event(&event, meta, Some(&key)).unwrap()).len();
+    let log_keys =
+        orderlog::crypto::LogKeys::from_ring(&orderlog::crypto::KekRing::new(Kek::generate()));
+    let record_len = events::encode(
+        &events::seal_event(&event, meta, Some(&key)).unwrap(),
+        &log_keys,
+    )
+    .len();
 
     println!(
         "# write path: {n} orders per line, topic with {partitions} partitions, one local Kafka broker at {brokers}, on {} cores",

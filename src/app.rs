@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::Role;
+use crate::api::auth::TokenEntry;
 use crate::api::{self, AppState, auth::Tokens};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::crypto::replica::keys_topic_spec;
 use crate::crypto::{KekRing, KeyFollower, KeyReplica, KeyVault, keys_topic_for};
 use crate::erasure::{Purger, Tracker};
@@ -53,6 +53,8 @@ pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
 impl App {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        // Plain HTTP off loopback only when asked for knowingly.
+        config.check_plain_http()?;
         crate::telemetry::prometheus();
         let kek = config.kek.load().context("loading the KEK")?;
         let (embedded, settings, data) = match &config.brokers {
@@ -124,6 +126,12 @@ impl App {
             },
         )?;
         let vault = Arc::new(KeyVault::new(store.clone(), KekRing::new(kek.clone())));
+        if config.accept_v1_events {
+            tracing::warn!(
+                "Schema-v1 events (no log MAC) are accepted as authentic (--accept-v1-events): anyone able to produce to the topic can write one."
+            );
+            vault.accept_v1_events(true);
+        }
         let keys_topic = keys_topic_for(&config.topic);
         // Purges what the key follower and the projector destroy (and what a
         // crash left queued) off the disk.
@@ -145,6 +153,9 @@ impl App {
             .await?
             .context("reading the key topic")?
         };
+        // The keys that authenticate the log, retired ones included (the
+        // follower has stored those it read).
+        let log_keys = vault.log_keys();
         let restored = was_empty && report.restored + report.shredded > 0;
         if restored {
             tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the key topic.");
@@ -222,6 +233,7 @@ impl App {
                 dead_letter: true,
                 idempotency_ttl: config.idempotency_ttl,
                 purge: Some(purger.status.clone()),
+                log_keys,
             },
         ) {
             Ok(p) => p,
@@ -315,7 +327,7 @@ impl App {
 }
 
 /// One token per role for the embedded demo, with the roles printed.
-pub fn demo_tokens() -> Vec<(Secret, Role)> {
+pub fn demo_tokens() -> Vec<TokenEntry> {
     api::auth::demo_tokens()
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::api::auth::Role;
+use crate::api::auth::{Role, TokenEntry};
 use crate::crypto::{Kek, KekError};
 use crate::kafka::TOPIC_EVENTS;
 
@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub produce_timeout_ms: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub insecure_http: Option<bool>,
+    pub accept_v1_events: Option<bool>,
     pub state_cache_orders: Option<usize>,
     pub block_cache_mb: Option<usize>,
     pub idempotency_ttl_hours: Option<u64>,
@@ -79,7 +81,7 @@ pub struct FileConfig {
     pub http_header_timeout_ms: Option<u64>,
     pub http_request_timeout_ms: Option<u64>,
     pub http_max_connections: Option<usize>,
-    /// token = role
+    /// token = role, or token = "role@name"
     #[serde(default)]
     pub tokens: BTreeMap<Secret, String>,
     /// Passed through to librdkafka (security.protocol, ssl.*, sasl.*, ...).
@@ -144,6 +146,26 @@ pub struct Overrides {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ORDERLOG_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other hosts can reach. Refused without
+    /// it (bearer tokens and personal data would cross the network in
+    /// clear): only behind a TLS-terminating proxy or on a network you trust.
+    #[arg(
+        long,
+        env = "ORDERLOG_INSECURE_HTTP",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_http: bool,
+    /// Take events of schema v1 (which carry no log MAC) as written by
+    /// orderlog: for a log written before v2 only, since anyone able to
+    /// produce to the topic can write one. See `schemas/events-v2.md`.
+    #[arg(
+        long,
+        env = "ORDERLOG_ACCEPT_V1_EVENTS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub accept_v1_events: bool,
     /// Orders the writers keep in memory, all partitions together (the rest
     /// are read from RocksDB). Default 50000.
     #[arg(long, env = "ORDERLOG_STATE_CACHE_ORDERS")]
@@ -220,10 +242,15 @@ pub struct Config {
     pub partitions: i32,
     pub replication: i32,
     pub kek: KekSource,
-    pub tokens: Vec<(Secret, Role)>,
+    pub tokens: Vec<TokenEntry>,
     pub produce_timeout: Duration,
     /// Certificate chain and key (PEM) for HTTPS; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plain HTTP on a non-loopback address was asked for knowingly
+    /// (`--insecure-http`); see [`check_plain_http`].
+    pub insecure_http: bool,
+    /// Schema-v1 events (no log MAC) are taken as authentic.
+    pub accept_v1_events: bool,
     pub state_cache_orders: usize,
     pub block_cache_mb: usize,
     pub idempotency_ttl: Duration,
@@ -243,8 +270,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const EXTRA_ENV_VARS: &[&str] = &["ORDERLOG_TOKENS", "ORDERLOG_KEK", "ORDERLOG_LOG"];
 pub const DEFAULT_PARTITIONS: i32 = 6;
 
-/// `token=role,token=role`, as in `ORDERLOG_TOKENS`.
-pub fn parse_tokens(list: &str) -> Result<Vec<(Secret, Role)>, ConfigError> {
+/// `token=role,token=role@name`, as in `ORDERLOG_TOKENS`.
+pub fn parse_tokens(list: &str) -> Result<Vec<TokenEntry>, ConfigError> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -280,17 +307,40 @@ fn token_bits(token: &str) -> f64 {
     per_char * n
 }
 
-fn parse_token_entry(token: &str, role: &str) -> Result<(Secret, Role), ConfigError> {
+/// One token and its `role` or `role@name`; the name is what access logs
+/// show for the token (the role's name when none is given).
+fn parse_token_entry(token: &str, spec: &str) -> Result<TokenEntry, ConfigError> {
     if token.len() < 16 {
         return Err(ConfigError::Invalid {
             setting: "tokens",
             problem: "a token must have at least 16 characters".into(),
         });
     }
+    let (role, name) = match spec.split_once('@') {
+        Some((role, name)) => (role, Some(name.trim())),
+        None => (spec, None),
+    };
     let role = Role::parse(role).map_err(|problem| ConfigError::Invalid {
         setting: "tokens",
         problem,
     })?;
+    if let Some(name) = name
+        && (name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        // Names the role, never the token (nor the name: a token pasted
+        // in the wrong place must not be echoed either).
+        return Err(ConfigError::Invalid {
+            setting: "tokens",
+            problem: format!(
+                "the name of a token for role {role} (after '@') must be 1 to 64 letters, digits, '-', '_' or '.'"
+            ),
+        });
+    }
+    let name = name.map_or_else(|| role.to_string(), str::to_owned);
     let bits = token_bits(token);
     if bits < MIN_TOKEN_BITS {
         // Names the role, never the token.
@@ -301,10 +351,36 @@ fn parse_token_entry(token: &str, role: &str) -> Result<(Secret, Role), ConfigEr
             ),
         });
     }
-    Ok((Secret::new(token), role))
+    Ok((Secret::new(token), role, name))
+}
+
+/// Whether `serve` may listen on `listen`: plain HTTP only on a loopback
+/// address (127.0.0.0/8, ::1), unless TLS is configured or `insecure_http`
+/// says the operator knows what is in front (a TLS-terminating proxy, a
+/// private network). Otherwise bearer tokens and personal data would cross
+/// the network in clear.
+pub fn check_plain_http(
+    listen: SocketAddr,
+    tls: bool,
+    insecure_http: bool,
+) -> Result<(), ConfigError> {
+    if tls || insecure_http || listen.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        setting: "listen",
+        problem: format!(
+            "refusing to serve plain HTTP on {listen}, which is not a loopback address: bearer tokens and personal data would cross the network in clear. Configure TLS (--tls-cert and --tls-key, or ORDERLOG_TLS_CERT and ORDERLOG_TLS_KEY), listen on a loopback address such as 127.0.0.1, or, behind a TLS-terminating proxy or on a network you trust, pass --insecure-http (ORDERLOG_INSECURE_HTTP=true) knowingly"
+        ),
+    })
 }
 
 impl Config {
+    /// [`check_plain_http`] for this configuration: `serve` calls it first.
+    pub fn check_plain_http(&self) -> Result<(), ConfigError> {
+        check_plain_http(self.listen, self.tls.is_some(), self.insecure_http)
+    }
+
     /// Merges defaults, the file, the environment and flags. `env` is passed in
     /// (rather than read here) so tests can give their own.
     pub fn resolve(o: &Overrides, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
@@ -530,6 +606,8 @@ impl Config {
                     .unwrap_or(10_000),
             ),
             tls,
+            insecure_http: o.insecure_http || file.insecure_http.unwrap_or(false),
+            accept_v1_events: o.accept_v1_events || file.accept_v1_events.unwrap_or(false),
             state_cache_orders,
             block_cache_mb,
             idempotency_ttl: Duration::from_secs(ttl_hours * 3600),
@@ -628,6 +706,9 @@ mod tests {
             dead_letter: false,
             idempotency_ttl: std::time::Duration::ZERO,
             purge: None,
+            log_keys: std::sync::Arc::new(crate::crypto::LogKeys::from_ring(
+                &crate::crypto::KekRing::new(crate::crypto::Kek::generate()),
+            )),
         };
         for printed in [
             format!("{parsed:?}"),
@@ -714,5 +795,102 @@ mod tests {
         std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
         let err = FileConfig::load(&path).unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_named_by_their_role_unless_given_a_name() {
+        let t = parse_tokens(
+            "9f2c47e1a05bd368=auditor@alice.w, Xq7pL2vR9mKd4TzW=logistics:sf-express, 3e9a0c51d27b84f6=merchant:m-1@m1-backend",
+        )
+        .unwrap();
+        let named: Vec<(String, &str)> = t
+            .iter()
+            .map(|(_, role, name)| (role.to_string(), name.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                ("auditor".to_owned(), "alice.w"),
+                ("logistics:sf-express".to_owned(), "logistics:sf-express"),
+                ("merchant:m-1".to_owned(), "m1-backend"),
+            ]
+        );
+        for bad in ["auditor@", "auditor@al ice", "auditor@a/b"] {
+            let err = parse_tokens(&format!("9f2c47e1a05bd368={bad}")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("name") && text.contains("auditor"), "{text}");
+            assert!(
+                !text.contains("9f2c47e1a05bd368"),
+                "the token is echoed: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_tls_or_insecure_http() {
+        let allowed = |addr: &str, tls: bool, insecure: bool| {
+            check_plain_http(addr.parse().unwrap(), tls, insecure).is_ok()
+        };
+        for addr in [
+            "127.0.0.1:8080",
+            "127.10.20.30:0",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            assert!(allowed(addr, false, false), "{addr} is loopback");
+        }
+        for addr in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "10.0.0.5:8080",
+            "192.168.1.20:80",
+        ] {
+            assert!(!allowed(addr, false, false), "{addr} is refused");
+            assert!(allowed(addr, true, false), "{addr} with TLS");
+            assert!(allowed(addr, false, true), "{addr} with --insecure-http");
+        }
+        let err = check_plain_http("0.0.0.0:8080".parse().unwrap(), false, false)
+            .unwrap_err()
+            .to_string();
+        for needle in ["0.0.0.0:8080", "--tls-cert", "--insecure-http"] {
+            assert!(err.contains(needle), "{needle} missing: {err}");
+        }
+    }
+
+    #[test]
+    fn insecure_http_comes_from_the_flag_or_the_file() {
+        #[derive(clap::Parser)]
+        struct Probe {
+            #[command(flatten)]
+            o: Overrides,
+        }
+        use clap::Parser;
+        let c = Config::resolve(
+            &Overrides {
+                listen: Some("0.0.0.0:8080".parse().unwrap()),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(!c.insecure_http);
+        assert!(c.check_plain_http().is_err());
+        let flag = Probe::try_parse_from(["probe", "--listen", "0.0.0.0:8080", "--insecure-http"])
+            .unwrap()
+            .o;
+        let c = Config::resolve(&flag, &env(&[])).unwrap();
+        assert!(c.insecure_http && c.check_plain_http().is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orderlog.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:8080\"\ninsecure_http = true\n").unwrap();
+        let c = Config::resolve(
+            &Overrides {
+                config: Some(path),
+                ..Default::default()
+            },
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(c.insecure_http && c.check_plain_http().is_ok());
     }
 }

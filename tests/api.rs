@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::app::{AUDITOR, CHECKOUT, LOGISTICS_SF, PRIVACY, TestApp};
+use common::app::{AUDITOR, AUDITOR_NAME, CHECKOUT, LOGISTICS_SF, PRIVACY, TestApp};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -83,16 +83,120 @@ async fn placing_an_order_answers_201_and_the_order_reads_back_with_its_personal
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(placed["version"], 1);
     let id = placed["order_id"].as_str().unwrap();
-    for token in [CHECKOUT, AUDITOR] {
-        let (status, order) = get_order(&app, id, token).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(order["status"], "active");
-        assert_eq!(order["order_number"], body["order_number"]);
-        assert_eq!(order["amount"], 57_500);
+    let (status, order) = get_order(&app, id, CHECKOUT).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(order["status"], "active");
+    assert_eq!(order["order_number"], body["order_number"]);
+    assert_eq!(order["amount"], 57_500);
+    assert_eq!(order["personal"]["consignee"]["name"], NAME);
+    assert_eq!(order["personal"]["consignee"]["mobile"], MOBILE);
+    assert_eq!(order["personal"]["contact"]["email"], EMAIL);
+    assert_eq!(order["personal"]["id_number"], fixtures::id_number(7));
+    app.app.stop().await;
+}
+
+/// Log lines of this test binary, as JSON lines (fields flattened): a
+/// subscriber installed once for the whole process, which every test's app
+/// logs to.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Sink(logs.clone());
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("orderlog=info"))
+            .json()
+            .flatten_event(true)
+            .with_writer(move || sink.clone())
+            .try_init()
+            .expect("no other subscriber in this test binary");
+        logs
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn an_auditor_sees_personal_fields_only_by_asking_and_the_reveal_is_logged_by_token_name() {
+    let logs = captured_logs();
+    let app = TestApp::spawn().await;
+    let id = placed_id(&app, true).await;
+    let path = |query: &str| format!("/v1/orders/{id}{query}");
+    let read = |query: &str, token: &'static str| {
+        let r = app.get(&path(query), token).send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Without asking: the public facts, no personal field, nothing logged as revealed.
+    let (s, withheld) = read("", AUDITOR).await;
+    assert_eq!(s, StatusCode::OK, "{withheld}");
+    assert_eq!(withheld["status"], "active");
+    assert_eq!(withheld["amount"], 57_500);
+    assert_eq!(withheld["personal"], Value::Null, "{withheld}");
+    let (_, explicit_no) = read("?reveal=false", AUDITOR).await;
+    assert_eq!(explicit_no["personal"], Value::Null);
+    let text = withheld.to_string();
+    for needle in [NAME, MOBILE, EMAIL, STREET, fixtures::id_number(7).as_str()] {
+        assert!(!text.contains(needle), "{needle} shown without a reveal");
+    }
+
+    // Asking: the personal fields, and a log line naming the token and the order.
+    let (s, revealed) = read("?reveal=true", AUDITOR).await;
+    assert_eq!(s, StatusCode::OK, "{revealed}");
+    assert_eq!(revealed["personal"]["consignee"]["name"], NAME);
+    assert_eq!(revealed["personal"]["consignee"]["mobile"], MOBILE);
+    assert_eq!(revealed["personal"]["contact"]["email"], EMAIL);
+    assert_eq!(revealed["personal"]["id_number"], fixtures::id_number(7));
+
+    // Checkout reads them as before, with or without the parameter.
+    for query in ["", "?reveal=true"] {
+        let (s, order) = read(query, CHECKOUT).await;
+        assert_eq!(s, StatusCode::OK, "{order}");
         assert_eq!(order["personal"]["consignee"]["name"], NAME);
-        assert_eq!(order["personal"]["consignee"]["mobile"], MOBILE);
-        assert_eq!(order["personal"]["contact"]["email"], EMAIL);
-        assert_eq!(order["personal"]["id_number"], fixtures::id_number(7));
+    }
+    // A malformed or unknown parameter is a 400, not a silent withholding.
+    for query in ["?reveal=yes", "?revael=true"] {
+        let (s, e) = read(query, AUDITOR).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_query")),
+            "{query}: {e}"
+        );
+    }
+
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let reveals: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| {
+            l["message"] == "Personal fields revealed for audit." && l["order_id"] == id.as_str()
+        })
+        .collect();
+    assert_eq!(reveals.len(), 1, "one reveal, one line: {reveals:?}");
+    assert_eq!(reveals[0]["token_name"], AUDITOR_NAME, "{:?}", reveals[0]);
+    assert_eq!(reveals[0]["level"], "INFO");
+    assert_eq!(
+        reveals[0]["classes"], "[\"shipping\", \"contact\", \"identity\"]",
+        "{:?}",
+        reveals[0]
+    );
+    assert!(!text.contains(AUDITOR), "a token appeared in the logs");
+    for needle in [NAME, MOBILE, EMAIL, STREET] {
+        assert!(!text.contains(needle), "personal data in the logs");
     }
     app.app.stop().await;
 }

@@ -200,8 +200,16 @@ async fn produce(app: &TestApp, order: Uuid, value: Vec<u8>) -> (i32, i64) {
     (d.partition, d.offset)
 }
 
-/// A new event of `order` as the test wants it (any sequence, any prev_hash).
+/// The log keys of a node with `kek`: a record under them is one an
+/// orderlog node (or someone holding its KEK) wrote.
+fn log_keys(kek: &orderlog::crypto::Kek) -> orderlog::crypto::LogKeys {
+    orderlog::crypto::LogKeys::from_ring(&orderlog::crypto::KekRing::new(kek.clone()))
+}
+
+/// A new event of `order` as the test wants it (any sequence, any
+/// prev_hash), authenticated under `keys`.
 fn forge(
+    keys: &orderlog::crypto::LogKeys,
     order: Uuid,
     sequence: u64,
     prev_hash: [u8; 32],
@@ -216,7 +224,7 @@ fn forge(
         key_id,
         prev_hash,
     };
-    events::encode(&events::seal_event(&event, meta, None).unwrap())
+    events::encode(&events::seal_event(&event, meta, None).unwrap(), keys)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,17 +411,22 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
     let s = scenario(&app, 12).await;
     let record = |n: u32| app.app.service.get(s.orders[&n]).unwrap().unwrap().record;
 
-    // 1. A copy of a real OrderPlaced with one flipped byte (in its ciphertext).
+    // Records written as a node would (under its log key): the writer bugs
+    // and insider edits the chain checks catch.
+    let node_keys = log_keys(&app.kek);
+    // 1. A copy of a real OrderPlaced, re-encoded with one flipped byte in
+    //    its ciphertext: another record under a taken sequence number.
     let tampered = s.orders[&3];
-    let mut bytes = events::encode(&app.app.service.placed(tampered).unwrap().unwrap());
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    let (tp, to) = produce(&app, tampered, bytes).await;
+    let mut env = app.app.service.placed(tampered).unwrap().unwrap();
+    let last = env.sealed[0].ciphertext.len() - 1;
+    env.sealed[0].ciphertext[last] ^= 0x01;
+    let (tp, to) = produce(&app, tampered, events::encode(&env, &node_keys)).await;
 
     // 2. A re-encoded next event of order 4 naming a wrong prev_hash.
     let unchained = s.orders[&4];
     let r = record(4);
     let forged = forge(
+        &node_keys,
         unchained,
         r.state.version + 1,
         [9; 32],
@@ -429,6 +442,7 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
     let r = record(8);
     assert_eq!(r.state.version, 2);
     let forged = forge(
+        &node_keys,
         withheld,
         4,
         r.last_hash,
@@ -443,6 +457,7 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
     let unapplied = s.orders[&10];
     let r = record(10);
     let forged = forge(
+        &node_keys,
         unapplied,
         r.state.version + 1,
         r.last_hash,
@@ -452,6 +467,22 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
         },
     );
     let (ep, eo) = produce(&app, unapplied, forged).await;
+
+    // 5. What anyone with produce rights could write: order 6's correctly
+    //    chained next event, under a log key of their own.
+    let outsider = s.orders[&6];
+    let r = record(6);
+    let forged = forge(
+        &log_keys(&orderlog::crypto::Kek::generate()),
+        outsider,
+        r.state.version + 1,
+        r.last_hash,
+        r.key_id.unwrap(),
+        Event::OrderCancelled {
+            reason: CancelReason::Other,
+        },
+    );
+    let (fp, fo) = produce(&app, outsider, forged).await;
 
     let node = stop(app).await;
     let out = node.run(&["verify", "--json"]);
@@ -475,6 +506,7 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
         ("broken_chain", unchained, cp, co),
         ("sequence_gap", withheld, gp, go),
         ("erasure_not_applied", unapplied, ep, eo),
+        ("forged", outsider, fp, fo),
     ]
     .into_iter()
     .map(|(k, o, p, off)| (k.to_owned(), o.to_string(), i64::from(p), off))
@@ -504,7 +536,7 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
         );
     }
     assert!(stdout.contains("event 3 is missing"), "{stdout}");
-    assert!(stdout.contains("4 findings"), "{stdout}");
+    assert!(stdout.contains("5 findings"), "{stdout}");
     assert_no_personal(
         &format!("{stdout}{}", text(&out.stderr)),
         s.orders.keys().copied(),
@@ -531,5 +563,138 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
             real + 1
         )),
         "{stdout}"
+    );
+}
+
+/// Issue 16, item 1: a client with produce rights on the events topic, but
+/// not the nodes' KEK, appends a correctly chained share of a real order to
+/// the party of its choice. Neither the views nor the writer take it: it is
+/// dead-lettered, the party sees nothing, the order goes on from its real
+/// last event, and `verify` reports the record as forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_share_forged_by_a_producer_is_dead_lettered_and_reveals_nothing() {
+    let app = TestApp::spawn().await;
+    let id = Uuid::now_v7();
+    exec(&app, id, Command::PlaceOrder(fixtures::new_order(61, true))).await;
+    let r = app.app.service.get(id).unwrap().unwrap().record;
+    let share = Event::OrderShared {
+        party: sf(),
+        classes: BTreeSet::from([FieldClass::Shipping, FieldClass::Identity]),
+    };
+    // Under a log key of the forger's own, and as a schema-v1 record (no
+    // MAC at all).
+    let own_key = forge(
+        &log_keys(&orderlog::crypto::Kek::generate()),
+        id,
+        2,
+        r.last_hash,
+        r.key_id.unwrap(),
+        share.clone(),
+    );
+    let meta = EventMeta {
+        event_id: Uuid::now_v7(),
+        order_id: id,
+        sequence: 2,
+        occurred_at_ms: orderlog::service::now_ms(),
+        key_id: r.key_id.unwrap(),
+        prev_hash: r.last_hash,
+    };
+    let no_mac = events::encode_v1(&events::seal_event(&share, meta, None).unwrap());
+    let forged = [
+        produce(&app, id, own_key).await,
+        produce(&app, id, no_mac).await,
+    ];
+
+    // Both are dead-lettered, each with the reason.
+    let dead_letter = format!("{}.dead-letter", app.app.topic);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead: Vec<String> = common::raw_records(&app.app.kafka.brokers, &dead_letter)
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() == id.as_bytes())
+            .map(|(_, v)| text(&v))
+            .collect();
+        if dead.len() >= 2 || std::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(dead.len(), 2, "both forged records dead-lettered: {dead:?}");
+    assert!(dead[0].contains("does not hold"), "{}", dead[0]);
+    assert!(dead[1].contains("schema v1"), "{}", dead[1]);
+
+    // The party named in the forged share sees nothing of the order.
+    let view = format!("/v1/shipping/sf-express/orders/{id}");
+    let resp = app
+        .get(&view, common::app::LOGISTICS_SF)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body = resp.text().await.unwrap();
+    assert_no_personal(&body, [61]);
+
+    // The order goes on from its real last event: a real share is event 2.
+    let shipping = BTreeSet::from([FieldClass::Shipping]);
+    let outcome = app
+        .app
+        .service
+        .execute(
+            id,
+            Command::ShareOrder {
+                party: sf(),
+                classes: shipping,
+            },
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let shared: Value = loop {
+        let resp = app
+            .get(&view, common::app::LOGISTICS_SF)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "the real share shows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(shared["version"], 2);
+    assert_eq!(
+        shared["id_number"],
+        Value::Null,
+        "identity was never shared"
+    );
+
+    let node = stop(app).await;
+    let out = node.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: BTreeSet<(String, i64, i64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["partition"].as_i64().unwrap_or(-1),
+                f["offset"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, i64, i64)> = forged
+        .iter()
+        .map(|(p, o)| ("forged".to_owned(), i64::from(*p), *o))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap()
     );
 }

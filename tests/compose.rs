@@ -171,6 +171,93 @@ fn the_compose_file_creates_the_topics_the_code_uses_with_its_settings() {
     }
 }
 
+/// The number after `flag` in ops/Dockerfile (the first one that is a number).
+fn dockerfile_number(flag: &str) -> String {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/Dockerfile")).unwrap();
+    text.split(flag)
+        .skip(1)
+        .map(|rest| {
+            rest.trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| panic!("ops/Dockerfile sets no {flag}"))
+}
+
+#[test]
+fn the_kek_reaches_each_node_readable_by_its_user_only() {
+    // orderlog refuses a KEK file its group or others may read. A `file:`
+    // secret is bind-mounted with the host file's owner and mode (Compose
+    // ignores uid, gid and mode for it outside Swarm), so the secret comes
+    // from the environment, which Compose writes with the owner and mode given.
+    let c = compose();
+    let top = &c["secrets"]["orderlog_kek"];
+    assert!(
+        top["environment"].as_str().is_some() && top.get("file").is_none(),
+        "the KEK secret comes from an environment variable: {top:?}"
+    );
+    let (uid, gid) = (dockerfile_number("--uid"), dockerfile_number("--gid"));
+    for name in orderlog_services(&c) {
+        let svc = &c["services"][name.as_str()];
+        let secrets = svc["secrets"].as_sequence().unwrap();
+        let kek = secrets
+            .iter()
+            .find(|s| s["source"].as_str() == Some("orderlog_kek"))
+            .unwrap_or_else(|| panic!("{name} gets the KEK secret in the long syntax"));
+        assert_eq!(kek["uid"].as_str(), Some(uid.as_str()), "{name}: uid");
+        assert_eq!(kek["gid"].as_str(), Some(gid.as_str()), "{name}: gid");
+        // YAML 1.1 readers (Compose) take 0400 as octal; this 1.2 reader keeps
+        // the text.
+        let mode = match &kek["mode"] {
+            Value::String(m) => u32::from_str_radix(m, 8).unwrap(),
+            Value::Number(n) => u32::try_from(n.as_u64().unwrap()).unwrap(),
+            other => panic!("{name}: mode {other:?}"),
+        };
+        assert!(
+            mode & 0o077 == 0 && mode & 0o400 != 0,
+            "{name}: mode {mode:o}"
+        );
+        let target = kek["target"].as_str().unwrap();
+        assert_eq!(
+            svc["environment"]["ORDERLOG_KEK_FILE"].as_str(),
+            Some(format!("/run/secrets/{target}").as_str()),
+            "{name} reads the secret it is given"
+        );
+    }
+}
+
+#[test]
+fn plain_http_is_served_knowingly_and_published_on_the_hosts_loopback_only() {
+    let c = compose();
+    for name in orderlog_services(&c) {
+        let svc = &c["services"][name.as_str()];
+        let env = &svc["environment"];
+        let listen: std::net::SocketAddr =
+            env["ORDERLOG_LISTEN"].as_str().unwrap().parse().unwrap();
+        let tls = env.get("ORDERLOG_TLS_CERT").is_some();
+        let insecure = env
+            .get("ORDERLOG_INSECURE_HTTP")
+            .and_then(Value::as_str)
+            .is_some_and(|v| v == "true");
+        assert!(
+            orderlog::config::check_plain_http(listen, tls, insecure).is_ok(),
+            "{name} would be refused at start"
+        );
+        if !tls {
+            for p in svc["ports"].as_sequence().unwrap() {
+                let p = p.as_str().unwrap();
+                assert!(
+                    p.starts_with("127.0.0.1:"),
+                    "{name} publishes plain HTTP beyond the host: {p}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_grafana_dashboard_only_plots_metrics_orderlog_exports() {
     let dash: serde_json::Value = serde_json::from_str(

@@ -471,6 +471,45 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
         );
     }
     app2.stop().await;
+
+    // A new node with the new KEK only, on an empty data directory: the
+    // records written before the rotation still authenticate (under the
+    // retired log key the key topic now holds, wrapped under the new KEK),
+    // so it projects every one of them and dead-letters none.
+    let fresh = tempfile::tempdir().unwrap();
+    config.data_dir = fresh.path().to_owned();
+    let app3 = orderlog::app::App::start(&config).await.unwrap();
+    let projector = app3.projector.as_ref().unwrap().status.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while projector
+        .projected
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old events are projected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        projector
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no record written before the rotation is taken for a forgery"
+    );
+    let o: Value = client
+        .get(format!("http://{}/v1/orders/{}", app3.addr, ids[0]))
+        .bearer_auth(CHECKOUT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(o["version"], 1, "{o}");
+    app3.stop().await;
 }
 
 /// A node whose vault was not current for longer than the key topic keeps

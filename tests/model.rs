@@ -447,6 +447,23 @@ async fn send(
     })
 }
 
+/// [`send`] for an order the party should see: a view answers 404 at once
+/// until this node has projected what makes the order visible to the party
+/// (its placing, its share), so a 404 is retried for a while.
+async fn send_visible(
+    req: impl Fn() -> reqwest::RequestBuilder,
+    stats: &RefCell<Stats>,
+) -> Result<Answer, TestCaseError> {
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let a = send(req(), stats).await?;
+        if a.status != 404 || std::time::Instant::now() >= deadline {
+            return Ok(a);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Compares an answer with the prediction; `Ok(true)` when it was a write.
 fn compare(
     what: &str,
@@ -1077,17 +1094,11 @@ impl Case<'_> {
         for (i, o) in self.model.orders.iter().enumerate() {
             let ctx = format!("{what}: order {i} {}", o.id);
             self.stats.borrow_mut().view_checks += 1;
-            let a = send(
-                self.app.get(
-                    &format!(
-                        "/v1/merchants/{OWN_MERCHANT}/orders/{}?min_version={}",
-                        o.id, o.version
-                    ),
-                    MERCHANT_M1,
-                ),
-                self.stats,
-            )
-            .await?;
+            let merchant_path = format!(
+                "/v1/merchants/{OWN_MERCHANT}/orders/{}?min_version={}",
+                o.id, o.version
+            );
+            let a = send_visible(|| self.app.get(&merchant_path, MERCHANT_M1), self.stats).await?;
             let b = &a.body;
             prop_assert_eq!(a.status, 200, "{}: merchant view {}", ctx, b);
             prop_assert_eq!(
@@ -1125,17 +1136,16 @@ impl Case<'_> {
             let shared = o
                 .shares
                 .contains_key(&("logistics".to_owned(), VIEWED_PROVIDER.to_owned()));
-            let a = send(
-                self.app.get(
-                    &format!(
-                        "/v1/shipping/{VIEWED_PROVIDER}/orders/{}?min_version={}",
-                        o.id, o.version
-                    ),
-                    LOGISTICS_SF,
-                ),
-                self.stats,
-            )
-            .await?;
+            let shipping_path = format!(
+                "/v1/shipping/{VIEWED_PROVIDER}/orders/{}?min_version={}",
+                o.id, o.version
+            );
+            let a = if shared {
+                send_visible(|| self.app.get(&shipping_path, LOGISTICS_SF), self.stats).await?
+            } else {
+                // Not shared with it: 404 at once, whatever min_version says.
+                send(self.app.get(&shipping_path, LOGISTICS_SF), self.stats).await?
+            };
             let b = &a.body;
             if !shared {
                 prop_assert_eq!(

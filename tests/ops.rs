@@ -45,10 +45,11 @@ async fn readiness_turns_true_only_once_the_projector_has_caught_up() {
     ensure_topics(&settings, &[TopicSpec::events(&topic, 3, 1)])
         .await
         .unwrap();
-    let total = common::prefill(&brokers, &topic, 3, 60_000).await;
+    let kek = Kek::generate();
+    let total = common::prefill(&brokers, &topic, 3, 60_000, &kek).await;
 
     let data = tempfile::tempdir().unwrap();
-    let mut config = common::app::config(&topic, data.path(), &Kek::generate(), 3);
+    let mut config = common::app::config(&topic, data.path(), &kek, 3);
     config.topic = topic.clone();
     let app = App::start(&config).await.unwrap();
     let client = reqwest::Client::new();

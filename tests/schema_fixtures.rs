@@ -1,15 +1,16 @@
 //! Golden fixtures: every stored schema version must still decode, forever.
 //!
-//! `schemas/fixtures/v1/*.bin` are encoded events of one order (placed, shared,
-//! class-erased, cancelled, erased), sealed under a fixed test key; each `.json`
-//! beside them is what the current decoder must read from it. Regenerate only
-//! when adding a NEW version's fixtures:
-//! `ORDERLOG_WRITE_FIXTURES=1 cargo test --test schema_fixtures`.
+//! `schemas/fixtures/v<N>/*.bin` are encoded events of one order (placed,
+//! shared, class-erased, cancelled, erased), sealed under a fixed test key
+//! (and, from v2, authenticated under the log key of a fixed test KEK); each
+//! `.json` beside them is what the current decoder must read from it.
+//! Generate only a NEW version's fixtures, once:
+//! `ORDERLOG_WRITE_FIXTURES=<N> cargo test --test schema_fixtures`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use orderlog::crypto::{KeyId, OrderKey};
+use orderlog::crypto::{Kek, KekRing, KeyId, LogKeys, OrderKey};
 use orderlog::domain::validation::ProviderId;
 use orderlog::domain::{
     CancelReason, Command, ErasureScope, Event, FieldClass, Party, decide, fixtures, fold,
@@ -22,8 +23,25 @@ fn fixture_key() -> OrderKey {
     OrderKey::derive(KeyId([0x11; 16]), &[0x22; 32])
 }
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/fixtures/v1")
+/// Every schema version this build reads.
+const VERSIONS: [u16; 2] = [1, 2];
+
+fn fixture_log_keys() -> LogKeys {
+    let kek = Kek::parse(&format!("orderlog-kek-v1:{}", "33".repeat(64))).unwrap();
+    LogKeys::from_ring(&KekRing::new(kek))
+}
+
+fn dir(version: u16) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/fixtures/v{version}"))
+}
+
+/// The record as that version encodes it.
+fn encode_as(version: u16, env: &Envelope) -> Vec<u8> {
+    match version {
+        1 => events::encode_v1(env),
+        2 => events::encode(env, &fixture_log_keys()),
+        v => panic!("no encoder for v{v}"),
+    }
 }
 
 /// What a reader sees of an envelope, personal fields included (fixture data is invented).
@@ -70,7 +88,7 @@ fn summary(env: &Envelope, key: &OrderKey) -> Value {
     })
 }
 
-fn write_fixtures() {
+fn write_fixtures(version: u16) {
     let key = fixture_key();
     let order_id = Uuid::parse_str("01936b2e-0000-7000-8000-000000000001").unwrap();
     let commands = [
@@ -118,17 +136,19 @@ fn write_fixtures() {
             prev_hash: prev,
         };
         let env = events::seal_event(&event, meta, Some(&key)).unwrap();
-        let bytes = events::encode(&env);
+        let bytes = encode_as(version, &env);
         prev = events::record_hash(&bytes);
-        std::fs::write(dir().join(format!("{name}.bin")), &bytes).unwrap();
-        let json = serde_json::to_string_pretty(&summary(&env, &key)).unwrap();
-        std::fs::write(dir().join(format!("{name}.json")), json + "\n").unwrap();
+        std::fs::create_dir_all(dir(version)).unwrap();
+        std::fs::write(dir(version).join(format!("{name}.bin")), &bytes).unwrap();
+        let json =
+            serde_json::to_string_pretty(&summary(&events::decode(&bytes).unwrap(), &key)).unwrap();
+        std::fs::write(dir(version).join(format!("{name}.json")), json + "\n").unwrap();
         history.push(event);
     }
 }
 
-fn fixture_files() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir())
+fn fixture_files(version: u16) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir(version))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "bin"))
@@ -139,47 +159,77 @@ fn fixture_files() -> Vec<PathBuf> {
 
 #[test]
 fn every_golden_fixture_decodes_to_its_recorded_reading() {
-    if std::env::var_os("ORDERLOG_WRITE_FIXTURES").is_some() {
-        write_fixtures();
+    if let Ok(v) = std::env::var("ORDERLOG_WRITE_FIXTURES") {
+        write_fixtures(v.parse().expect("ORDERLOG_WRITE_FIXTURES=<schema version>"));
     }
-    let files = fixture_files();
-    assert_eq!(
-        files.len(),
-        5,
-        "expected five v1 fixtures in {}",
-        dir().display()
-    );
     let key = fixture_key();
-    for bin in files {
-        let bytes = std::fs::read(&bin).unwrap();
-        let env = events::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(bin.with_extension("json")).unwrap())
-                .unwrap();
-        assert_eq!(summary(&env, &key), expected, "{}", bin.display());
+    for version in VERSIONS {
+        let files = fixture_files(version);
         assert_eq!(
-            events::encode(&env),
-            bytes,
-            "{} re-encodes to the same bytes",
+            files.len(),
+            5,
+            "expected five v{version} fixtures in {}",
+            dir(version).display()
+        );
+        for bin in files {
+            let bytes = std::fs::read(&bin).unwrap();
+            let env = events::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+            assert_eq!(env.schema_version, version, "{}", bin.display());
+            let expected: Value =
+                serde_json::from_str(&std::fs::read_to_string(bin.with_extension("json")).unwrap())
+                    .unwrap();
+            assert_eq!(summary(&env, &key), expected, "{}", bin.display());
+            assert_eq!(
+                encode_as(version, &env),
+                bytes,
+                "{} re-encodes to the same bytes",
+                bin.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn v2_fixtures_authenticate_under_their_log_key_and_v1_only_where_accepted() {
+    let keys = fixture_log_keys();
+    let other = LogKeys::from_ring(&KekRing::new(Kek::generate()));
+    for bin in fixture_files(2) {
+        let bytes = std::fs::read(&bin).unwrap();
+        assert_eq!(
+            events::authenticate(&bytes, &keys),
+            Ok(()),
+            "{}",
             bin.display()
+        );
+        assert!(events::authenticate(&bytes, &other).is_err());
+    }
+    for bin in fixture_files(1) {
+        let bytes = std::fs::read(&bin).unwrap();
+        let refused = events::authenticate(&bytes, &keys).unwrap_err();
+        assert!(refused.to_string().contains("schema v1"), "{refused}");
+        assert_eq!(
+            events::authenticate(&bytes, &keys.clone().accepting_v1(true)),
+            Ok(())
         );
     }
 }
 
 #[test]
 fn golden_fixtures_form_an_intact_hash_chain() {
-    let mut prev = [0u8; 32];
-    for (n, bin) in fixture_files().into_iter().enumerate() {
-        let bytes = std::fs::read(&bin).unwrap();
-        let env = events::decode(&bytes).unwrap();
-        assert_eq!(env.meta.sequence, n as u64 + 1);
-        assert_eq!(
-            env.meta.prev_hash,
-            prev,
-            "{} links to its predecessor",
-            bin.display()
-        );
-        prev = events::record_hash(&bytes);
+    for version in VERSIONS {
+        let mut prev = [0u8; 32];
+        for (n, bin) in fixture_files(version).into_iter().enumerate() {
+            let bytes = std::fs::read(&bin).unwrap();
+            let env = events::decode(&bytes).unwrap();
+            assert_eq!(env.meta.sequence, n as u64 + 1);
+            assert_eq!(
+                env.meta.prev_hash,
+                prev,
+                "{} links to its predecessor",
+                bin.display()
+            );
+            prev = events::record_hash(&bytes);
+        }
     }
 }
 
@@ -193,7 +243,7 @@ fn golden_fixtures_hold_no_personal_plaintext() {
         personal.contact.email.as_ref().unwrap().as_str().to_owned(),
         personal.identity.as_ref().unwrap().as_str().to_owned(),
     ];
-    for bin in fixture_files() {
+    for bin in VERSIONS.into_iter().flat_map(fixture_files) {
         let bytes = std::fs::read(&bin).unwrap();
         for n in &needles {
             assert!(

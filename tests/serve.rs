@@ -1,6 +1,7 @@
 //! The README's main job: `orderlog serve` with no brokers runs on the
 //! embedded mock cluster, prints one token per role, serves the documented
-//! flow over a real socket, and shuts down cleanly on SIGTERM.
+//! flow over a real socket, and shuts down cleanly on SIGTERM. And it
+//! refuses plain HTTP on an address other hosts can reach unless told.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -86,18 +87,38 @@ async fn embedded_serve_runs_the_documented_flow_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(shared["version"], 2);
-    let view: Value = client
-        .get(format!(
-            "{base}/v1/shipping/sf-express/orders/{id}?min_version=2"
-        ))
-        .bearer_auth(&tokens["logistics:sf-express"])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // 404 until the view shows the share (the projector runs beside the
+    // writer), then the order as of version 2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let view: Value = loop {
+        let r = client
+            .get(format!(
+                "{base}/v1/shipping/sf-express/orders/{id}?min_version=2"
+            ))
+            .bearer_auth(&tokens["logistics:sf-express"])
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 404 || std::time::Instant::now() >= deadline {
+            break r.json().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(view["consignee"]["mobile_masked"], "138****8000", "{view}");
+    // An auditor sees the personal fields only by asking, and the reveal is
+    // logged with the token's name (a demo token is named after its role).
+    for (query, name) in [("", Value::Null), ("?reveal=true", json!("张三"))] {
+        let order: Value = client
+            .get(format!("{base}/v1/orders/{id}{query}"))
+            .bearer_auth(&tokens["auditor"])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(order["personal"]["consignee"]["name"], name, "{order}");
+    }
     let r = client
         .post(format!("{base}/v1/orders/{id}/cancel"))
         .bearer_auth(&tokens["checkout"])
@@ -169,6 +190,19 @@ async fn embedded_serve_runs_the_documented_flow_and_stops_on_sigterm() {
             .any(|l| l["message"] == "Order erased." && l["order_id"] == id.as_str()),
         "{log}"
     );
+    let reveals: Vec<&Value> = json_lines
+        .iter()
+        .filter(|l| l["message"] == "Personal fields revealed for audit.")
+        .collect();
+    assert_eq!(reveals.len(), 1, "{log}");
+    assert_eq!(
+        (
+            reveals[0]["order_id"].as_str(),
+            reveals[0]["token_name"].as_str()
+        ),
+        (Some(id.as_str()), Some("auditor")),
+        "{log}"
+    );
     assert!(
         log.contains("EMBEDDED"),
         "it says it runs on the embedded broker"
@@ -183,4 +217,49 @@ async fn embedded_serve_runs_the_documented_flow_and_stops_on_sigterm() {
     for secret in ["张三", "13800138000", "科技园路"] {
         assert!(!log.contains(secret), "personal data in the logs");
     }
+}
+
+/// Plain HTTP on an address other hosts can reach is refused at start,
+/// naming the address and both ways out; on loopback it is served as ever
+/// (the test above).
+#[test]
+fn plain_http_on_a_public_address_is_refused_at_start_naming_both_fixes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orderlog"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("ORDERLOG_BROKERS")
+        .env_remove("ORDERLOG_CONFIG")
+        .env_remove("ORDERLOG_TLS_CERT")
+        .env_remove("ORDERLOG_TLS_KEY")
+        .env_remove("ORDERLOG_INSECURE_HTTP")
+        .env_remove("ORDERLOG_TOKENS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A serve that started would never exit: it is stopped, and the test fails.
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("serve started on 0.0.0.0 over plain HTTP");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "serve started on 0.0.0.0 over plain HTTP"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["0.0.0.0:0", "--tls-cert", "--insecure-http"] {
+        assert!(stderr.contains(needle), "{needle} is not named: {stderr}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("listening"),
+        "nothing is served, no token is printed: {stdout}"
+    );
+    assert!(!stdout.contains("Demo bearer tokens"), "{stdout}");
 }

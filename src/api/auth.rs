@@ -1,10 +1,12 @@
 //! Bearer-token authentication and roles.
 //!
 //! Tokens are kept only as SHA-256 digests, looked up by digest, and never
-//! logged; a request's identity is its [`Role`].
+//! logged; a request's identity is its [`Role`], and access logs name the
+//! token by the name it was configured with (`token=role@name`).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -63,10 +65,18 @@ impl fmt::Display for Role {
     }
 }
 
-/// Token digests to roles.
+/// A configured bearer token: the token, its role, and its name, which
+/// access logs show in its place (the role's name when none was given).
+pub type TokenEntry = (Secret, Role, String);
+
+/// The name a forwarded call's caller goes by: the forwarding node vouches
+/// for the role only.
+pub const FORWARDED_NAME: &str = "(forwarded)";
+
+/// Token digests to roles and names.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    by_digest: HashMap<[u8; 32], Role>,
+    by_digest: HashMap<[u8; 32], (Role, Arc<str>)>,
 }
 
 impl fmt::Debug for Tokens {
@@ -76,19 +86,30 @@ impl fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    pub fn new(entries: &[(Secret, Role)]) -> Self {
+    pub fn new(entries: &[TokenEntry]) -> Self {
         Self {
             by_digest: entries
                 .iter()
-                .map(|(t, r)| (Sha256::digest(t.expose().as_bytes()).into(), r.clone()))
+                .map(|(t, r, name)| {
+                    (
+                        Sha256::digest(t.expose().as_bytes()).into(),
+                        (r.clone(), Arc::from(name.as_str())),
+                    )
+                })
                 .collect(),
         }
     }
 
     /// The role of a presented token, if it is known.
     pub fn role(&self, token: &str) -> Option<&Role> {
+        self.lookup(token).map(|(role, _)| role)
+    }
+
+    /// The role and name of a presented token, if it is known.
+    pub fn lookup(&self, token: &str) -> Option<(&Role, &Arc<str>)> {
         self.by_digest
             .get(&<[u8; 32]>::from(Sha256::digest(token.as_bytes())))
+            .map(|(role, name)| (role, name))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -96,8 +117,9 @@ impl Tokens {
     }
 }
 
-/// Fresh random tokens, one per role, for the embedded demo mode.
-pub fn demo_tokens() -> Vec<(Secret, Role)> {
+/// Fresh random tokens, one per role (each named after its role), for the
+/// embedded demo mode.
+pub fn demo_tokens() -> Vec<TokenEntry> {
     use rand::RngCore;
     let roles = [
         Role::Checkout,
@@ -111,8 +133,9 @@ pub fn demo_tokens() -> Vec<(Secret, Role)> {
         .map(|r| {
             let mut b = [0u8; 18];
             rand::rngs::OsRng.fill_bytes(&mut b);
-            let prefix = r.to_string().split(':').next().unwrap_or("tok").to_owned();
-            (Secret::new(format!("{prefix}-{}", hex::encode(b))), r)
+            let name = r.to_string();
+            let prefix = name.split(':').next().unwrap_or("tok").to_owned();
+            (Secret::new(format!("{prefix}-{}", hex::encode(b))), r, name)
         })
         .collect()
 }
@@ -138,26 +161,39 @@ mod tests {
     }
 
     #[test]
-    fn tokens_map_to_roles_and_unknown_tokens_to_nothing() {
-        let t = Tokens::new(&[(Secret::new("0123456789abcdef-checkout"), Role::Checkout)]);
+    fn tokens_map_to_roles_and_names_and_unknown_tokens_to_nothing() {
+        let t = Tokens::new(&[(
+            Secret::new("0123456789abcdef-checkout"),
+            Role::Checkout,
+            "shop-frontend".to_owned(),
+        )]);
         assert_eq!(t.role("0123456789abcdef-checkout"), Some(&Role::Checkout));
+        let (role, name) = t.lookup("0123456789abcdef-checkout").unwrap();
+        assert_eq!((role, name.as_ref()), (&Role::Checkout, "shop-frontend"));
         assert_eq!(t.role("0123456789abcdef-checkouT"), None);
         assert!(!format!("{t:?}").contains("0123456789abcdef"));
     }
 }
 
 /// The authenticated caller of a request.
-/// Who is calling: the role of a bearer token, or the role a forwarding node
-/// vouches for (then `forwarded` is set, and the command is never forwarded
-/// again).
+/// Who is calling: the role of a bearer token and the token's name (for
+/// access logs), or the role a forwarding node vouches for (then
+/// `forwarded` is set, the name is [`FORWARDED_NAME`], and the command is
+/// never forwarded again).
 #[derive(Debug, Clone)]
-pub struct Caller(pub Role, pub Forwarded);
+pub struct Caller(pub Role, pub Forwarded, pub Arc<str>);
 
 /// Whether a request came from another node, carrying its caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded(pub bool);
 
 impl Caller {
+    /// The name of the caller's token, as configured: what access logs say
+    /// in place of the token.
+    pub fn token_name(&self) -> &str {
+        &self.2
+    }
+
     /// 403 unless the caller has one of `allowed`.
     pub fn require(&self, allowed: &[Role]) -> Result<(), super::error::ApiError> {
         if allowed.contains(&self.0) {
@@ -189,7 +225,7 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
                 .forwarder
                 .verify(&parts.headers, &parts.method, parts.uri.path())?
         {
-            return Ok(Caller(role, Forwarded(true)));
+            return Ok(Caller(role, Forwarded(true), Arc::from(FORWARDED_NAME)));
         }
         let unauthenticated =
             |m: &str| super::error::ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
@@ -208,9 +244,8 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
             .ok_or_else(|| unauthenticated("Authorization header must be 'Bearer <token>'"))?;
         state
             .tokens
-            .role(token)
-            .cloned()
-            .map(|r| Caller(r, Forwarded(false)))
+            .lookup(token)
+            .map(|(role, name)| Caller(role.clone(), Forwarded(false), name.clone()))
             .ok_or_else(|| unauthenticated("unknown bearer token"))
     }
 }

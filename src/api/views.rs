@@ -41,7 +41,10 @@ pub struct OrderParams {
     min_version: Option<u64>,
 }
 
-fn params<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+/// The query parameters, or a 400 `invalid_query` naming the problem.
+pub(super) fn params<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
     q.map(|Query(p)| p).map_err(|e| {
         ApiError::bad_request(
             "invalid_query",
@@ -216,20 +219,32 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// The order's view row, waiting up to [`MAX_WAIT`] for `min_version`. The
-/// answer never states the version the view holds: the row may be another
-/// party's order.
-async fn wait_for(
+/// The order's view row if the caller's party may see it (`visible`),
+/// waiting up to [`MAX_WAIT`] for `min_version`.
+///
+/// Access comes first, on every look: an order the party may not see
+/// (another party's, or one whose share this node has not projected yet)
+/// is `None` at once, exactly as one that does not exist, whatever
+/// `min_version` says; neither a wait nor a 503 tells that it exists or
+/// which version it has. So a party that reads right after a write
+/// retries a 404 until the share (or the placing, for a merchant) is
+/// visible; `min_version` then waits for the later versions.
+async fn visible_order(
     state: &AppState,
     id: Uuid,
     min_version: Option<u64>,
+    visible: impl Fn(&ProjectedOrder) -> bool,
 ) -> Result<Option<ProjectedOrder>, ApiError> {
     let deadline = Instant::now() + MAX_WAIT;
     loop {
-        let o = query::order(&state.store, id).map_err(internal)?;
-        let have = o.as_ref().map_or(0, |o| o.version);
+        let Some(o) = query::order(&state.store, id)
+            .map_err(internal)?
+            .filter(&visible)
+        else {
+            return Ok(None);
+        };
         match min_version {
-            Some(v) if have < v => {
+            Some(v) if o.version < v => {
                 if Instant::now() >= deadline {
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -239,7 +254,7 @@ async fn wait_for(
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            _ => return Ok(o),
+            _ => return Ok(Some(o)),
         }
     }
 }
@@ -336,9 +351,9 @@ pub async fn shipping_order(
     let party = provider_role(&caller, &provider)?;
     let id = parse_id(&id)?;
     let p = params(q)?;
-    match wait_for(&state, id, p.min_version).await? {
-        Some(o) if o.shared_with(&party) => Ok(Json(shipping_json(&state, &o, &party)?)),
-        _ => Err(ApiError::new(
+    match visible_order(&state, id, p.min_version, |o| o.shared_with(&party)).await? {
+        Some(o) => Ok(Json(shipping_json(&state, &o, &party)?)),
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "order_not_found",
             "no order with this id was shared with this provider",
@@ -368,9 +383,9 @@ pub async fn merchant_order(
     merchant_role(&caller, &merchant)?;
     let id = parse_id(&id)?;
     let p = params(q)?;
-    match wait_for(&state, id, p.min_version).await? {
-        Some(o) if o.merchant_id == merchant => Ok(Json(merchant_json(&state, &o)?)),
-        _ => Err(ApiError::new(
+    match visible_order(&state, id, p.min_version, |o| o.merchant_id == merchant).await? {
+        Some(o) => Ok(Json(merchant_json(&state, &o)?)),
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "order_not_found",
             "this merchant has no order with this id",

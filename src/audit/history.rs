@@ -145,8 +145,9 @@ pub fn build<'a>(
     partitions: usize,
     records: impl IntoIterator<Item = RecordRef<'a>>,
     key: Option<&KeyLookup>,
+    log_keys: Option<std::sync::Arc<crate::crypto::LogKeys>>,
 ) -> (History, Vec<FieldClass>) {
-    let mut checker = ChainChecker::new(partitions);
+    let mut checker = ChainChecker::new(partitions, log_keys);
     let mut entries = Vec::new();
     let mut revealed = Vec::new();
     for (partition, offset, k, value) in records {
@@ -267,6 +268,7 @@ pub fn run(
             .iter()
             .map(|r| (r.partition, r.offset, r.key.as_deref(), r.value.as_slice())),
         key.as_ref(),
+        source.log_keys.clone(),
     );
     if let Some((_, actor)) = reveal {
         let classes: Vec<&str> = revealed.iter().map(|c| c.as_str()).collect();
@@ -299,7 +301,7 @@ mod tests {
             a,
             ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])),
         );
-        let (h, revealed) = build(a, 1, records(&f), None);
+        let (h, revealed) = build(a, 1, records(&f), None, None);
         assert!(revealed.is_empty());
         assert_eq!(
             h.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
@@ -322,7 +324,7 @@ mod tests {
                 .map(|c| (c, f.keys[&a].subkey(c).unwrap().clone()))
                 .collect(),
         ));
-        let (h, revealed) = build(a, 1, records(&f), Some(&key));
+        let (h, revealed) = build(a, 1, records(&f), Some(&key), None);
         assert_eq!(revealed, vec![FieldClass::Shipping, FieldClass::Contact]);
         let text = h.to_text();
         assert!(text.contains("name=张三丰7"), "{text}");

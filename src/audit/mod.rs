@@ -60,6 +60,10 @@ pub enum AuditError {
     ProjectorStopped,
     #[error("invalid party {0:?}: expected logistics:<provider> or merchant:<merchant>")]
     BadParty(String),
+    #[error(
+        "a replay authenticates every record with the log key, which comes from the KEK: set ORDERLOG_KEK or ORDERLOG_KEK_FILE"
+    )]
+    NoLogKeys,
 }
 
 /// Where the log is.
@@ -67,6 +71,10 @@ pub enum AuditError {
 pub struct Source {
     pub settings: KafkaSettings,
     pub topic: String,
+    /// The keys that authenticate the log's records. Without them (an
+    /// audit without the KEK) records are read unauthenticated, and a
+    /// replay refuses to run.
+    pub log_keys: Option<std::sync::Arc<crate::crypto::LogKeys>>,
 }
 
 /// A node's data directory, opened read-only: its key vault and its views.

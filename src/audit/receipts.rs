@@ -57,8 +57,9 @@ impl Receipt {
 pub fn collect<'a>(
     partitions: usize,
     records: impl IntoIterator<Item = RecordRef<'a>>,
+    keys: Option<std::sync::Arc<crate::crypto::LogKeys>>,
 ) -> Vec<Receipt> {
-    let mut checker = ChainChecker::new(partitions);
+    let mut checker = ChainChecker::new(partitions, keys);
     let mut out = Vec::new();
     for (partition, offset, key, value) in records {
         let Observed::Accepted(env) = checker.observe(partition, offset, key, value) else {
@@ -255,6 +256,7 @@ pub fn run(source: &Source, node: &NodeData) -> Result<Vec<Receipt>, AuditError>
         records
             .iter()
             .map(|r| (r.partition, r.offset, r.key.as_deref(), r.value.as_slice())),
+        Some(node.vault.log_keys()),
     );
     let live = live_members(source)?;
     for r in &mut receipts {
@@ -278,6 +280,7 @@ fn live_members(source: &Source) -> Result<Vec<crate::erasure::NodeRow>, AuditEr
     let members = Source {
         settings: source.settings.clone(),
         topic: crate::kafka::members_topic_for(&source.topic),
+        log_keys: None,
     };
     let mut rows: std::collections::BTreeMap<String, Option<Member>> = Default::default();
     match log::scan(&members, None, |r| {
@@ -348,7 +351,7 @@ mod tests {
             .enumerate()
             .map(|(o, (k, v))| (0, o as i64, Some(k.as_slice()), v.as_slice()))
             .collect();
-        let mut receipts = collect(1, records);
+        let mut receipts = collect(1, records, None);
         assert_eq!(
             receipts
                 .iter()

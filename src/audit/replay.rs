@@ -131,6 +131,7 @@ pub fn run(
     stall: Duration,
     mut progress: impl FnMut(Progress),
 ) -> Result<ReplayReport, AuditError> {
+    let log_keys = source.log_keys.clone().ok_or(AuditError::NoLogKeys)?;
     prepare_dir(into)?;
     let partitions: Vec<i32> = (0..log::partition_count(source)? as i32).collect();
     let total: u64 = log::watermarks(source, &partitions)?
@@ -153,6 +154,7 @@ pub fn run(
             dead_letter: false,
             idempotency_ttl: crate::service::state::DEFAULT_IDEMPOTENCY_TTL,
             purge: Some(purger.status.clone()),
+            log_keys,
         },
     )?;
     let counts = |p: &Projector| {

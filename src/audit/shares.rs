@@ -68,9 +68,13 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(partitions: usize, query: SharesQuery) -> Self {
+    pub fn new(
+        partitions: usize,
+        query: SharesQuery,
+        keys: Option<std::sync::Arc<crate::crypto::LogKeys>>,
+    ) -> Self {
         Self {
-            checker: ChainChecker::new(partitions),
+            checker: ChainChecker::new(partitions, keys),
             query,
             shares: Vec::new(),
         }
@@ -166,7 +170,7 @@ pub fn run(source: &Source, query: SharesQuery) -> Result<Vec<ShareRecord>, Audi
     let only = query
         .order
         .map(|o| vec![partition_of(&o, partitions) as i32]);
-    let mut c = Collector::new(partitions, query);
+    let mut c = Collector::new(partitions, query, source.log_keys.clone());
     log::scan(source, only.as_deref(), |r| {
         c.observe(r.partition, r.offset, r.key.as_deref(), &r.value)
     })?;
@@ -187,7 +191,7 @@ mod tests {
         f.share_merchant(b);
         f.share_logistics(b, "sf-express");
         let run = |q: SharesQuery| {
-            let mut c = Collector::new(1, q);
+            let mut c = Collector::new(1, q, None);
             for (off, (key, value)) in f.records.iter().enumerate() {
                 c.observe(0, off as i64, Some(key), value);
             }

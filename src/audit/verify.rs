@@ -31,6 +31,8 @@ use crate::store::{CF_VIEW_OFFSETS, Store, StoreError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
+    /// The record was not written by an orderlog node: no valid log MAC.
+    Forged,
     /// The record is not an envelope this build can read.
     Undecodable,
     /// The record key is not the order id inside the envelope.
@@ -66,6 +68,7 @@ pub enum FindingKind {
 impl FindingKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            FindingKind::Forged => "forged",
             FindingKind::Undecodable => "undecodable",
             FindingKind::KeyMismatch => "key_mismatch",
             FindingKind::WrongPartition => "wrong_partition",
@@ -146,15 +149,19 @@ pub enum Observed {
 #[derive(Debug)]
 pub struct ChainChecker {
     partitions: usize,
+    /// Without keys (an audit without the KEK), records are not
+    /// authenticated.
+    keys: Option<std::sync::Arc<crate::crypto::LogKeys>>,
     pub orders: BTreeMap<Uuid, OrderTrack>,
     pub findings: Vec<Finding>,
     pub records: u64,
 }
 
 impl ChainChecker {
-    pub fn new(partitions: usize) -> Self {
+    pub fn new(partitions: usize, keys: Option<std::sync::Arc<crate::crypto::LogKeys>>) -> Self {
         Self {
             partitions: partitions.max(1),
+            keys,
             orders: BTreeMap::new(),
             findings: Vec::new(),
             records: 0,
@@ -190,6 +197,17 @@ impl ChainChecker {
     ) -> Observed {
         self.records += 1;
         let key_order = key.and_then(|k| Uuid::from_slice(k).ok());
+        if let Some(keys) = &self.keys
+            && let Err(e @ events::DecodeError::Forged(_)) = events::authenticate(value, keys)
+        {
+            return self.finding(
+                FindingKind::Forged,
+                key_order,
+                partition,
+                offset,
+                e.to_string(),
+            );
+        }
         let env = match events::decode(value) {
             Ok(env) => env,
             Err(e) => {
@@ -624,8 +642,13 @@ pub fn run(
     options: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
     let started = Instant::now();
+    // The node's log keys (its KEK's, and any retired ones it stored).
+    let source = &Source {
+        log_keys: Some(node.vault.log_keys()),
+        ..source.clone()
+    };
     let partitions = log::partition_count(source)?;
-    let mut checker = ChainChecker::new(partitions);
+    let mut checker = ChainChecker::new(partitions, source.log_keys.clone());
     log::scan(source, None, |r| {
         checker.observe(r.partition, r.offset, r.key.as_deref(), &r.value);
     })?;

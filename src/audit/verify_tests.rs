@@ -41,7 +41,10 @@ impl Fixture {
             key_id: key.map_or(KeyId([0; 16]), OrderKey::id),
             prev_hash: prev,
         };
-        events::encode(&events::seal_event(event, meta, key).unwrap())
+        events::encode(
+            &events::seal_event(event, meta, key).unwrap(),
+            &events::codec::test_keys(),
+        )
     }
 
     /// Appends the next event of `order`; returns its offset.
@@ -110,7 +113,7 @@ impl Fixture {
     }
 
     pub fn check(&self) -> ChainChecker {
-        let mut c = ChainChecker::new(1);
+        let mut c = ChainChecker::new(1, Some(std::sync::Arc::new(events::codec::test_keys())));
         for (off, (key, value)) in self.records.iter().enumerate() {
             c.observe(0, off as i64, Some(key), value);
         }
@@ -235,14 +238,25 @@ fn a_wrong_prev_hash_breaks_the_chain_and_the_record_is_not_taken_in() {
 }
 
 #[test]
-fn a_copy_is_a_duplicate_and_a_flipped_byte_a_conflict() {
+fn a_copy_is_a_duplicate_another_record_a_conflict_and_a_flipped_byte_a_forgery() {
     let (mut f, a, _, _) = scenario();
     let placed = f.records[0].1.clone();
     let dup = f.push(a, placed.clone());
+    // Another authentic record under a taken sequence number (a writer's
+    // bug, or a zombie writer).
+    let other = f.encode(
+        a,
+        1,
+        [0; 32],
+        &Event::OrderCancelled {
+            reason: CancelReason::Other,
+        },
+    );
+    let conflict = f.push(a, other);
     let mut flipped = placed;
     let last = flipped.len() - 1;
-    flipped[last] ^= 0x01; // inside the sealed ciphertext: still decodes
-    let conflict = f.push(a, flipped);
+    flipped[last] ^= 0x01; // inside the log MAC: still decodes, no longer authentic
+    let forged = f.push(a, flipped);
     let mut broken = f.records[0].1.clone();
     broken[0] ^= 0xff; // the magic bytes: no longer an envelope
     let undecodable = f.push(a, broken);
@@ -252,11 +266,53 @@ fn a_copy_is_a_duplicate_and_a_flipped_byte_a_conflict() {
         vec![
             (FindingKind::DuplicateRecord, Some(dup)),
             (FindingKind::ConflictingRecord, Some(conflict)),
+            (FindingKind::Forged, Some(forged)),
             (FindingKind::Undecodable, Some(undecodable)),
         ]
     );
     assert!(checker.findings.iter().all(|x| x.order_id == Some(a)));
     assert!(checker.findings[1].detail.contains("offset 0"));
+}
+
+#[test]
+fn a_chained_record_without_the_log_key_is_forged_and_not_taken_in() {
+    let (mut f, a, _, _) = scenario();
+    let (seq, prev) = f.head(a);
+    // Well formed and correctly chained, as anyone able to produce could
+    // write it: a share to a party of the forger's choice, MAC'd under a
+    // key of their own.
+    let key = f.keys.get(&a).map(OrderKey::id).unwrap();
+    let meta = EventMeta {
+        event_id: Uuid::now_v7(),
+        order_id: a,
+        sequence: seq + 1,
+        occurred_at_ms: 1_760_000_000_999,
+        key_id: key,
+        prev_hash: prev,
+    };
+    let share = Event::OrderShared {
+        party: Party::Logistics(ProviderId::parse("party.id", "forger-express").unwrap()),
+        classes: BTreeSet::from([FieldClass::Shipping, FieldClass::Identity]),
+    };
+    let env = events::seal_event(&share, meta, None).unwrap();
+    let own = crate::crypto::LogKeys::from_ring(&crate::crypto::KekRing::new(
+        crate::crypto::Kek::generate(),
+    ));
+    let at = f.push(a, events::encode(&env, &own));
+    let unauthenticated = f.push(a, events::encode_v1(&env));
+    // The real next event still continues the chain.
+    let next = f.cancel(a);
+    let checker = f.check();
+    assert_eq!(
+        kinds(&checker.findings),
+        vec![
+            (FindingKind::Forged, Some(at)),
+            (FindingKind::Forged, Some(unauthenticated)),
+        ]
+    );
+    assert!(checker.findings[0].detail.contains("does not hold"));
+    assert!(checker.findings[1].detail.contains("schema v1"));
+    assert_eq!(checker.orders[&a].records[&(seq + 1)].1, next);
 }
 
 #[test]

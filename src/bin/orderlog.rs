@@ -96,6 +96,14 @@ struct ProjectArgs {
     /// Most events projected per second (0 = unlimited), to spare a busy cluster during a rebuild.
     #[arg(long, default_value_t = 0)]
     max_rate: u32,
+    /// Take schema-v1 events (no log MAC) as authentic: for a log written before v2 only.
+    #[arg(
+        long,
+        env = "ORDERLOG_ACCEPT_V1_EVENTS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    accept_v1_events: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,16 +239,34 @@ fn audit_source(o: &Overrides, needs_kek: bool) -> anyhow::Result<(Config, audit
             extra: config.kafka.clone(),
         },
         topic: config.topic.clone(),
+        log_keys: audit_log_keys(&config)?,
     };
     Ok((config, source))
 }
 
+/// The keys that authenticate the log: the KEK's, and the retired ones the
+/// node's data directory holds (after a KEK rotation). None without a KEK.
+fn audit_log_keys(
+    config: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<orderlog::crypto::LogKeys>>> {
+    if matches!(config.kek, orderlog::config::KekSource::Ephemeral) {
+        return Ok(None);
+    }
+    let keys = if config.data_dir.join("CURRENT").exists() {
+        (*open_node(config)?.vault.log_keys()).clone()
+    } else {
+        orderlog::crypto::LogKeys::from_ring(&orderlog::crypto::KekRing::new(config.kek.load()?))
+    };
+    Ok(Some(std::sync::Arc::new(
+        keys.accepting_v1(config.accept_v1_events),
+    )))
+}
+
 fn open_node(config: &Config) -> anyhow::Result<audit::NodeData> {
     let kek = config.kek.load()?;
-    Ok(audit::NodeData::open(
-        &config.data_dir,
-        orderlog::crypto::KekRing::new(kek),
-    )?)
+    let node = audit::NodeData::open(&config.data_dir, orderlog::crypto::KekRing::new(kek))?;
+    node.vault.accept_v1_events(config.accept_v1_events);
+    Ok(node)
 }
 
 fn findings_exit(clean: bool) -> ExitCode {
@@ -364,8 +390,24 @@ fn kafka_settings(brokers: String) -> orderlog::kafka::KafkaSettings {
 
 fn project(args: ProjectArgs) -> anyhow::Result<()> {
     use orderlog::projections::{Assignment, Projector, ProjectorConfig};
+    // The KEK (ORDERLOG_KEK or ORDERLOG_KEK_FILE), for the log key that
+    // tells records written by orderlog from forgeries.
+    let config = Config::resolve(
+        &Overrides {
+            brokers: Some(args.brokers.clone()),
+            accept_v1_events: args.accept_v1_events,
+            ..Overrides::default()
+        },
+        &orderlog_env(),
+    )?;
     std::fs::create_dir_all(&args.data_dir)?;
     let store = orderlog::store::Store::open(&args.data_dir)?;
+    let vault = orderlog::crypto::KeyVault::new(
+        store.clone(),
+        orderlog::crypto::KekRing::new(config.kek.load()?),
+    );
+    vault.accept_v1_events(config.accept_v1_events);
+    let log_keys = vault.log_keys();
     let assignment = if args.all_partitions {
         Assignment::All
     } else {
@@ -383,6 +425,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         dead_letter: true,
         idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
         purge: None,
+        log_keys,
     };
     // Erased orders' old rows are purged from disk as they are met.
     let purger = orderlog::erasure::Purger::start(store.clone())?;
@@ -496,6 +539,8 @@ fn serve(overrides: Overrides) -> anyhow::Result<()> {
         .filter(|(k, _)| k.starts_with("ORDERLOG_"))
         .collect();
     let mut config = Config::resolve(&overrides, &env)?;
+    // Before anything is started or printed (App::start checks it again).
+    config.check_plain_http()?;
     if config.brokers.is_none() {
         eprintln!(
             "orderlog: no brokers configured, running on the EMBEDDED Kafka mock cluster.\n\
@@ -506,7 +551,7 @@ fn serve(overrides: Overrides) -> anyhow::Result<()> {
         if config.tokens.is_empty() {
             config.tokens = demo_tokens();
             println!("Demo bearer tokens (one per role):");
-            for (token, role) in &config.tokens {
+            for (token, role, _) in &config.tokens {
                 println!("  {:<22} {}", role.to_string(), token.expose());
             }
         }

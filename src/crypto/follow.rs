@@ -213,7 +213,18 @@ impl Run {
         let mut batch = rocksdb::WriteBatch::default();
         let mut queued = None;
         let mut applied = None;
-        if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
+        if let (Some(key), Some(v)) = (m.key(), m.payload())
+            && key.starts_with(super::logkey::RECORD_PREFIX.as_bytes())
+        {
+            // A retired log key (written by `keys rotate`). One that does
+            // not unwrap under this node's KEKs was not written by orderlog.
+            let stored = decode_value::<super::logkey::WrappedLogKey>(CF_META, v)
+                .map_err(VaultError::from)
+                .and_then(|row| self.vault.store_log_key(&row));
+            if let Err(e) = stored {
+                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "Log key row not taken.");
+            }
+        } else if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
             let row = match m.payload() {
                 None => None,
                 Some(v) => Some(decode_value::<StoredKey>(CF_ORDER_KEYS, v)?),

@@ -38,6 +38,10 @@ pub enum KekError {
         source: std::io::Error,
     },
     #[error(
+        "KEK file {path} has mode {mode:04o}, which lets its group or others read or write it; refused: run `chmod 600 {path}` (owned by the user orderlog runs as)"
+    )]
+    Exposed { path: String, mode: u32 },
+    #[error(
         "no KEK configured: set ORDERLOG_KEK or ORDERLOG_KEK_FILE (create one with `orderlog keygen`)"
     )]
     Missing,
@@ -118,7 +122,11 @@ impl Kek {
         Zeroizing::new(format!("{PREFIX}{}", hex::encode(self.bytes.as_ref())))
     }
 
+    /// Reads the KEK from a file that only its owner may read or write: a
+    /// file its group or others can read (a default umask, a checkout, a
+    /// copy) is refused with the fix, before it is read.
     pub fn load_file(path: &Path) -> Result<Self, KekError> {
+        check_owner_only(path)?;
         let text =
             Zeroizing::new(
                 std::fs::read_to_string(path).map_err(|source| KekError::Read {
@@ -156,6 +164,11 @@ impl Kek {
         hk.expand(label.as_bytes(), out.as_mut())
             .expect("32 bytes is a valid HKDF output length");
         out
+    }
+
+    /// The raw key, for the crypto module's own AES-SIV uses.
+    pub(crate) fn bytes(&self) -> &[u8; KEK_LEN] {
+        &self.bytes
     }
 
     fn cipher(&self) -> Aes256Siv {
@@ -212,6 +225,24 @@ impl Kek {
     }
 }
 
+/// [`KekError::Exposed`] if the file's group or others have any
+/// permission on it (`mode & 0o077`); the mode of a symlink's target counts.
+fn check_owner_only(path: &Path) -> Result<(), KekError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| KekError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KekError::Exposed {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// The KEKs orderlog can unwrap with: the current one (which wraps new keys)
 /// and, during a rotation, older ones still needed to read unrotated records.
 #[derive(Debug, Clone)]
@@ -237,6 +268,11 @@ impl KekRing {
 
     pub fn current(&self) -> &Kek {
         &self.current
+    }
+
+    /// The current KEK, then the older ones.
+    pub fn all(&self) -> impl Iterator<Item = &Kek> {
+        std::iter::once(&self.current).chain(self.older.values())
     }
 
     pub fn get(&self, id: KekId) -> Result<&Kek, KekError> {
@@ -305,6 +341,45 @@ mod tests {
                 .unwrap_key(&order, kid, FieldClass::Shipping, &w)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_kek_file_its_group_or_others_may_read_is_refused_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        let k = Kek::generate();
+        k.write_new_file(&path).unwrap();
+        let chmod = |mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for owner_only in [0o600, 0o400] {
+            chmod(owner_only);
+            assert_eq!(
+                Kek::load_file(&path).unwrap().id(),
+                k.id(),
+                "{owner_only:o}"
+            );
+        }
+        chmod(0o644);
+        let err = Kek::load_file(&path).unwrap_err();
+        assert!(
+            matches!(err, KekError::Exposed { mode: 0o644, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        let fix = format!("chmod 600 {}", path.display());
+        assert!(text.contains("0644") && text.contains(&fix), "{text}");
+        let kek_text = k.to_text();
+        let hex_part = &kek_text[PREFIX.len()..PREFIX.len() + 16];
+        assert!(!text.contains(hex_part), "{text}");
+        for exposed in [0o640, 0o604, 0o620, 0o602, 0o444] {
+            chmod(exposed);
+            assert!(
+                matches!(Kek::load_file(&path), Err(KekError::Exposed { .. })),
+                "{exposed:o} is refused"
+            );
+        }
     }
 
     #[test]

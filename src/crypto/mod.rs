@@ -18,6 +18,7 @@
 pub mod follow;
 pub mod kek;
 pub mod keys;
+pub mod logkey;
 pub mod replica;
 pub mod seal;
 pub mod vault;
@@ -25,6 +26,7 @@ pub mod vault;
 pub use follow::{FollowStatus, KeyFollower};
 pub use kek::{Kek, KekError, KekRing};
 pub use keys::{KeyId, OrderKey};
+pub use logkey::{Forged, LogKeys};
 pub use replica::{KeyReplica, keys_topic_for};
 pub use seal::{OpenError, SealContext, open, seal};
 pub use vault::{KeyVault, Shredded, StoredKey, VaultError};

@@ -110,6 +110,32 @@ impl KeyReplica {
     }
 }
 
+impl KeyReplica {
+    /// Publishes retired log keys (see [`super::logkey`]) and waits for the
+    /// acknowledgements.
+    pub async fn publish_log_keys(
+        &self,
+        rows: &[super::logkey::WrappedLogKey],
+    ) -> Result<(), KafkaError> {
+        let encoded: Vec<(String, Vec<u8>)> = rows
+            .iter()
+            .map(|r| (r.record_key(), encode_value(r)))
+            .collect();
+        let sends = encoded.iter().map(|(key, value)| {
+            self.producer.send(
+                FutureRecord::<[u8], Vec<u8>>::to(&self.topic)
+                    .key(key.as_bytes())
+                    .payload(value),
+                self.timeout,
+            )
+        });
+        for res in join_all(sends).await {
+            res.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+}
+
 /// Counts of a restore.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -227,6 +253,12 @@ pub async fn rotate_kek(
                 .map_err(|e| VaultError::Replica(e.to_string()))?;
             report.republished += chunk.len() as u64;
         }
+    }
+    if let Some(replica) = replica {
+        replica
+            .publish_log_keys(&vault.retired_log_keys()?)
+            .await
+            .map_err(|e| VaultError::Replica(e.to_string()))?;
     }
     vault.forget_old_keks();
     Ok(report)

@@ -13,9 +13,10 @@ use uuid::Uuid;
 
 use super::kek::{Kek, KekError, KekId, KekRing};
 use super::keys::{KeyId, OrderKey};
+use super::logkey::{self, LogKeys, WrappedLogKey};
 use crate::domain::FieldClass;
 use crate::store::{
-    CF_ORDER_KEYS, CF_SHREDDED_KEYS, Store, StoreError, decode_value, encode_value,
+    CF_META, CF_ORDER_KEYS, CF_SHREDDED_KEYS, Store, StoreError, decode_value, encode_value,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,9 @@ pub struct KeyVault {
     /// Held by every read-then-write of a key row (the writer's destroy, the
     /// key follower's apply), so neither writes from a stale read.
     rows: std::sync::Mutex<()>,
+    /// The keys that authenticate the event log: the KEKs' own and the
+    /// retired ones stored here.
+    log_keys: RwLock<std::sync::Arc<LogKeys>>,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -102,17 +106,88 @@ fn sync_writes() -> WriteOptions {
 
 impl KeyVault {
     pub fn new(store: Store, ring: KekRing) -> Self {
+        let log_keys = RwLock::new(std::sync::Arc::new(LogKeys::from_ring(&ring)));
         let vault = Self {
             store,
             ring: RwLock::new(ring),
             live: std::sync::atomic::AtomicI64::new(0),
             rows: std::sync::Mutex::new(()),
+            log_keys,
         };
         let n = vault.count_rows().unwrap_or(0);
         vault
             .live
             .store(n as i64, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = vault.load_log_keys() {
+            tracing::error!(error = %e, "Retired log keys could not be read; records authenticated under them will be refused.");
+        }
         vault
+    }
+
+    /// The keys that authenticate the event log, as of now.
+    pub fn log_keys(&self) -> std::sync::Arc<LogKeys> {
+        self.log_keys.read().expect("log keys lock").clone()
+    }
+
+    /// Takes schema-v1 records (no MAC) as authentic from now on.
+    pub fn accept_v1_events(&self, accept: bool) {
+        let mut keys = self.log_keys.write().expect("log keys lock");
+        *keys = std::sync::Arc::new((**keys).clone().accepting_v1(accept));
+    }
+
+    fn log_key_meta(id: KekId) -> Vec<u8> {
+        format!("{}{id}", logkey::RECORD_PREFIX).into_bytes()
+    }
+
+    /// The retired log keys stored here, still wrapped.
+    pub fn retired_log_keys(&self) -> Result<Vec<WrappedLogKey>, VaultError> {
+        let prefix = logkey::RECORD_PREFIX.as_bytes();
+        let mut out = Vec::new();
+        for item in self.store.db().iterator_cf(
+            self.store.cf(CF_META),
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(decode_value(CF_META, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn load_log_keys(&self) -> Result<(), VaultError> {
+        for row in self.retired_log_keys()? {
+            self.add_log_key(&row)?;
+        }
+        Ok(())
+    }
+
+    fn add_log_key(&self, row: &WrappedLogKey) -> Result<(), VaultError> {
+        let secret = {
+            let ring = self.ring.read().expect("kek ring lock");
+            row.unwrap(&ring)?
+        };
+        let mut keys = self.log_keys.write().expect("log keys lock");
+        if keys.secret(row.id).is_none() {
+            let mut next = (**keys).clone();
+            next.insert(row.id, secret);
+            *keys = std::sync::Arc::new(next);
+        }
+        Ok(())
+    }
+
+    /// Stores a retired log key read from the key topic, once it unwraps
+    /// under a KEK of this node (a row nobody with the KEK wrote does not).
+    pub fn store_log_key(&self, row: &WrappedLogKey) -> Result<(), VaultError> {
+        self.add_log_key(row)?;
+        self.store.db().put_cf_opt(
+            self.store.cf(CF_META),
+            Self::log_key_meta(row.id),
+            encode_value(row),
+            &sync_writes(),
+        )?;
+        Ok(())
     }
 
     fn add_live(&self, delta: i64) {
@@ -540,6 +615,22 @@ impl KeyVault {
             let mut ring = self.ring.write().expect("kek ring lock");
             let old = ring.current().clone();
             *ring = KekRing::new(new.clone()).with_older(old);
+            let mut keys = self.log_keys.write().expect("log keys lock");
+            let mut next = LogKeys::from_ring(&ring).accepting_v1(keys.accepts_v1());
+            for id in keys.ids() {
+                if let Some(secret) = keys.secret(id) {
+                    next.insert(id, secret.clone());
+                }
+            }
+            *keys = std::sync::Arc::new(next);
+        }
+        // Every log key but the new KEK's is retired: stored under the new
+        // KEK, so the records MAC'd under it still authenticate once the
+        // old KEK is gone.
+        let keys = self.log_keys();
+        for id in keys.ids().filter(|id| *id != new.id()) {
+            let secret = keys.secret(id).expect("listed");
+            self.store_log_key(&WrappedLogKey::wrap(&new, id, secret))?;
         }
         let db = self.store.db();
         let cf = self.store.cf(CF_ORDER_KEYS);

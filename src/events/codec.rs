@@ -1,10 +1,13 @@
 //! Encoding and decoding of envelopes, and the sealing boundary: the only place
 //! where domain events with personal data become bytes and back.
 //!
-//! Record layout: `b"OL"`, schema version (u16 big-endian), then the bincode
-//! body of that version. The decoder dispatches on the version, so an old
-//! version is upcast to the current in-memory [`Envelope`] here and nowhere
-//! else.
+//! Record layout: `b"OL"`, schema version (u16 big-endian), then the body of
+//! that version. Version 2 (written now) is the log key's id (8 bytes), the
+//! bincode envelope, and an HMAC-SHA256 tag (32 bytes) over everything before
+//! it; version 1 is the bincode envelope alone. The decoder dispatches on the
+//! version, so an old version is upcast to the current in-memory [`Envelope`]
+//! here and nowhere else. Decoding checks the shape only; [`authenticate`]
+//! (or [`decode_authentic`]) checks who wrote it.
 
 use std::collections::BTreeSet;
 
@@ -13,6 +16,8 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::v1::{self, BodyV1, ClassV1, EnvelopeV1, ItemV1, PartyV1, ReasonV1, SealedV1};
+use crate::crypto::kek::KekId;
+use crate::crypto::logkey::{Forged, LogKeys, TAG_LEN};
 use crate::crypto::{self, KeyId, OpenError, OrderKey, SealContext};
 use crate::domain::validation::{
     Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile, Money,
@@ -24,11 +29,14 @@ use crate::domain::{
 };
 
 pub const MAGIC: [u8; 2] = *b"OL";
-pub const CURRENT_VERSION: u16 = v1::VERSION;
+/// Schema v2: the v1 envelope framed with the log key's id and a MAC.
+pub const CURRENT_VERSION: u16 = 2;
+/// Magic, version and log key id: the bytes before a v2 record's envelope.
+const V2_HEADER: usize = 4 + 8;
 /// Upper bound of one encoded event; anything longer is refused before decoding.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// The current in-memory body type (schema v1 has not been superseded yet).
+/// The current in-memory body type (schema v2 kept v1's envelope).
 pub type Body = BodyV1;
 
 /// Hash of an encoded record: the link of the per-order hash chain.
@@ -95,6 +103,8 @@ pub enum DecodeError {
     TrailingBytes(usize),
     #[error("invalid public field in envelope: {0}")]
     Invalid(ValidationError),
+    #[error("forged record: {0}")]
+    Forged(#[from] Forged),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -265,9 +275,8 @@ pub fn seal_event(
     })
 }
 
-/// Encodes an envelope in the current schema version.
-pub fn encode(env: &Envelope) -> Vec<u8> {
-    let wire = EnvelopeV1 {
+fn wire(env: &Envelope) -> EnvelopeV1 {
+    EnvelopeV1 {
         event_id: *env.meta.event_id.as_bytes(),
         order_id: *env.meta.order_id.as_bytes(),
         sequence: env.meta.sequence,
@@ -276,18 +285,64 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
         prev_hash: env.meta.prev_hash,
         body: env.body.clone(),
         sealed: env.sealed.clone(),
-    };
+    }
+}
+
+fn encode_version(env: &Envelope, version: u16, log_key: Option<KekId>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
-    bincode::serde::encode_into_std_write(&wire, &mut out, bincode_config())
+    out.extend_from_slice(&version.to_be_bytes());
+    if let Some(id) = log_key {
+        out.extend_from_slice(&id.0);
+    }
+    bincode::serde::encode_into_std_write(wire(env), &mut out, bincode_config())
         .expect("writing to a Vec cannot fail");
     out
 }
 
-/// Decodes any supported schema version into the current envelope. Never
-/// panics, whatever the bytes.
-pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+/// Encodes an envelope in the current schema version, authenticated under
+/// the current log key.
+pub fn encode(env: &Envelope, keys: &LogKeys) -> Vec<u8> {
+    let mut out = encode_version(env, CURRENT_VERSION, Some(keys.current_id()));
+    let tag = keys.tag(&out);
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// The schema-v1 encoding (no log MAC), kept for fixtures and tests of the
+/// upcast and of the refusal of unauthenticated records.
+pub fn encode_v1(env: &Envelope) -> Vec<u8> {
+    encode_version(env, v1::VERSION, None)
+}
+
+/// Checks that a record was written by an orderlog node: a v2 record whose
+/// MAC verifies under a log key this node holds (or a v1 record, where the
+/// keys accept those). Checks nothing else about the record.
+pub fn authenticate(bytes: &[u8], keys: &LogKeys) -> Result<(), DecodeError> {
+    let version = header(bytes)?;
+    match version {
+        v1::VERSION if keys.accepts_v1() => Ok(()),
+        v1::VERSION => Err(Forged::Unauthenticated(version).into()),
+        CURRENT_VERSION => {
+            if bytes.len() < V2_HEADER + TAG_LEN {
+                return Err(Forged::Truncated.into());
+            }
+            let id = KekId(bytes[4..V2_HEADER].try_into().expect("8 bytes"));
+            let (signed, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+            Ok(keys.verify(id, signed, tag)?)
+        }
+        other => Err(DecodeError::UnsupportedVersion(other)),
+    }
+}
+
+/// [`authenticate`], then [`decode`]: what every reader of the log uses.
+pub fn decode_authentic(bytes: &[u8], keys: &LogKeys) -> Result<Envelope, DecodeError> {
+    authenticate(bytes, keys)?;
+    decode(bytes)
+}
+
+/// Checks the fixed header; answers the schema version.
+fn header(bytes: &[u8]) -> Result<u16, DecodeError> {
     if bytes.len() < 4 {
         return Err(DecodeError::TooShort(bytes.len()));
     }
@@ -297,20 +352,38 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     if bytes[..2] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let version = u16::from_be_bytes([bytes[2], bytes[3]]);
+    Ok(u16::from_be_bytes([bytes[2], bytes[3]]))
+}
+
+fn decode_wire(version: u16, body: &[u8]) -> Result<EnvelopeV1, DecodeError> {
+    let (wire, n): (EnvelopeV1, usize) = bincode::serde::decode_from_slice(body, bincode_config())
+        .map_err(|e| DecodeError::Malformed {
+            version,
+            reason: e.to_string(),
+        })?;
+    if n != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - n));
+    }
+    Ok(wire)
+}
+
+/// Decodes any supported schema version into the current envelope. Never
+/// panics, whatever the bytes. Does not check the log MAC.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let version = header(bytes)?;
     match version {
-        v1::VERSION => {
-            let (wire, n): (EnvelopeV1, usize) =
-                bincode::serde::decode_from_slice(&bytes[4..], bincode_config()).map_err(|e| {
-                    DecodeError::Malformed {
-                        version,
-                        reason: e.to_string(),
-                    }
-                })?;
-            if n != bytes.len() - 4 {
-                return Err(DecodeError::TrailingBytes(bytes.len() - 4 - n));
+        v1::VERSION => Ok(upcast_v1(decode_wire(version, &bytes[4..])?)),
+        CURRENT_VERSION => {
+            if bytes.len() < V2_HEADER + TAG_LEN {
+                return Err(DecodeError::Malformed {
+                    version,
+                    reason: "shorter than the log key id and MAC".into(),
+                });
             }
-            Ok(upcast_v1(wire))
+            let wire = decode_wire(version, &bytes[V2_HEADER..bytes.len() - TAG_LEN])?;
+            let mut env = upcast_v1(wire);
+            env.schema_version = CURRENT_VERSION;
+            Ok(env)
         }
         other => Err(DecodeError::UnsupportedVersion(other)),
     }
@@ -498,6 +571,16 @@ pub fn open_event(env: &Envelope, key: Option<&OrderKey>) -> Result<Event, OpenE
         _ => {}
     }
     Ok(event)
+}
+
+/// One log key for every unit test of the crate (records written with one
+/// KEK do not authenticate under another).
+#[cfg(test)]
+pub(crate) fn test_keys() -> LogKeys {
+    static KEK: std::sync::OnceLock<crate::crypto::Kek> = std::sync::OnceLock::new();
+    LogKeys::from_ring(&crate::crypto::KekRing::new(
+        KEK.get_or_init(crate::crypto::Kek::generate).clone(),
+    ))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ fn a_placed_order_round_trips_through_seal_encode_decode_open() {
     let key = OrderKey::generate();
     let event = placed(1, true);
     let env = seal_event(&event, meta(&key, 1), Some(&key)).unwrap();
-    let bytes = encode(&env);
+    let bytes = encode(&env, &test_keys());
     let back = decode(&bytes).unwrap();
     assert_eq!(back, env);
     assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
@@ -40,7 +40,7 @@ fn a_placed_order_round_trips_through_seal_encode_decode_open() {
 fn the_encoded_record_holds_no_personal_plaintext() {
     let key = OrderKey::generate();
     let env = seal_event(&placed(99, true), meta(&key, 1), Some(&key)).unwrap();
-    let bytes = encode(&env);
+    let bytes = encode(&env, &test_keys());
     let p = fixtures::personal(99, true, true);
     for needle in [
         p.shipping.name.as_str(),
@@ -120,9 +120,64 @@ fn the_decoder_names_what_is_wrong() {
         Err(DecodeError::Malformed { version: 1, .. })
     ));
     let key = OrderKey::generate();
-    let mut bytes = encode(&seal_event(&placed(1, false), meta(&key, 1), Some(&key)).unwrap());
+    let mut bytes = encode(
+        &seal_event(&placed(1, false), meta(&key, 1), Some(&key)).unwrap(),
+        &test_keys(),
+    );
     bytes.push(0);
     assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+}
+
+#[test]
+fn a_record_authenticates_under_the_log_key_it_names_and_nothing_else() {
+    let key = OrderKey::generate();
+    let env = seal_event(&placed(3, true), meta(&key, 1), Some(&key)).unwrap();
+    let keys = test_keys();
+    let bytes = encode(&env, &keys);
+    assert_eq!(bytes[..4], *b"OL\0\x02");
+    assert_eq!(decode_authentic(&bytes, &keys).unwrap(), env);
+    // Every flipped bit is refused: as a forgery, or as a record that no
+    // longer decodes.
+    for i in 0..bytes.len() {
+        let mut t = bytes.clone();
+        t[i] ^= 0x01;
+        assert!(decode_authentic(&t, &keys).is_err(), "byte {i}");
+    }
+    // Another cluster's KEK: the log key is unknown here.
+    let other = crate::crypto::LogKeys::from_ring(&crate::crypto::KekRing::new(
+        crate::crypto::Kek::generate(),
+    ));
+    assert_eq!(
+        authenticate(&bytes, &other),
+        Err(DecodeError::Forged(Forged::UnknownKey(keys.current_id())))
+    );
+    // A record someone made with the right shape and a made-up tag.
+    let mut forged = bytes[..bytes.len() - TAG_LEN].to_vec();
+    forged.extend_from_slice(&[0; TAG_LEN]);
+    assert_eq!(
+        authenticate(&forged, &keys),
+        Err(DecodeError::Forged(Forged::BadMac))
+    );
+    assert!(decode(&forged).is_ok(), "the shape alone is fine");
+}
+
+#[test]
+fn a_v1_record_upcasts_but_is_authentic_only_where_v1_is_accepted() {
+    let key = OrderKey::generate();
+    let event = placed(4, true);
+    let env = seal_event(&event, meta(&key, 1), Some(&key)).unwrap();
+    let bytes = encode_v1(&env);
+    assert_eq!(bytes[..4], *b"OL\0\x01");
+    let back = decode(&bytes).unwrap();
+    assert_eq!(back.schema_version, 1);
+    assert_eq!((back.meta, &back.body), (env.meta, &env.body));
+    assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
+    let keys = test_keys();
+    assert_eq!(
+        authenticate(&bytes, &keys),
+        Err(DecodeError::Forged(Forged::Unauthenticated(1)))
+    );
+    assert!(decode_authentic(&bytes, &keys.accepting_v1(true)).is_ok());
 }
 
 #[test]
@@ -139,7 +194,7 @@ fn non_personal_events_carry_no_sealed_fields() {
         let env = seal_event(&event, meta(&key, 2), Some(&key)).unwrap();
         assert!(env.sealed.is_empty());
         assert_eq!(
-            open_event(&decode(&encode(&env)).unwrap(), None).unwrap(),
+            open_event(&decode(&encode(&env, &test_keys())).unwrap(), None).unwrap(),
             event
         );
     }
@@ -154,7 +209,7 @@ proptest! {
     #[test]
     fn decoding_a_mutated_record_never_panics(n in 0u32..1000, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
         let key = OrderKey::generate();
-        let mut bytes = encode(&seal_event(&placed(n, n % 2 == 0), meta(&key, 1), Some(&key)).unwrap());
+        let mut bytes = encode(&seal_event(&placed(n, n % 2 == 0), meta(&key, 1), Some(&key)).unwrap(), &test_keys());
         for (i, b) in flips {
             let i = i.index(bytes.len());
             bytes[i] ^= b;
@@ -170,7 +225,7 @@ proptest! {
         let event = placed(n, real_name);
         let m = EventMeta { sequence: seq, occurred_at_ms: at, ..meta(&key, seq) };
         let env = seal_event(&event, m, Some(&key)).unwrap();
-        let back = decode(&encode(&env)).unwrap();
+        let back = decode(&encode(&env, &test_keys())).unwrap();
         prop_assert_eq!(&back, &env);
         prop_assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
     }

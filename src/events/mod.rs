@@ -9,6 +9,6 @@ pub mod codec;
 pub mod v1;
 
 pub use codec::{
-    CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash, decode, encode,
-    open_event, public_event, record_hash, seal_event,
+    CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash, authenticate,
+    decode, decode_authentic, encode, encode_v1, open_event, public_event, record_hash, seal_event,
 };

@@ -166,6 +166,9 @@ pub enum ProjectError {
     BrokenChain { order: Uuid, sequence: u64 },
     #[error("record key is not the order id of its envelope")]
     KeyMismatch,
+    /// Not written by an orderlog node (the message says why).
+    #[error("{0}")]
+    Forged(String),
 }
 
 /// The result of folding one event: the order's new row and the feed entries.

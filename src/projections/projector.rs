@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
-use super::model::{FeedTarget, ProjectedOrder, feed_key, project};
+use super::model::{FeedTarget, ProjectError, ProjectedOrder, feed_key, project};
 use crate::kafka::KafkaSettings;
 use crate::service::state::StateFolder;
 use crate::store::{
@@ -67,6 +67,8 @@ pub struct ProjectorConfig {
     /// The purger told of each erasure's queued purge (without one, the
     /// queue is drained by the next `serve` on this data directory).
     pub purge: Option<Arc<crate::erasure::PurgeStatus>>,
+    /// The keys that tell records written by orderlog from forgeries.
+    pub log_keys: Arc<crate::crypto::LogKeys>,
 }
 
 impl ProjectorConfig {
@@ -537,18 +539,30 @@ impl Run {
         payload: &[u8],
         idempotency: Option<([u8; 32], [u8; 32])>,
     ) -> Result<(), ProjectorError> {
-        let current = match crate::events::decode(payload) {
-            Ok(env) => {
-                // A record keyed to another order is refused by the views
-                // (and dead-lettered) below; the state ignores it too.
-                if key.is_none_or(|k| k == env.meta.order_id.as_bytes()) {
-                    self.state.fold(&env, payload, offset, idempotency)?;
-                }
-                self.order(env.meta.order_id.as_bytes())?
+        // A record not written by an orderlog node (no valid log MAC) is
+        // dead-lettered; neither the state nor the views see it.
+        let projected = match crate::events::authenticate(payload, &self.config.log_keys) {
+            Err(e @ crate::events::DecodeError::Forged(_)) => {
+                Err(ProjectError::Forged(e.to_string()))
             }
-            Err(_) => None,
+            Err(e) => Err(ProjectError::Decode(e.to_string())),
+            Ok(()) => {
+                let current = match crate::events::decode(payload) {
+                    Ok(env) => {
+                        // A record keyed to another order is refused by the
+                        // views (and dead-lettered) below; the state ignores
+                        // it too.
+                        if key.is_none_or(|k| k == env.meta.order_id.as_bytes()) {
+                            self.state.fold(&env, payload, offset, idempotency)?;
+                        }
+                        self.order(env.meta.order_id.as_bytes())?
+                    }
+                    Err(_) => None,
+                };
+                project(current.as_ref(), payload, key, partition as u32)
+            }
         };
-        match project(current.as_ref(), payload, key, partition as u32) {
+        match projected {
             Ok(p) => {
                 for (target, entry) in &p.feeds {
                     let (cf, id) = match target {

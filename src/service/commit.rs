@@ -106,7 +106,7 @@ pub(super) async fn write_batch(
         pending,
         unchanged,
         refused,
-    } = decide_batch(jobs, tentative, &unreadable, now);
+    } = decide_batch(jobs, tentative, &unreadable, now, &shared.vault.log_keys());
     for (job, e) in refused {
         let _ = job.reply.send(Err(e));
     }

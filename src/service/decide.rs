@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::state::{Absorbed, OrderRecord};
 use super::{Job, Outcome, ServiceError};
-use crate::crypto::{KeyId, OrderKey};
+use crate::crypto::{KeyId, LogKeys, OrderKey};
 use crate::domain::{self, Command};
 use crate::events::{self, EventMeta};
 
@@ -44,6 +44,7 @@ pub(super) fn decide_batch(
     mut orders: HashMap<Uuid, OrderRecord>,
     unreadable: &HashSet<Uuid>,
     now: i64,
+    keys: &LogKeys,
 ) -> Decided {
     let mut out = Decided {
         pending: Vec::new(),
@@ -59,7 +60,7 @@ pub(super) fn decide_batch(
             continue;
         }
         let rec = orders.remove(&job.order_id).unwrap_or_default();
-        match decide_one(&job, rec, now) {
+        match decide_one(&job, rec, now, keys) {
             Ok(One::Write {
                 records,
                 new_key,
@@ -91,7 +92,12 @@ enum One {
     Unchanged(Outcome),
 }
 
-fn decide_one(job: &Job, mut rec: OrderRecord, now: i64) -> Result<One, ServiceError> {
+fn decide_one(
+    job: &Job,
+    mut rec: OrderRecord,
+    now: i64,
+    keys: &LogKeys,
+) -> Result<One, ServiceError> {
     if let Some(expected) = job.expected_version
         && expected != rec.state.version
     {
@@ -132,7 +138,7 @@ fn decide_one(job: &Job, mut rec: OrderRecord, now: i64) -> Result<One, ServiceE
         };
         let env = events::seal_event(event, meta, new_key.as_ref())
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let bytes = events::encode(&env);
+        let bytes = events::encode(&env, keys);
         let absorbed = rec.absorb(&env, &bytes, -1);
         debug_assert_eq!(
             absorbed,
@@ -162,6 +168,10 @@ mod tests {
     use super::*;
     use crate::domain::validation::ProviderId;
     use crate::domain::{CancelReason, DomainError, FieldClass, Party, fixtures};
+
+    fn keys() -> LogKeys {
+        LogKeys::from_ring(&crate::crypto::KekRing::new(crate::crypto::Kek::generate()))
+    }
 
     fn job(order_id: Uuid, command: Command, expected: Option<u64>) -> Job {
         let (reply, _) = oneshot::channel();
@@ -200,6 +210,7 @@ mod tests {
             HashMap::new(),
             &HashSet::new(),
             1_000,
+            &keys(),
         );
         assert!(d.refused.is_empty() && d.unchanged.is_empty());
         let p = &d.pending[0];
@@ -228,6 +239,7 @@ mod tests {
             HashMap::new(),
             &HashSet::new(),
             1,
+            &keys(),
         );
         let stored = after(&placed, 0);
         let hash_of_placed = events::record_hash(&placed.pending[0].records[0].0);
@@ -249,6 +261,7 @@ mod tests {
             HashMap::from([(id, stored.clone())]),
             &HashSet::from([unreadable]),
             2,
+            &keys(),
         );
         assert_eq!(d.pending.len(), 1);
         let env = events::decode(&d.pending[0].records[0].0).unwrap();
@@ -273,6 +286,7 @@ mod tests {
             HashMap::from([(id, shared.clone())]),
             &HashSet::new(),
             3,
+            &keys(),
         );
         assert!(matches!(
             d.refused[0].1,
@@ -286,6 +300,7 @@ mod tests {
             HashMap::from([(id, shared)]),
             &HashSet::new(),
             4,
+            &keys(),
         );
         assert!(d.pending.is_empty());
         assert_eq!(d.unchanged[0].1.version, 2, "answers the current version");

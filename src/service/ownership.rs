@@ -425,6 +425,7 @@ async fn acquire(
             &sh.settings,
             &sh.topic,
             &sh.store,
+            &sh.vault.log_keys(),
             sh.idempotency_ttl,
             partition as i32,
             until,

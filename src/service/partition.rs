@@ -9,6 +9,7 @@
 //! order is read back from RocksDB as it was.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use super::log_reader::{RawRecord, scan};
 use super::state::{Absorbed, OrderRecord, StateFolder, load_order};
+use crate::crypto::LogKeys;
 use crate::events;
 use crate::kafka::KafkaSettings;
 use crate::store::{Store, StoreError};
@@ -117,6 +119,7 @@ pub struct CatchUp {
 #[derive(Debug)]
 pub struct StoreFolder {
     store: Store,
+    keys: Arc<LogKeys>,
     folder: StateFolder,
     batch_records: usize,
     partition: i32,
@@ -126,10 +129,17 @@ pub struct StoreFolder {
 }
 
 impl StoreFolder {
-    pub fn new(store: Store, idempotency_ttl: Duration, partition: i32, from: i64) -> Self {
+    pub fn new(
+        store: Store,
+        keys: Arc<LogKeys>,
+        idempotency_ttl: Duration,
+        partition: i32,
+        from: i64,
+    ) -> Self {
         Self {
             folder: StateFolder::new(store.clone(), idempotency_ttl),
             store,
+            keys,
             batch_records: 0,
             partition,
             report: CatchUp {
@@ -154,7 +164,7 @@ impl StoreFolder {
             return Ok(());
         }
         let partition = self.partition;
-        match events::decode(&r.payload) {
+        match events::decode_authentic(&r.payload, &self.keys) {
             // The projector refuses (dead-letters) a record keyed to another
             // order; so does the state, on either side.
             Ok(env)
@@ -191,7 +201,7 @@ impl StoreFolder {
             }
             Err(e) => {
                 self.report.skipped += 1;
-                tracing::warn!(partition, offset = r.offset, error = %e, "Undecodable record skipped.");
+                tracing::warn!(partition, offset = r.offset, error = %e, "Undecodable or forged record skipped.");
             }
         }
         self.batch_records += 1;
@@ -231,6 +241,7 @@ pub fn catch_up(
     settings: &KafkaSettings,
     topic: &str,
     store: &Store,
+    keys: &Arc<LogKeys>,
     idempotency_ttl: Duration,
     partition: i32,
     from: i64,
@@ -238,7 +249,13 @@ pub fn catch_up(
     stall: Duration,
     stop: &AtomicBool,
 ) -> Result<CatchUp, CatchUpError> {
-    let mut folder = StoreFolder::new(store.clone(), idempotency_ttl, partition, from);
+    let mut folder = StoreFolder::new(
+        store.clone(),
+        keys.clone(),
+        idempotency_ttl,
+        partition,
+        from,
+    );
     let mut failed = None;
     let end = scan(
         settings,
@@ -275,6 +292,7 @@ pub fn follow(
     settings: &KafkaSettings,
     topic: &str,
     store: &Store,
+    keys: &Arc<LogKeys>,
     idempotency_ttl: Duration,
     partition: i32,
     until: i64,
@@ -307,6 +325,7 @@ pub fn follow(
                 settings,
                 topic,
                 store,
+                keys,
                 idempotency_ttl,
                 partition,
                 at,
@@ -365,7 +384,7 @@ mod tests {
         RawRecord {
             offset,
             key: Some(order_id.as_bytes().to_vec()),
-            payload: events::encode(&env),
+            payload: events::encode(&env, &events::codec::test_keys()),
             idempotency: None,
             barrier: false,
         }
@@ -414,8 +433,14 @@ mod tests {
         };
         let tail = [placed, barrier, cancel, garbage];
         let run = |records: &[RawRecord]| {
-            let mut f =
-                StoreFolder::new(store.clone(), Duration::from_secs(60), 0, 0).tracking_touched();
+            let mut f = StoreFolder::new(
+                store.clone(),
+                Arc::new(events::codec::test_keys()),
+                Duration::from_secs(60),
+                0,
+                0,
+            )
+            .tracking_touched();
             for r in records {
                 f.fold(r).unwrap();
             }

@@ -581,7 +581,7 @@ mod tests {
             prev_hash: [0; 32],
         };
         let env = events::seal_event(&event, meta, Some(&key)).unwrap();
-        let bytes = events::encode(&env);
+        let bytes = events::encode(&env, &events::codec::test_keys());
         (env, bytes)
     }
 
@@ -598,7 +598,7 @@ mod tests {
             prev_hash: events::record_hash(prev),
         };
         let env = events::seal_event(&event, meta, None).unwrap();
-        let bytes = events::encode(&env);
+        let bytes = events::encode(&env, &events::codec::test_keys());
         (env, bytes)
     }
 

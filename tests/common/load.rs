@@ -678,6 +678,7 @@ pub async fn stop_and_compare_with_rebuild(
         .arg("--data-dir")
         .arg(&clean)
         .args(["--all-partitions", "--until-caught-up"])
+        .env("ORDERLOG_KEK", &node.kek)
         .env("ORDERLOG_LOG", "warn")
         .stdout(Stdio::null())
         .status()

@@ -126,6 +126,9 @@ pub mod app {
     pub const MERCHANT_M1: &str = "test-token-merchant-m-1";
     pub const PRIVACY: &str = "test-token-privacy-0001";
     pub const AUDITOR: &str = "test-token-auditor-0001";
+    /// The name [`AUDITOR`] is configured with (`token=auditor@name`): what
+    /// access logs show in its place.
+    pub const AUDITOR_NAME: &str = "audit-desk";
 
     pub struct TestApp {
         pub app: App,
@@ -141,7 +144,7 @@ pub mod app {
             (
                 "ORDERLOG_TOKENS".to_string(),
                 format!(
-                    "{CHECKOUT}=checkout,{LOGISTICS_SF}=logistics:sf-express,{MERCHANT_M1}=merchant:m-1,{PRIVACY}=privacy,{AUDITOR}=auditor"
+                    "{CHECKOUT}=checkout,{LOGISTICS_SF}=logistics:sf-express,{MERCHANT_M1}=merchant:m-1,{PRIVACY}=privacy,{AUDITOR}=auditor@{AUDITOR_NAME}"
                 ),
             ),
             ("ORDERLOG_KEK".to_string(), kek.to_text().to_string()),
@@ -315,7 +318,7 @@ fn read_records(brokers: &str, topic: &str, isolation: &str) -> Vec<(Vec<u8>, Ve
 /// Encoded events of one realistic order, as the service would write them:
 /// placed, shared with a provider and with the merchant, and for some orders
 /// cancelled (every 5th) and erased (every 10th).
-pub fn order_events(n: u32) -> Vec<(uuid::Uuid, Vec<u8>)> {
+pub fn order_events(n: u32, log_keys: &orderlog::crypto::LogKeys) -> Vec<(uuid::Uuid, Vec<u8>)> {
     use orderlog::crypto::OrderKey;
     use orderlog::domain::validation::{MerchantId, ProviderId};
     use orderlog::domain::{
@@ -360,7 +363,8 @@ pub fn order_events(n: u32) -> Vec<(uuid::Uuid, Vec<u8>)> {
                 key_id: key.id(),
                 prev_hash: prev,
             };
-            let bytes = events::encode(&events::seal_event(&e, meta, Some(&key)).unwrap());
+            let bytes =
+                events::encode(&events::seal_event(&e, meta, Some(&key)).unwrap(), log_keys);
             prev = events::record_hash(&bytes);
             state = apply(state, &e);
             out.push((order_id, bytes));
@@ -370,8 +374,17 @@ pub fn order_events(n: u32) -> Vec<(uuid::Uuid, Vec<u8>)> {
 }
 
 /// Writes at least `events` events of `order_events` orders to `topic`
-/// (which has `partitions` partitions), each to its order's partition.
-pub async fn prefill(brokers: &str, topic: &str, partitions: usize, events: usize) -> usize {
+/// (which has `partitions` partitions), each to its order's partition,
+/// authenticated under the log key of `kek` (the nodes' KEK).
+pub async fn prefill(
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+    events: usize,
+    kek: &orderlog::crypto::Kek,
+) -> usize {
+    let log_keys =
+        orderlog::crypto::LogKeys::from_ring(&orderlog::crypto::KekRing::new(kek.clone()));
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -385,7 +398,7 @@ pub async fn prefill(brokers: &str, topic: &str, partitions: usize, events: usiz
     while written < events {
         let mut batch = Vec::new();
         while batch.len() < 20_000 && written + batch.len() < events {
-            batch.extend(order_events(n));
+            batch.extend(order_events(n, &log_keys));
             n += 1;
         }
         let mut futs = Vec::new();

@@ -1,0 +1,221 @@
+//! The log key: what makes an event record provably written by an orderlog
+//! node.
+//!
+//! AES-SIV authenticates only the sealed fields, and the hash chain is plain
+//! SHA-256, so a client with produce rights on the events topic could append
+//! a correctly chained event. Every record (schema v2) therefore carries an
+//! HMAC-SHA256 over all its other bytes under a key only orderlog nodes hold.
+//!
+//! The key is derived from the KEK (HKDF, label `orderlog/v2/log-mac`) and
+//! named by that KEK's id, so a node needs nothing new to configure. A KEK
+//! rotation retires the old KEK but not the records MAC'd under its log key:
+//! `keys rotate` stores each retired log key wrapped under the new KEK, in the
+//! vault and as a row of the key topic (record key `log-key/<kek id>`), so
+//! every node, even one started later with only the new KEK, still
+//! authenticates the whole log.
+
+use std::collections::BTreeMap;
+
+use aes_siv::KeyInit;
+use aes_siv::siv::Aes256Siv;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::kek::{Kek, KekError, KekId, KekRing};
+
+const DERIVE_LABEL: &str = "orderlog/v2/log-mac";
+const WRAP_LABEL: &[u8] = b"orderlog/v2/log-key-wrap";
+/// Prefix of a retired log key's record key in the key topic (order rows
+/// are keyed by a 16-byte order id, so the two never meet).
+pub const RECORD_PREFIX: &str = "log-key/";
+pub const TAG_LEN: usize = 32;
+
+/// A log key's bytes; zeroed on drop.
+pub type LogSecret = Zeroizing<[u8; 32]>;
+
+/// A retired log key as stored: wrapped under a KEK (AES-SIV, bound to the
+/// log key's id), so a row nobody with the KEK wrote does not unwrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedLogKey {
+    /// Which log key this is (the id of the KEK it was derived from).
+    pub id: KekId,
+    /// The KEK it is wrapped under.
+    pub kek_id: KekId,
+    pub wrapped: Vec<u8>,
+}
+
+impl WrappedLogKey {
+    pub fn wrap(kek: &Kek, id: KekId, secret: &LogSecret) -> Self {
+        let wrapped = Aes256Siv::new(kek.bytes().into())
+            .encrypt([WRAP_LABEL, &id.0], secret.as_ref())
+            .expect("AES-SIV encryption cannot fail for two headers");
+        Self {
+            id,
+            kek_id: kek.id(),
+            wrapped,
+        }
+    }
+
+    pub fn unwrap(&self, ring: &KekRing) -> Result<LogSecret, KekError> {
+        let kek = ring.get(self.kek_id)?;
+        let plain = Zeroizing::new(
+            Aes256Siv::new(kek.bytes().into())
+                .decrypt([WRAP_LABEL, &self.id.0], &self.wrapped)
+                .map_err(|_| KekError::Unwrap)?,
+        );
+        let mut out = Zeroizing::new([0u8; 32]);
+        if plain.len() != out.len() {
+            return Err(KekError::Unwrap);
+        }
+        out.copy_from_slice(&plain);
+        Ok(out)
+    }
+
+    /// The key topic's record key of this row.
+    pub fn record_key(&self) -> String {
+        format!("{RECORD_PREFIX}{}", self.id)
+    }
+}
+
+/// The log key of a KEK.
+pub fn derive(kek: &Kek) -> LogSecret {
+    kek.derive_secret(DERIVE_LABEL)
+}
+
+/// Why a record is not taken as written by orderlog.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forged {
+    #[error(
+        "record is schema v{0}, which carries no log MAC; refused (a log written before v2 is read with --accept-v1-events)"
+    )]
+    Unauthenticated(u16),
+    #[error("record is too short to carry a log MAC")]
+    Truncated,
+    #[error("record is authenticated under log key {0}, which this node does not hold")]
+    UnknownKey(KekId),
+    #[error("record's log MAC does not match: not written by an orderlog node, or altered")]
+    BadMac,
+}
+
+/// Every log key a node can verify with, and the one it writes with.
+#[derive(Clone)]
+pub struct LogKeys {
+    current: KekId,
+    keys: BTreeMap<KekId, LogSecret>,
+    accept_v1: bool,
+}
+
+impl std::fmt::Debug for LogKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogKeys")
+            .field("current", &self.current)
+            .field("ids", &self.keys.keys().collect::<Vec<_>>())
+            .field("accept_v1", &self.accept_v1)
+            .finish()
+    }
+}
+
+impl LogKeys {
+    /// The log keys of every KEK in the ring; the current KEK's writes.
+    pub fn from_ring(ring: &KekRing) -> Self {
+        let keys = ring.all().map(|k| (k.id(), derive(k))).collect();
+        Self {
+            current: ring.current().id(),
+            keys,
+            accept_v1: false,
+        }
+    }
+
+    /// Adds a retired log key.
+    pub fn insert(&mut self, id: KekId, secret: LogSecret) {
+        self.keys.entry(id).or_insert(secret);
+    }
+
+    /// Takes schema-v1 records (which have no MAC) as authentic: for a log
+    /// written before v2 only, since anyone able to produce can write one.
+    pub fn accepting_v1(mut self, accept: bool) -> Self {
+        self.accept_v1 = accept;
+        self
+    }
+
+    pub fn accepts_v1(&self) -> bool {
+        self.accept_v1
+    }
+
+    pub fn current_id(&self) -> KekId {
+        self.current
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = KekId> + '_ {
+        self.keys.keys().copied()
+    }
+
+    pub fn secret(&self, id: KekId) -> Option<&LogSecret> {
+        self.keys.get(&id)
+    }
+
+    fn mac(secret: &LogSecret) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(secret.as_ref())
+            .expect("HMAC takes a key of any length")
+    }
+
+    /// The tag of `data` under the current log key.
+    pub fn tag(&self, data: &[u8]) -> [u8; TAG_LEN] {
+        let mut m = Self::mac(&self.keys[&self.current]);
+        m.update(data);
+        m.finalize().into_bytes().into()
+    }
+
+    /// Checks `tag` over `data` under log key `id`, in constant time.
+    pub fn verify(&self, id: KekId, data: &[u8], tag: &[u8]) -> Result<(), Forged> {
+        let secret = self.keys.get(&id).ok_or(Forged::UnknownKey(id))?;
+        let mut m = Self::mac(secret);
+        m.update(data);
+        m.verify_slice(tag).map_err(|_| Forged::BadMac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_verifies_under_its_key_only() {
+        let a = LogKeys::from_ring(&KekRing::new(Kek::generate()));
+        let b = LogKeys::from_ring(&KekRing::new(Kek::generate()));
+        let tag = a.tag(b"record");
+        assert_eq!(a.verify(a.current_id(), b"record", &tag), Ok(()));
+        assert_eq!(
+            a.verify(a.current_id(), b"recorD", &tag),
+            Err(Forged::BadMac)
+        );
+        assert_eq!(
+            b.verify(a.current_id(), b"record", &tag),
+            Err(Forged::UnknownKey(a.current_id()))
+        );
+    }
+
+    #[test]
+    fn a_retired_log_key_survives_rotation_wrapped_under_the_new_kek() {
+        let old = Kek::generate();
+        let new = Kek::generate();
+        let before = LogKeys::from_ring(&KekRing::new(old.clone()));
+        let tag = before.tag(b"record");
+        let row = WrappedLogKey::wrap(&new, old.id(), &derive(&old));
+        assert_eq!(row.record_key(), format!("log-key/{}", old.id()));
+        let ring = KekRing::new(new.clone());
+        let mut after = LogKeys::from_ring(&ring);
+        after.insert(row.id, row.unwrap(&ring).unwrap());
+        assert_eq!(after.verify(old.id(), b"record", &tag), Ok(()));
+        assert_ne!(after.current_id(), old.id());
+        // A row bound to another id, or under a KEK not held, does not unwrap.
+        let moved = WrappedLogKey {
+            id: new.id(),
+            ..row.clone()
+        };
+        assert!(moved.unwrap(&ring).is_err());
+        assert!(row.unwrap(&KekRing::new(Kek::generate())).is_err());
+    }
+}
