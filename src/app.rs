@@ -256,7 +256,6 @@ impl App {
         let state = AppState {
             service: service.clone(),
             tokens: Arc::new(tokens),
-            mac_key: Arc::new(*kek.derive_secret("idempotency-mac")),
             topic: config.topic.as_str().into(),
             store: store.clone(),
             projector: Some(projector.status.clone()),

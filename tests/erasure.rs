@@ -382,6 +382,18 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
                 .to_owned(),
         );
     }
+    // One placed with an Idempotency-Key: its retry after the rotation must
+    // answer the same order, not place a second one.
+    let keyed_body = order_body(13);
+    let keyed = app
+        .post("/v1/orders", CHECKOUT)
+        .header("Idempotency-Key", "rotation-retry-13")
+        .json(&keyed_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), StatusCode::CREATED);
+    let keyed_id = keyed.json::<Value>().await.unwrap()["order_id"].clone();
     let log_before = app.raw_records();
     let old = app.kek.clone();
     let mut config = app.config.clone();
@@ -402,7 +414,7 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
     let report = orderlog::crypto::replica::rotate_kek(&vault, Some(&replica), new.clone())
         .await
         .unwrap();
-    assert_eq!((report.rewrapped, report.republished), (3, 3));
+    assert_eq!((report.rewrapped, report.republished), (4, 4));
     drop(vault);
 
     // The event log was not touched (same records, compared in key order).
@@ -437,7 +449,7 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
         KekRing::new(new.clone()),
     );
     let report = orderlog::crypto::replica::restore(&settings, &keys_topic, &restored, 0).unwrap();
-    assert_eq!(report.restored, 3);
+    assert_eq!(report.restored, 4);
     for id in &ids {
         assert!(
             restored.get(uuid::Uuid::parse_str(id).unwrap()).is_ok(),
@@ -470,6 +482,23 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
             "{o}"
         );
     }
+    let retried = client
+        .post(format!("http://{}/v1/orders", app2.addr))
+        .bearer_auth(CHECKOUT)
+        .header("Idempotency-Key", "rotation-retry-13")
+        .json(&keyed_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        retried
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..]),
+        "a retry after the rotation is a replay"
+    );
+    assert_eq!(retried.json::<Value>().await.unwrap()["order_id"], keyed_id);
     app2.stop().await;
 
     // A new node with the new KEK only, on an empty data directory: the
@@ -484,7 +513,7 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
     while projector
         .projected
         .load(std::sync::atomic::Ordering::Relaxed)
-        < 3
+        < 4
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -654,4 +683,71 @@ async fn an_erasure_whose_client_hung_up_is_purged_and_a_retry_gets_its_receipt(
         }
     }
     assert!(scanned > 0);
+}
+
+/// The digest of a placement's request, stored in the log beside its
+/// idempotency key, is keyed by the order's own key: it is not the plain
+/// hash of the body (which anyone holding the log could test guesses of
+/// the consignee against), and once the order is erased nobody, not even
+/// with the KEK, can recompute it. A retry under the key is then told so.
+#[tokio::test]
+async fn a_placements_request_digest_is_keyed_by_the_order_key_and_dies_with_it() {
+    let app = TestApp::spawn().await;
+    let body = order_body(21);
+    let placed = app
+        .post("/v1/orders", CHECKOUT)
+        .header("Idempotency-Key", "digest-21")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let id = placed.json::<Value>().await.unwrap()["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let order_id = uuid::Uuid::parse_str(&id).unwrap();
+
+    // The digest in the record's headers.
+    let header = orderlog::service::log_reader::HEADER_REQUEST_DIGEST.as_bytes();
+    let stored: Vec<[u8; 32]> = app
+        .raw_records()
+        .iter()
+        .filter(|(k, _)| k.as_slice() == order_id.as_bytes())
+        .filter_map(|(_, v)| {
+            let at = v.windows(header.len()).position(|w| w == header)? + header.len();
+            v.get(at..at + 32).map(|d| d.try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "one digest, on the placement");
+    let plain = orderlog::service::request_hash("POST /v1/orders", &body.to_string());
+    assert_ne!(stored[0], plain, "not the plain hash of the body");
+    let key = app.app.service.vault().get(order_id).unwrap();
+    assert_eq!(key.request_digest(&plain), Some(stored[0]));
+
+    // A retry is a replay while the order lives.
+    let retry = || {
+        app.post("/v1/orders", CHECKOUT)
+            .header("Idempotency-Key", "digest-21")
+            .json(&body)
+            .send()
+    };
+    let r = retry().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.json::<Value>().await.unwrap()["order_id"], id.as_str());
+
+    let erased = app
+        .post(&format!("/v1/orders/{id}/erase"), PRIVACY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::OK);
+    assert!(matches!(
+        app.app.service.vault().get(order_id),
+        Err(VaultError::Shredded { .. })
+    ));
+    let r = retry().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "idempotency_key_erased", "{e}");
 }

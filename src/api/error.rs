@@ -134,6 +134,11 @@ impl From<ServiceError> for ApiError {
                 "idempotency_key_in_flight",
                 e.to_string(),
             ),
+            ServiceError::IdempotencyErased => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_erased",
+                e.to_string(),
+            ),
             ServiceError::Unavailable(_) => {
                 tracing::warn!(error = %e, "Command failed: event log unavailable.");
                 ApiError::new(

@@ -21,8 +21,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::routing::{MethodRouter, get, post};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::service::Service;
 use auth::Tokens;
@@ -35,8 +33,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub service: Service,
     pub tokens: Arc<Tokens>,
-    /// Key of the idempotency MACs (derived from the KEK at start).
-    pub mac_key: Arc<[u8; 32]>,
     pub topic: Arc<str>,
     /// The node's RocksDB, holding the views.
     pub store: crate::store::Store,
@@ -53,18 +49,6 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("tokens", &self.tokens)
             .finish_non_exhaustive()
-    }
-}
-
-impl AppState {
-    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.mac_key.as_ref())
-            .expect("HMAC takes any key length");
-        for p in parts {
-            m.update(&(p.len() as u64).to_be_bytes());
-            m.update(p);
-        }
-        m.finalize().into_bytes().into()
     }
 }
 

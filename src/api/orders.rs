@@ -206,8 +206,10 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         })
 }
 
+/// The route whose request digest is keyed by the new order's key.
+const PLACE_ROUTE: &str = "POST /v1/orders";
+
 fn idempotency(
-    state: &AppState,
     caller: &Role,
     headers: &HeaderMap,
     route: &str,
@@ -235,12 +237,10 @@ fn idempotency(
         super::parse_json(body)?
     };
     Ok(Some(Idempotency {
-        key: state.mac(&[b"key", caller.to_string().as_bytes(), key.as_bytes()]),
-        request: state.mac(&[
-            b"request",
-            route.as_bytes(),
-            canonical.to_string().as_bytes(),
-        ]),
+        key: crate::service::key_digest(&caller.to_string(), key),
+        request: crate::service::request_hash(route, &canonical.to_string()),
+        // Only a placement's body holds personal data.
+        personal: route == PLACE_ROUTE,
     }))
 }
 
@@ -340,7 +340,7 @@ pub async fn place_order(
     caller.require(&[Role::Checkout])?;
     let bytes = super::body_bytes(body)?;
     let parsed: PlaceOrderBody = parse_body(&bytes)?;
-    let idem = idempotency(&state, &caller.0, &headers, "POST /v1/orders", &bytes)?;
+    let idem = idempotency(&caller.0, &headers, PLACE_ROUTE, &bytes)?;
     let order = parsed.into_new_order()?;
     // The partition decides the id: the one an idempotency key maps to (so
     // a retry through any node reaches the writer that knows the key), or
@@ -398,7 +398,6 @@ pub async fn share_order(
     };
     let classes = parse_classes("fields", &parsed.fields)?;
     let idem = idempotency(
-        &state,
         &caller.0,
         &headers,
         &format!("POST /v1/orders/{order_id}/shares"),
@@ -446,7 +445,6 @@ pub async fn cancel_order(
         )
     })?;
     let idem = idempotency(
-        &state,
         &caller.0,
         &headers,
         &format!("POST /v1/orders/{order_id}/cancel"),
@@ -495,7 +493,6 @@ pub async fn erase_order(
     // A retry with the same Idempotency-Key (say after a timeout) gets the
     // erasure's receipt as it stands, not 409 `already_erased`.
     let idem = idempotency(
-        &state,
         &caller.0,
         &headers,
         &format!("POST /v1/orders/{order_id}/erase"),

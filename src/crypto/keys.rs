@@ -94,6 +94,24 @@ impl OrderKey {
         &self.subkeys
     }
 
+    /// The stored digest of a request with personal data (`request`, its
+    /// plain hash) that placed this order: an HMAC under a key derived from
+    /// the shipping subkey, so it cannot be recomputed (or a guess tested)
+    /// once the order is erased, and does not change when the KEK rotates.
+    /// `None` once the shipping class is shredded.
+    pub fn request_digest(&self, request: &[u8; 32]) -> Option<[u8; 32]> {
+        use hmac::Mac;
+        let sub = self.subkey(FieldClass::Shipping)?;
+        let hk = Hkdf::<Sha256>::from_prk(sub.as_ref()).expect("64 bytes is a valid PRK");
+        let mut mac_key = Zeroizing::new([0u8; 32]);
+        hk.expand(b"orderlog/v2/request-digest", mac_key.as_mut())
+            .expect("32 bytes is a valid HKDF output length");
+        let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(mac_key.as_ref())
+            .expect("HMAC takes any key length");
+        m.update(request);
+        Some(m.finalize().into_bytes().into())
+    }
+
     /// Removes one class's subkey from this in-memory copy.
     pub fn without(mut self, class: FieldClass) -> Self {
         self.subkeys.remove(&class);

@@ -369,7 +369,7 @@ pub(super) fn recheck_idempotency(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
         };
         match state::lookup_idempotency(&shared.store, &idem.key, now) {
             Ok(Some(prev)) => {
-                let _ = job.reply.send(replay(prev, idem));
+                let _ = job.reply.send(replay(prev, idem, &shared.vault));
             }
             Ok(None) => rest.push(job),
             Err(e) => {

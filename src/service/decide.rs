@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use super::state::{Absorbed, OrderRecord};
-use super::{Job, Outcome, ServiceError};
+use super::{Idempotency, Job, Outcome, ServiceError};
 use crate::crypto::{KeyId, LogKeys, OrderKey};
 use crate::domain::{self, Command};
 use crate::events::{self, EventMeta};
@@ -67,7 +67,17 @@ pub(super) fn decide_batch(
                 outcome,
                 record,
             }) => out.pending.push(Pending {
-                job,
+                // A placement's request digest is stored keyed by its new
+                // order key (see `Idempotency`).
+                job: Job {
+                    idempotency: job.idempotency.map(|i| Idempotency {
+                        // (never the plain hash of personal data)
+                        request: i.stored_digest(new_key.as_ref()).unwrap_or([0; 32]),
+                        personal: false,
+                        ..i
+                    }),
+                    ..job
+                },
                 records,
                 new_key,
                 outcome,

@@ -60,6 +60,10 @@ pub enum ServiceError {
     IdempotencyMismatch,
     #[error("a request with this idempotency key is still in progress")]
     IdempotencyInFlight,
+    #[error(
+        "the order placed under this idempotency key was erased: the request it came with can no longer be compared"
+    )]
+    IdempotencyErased,
     #[error("event log unavailable, nothing was acknowledged; retry later: {0}")]
     Unavailable(String),
     /// No answer from the event log within the command timeout, and the
@@ -119,12 +123,62 @@ impl StateOptions {
     }
 }
 
-/// An idempotency key and the digest of the request it came with, both as
-/// keyed MACs (a plain hash of a body full of personal data could be guessed).
+/// An idempotency key and the digest of the request it came with.
+///
+/// Both are stored (in the log's record headers and the idempotency rows)
+/// and must not change when the KEK rotates, or a retry after a rotation
+/// would act twice: so neither is keyed by the KEK. The key is a SHA-256 of
+/// the caller's role and key ([`key_digest`]). A request digest is a SHA-256
+/// of the route and canonical body ([`request_hash`]), except for a body
+/// with personal data (a placement): a plain hash of it could be tested
+/// against guesses, so it is stored only keyed by the order's own key
+/// ([`OrderKey::request_digest`]), which erasure destroys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Idempotency {
     pub key: [u8; 32],
     pub request: [u8; 32],
+    /// `request` is still the plain hash of a body with personal data: it
+    /// is keyed with the order's key before it is stored or compared.
+    pub personal: bool,
+}
+
+impl Idempotency {
+    /// The digest as stored, for an order whose key is `key`. `None` when a
+    /// personal request has no key to be keyed by (its order was erased).
+    pub fn stored_digest(&self, key: Option<&crate::crypto::OrderKey>) -> Option<[u8; 32]> {
+        if self.personal {
+            key.and_then(|k| k.request_digest(&self.request))
+        } else {
+            Some(self.request)
+        }
+    }
+}
+
+fn labelled_sha256(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(label);
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// The stored form of a caller's idempotency key.
+pub fn key_digest(role: &str, key: &str) -> [u8; 32] {
+    labelled_sha256(
+        b"orderlog/v2/idempotency-key",
+        &[role.as_bytes(), key.as_bytes()],
+    )
+}
+
+/// The plain hash of a request: its route and canonical body.
+pub fn request_hash(route: &str, canonical_body: &str) -> [u8; 32] {
+    labelled_sha256(
+        b"orderlog/v2/request",
+        &[route.as_bytes(), canonical_body.as_bytes()],
+    )
 }
 
 /// What a carried-out command answers.
@@ -599,7 +653,7 @@ impl Service {
         let mut guard = None;
         if let Some(idem) = idempotency {
             if let Some(prev) = self.known(&idem.key)? {
-                return replay(prev, idem);
+                return replay(prev, idem, &self.shared.vault);
             }
             if !self
                 .shared
@@ -619,7 +673,7 @@ impl Service {
             // request under it can start.
             if let Some(prev) = self.known(&idem.key)? {
                 drop(g);
-                return replay(prev, idem);
+                return replay(prev, idem, &self.shared.vault);
             }
             guard = Some(g);
         }
@@ -834,8 +888,24 @@ impl Service {
 
 /// The answer to a request whose idempotency key is already stored: the
 /// first outcome, or a refusal when the key came with another request.
-fn replay(prev: IdempotentOutcome, idem: Idempotency) -> Result<Outcome, ServiceError> {
-    if prev.request_digest != idem.request {
+fn replay(
+    prev: IdempotentOutcome,
+    idem: Idempotency,
+    vault: &KeyVault,
+) -> Result<Outcome, ServiceError> {
+    let digest = if idem.personal {
+        match vault.get(prev.order_id) {
+            Ok(key) => idem.stored_digest(Some(&key)),
+            // Nothing can tell whether this is the same request any more.
+            Err(crate::crypto::VaultError::Shredded { .. }) => {
+                return Err(ServiceError::IdempotencyErased);
+            }
+            Err(e) => return Err(ServiceError::Internal(e.to_string())),
+        }
+    } else {
+        Some(idem.request)
+    };
+    if digest != Some(prev.request_digest) {
         return Err(ServiceError::IdempotencyMismatch);
     }
     Ok(Outcome {
