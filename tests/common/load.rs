@@ -665,6 +665,7 @@ pub async fn stop_and_compare_with_rebuild(
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "serve exit status {status:?}");
+    check_no_wrapped_key_of_erased_on_disk(node, log);
 
     let clean = node.data_dir.with_file_name("clean");
     let status = Command::new(env!("CARGO_BIN_EXE_orderlog"))
@@ -696,6 +697,55 @@ pub async fn stop_and_compare_with_rebuild(
     assert!(
         super::raw_records(&node.brokers, &format!("{}.dead-letter", node.topic)).is_empty(),
         "nothing was dead-lettered"
+    );
+}
+
+/// No file of the stopped node's data directory holds a wrapped subkey of
+/// an order erased in the log (every row the key topic ever held for it):
+/// the purge after an erasure is durable, whatever crashed in between.
+pub fn check_no_wrapped_key_of_erased_on_disk(node: &Node, log: &LogCheck) {
+    use orderlog::crypto::StoredKey;
+    const PREFIX: usize = 16;
+    let erased = log.erased();
+    let keys_topic = orderlog::crypto::replica::keys_topic_for(&node.topic);
+    let mut needles: BTreeMap<[u8; PREFIX], Vec<u8>> = BTreeMap::new();
+    for (k, v) in super::raw_records(&node.brokers, &keys_topic) {
+        let Ok(id) = uuid::Uuid::from_slice(&k) else {
+            continue;
+        };
+        if v.is_empty() || !erased.contains(&id) {
+            continue;
+        }
+        // raw_records appends headers to the value; key rows carry none.
+        let Ok(row) = orderlog::store::decode_value::<StoredKey>("order_keys", &v) else {
+            continue;
+        };
+        for (_, w) in row.wrapped {
+            needles.insert(w[..PREFIX].try_into().unwrap(), w);
+        }
+    }
+    let mut scanned = 0usize;
+    for entry in std::fs::read_dir(&node.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        for (at, window) in bytes.windows(PREFIX).enumerate() {
+            if let Some(w) = needles.get(window) {
+                assert!(
+                    !bytes[at..].starts_with(w),
+                    "{} still holds a wrapped subkey of an erased order",
+                    path.display()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "data directory scanned: {scanned} bytes, no wrapped subkey of {} erased orders ({} subkeys)",
+        erased.len(),
+        needles.len()
     );
 }
 
