@@ -2,7 +2,17 @@
 # Start a local Apache Kafka cluster (KRaft, no ZooKeeper, no Docker) from the
 # jars on Maven Central, resolved through ops/kafka/pom.xml.
 #
-#   ops/kafka/start.sh [--brokers 1|3] [--port P] [--dir D]
+#   ops/kafka/start.sh [--brokers 1|3] [--port P] [--dir D] [--secure]
+#
+# --secure (one broker only): clients connect with SASL_SSL and SCRAM-SHA-512,
+# ACLs are enforced (StandardAuthorizer, nothing allowed without an ACL), and
+# the users admin (super user), orderlog (all of topics orders.*, groups,
+# transactional ids), auditor (read orders.events, orders.members and
+# orders.events.dead-letter; nothing of orders.keys) and outsider (no ACL)
+# exist. The broker's certificate is <dir>/tls/server-keystore.pem and the CA
+# <dir>/tls/ca.pem, as `orderlog tls-certs --out <dir>/tls --host 127.0.0.1
+# --host localhost` makes them. The passwords are written to <dir>/secure.env
+# (mode 0600) once, and <dir>/<user>.properties hold a Java client config.
 #
 # Prints the bootstrap servers as the last line of stdout (everything else goes
 # to stderr) and writes them to <dir>/bootstrap. Idempotent: if the brokers of
@@ -14,6 +24,7 @@ POM="$SCRIPT_DIR/pom.xml"
 
 BROKERS=""
 PORT=""
+SECURE=""
 DIR="${ORDERLOG_KAFKA_DIR:-/tmp/orderlog-kafka}"
 READY_TIMEOUT="${ORDERLOG_KAFKA_START_TIMEOUT:-90}"
 CONTROLLER_PORT_OFFSET=100
@@ -23,8 +34,9 @@ die() { printf '%s\n' "start.sh: error: $*" >&2; exit 1; }
 
 usage() {
   cat >&2 <<EOF
-usage: $0 [--brokers 1|3] [--port P] [--dir D]
+usage: $0 [--brokers 1|3] [--port P] [--dir D] [--secure]
   --brokers N  number of combined broker+controller nodes, 1 or 3 (default 1)
+  --secure     one broker with SASL_SSL (SCRAM-SHA-512) and ACLs; see the top of this script
   --port P     first client port; brokers listen on 127.0.0.1:P..P+N-1,
                controllers on P+$CONTROLLER_PORT_OFFSET.. (default 19092)
   --dir D      data/log/pid directory (default \${ORDERLOG_KAFKA_DIR:-/tmp/orderlog-kafka})
@@ -40,6 +52,7 @@ while [[ $# -gt 0 ]]; do
     --port=*) PORT="${1#*=}"; shift ;;
     --dir) [[ $# -ge 2 ]] || { usage; die "--dir needs a value"; }; DIR="$2"; shift 2 ;;
     --dir=*) DIR="${1#*=}"; shift ;;
+    --secure) SECURE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage; die "unknown argument: $1" ;;
   esac
@@ -64,12 +77,18 @@ if [[ -f "$LAYOUT_FILE" ]]; then
     die "$DIR already holds a cluster of $saved_brokers broker(s) on port $saved_port; \
 start it with those settings, or run '$SCRIPT_DIR/stop.sh --dir $DIR --purge' first, or use another --dir"
   fi
+  saved_secure="$(sed -n 's/^secure=//p' "$LAYOUT_FILE")"
+  if [[ -n "$SECURE" && "$saved_secure" != 1 ]]; then
+    die "$DIR already holds a plaintext cluster; use another --dir for --secure"
+  fi
   BROKERS="$saved_brokers"
   PORT="$saved_port"
+  [[ "$saved_secure" == 1 ]] && SECURE=1
 fi
 BROKERS="${BROKERS:-1}"
 PORT="${PORT:-19092}"
 [[ "$BROKERS" == 1 || "$BROKERS" == 3 ]] || die "--brokers must be 1 or 3 (got '$BROKERS')"
+[[ -z "$SECURE" || "$BROKERS" == 1 ]] || die "--secure starts one broker (got --brokers $BROKERS)"
 [[ "$PORT" =~ ^[0-9]+$ ]] && (( PORT >= 1024 && PORT + CONTROLLER_PORT_OFFSET + BROKERS - 1 <= 65535 )) \
   || die "--port must be a number with $PORT..$((PORT + CONTROLLER_PORT_OFFSET + BROKERS - 1)) in 1024..65535 (got '$PORT')"
 
@@ -247,6 +266,7 @@ EOF
 # ---- config + storage format ---------------------------------------------------------------------
 echo "brokers=$BROKERS" >"$LAYOUT_FILE.tmp"
 echo "port=$PORT" >>"$LAYOUT_FILE.tmp"
+echo "secure=${SECURE:-0}" >>"$LAYOUT_FILE.tmp"
 mv -f "$LAYOUT_FILE.tmp" "$LAYOUT_FILE"
 
 if [[ ! -s "$DIR/cluster-id" ]]; then
@@ -262,6 +282,39 @@ for ((n = 1; n <= BROKERS; n++)); do
   VOTERS+="${VOTERS:+,}$n@127.0.0.1:$(controller_port "$n")"
 done
 if (( BROKERS == 1 )); then RF=1; MIN_ISR=1; else RF=3; MIN_ISR=2; fi
+
+# ---- secure mode: certificates, passwords, client configs -------------------------------------
+SECURE_USERS=(admin orderlog auditor outsider)
+if [[ "$SECURE" == 1 ]]; then
+  TLS_DIR="$DIR/tls"
+  for f in ca.pem server-keystore.pem; do
+    [[ -s "$TLS_DIR/$f" ]] || die "--secure needs $TLS_DIR/$f: make the certificates with \
+'orderlog tls-certs --out $TLS_DIR --host 127.0.0.1 --host localhost'"
+  done
+  if [[ ! -s "$DIR/secure.env" ]]; then
+    ( umask 077
+      for u in "${SECURE_USERS[@]}"; do
+        printf 'KAFKA_%s_PASSWORD=%s\n' "${u^^}" "$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
+      done >"$DIR/secure.env.tmp"
+      mv -f "$DIR/secure.env.tmp" "$DIR/secure.env" )
+    log "wrote the SCRAM users' passwords to $DIR/secure.env"
+  fi
+  # shellcheck disable=SC1091
+  source "$DIR/secure.env"
+  password_of() { local v="KAFKA_${1^^}_PASSWORD"; printf '%s' "${!v}"; }
+  scram_jaas() { printf 'org.apache.kafka.common.security.scram.ScramLoginModule required username="%s" password="%s";' "$1" "$(password_of "$1")"; }
+  for u in "${SECURE_USERS[@]}"; do
+    ( umask 077
+      cat >"$DIR/$u.properties" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=$(scram_jaas "$u")
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+EOF
+    )
+  done
+fi
 
 for ((n = 1; n <= BROKERS; n++)); do
   nd="$(node_dir "$n")"
@@ -292,11 +345,41 @@ transaction.state.log.num.partitions=10
 share.coordinator.state.topic.replication.factor=$RF
 share.coordinator.state.topic.min.isr=$MIN_ISR
 EOF
+  scram_args=()
+  if [[ "$SECURE" == 1 ]]; then
+    # Clients: SASL_SSL with SCRAM. The controller listener stays PLAINTEXT on
+    # loopback (KRaft cannot authenticate controllers with SCRAM, whose
+    # credentials live in the metadata the controllers serve); its anonymous
+    # principal is a super user so the broker can register, which is why it
+    # binds 127.0.0.1 only.
+    sed -i \
+      -e "s|^listeners=.*|listeners=SASL_SSL://127.0.0.1:$(broker_port "$n"),CONTROLLER://127.0.0.1:$(controller_port "$n")|" \
+      -e "s|^advertised.listeners=.*|advertised.listeners=SASL_SSL://127.0.0.1:$(broker_port "$n")|" \
+      -e "s|^inter.broker.listener.name=.*|inter.broker.listener.name=SASL_SSL|" \
+      -e "s|^listener.security.protocol.map=.*|listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL|" \
+      "$nd/server.properties"
+    chmod 600 "$nd/server.properties"
+    cat >>"$nd/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$(scram_jaas admin)
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin;User:ANONYMOUS
+EOF
+    for u in "${SECURE_USERS[@]}"; do
+      scram_args+=(--add-scram "SCRAM-SHA-512=[name=$u,password=$(password_of "$u")]")
+    done
+  fi
   if [[ ! -f "$nd/data/meta.properties" ]]; then
     log "formatting storage of node $n (cluster id $CLUSTER_ID)"
     if ! "$JAVA" -Dlog4j2.configurationFile="$DIR/log4j2-tools.properties" -cp "$CLASSPATH_STR" \
          kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$nd/server.properties" --ignore-formatted \
-         >>"$DIR/format.log" 2>&1; then
+         "${scram_args[@]}" >>"$DIR/format.log" 2>&1; then
       tail -n 20 "$DIR/format.log" >&2 || true
       die "formatting the storage of node $n failed (see $DIR/format.log)"
     fi
@@ -353,4 +436,26 @@ while :; do
   sleep 0.5
 done
 log "Kafka ${BROKERS}-node cluster ready in $DIR"
+
+# ---- secure mode: ACLs (adding one that exists changes nothing) -------------------------------
+if [[ "$SECURE" == 1 ]]; then
+  acl() {
+    "$JAVA" -Dlog4j2.configurationFile="$DIR/log4j2-tools.properties" -cp "$CLASSPATH_STR" \
+      org.apache.kafka.tools.AclCommand --bootstrap-server "$BOOTSTRAP" \
+      --command-config "$DIR/admin.properties" --add --force "$@" >>"$DIR/acl.log" 2>&1 \
+      || { tail -n 20 "$DIR/acl.log" >&2; die "setting ACLs failed (see $DIR/acl.log)"; }
+  }
+  # orderlog's nodes: everything on their topics, groups and transactions.
+  acl --allow-principal User:orderlog --operation All --topic orders. --resource-pattern-type prefixed
+  acl --allow-principal User:orderlog --operation All --group '*'
+  acl --allow-principal User:orderlog --operation All --transactional-id '*'
+  acl --allow-principal User:orderlog --operation IdempotentWrite --operation Create \
+    --operation Describe --operation DescribeConfigs --cluster
+  # Auditors read the events, the members and the dead letters; never orders.keys.
+  for t in orders.events orders.members orders.events.dead-letter; do
+    acl --allow-principal User:auditor --operation Read --operation Describe --topic "$t"
+  done
+  acl --allow-principal User:auditor --operation Read --group '*'
+  log "ACLs set: orderlog on orders.*, auditor reads orders.events, orders.members and orders.events.dead-letter"
+fi
 finish

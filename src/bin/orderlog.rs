@@ -55,6 +55,18 @@ enum Cmd {
         #[arg(long, default_value = "orderlog.kek")]
         out: PathBuf,
     },
+    /// Make a private CA and a server certificate for the given hosts (for a
+    /// deployment with no certificates of its own: compose, a local secure
+    /// broker). Writes ca.pem, server.pem, server.key and server-keystore.pem
+    /// (Kafka's PEM keystore); keeps a directory that already holds a set.
+    TlsCerts {
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// A DNS name or IP address the certificate is for (repeat it).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +200,7 @@ fn main() -> ExitCode {
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Cmd::Keygen { out } => ok(keygen(out)),
+        Cmd::TlsCerts { out, hosts } => ok(tls_certs(out, hosts)),
         Cmd::Serve(overrides) => ok(serve(overrides)),
         Cmd::Project(args) => ok(project(args)),
         Cmd::ViewDigest { data_dir } => ok(view_digest(data_dir)),
@@ -531,6 +544,22 @@ fn keygen(out: PathBuf) -> anyhow::Result<()> {
     let kek = orderlog::crypto::Kek::generate();
     kek.write_new_file(&out)?;
     println!("wrote KEK {} to {} (mode 0600)", kek.id(), out.display());
+    Ok(())
+}
+
+fn tls_certs(out: PathBuf, hosts: Vec<String>) -> anyhow::Result<()> {
+    use orderlog::api::tls::{CertsWritten, write_test_ca};
+    match write_test_ca(&out, &hosts)? {
+        CertsWritten::Written => println!(
+            "wrote a new CA and a certificate for {} to {}",
+            hosts.join(", "),
+            out.display()
+        ),
+        CertsWritten::Kept => println!(
+            "{} already holds a certificate set; nothing changed",
+            out.display()
+        ),
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ pub mod load;
 
 pub const DEFAULT_TEST_PORT: u16 = 19092;
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
