@@ -330,6 +330,14 @@ fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
     resp
 }
 
+/// The body of `POST /v1/orders`, parsed and validated: a new order, or a
+/// 400 naming the first problem. Never panics, whatever the bytes (a fuzz
+/// target drives it).
+pub fn parse_place_order(bytes: &[u8]) -> Result<NewOrder, ApiError> {
+    let parsed: PlaceOrderBody = parse_body(bytes)?;
+    Ok(parsed.into_new_order()?)
+}
+
 pub async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -339,9 +347,8 @@ pub async fn place_order(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Checkout])?;
     let bytes = super::body_bytes(body)?;
-    let parsed: PlaceOrderBody = parse_body(&bytes)?;
+    let order = parse_place_order(&bytes)?;
     let idem = idempotency(&caller.0, &headers, PLACE_ROUTE, &bytes)?;
-    let order = parsed.into_new_order()?;
     // The partition decides the id: the one an idempotency key maps to (so
     // a retry through any node reaches the writer that knows the key), or
     // one this node writes.
