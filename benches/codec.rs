@@ -99,10 +99,10 @@ fn main() {
     });
     let plain_bytes = events::encode(&plain_env, &log_keys);
     let base_dec = measure("decode, no opening (baseline)", iters, || {
-        black_box(events::decode_authentic(black_box(&plain_bytes), &log_keys).unwrap());
+        black_box(events::decode_authentic(black_box(&plain_bytes), &log_keys, None).unwrap());
     });
     let dec_open = measure("decode + open", iters, || {
-        let e = events::decode_authentic(black_box(&bytes), &log_keys).unwrap();
+        let e = events::decode_authentic(black_box(&bytes), &log_keys, None).unwrap();
         black_box(events::open_event(&e, Some(&key)).unwrap());
     });
     println!(

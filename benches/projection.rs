@@ -144,7 +144,9 @@ async fn main() {
             dead_letter: true,
             idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,
             purge: None,
-            log_keys: log_keys.clone(),
+            log_keys: std::sync::Arc::new(orderlog::crypto::logkey::SharedLogKeys::new(
+                (*log_keys).clone(),
+            )),
         },
     )
     .unwrap();

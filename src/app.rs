@@ -155,7 +155,7 @@ impl App {
         };
         // The keys that authenticate the log, retired ones included (the
         // follower has stored those it read).
-        let log_keys = vault.log_keys();
+        let log_keys = vault.log_keys_handle();
         let restored = was_empty && report.restored + report.shredded > 0;
         if restored {
             tracing::warn!(restored = report.restored, shredded = report.shredded, topic = %keys_topic, "Empty key vault restored from the key topic.");

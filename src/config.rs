@@ -706,8 +706,10 @@ mod tests {
             dead_letter: false,
             idempotency_ttl: std::time::Duration::ZERO,
             purge: None,
-            log_keys: std::sync::Arc::new(crate::crypto::LogKeys::from_ring(
-                &crate::crypto::KekRing::new(crate::crypto::Kek::generate()),
+            log_keys: std::sync::Arc::new(crate::crypto::logkey::SharedLogKeys::new(
+                crate::crypto::LogKeys::from_ring(&crate::crypto::KekRing::new(
+                    crate::crypto::Kek::generate(),
+                )),
             )),
         };
         for printed in [

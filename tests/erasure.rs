@@ -411,7 +411,17 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
         std::time::Duration::from_secs(10),
     )
     .unwrap();
-    let report = orderlog::crypto::replica::rotate_kek(&vault, Some(&replica), new.clone())
+    let ends = (0..config.partitions)
+        .map(|p| {
+            use rdkafka::consumer::Consumer;
+            let c: rdkafka::consumer::BaseConsumer = settings.client_config().create().unwrap();
+            let (_, high) = c
+                .fetch_watermarks(&config.topic, p, std::time::Duration::from_secs(10))
+                .unwrap();
+            (p, high)
+        })
+        .collect();
+    let report = orderlog::crypto::replica::rotate_kek(&vault, Some(&replica), new.clone(), &ends)
         .await
         .unwrap();
     assert_eq!((report.rewrapped, report.republished), (4, 4));
@@ -501,10 +511,51 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
     assert_eq!(retried.json::<Value>().await.unwrap()["order_id"], keyed_id);
     app2.stop().await;
 
+    // Someone who kept the old KEK appends a correctly chained cancel of
+    // the first order, authenticated under the old KEK's log key.
+    let first = uuid::Uuid::parse_str(&ids[0]).unwrap();
+    let placed = log_before
+        .iter()
+        .find(|(k, _)| k.as_slice() == first.as_bytes())
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let placed_env = events::decode(&placed).unwrap();
+    let cancel = events::seal_event(
+        &orderlog::domain::Event::OrderCancelled {
+            reason: orderlog::domain::CancelReason::Other,
+        },
+        events::EventMeta {
+            event_id: uuid::Uuid::now_v7(),
+            order_id: first,
+            sequence: 2,
+            occurred_at_ms: orderlog::service::now_ms(),
+            key_id: placed_env.meta.key_id,
+            prev_hash: events::record_hash(&placed),
+        },
+        None,
+    )
+    .unwrap();
+    let old_keys = orderlog::crypto::LogKeys::from_ring(&KekRing::new(old.clone()));
+    let producer: rdkafka::producer::FutureProducer = settings.client_config().create().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&config.topic)
+                .partition(
+                    orderlog::service::partition_of(&first, config.partitions as usize) as i32,
+                )
+                .key(first.as_bytes().as_slice())
+                .payload(&events::encode(&cancel, &old_keys)),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
     // A new node with the new KEK only, on an empty data directory: the
     // records written before the rotation still authenticate (under the
     // retired log key the key topic now holds, wrapped under the new KEK),
-    // so it projects every one of them and dead-letters none.
+    // so it projects every one of them; the one appended after it, under
+    // the retired key, is dead-lettered.
     let fresh = tempfile::tempdir().unwrap();
     config.data_dir = fresh.path().to_owned();
     let app3 = orderlog::app::App::start(&config).await.unwrap();
@@ -514,19 +565,25 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
         .projected
         .load(std::sync::atomic::Ordering::Relaxed)
         < 4
+        || projector
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1
     {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old events are projected"
-        );
+        assert!(std::time::Instant::now() < deadline, "the log is projected");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(
-        projector
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "no record written before the rotation is taken for a forgery"
+        (
+            projector
+                .projected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            projector
+                .dead_lettered
+                .load(std::sync::atomic::Ordering::Relaxed)
+        ),
+        (4, 1),
+        "every record written before the rotation projected; the late one under the old key refused"
     );
     let o: Value = client
         .get(format!("http://{}/v1/orders/{}", app3.addr, ids[0]))

@@ -196,19 +196,19 @@ fn v2_fixtures_authenticate_under_their_log_key_and_v1_only_where_accepted() {
     for bin in fixture_files(2) {
         let bytes = std::fs::read(&bin).unwrap();
         assert_eq!(
-            events::authenticate(&bytes, &keys),
+            events::authenticate(&bytes, &keys, None),
             Ok(()),
             "{}",
             bin.display()
         );
-        assert!(events::authenticate(&bytes, &other).is_err());
+        assert!(events::authenticate(&bytes, &other, None).is_err());
     }
     for bin in fixture_files(1) {
         let bytes = std::fs::read(&bin).unwrap();
-        let refused = events::authenticate(&bytes, &keys).unwrap_err();
+        let refused = events::authenticate(&bytes, &keys, None).unwrap_err();
         assert!(refused.to_string().contains("schema v1"), "{refused}");
         assert_eq!(
-            events::authenticate(&bytes, &keys.clone().accepting_v1(true)),
+            events::authenticate(&bytes, &keys.clone().accepting_v1(true), None),
             Ok(())
         );
     }

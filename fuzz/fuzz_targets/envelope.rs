@@ -18,7 +18,7 @@ static ORDER_KEY: LazyLock<OrderKey> =
     LazyLock::new(|| OrderKey::derive(KeyId([0x11; 16]), &[0x22; 32]));
 
 fuzz_target!(|data: &[u8]| {
-    let _ = events::authenticate(data, &LOG_KEYS);
+    let _ = events::authenticate(data, &LOG_KEYS, Some((0, 0)));
     let Ok(env) = events::decode(data) else {
         return;
     };

@@ -164,7 +164,9 @@ for ((n = 1; n <= BROKERS; n++)); do
 done
 if (( all_up )); then
   log "Kafka already running in $DIR ($BROKERS broker(s))"
-  finish
+  # A secure broker goes on to (re)apply its ACLs below, in case an earlier
+  # run stopped before they were all set.
+  [[ "$SECURE" == 1 ]] || finish
 fi
 
 # ---- ports free? ------------------------------------------------------------------------------

@@ -154,7 +154,9 @@ pub fn run(
             dead_letter: false,
             idempotency_ttl: crate::service::state::DEFAULT_IDEMPOTENCY_TTL,
             purge: Some(purger.status.clone()),
-            log_keys,
+            log_keys: std::sync::Arc::new(crate::crypto::logkey::SharedLogKeys::new(
+                (*log_keys).clone(),
+            )),
         },
     )?;
     let counts = |p: &Projector| {

@@ -198,7 +198,8 @@ impl ChainChecker {
         self.records += 1;
         let key_order = key.and_then(|k| Uuid::from_slice(k).ok());
         if let Some(keys) = &self.keys
-            && let Err(e @ events::DecodeError::Forged(_)) = events::authenticate(value, keys)
+            && let Err(e @ events::DecodeError::Forged(_)) =
+                events::authenticate(value, keys, Some((partition, offset)))
         {
             return self.finding(
                 FindingKind::Forged,

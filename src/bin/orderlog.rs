@@ -108,6 +108,10 @@ struct ProjectArgs {
     /// Most events projected per second (0 = unlimited), to spare a busy cluster during a rebuild.
     #[arg(long, default_value_t = 0)]
     max_rate: u32,
+    /// The key-encryption key's file (or ORDERLOG_KEK inline): its log key
+    /// tells the records orderlog wrote from forgeries.
+    #[arg(long, env = "ORDERLOG_KEK_FILE")]
+    kek_file: Option<PathBuf>,
     /// Take schema-v1 events (no log MAC) as authentic: for a log written before v2 only.
     #[arg(
         long,
@@ -263,6 +267,9 @@ fn audit_log_keys(
     config: &Config,
 ) -> anyhow::Result<Option<std::sync::Arc<orderlog::crypto::LogKeys>>> {
     if matches!(config.kek, orderlog::config::KekSource::Ephemeral) {
+        eprintln!(
+            "warning: no KEK configured: records are read without checking that orderlog wrote them (a forged record would count); set ORDERLOG_KEK or ORDERLOG_KEK_FILE"
+        );
         return Ok(None);
     }
     let keys = if config.data_dir.join("CURRENT").exists() {
@@ -408,6 +415,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let config = Config::resolve(
         &Overrides {
             brokers: Some(args.brokers.clone()),
+            kek_file: args.kek_file.clone(),
             accept_v1_events: args.accept_v1_events,
             ..Overrides::default()
         },
@@ -420,7 +428,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         orderlog::crypto::KekRing::new(config.kek.load()?),
     );
     vault.accept_v1_events(config.accept_v1_events);
-    let log_keys = vault.log_keys();
+    let log_keys = vault.log_keys_handle();
     let assignment = if args.all_partitions {
         Assignment::All
     } else {
@@ -497,22 +505,42 @@ fn rotate(overrides: Overrides, new_kek_file: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let report = runtime.block_on(async {
-        let replica = match &config.brokers {
+        let (replica, retire_until) = match &config.brokers {
             Some(b) => {
                 let settings = orderlog::kafka::KafkaSettings {
                     brokers: b.clone(),
                     extra: config.kafka.clone(),
                 };
-                Some(KeyReplica::new(
+                // The log's end now (serve is stopped): the old KEK's log key
+                // authenticates the records before it only.
+                let source = audit::Source {
+                    settings: settings.clone(),
+                    topic: config.topic.clone(),
+                    log_keys: None,
+                };
+                let partitions: Vec<i32> =
+                    (0..audit::log::partition_count(&source)? as i32).collect();
+                let ends = audit::log::watermarks(&source, &partitions)?
+                    .into_iter()
+                    .map(|(p, (_, high))| (p, high))
+                    .collect();
+                let replica = KeyReplica::new(
                     &settings,
                     &keys_topic_for(&config.topic),
                     config.produce_timeout,
-                )?)
+                )?;
+                (Some(replica), ends)
             }
-            None => None,
+            None => (None, BTreeMap::new()),
         };
         anyhow::Ok(
-            orderlog::crypto::replica::rotate_kek(&vault, replica.as_ref(), new.clone()).await?,
+            orderlog::crypto::replica::rotate_kek(
+                &vault,
+                replica.as_ref(),
+                new.clone(),
+                &retire_until,
+            )
+            .await?,
         )
     })?;
     println!(

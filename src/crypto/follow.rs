@@ -222,7 +222,7 @@ impl Run {
                 .map_err(VaultError::from)
                 .and_then(|row| self.vault.store_log_key(&row));
             if let Err(e) = stored {
-                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "Log key row not taken.");
+                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "Log key row not taken now (kept if it may unwrap under a later KEK).");
             }
         } else if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
             let row = match m.payload() {

@@ -126,14 +126,16 @@ impl Kek {
     /// file its group or others can read (a default umask, a checkout, a
     /// copy) is refused with the fix, before it is read.
     pub fn load_file(path: &Path) -> Result<Self, KekError> {
-        check_owner_only(path)?;
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| KekError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            );
+        use std::io::Read;
+        let read = |source| KekError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        // The mode checked is the one of the file read: one open, then fstat.
+        let mut f = std::fs::File::open(path).map_err(read)?;
+        check_owner_only(path, &f.metadata().map_err(read)?)?;
+        let mut text = Zeroizing::new(String::new());
+        f.read_to_string(&mut text).map_err(read)?;
         Self::parse(&text)
     }
 
@@ -227,12 +229,8 @@ impl Kek {
 
 /// [`KekError::Exposed`] if the file's group or others have any
 /// permission on it (`mode & 0o077`); the mode of a symlink's target counts.
-fn check_owner_only(path: &Path) -> Result<(), KekError> {
+fn check_owner_only(path: &Path, meta: &std::fs::Metadata) -> Result<(), KekError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| KekError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KekError::Exposed {

@@ -96,15 +96,18 @@ impl OrderKey {
 
     /// The stored digest of a request with personal data (`request`, its
     /// plain hash) that placed this order: an HMAC under a key derived from
-    /// the shipping subkey, so it cannot be recomputed (or a guess tested)
-    /// once the order is erased, and does not change when the KEK rotates.
-    /// `None` once the shipping class is shredded.
+    /// every class subkey, so it cannot be recomputed (or a guess about any
+    /// field tested) once any class of the order is erased, and does not
+    /// change when the KEK rotates. `None` once a class is shredded.
     pub fn request_digest(&self, request: &[u8; 32]) -> Option<[u8; 32]> {
         use hmac::Mac;
-        let sub = self.subkey(FieldClass::Shipping)?;
-        let hk = Hkdf::<Sha256>::from_prk(sub.as_ref()).expect("64 bytes is a valid PRK");
+        let mut ikm = Zeroizing::new(Vec::with_capacity(FieldClass::ALL.len() * SUBKEY_LEN));
+        for class in FieldClass::ALL {
+            ikm.extend_from_slice(self.subkey(class)?.as_ref());
+        }
+        let hk = Hkdf::<Sha256>::new(Some(b"orderlog/v2/request-digest"), &ikm);
         let mut mac_key = Zeroizing::new([0u8; 32]);
-        hk.expand(b"orderlog/v2/request-digest", mac_key.as_mut())
+        hk.expand(&self.id.0, mac_key.as_mut())
             .expect("32 bytes is a valid HKDF output length");
         let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(mac_key.as_ref())
             .expect("HMAC takes any key length");
@@ -163,6 +166,21 @@ mod tests {
             a.subkey(FieldClass::Contact).unwrap().as_ref(),
             c.subkey(FieldClass::Contact).unwrap().as_ref()
         );
+    }
+
+    #[test]
+    fn a_request_digest_is_keyed_by_the_order_and_gone_with_any_class() {
+        let key = OrderKey::derive(KeyId([7; 16]), &[1; 32]);
+        let request = [5; 32];
+        let d = key.request_digest(&request).unwrap();
+        assert_ne!(d, request);
+        assert_eq!(key.request_digest(&request), Some(d), "deterministic");
+        let other = OrderKey::derive(KeyId([8; 16]), &[1; 32]);
+        assert_ne!(other.request_digest(&request), Some(d));
+        for class in FieldClass::ALL {
+            let key = OrderKey::derive(KeyId([7; 16]), &[1; 32]).without(class);
+            assert_eq!(key.request_digest(&request), None, "{class} erased");
+        }
     }
 
     #[test]

@@ -44,25 +44,37 @@ pub struct WrappedLogKey {
     /// The KEK it is wrapped under.
     pub kek_id: KekId,
     pub wrapped: Vec<u8>,
+    /// Per partition, the end of the events topic when the key was retired:
+    /// a record at or past it under this key is forged (someone holding the
+    /// retired KEK, which may be why it was rotated away). Empty: no bound
+    /// was known (a rotation without Kafka).
+    pub until: BTreeMap<i32, i64>,
 }
 
 impl WrappedLogKey {
-    pub fn wrap(kek: &Kek, id: KekId, secret: &LogSecret) -> Self {
+    pub fn wrap(kek: &Kek, id: KekId, secret: &LogSecret, until: BTreeMap<i32, i64>) -> Self {
+        // The bound is authenticated with the key: a row with another bound
+        // does not unwrap.
+        let bound = bincode::serde::encode_to_vec(&until, bincode::config::standard())
+            .expect("a map always encodes");
         let wrapped = Aes256Siv::new(kek.bytes().into())
-            .encrypt([WRAP_LABEL, &id.0], secret.as_ref())
-            .expect("AES-SIV encryption cannot fail for two headers");
+            .encrypt([WRAP_LABEL, &id.0, &bound], secret.as_ref())
+            .expect("AES-SIV encryption cannot fail for three headers");
         Self {
             id,
             kek_id: kek.id(),
             wrapped,
+            until,
         }
     }
 
     pub fn unwrap(&self, ring: &KekRing) -> Result<LogSecret, KekError> {
         let kek = ring.get(self.kek_id)?;
+        let bound = bincode::serde::encode_to_vec(&self.until, bincode::config::standard())
+            .expect("a map always encodes");
         let plain = Zeroizing::new(
             Aes256Siv::new(kek.bytes().into())
-                .decrypt([WRAP_LABEL, &self.id.0], &self.wrapped)
+                .decrypt([WRAP_LABEL, &self.id.0, &bound], &self.wrapped)
                 .map_err(|_| KekError::Unwrap)?,
         );
         let mut out = Zeroizing::new([0u8; 32]);
@@ -97,6 +109,10 @@ pub enum Forged {
     UnknownKey(KekId),
     #[error("record's log MAC does not match: not written by an orderlog node, or altered")]
     BadMac,
+    #[error(
+        "record is authenticated under log key {0}, retired before this position: written with a KEK rotated away"
+    )]
+    Retired(KekId),
 }
 
 /// Every log key a node can verify with, and the one it writes with.
@@ -104,6 +120,8 @@ pub enum Forged {
 pub struct LogKeys {
     current: KekId,
     keys: BTreeMap<KekId, LogSecret>,
+    /// Retired keys' bounds (see [`WrappedLogKey::until`]).
+    retired: BTreeMap<KekId, BTreeMap<i32, i64>>,
     accept_v1: bool,
 }
 
@@ -124,13 +142,26 @@ impl LogKeys {
         Self {
             current: ring.current().id(),
             keys,
+            retired: BTreeMap::new(),
             accept_v1: false,
         }
     }
 
-    /// Adds a retired log key.
-    pub fn insert(&mut self, id: KekId, secret: LogSecret) {
-        self.keys.entry(id).or_insert(secret);
+    /// Adds a retired log key, valid before `until` (per partition; empty
+    /// for no bound). A KEK this node holds is never bounded by it.
+    pub fn insert(&mut self, id: KekId, secret: LogSecret, until: BTreeMap<i32, i64>) {
+        if self.keys.contains_key(&id) {
+            return;
+        }
+        self.keys.insert(id, secret);
+        if !until.is_empty() {
+            self.retired.insert(id, until);
+        }
+    }
+
+    /// The bound of a retired key, if it has one.
+    pub fn retired_until(&self, id: KekId) -> Option<&BTreeMap<i32, i64>> {
+        self.retired.get(&id)
     }
 
     /// Takes schema-v1 records (which have no MAC) as authentic: for a log
@@ -168,12 +199,52 @@ impl LogKeys {
         m.finalize().into_bytes().into()
     }
 
-    /// Checks `tag` over `data` under log key `id`, in constant time.
-    pub fn verify(&self, id: KekId, data: &[u8], tag: &[u8]) -> Result<(), Forged> {
+    /// Checks `tag` over `data` under log key `id`, in constant time, for a
+    /// record at `at` (partition, offset) when the reader knows it: a retired
+    /// key does not authenticate a record past its bound.
+    pub fn verify(
+        &self,
+        id: KekId,
+        data: &[u8],
+        tag: &[u8],
+        at: Option<(i32, i64)>,
+    ) -> Result<(), Forged> {
         let secret = self.keys.get(&id).ok_or(Forged::UnknownKey(id))?;
         let mut m = Self::mac(secret);
         m.update(data);
-        m.verify_slice(tag).map_err(|_| Forged::BadMac)
+        m.verify_slice(tag).map_err(|_| Forged::BadMac)?;
+        if let (Some((partition, offset)), Some(until)) = (at, self.retired.get(&id))
+            && until.get(&partition).is_none_or(|end| offset >= *end)
+        {
+            return Err(Forged::Retired(id));
+        }
+        Ok(())
+    }
+}
+
+/// The log keys a node holds now, shared by the vault (which learns
+/// retired keys from the key topic) and the readers that check records.
+pub struct SharedLogKeys(std::sync::RwLock<std::sync::Arc<LogKeys>>);
+
+impl SharedLogKeys {
+    pub fn new(keys: LogKeys) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(keys)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<LogKeys> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the keys with `f` of them.
+    pub fn update(&self, f: impl FnOnce(&LogKeys) -> LogKeys) {
+        let mut keys = self.0.write().unwrap_or_else(|e| e.into_inner());
+        *keys = std::sync::Arc::new(f(&keys));
+    }
+}
+
+impl std::fmt::Debug for SharedLogKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
     }
 }
 
@@ -186,36 +257,56 @@ mod tests {
         let a = LogKeys::from_ring(&KekRing::new(Kek::generate()));
         let b = LogKeys::from_ring(&KekRing::new(Kek::generate()));
         let tag = a.tag(b"record");
-        assert_eq!(a.verify(a.current_id(), b"record", &tag), Ok(()));
+        assert_eq!(a.verify(a.current_id(), b"record", &tag, None), Ok(()));
         assert_eq!(
-            a.verify(a.current_id(), b"recorD", &tag),
+            a.verify(a.current_id(), b"recorD", &tag, None),
             Err(Forged::BadMac)
         );
         assert_eq!(
-            b.verify(a.current_id(), b"record", &tag),
+            b.verify(a.current_id(), b"record", &tag, None),
             Err(Forged::UnknownKey(a.current_id()))
         );
     }
 
     #[test]
-    fn a_retired_log_key_survives_rotation_wrapped_under_the_new_kek() {
+    fn a_retired_log_key_survives_rotation_and_authenticates_only_before_its_bound() {
         let old = Kek::generate();
         let new = Kek::generate();
         let before = LogKeys::from_ring(&KekRing::new(old.clone()));
         let tag = before.tag(b"record");
-        let row = WrappedLogKey::wrap(&new, old.id(), &derive(&old));
+        let until = BTreeMap::from([(0, 100), (1, 5)]);
+        let row = WrappedLogKey::wrap(&new, old.id(), &derive(&old), until.clone());
         assert_eq!(row.record_key(), format!("log-key/{}", old.id()));
         let ring = KekRing::new(new.clone());
         let mut after = LogKeys::from_ring(&ring);
-        after.insert(row.id, row.unwrap(&ring).unwrap());
-        assert_eq!(after.verify(old.id(), b"record", &tag), Ok(()));
+        after.insert(row.id, row.unwrap(&ring).unwrap(), row.until.clone());
+        assert_eq!(
+            after.verify(old.id(), b"record", &tag, Some((0, 99))),
+            Ok(())
+        );
+        assert_eq!(after.verify(old.id(), b"record", &tag, None), Ok(()));
+        // Past the bound, or in a partition it does not name: someone who
+        // kept the old KEK.
+        for at in [(0, 100), (1, 5), (2, 0)] {
+            assert_eq!(
+                after.verify(old.id(), b"record", &tag, Some(at)),
+                Err(Forged::Retired(old.id())),
+                "{at:?}"
+            );
+        }
         assert_ne!(after.current_id(), old.id());
-        // A row bound to another id, or under a KEK not held, does not unwrap.
+        // A row bound to another id, with another bound, or under a KEK not
+        // held, does not unwrap.
         let moved = WrappedLogKey {
             id: new.id(),
             ..row.clone()
         };
         assert!(moved.unwrap(&ring).is_err());
+        let widened = WrappedLogKey {
+            until: BTreeMap::from([(0, i64::MAX), (1, i64::MAX)]),
+            ..row.clone()
+        };
+        assert!(widened.unwrap(&ring).is_err());
         assert!(row.unwrap(&KekRing::new(Kek::generate())).is_err());
     }
 }

@@ -231,12 +231,15 @@ pub struct RotationReport {
 /// Re-wraps every live key under `new` in the vault, then republishes every
 /// row to the replica topic so its newest record per order is under `new`
 /// too (older records are compacted away). The event log is not touched.
+/// `retire_until`: the events topic's end per partition (see
+/// [`KeyVault::rotate`]).
 pub async fn rotate_kek(
     vault: &KeyVault,
     replica: Option<&KeyReplica>,
     new: super::Kek,
+    retire_until: &std::collections::BTreeMap<i32, i64>,
 ) -> Result<RotationReport, VaultError> {
-    let r = vault.rotate(new)?;
+    let r = vault.rotate(new, retire_until)?;
     let mut report = RotationReport {
         rewrapped: r.rewrapped,
         already_current: r.already_current,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::kek::{Kek, KekError, KekId, KekRing};
 use super::keys::{KeyId, OrderKey};
-use super::logkey::{self, LogKeys, WrappedLogKey};
+use super::logkey::{self, LogKeys, SharedLogKeys, WrappedLogKey};
 use crate::domain::FieldClass;
 use crate::store::{
     CF_META, CF_ORDER_KEYS, CF_SHREDDED_KEYS, Store, StoreError, decode_value, encode_value,
@@ -86,7 +86,7 @@ pub struct KeyVault {
     rows: std::sync::Mutex<()>,
     /// The keys that authenticate the event log: the KEKs' own and the
     /// retired ones stored here.
-    log_keys: RwLock<std::sync::Arc<LogKeys>>,
+    log_keys: std::sync::Arc<SharedLogKeys>,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -106,7 +106,7 @@ fn sync_writes() -> WriteOptions {
 
 impl KeyVault {
     pub fn new(store: Store, ring: KekRing) -> Self {
-        let log_keys = RwLock::new(std::sync::Arc::new(LogKeys::from_ring(&ring)));
+        let log_keys = std::sync::Arc::new(SharedLogKeys::new(LogKeys::from_ring(&ring)));
         let vault = Self {
             store,
             ring: RwLock::new(ring),
@@ -124,15 +124,20 @@ impl KeyVault {
         vault
     }
 
+    /// The log keys as they change (a reader that runs for long holds this).
+    pub fn log_keys_handle(&self) -> std::sync::Arc<SharedLogKeys> {
+        self.log_keys.clone()
+    }
+
     /// The keys that authenticate the event log, as of now.
     pub fn log_keys(&self) -> std::sync::Arc<LogKeys> {
-        self.log_keys.read().expect("log keys lock").clone()
+        self.log_keys.get()
     }
 
     /// Takes schema-v1 records (no MAC) as authentic from now on.
     pub fn accept_v1_events(&self, accept: bool) {
-        let mut keys = self.log_keys.write().expect("log keys lock");
-        *keys = std::sync::Arc::new((**keys).clone().accepting_v1(accept));
+        self.log_keys
+            .update(|keys| keys.clone().accepting_v1(accept));
     }
 
     fn log_key_meta(id: KekId) -> Vec<u8> {
@@ -156,9 +161,14 @@ impl KeyVault {
         Ok(out)
     }
 
+    /// Takes every stored retired log key that unwraps under this node's
+    /// KEKs; one that does not (wrapped under a KEK this node is not given
+    /// yet) stays stored for a start with that KEK.
     fn load_log_keys(&self) -> Result<(), VaultError> {
         for row in self.retired_log_keys()? {
-            self.add_log_key(&row)?;
+            if let Err(e) = self.add_log_key(&row) {
+                tracing::info!(log_key = %row.id, error = %e, "A retired log key is kept for a later KEK.");
+            }
         }
         Ok(())
     }
@@ -168,26 +178,31 @@ impl KeyVault {
             let ring = self.ring.read().expect("kek ring lock");
             row.unwrap(&ring)?
         };
-        let mut keys = self.log_keys.write().expect("log keys lock");
-        if keys.secret(row.id).is_none() {
-            let mut next = (**keys).clone();
-            next.insert(row.id, secret);
-            *keys = std::sync::Arc::new(next);
+        if self.log_keys.get().secret(row.id).is_none() {
+            self.log_keys.update(|keys| {
+                let mut next = keys.clone();
+                next.insert(row.id, secret, row.until.clone());
+                next
+            });
         }
         Ok(())
     }
 
-    /// Stores a retired log key read from the key topic, once it unwraps
-    /// under a KEK of this node (a row nobody with the KEK wrote does not).
+    /// Stores a retired log key read from the key topic, and takes it once
+    /// it unwraps under a KEK of this node (a row nobody with the KEK wrote
+    /// never does). One wrapped under a KEK this node is not given yet is
+    /// kept, for a start with it.
     pub fn store_log_key(&self, row: &WrappedLogKey) -> Result<(), VaultError> {
-        self.add_log_key(row)?;
-        self.store.db().put_cf_opt(
-            self.store.cf(CF_META),
-            Self::log_key_meta(row.id),
-            encode_value(row),
-            &sync_writes(),
-        )?;
-        Ok(())
+        let taken = self.add_log_key(row);
+        let key = Self::log_key_meta(row.id);
+        let cf = self.store.cf(CF_META);
+        // A row that does not unwrap here never replaces one stored before.
+        if taken.is_ok() || self.store.db().get_pinned_cf(cf, &key)?.is_none() {
+            self.store
+                .db()
+                .put_cf_opt(cf, key, encode_value(row), &sync_writes())?;
+        }
+        taken
     }
 
     fn add_live(&self, delta: i64) {
@@ -610,19 +625,29 @@ impl KeyVault {
     /// old KEK stays in the ring so rows can still be read if this stops half
     /// way; running it again finishes the job (rows already under `new` are
     /// skipped). The event log is not touched: only wrapped keys change.
-    pub fn rotate(&self, new: Kek) -> Result<RewrapReport, VaultError> {
+    ///
+    /// `retire_until` is the events topic's end per partition now (nothing is
+    /// written during a rotation): the retired log keys authenticate records
+    /// before it only. Empty for no bound.
+    pub fn rotate(
+        &self,
+        new: Kek,
+        retire_until: &BTreeMap<i32, i64>,
+    ) -> Result<RewrapReport, VaultError> {
         {
             let mut ring = self.ring.write().expect("kek ring lock");
             let old = ring.current().clone();
             *ring = KekRing::new(new.clone()).with_older(old);
-            let mut keys = self.log_keys.write().expect("log keys lock");
-            let mut next = LogKeys::from_ring(&ring).accepting_v1(keys.accepts_v1());
-            for id in keys.ids() {
-                if let Some(secret) = keys.secret(id) {
-                    next.insert(id, secret.clone());
+            self.log_keys.update(|keys| {
+                let mut next = LogKeys::from_ring(&ring).accepting_v1(keys.accepts_v1());
+                for id in keys.ids() {
+                    if let Some(secret) = keys.secret(id) {
+                        let until = keys.retired_until(id).cloned().unwrap_or_default();
+                        next.insert(id, secret.clone(), until);
+                    }
                 }
-            }
-            *keys = std::sync::Arc::new(next);
+                next
+            });
         }
         // Every log key but the new KEK's is retired: stored under the new
         // KEK, so the records MAC'd under it still authenticate once the
@@ -630,7 +655,12 @@ impl KeyVault {
         let keys = self.log_keys();
         for id in keys.ids().filter(|id| *id != new.id()) {
             let secret = keys.secret(id).expect("listed");
-            self.store_log_key(&WrappedLogKey::wrap(&new, id, secret))?;
+            // A key retired before keeps its own bound.
+            let until = keys
+                .retired_until(id)
+                .cloned()
+                .unwrap_or_else(|| retire_until.clone());
+            self.store_log_key(&WrappedLogKey::wrap(&new, id, secret, until))?;
         }
         let db = self.store.db();
         let cf = self.store.cf(CF_ORDER_KEYS);
@@ -776,7 +806,7 @@ mod tests {
         let orders: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
         let keys: Vec<OrderKey> = orders.iter().map(|o| v.create(*o, 1).unwrap()).collect();
         let new = Kek::generate();
-        let report = v.rotate(new.clone()).unwrap();
+        let report = v.rotate(new.clone(), &BTreeMap::new()).unwrap();
         assert_eq!(
             report,
             RewrapReport {
@@ -790,7 +820,7 @@ mod tests {
             assert_eq!(v.stored(*o).unwrap().unwrap().kek_id, new.id());
         }
         assert_eq!(
-            v.rotate(new.clone()).unwrap(),
+            v.rotate(new.clone(), &BTreeMap::new()).unwrap(),
             RewrapReport {
                 rewrapped: 0,
                 already_current: 5

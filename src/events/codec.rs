@@ -318,7 +318,13 @@ pub fn encode_v1(env: &Envelope) -> Vec<u8> {
 /// Checks that a record was written by an orderlog node: a v2 record whose
 /// MAC verifies under a log key this node holds (or a v1 record, where the
 /// keys accept those). Checks nothing else about the record.
-pub fn authenticate(bytes: &[u8], keys: &LogKeys) -> Result<(), DecodeError> {
+/// `at` is the record's (partition, offset) where the reader knows it, for
+/// the bound of a retired log key.
+pub fn authenticate(
+    bytes: &[u8],
+    keys: &LogKeys,
+    at: Option<(i32, i64)>,
+) -> Result<(), DecodeError> {
     let version = header(bytes)?;
     match version {
         v1::VERSION if keys.accepts_v1() => Ok(()),
@@ -329,15 +335,19 @@ pub fn authenticate(bytes: &[u8], keys: &LogKeys) -> Result<(), DecodeError> {
             }
             let id = KekId(bytes[4..V2_HEADER].try_into().expect("8 bytes"));
             let (signed, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-            Ok(keys.verify(id, signed, tag)?)
+            Ok(keys.verify(id, signed, tag, at)?)
         }
         other => Err(DecodeError::UnsupportedVersion(other)),
     }
 }
 
 /// [`authenticate`], then [`decode`]: what every reader of the log uses.
-pub fn decode_authentic(bytes: &[u8], keys: &LogKeys) -> Result<Envelope, DecodeError> {
-    authenticate(bytes, keys)?;
+pub fn decode_authentic(
+    bytes: &[u8],
+    keys: &LogKeys,
+    at: Option<(i32, i64)>,
+) -> Result<Envelope, DecodeError> {
+    authenticate(bytes, keys, at)?;
     decode(bytes)
 }
 

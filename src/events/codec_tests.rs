@@ -135,27 +135,27 @@ fn a_record_authenticates_under_the_log_key_it_names_and_nothing_else() {
     let keys = test_keys();
     let bytes = encode(&env, &keys);
     assert_eq!(bytes[..4], *b"OL\0\x02");
-    assert_eq!(decode_authentic(&bytes, &keys).unwrap(), env);
+    assert_eq!(decode_authentic(&bytes, &keys, None).unwrap(), env);
     // Every flipped bit is refused: as a forgery, or as a record that no
     // longer decodes.
     for i in 0..bytes.len() {
         let mut t = bytes.clone();
         t[i] ^= 0x01;
-        assert!(decode_authentic(&t, &keys).is_err(), "byte {i}");
+        assert!(decode_authentic(&t, &keys, None).is_err(), "byte {i}");
     }
     // Another cluster's KEK: the log key is unknown here.
     let other = crate::crypto::LogKeys::from_ring(&crate::crypto::KekRing::new(
         crate::crypto::Kek::generate(),
     ));
     assert_eq!(
-        authenticate(&bytes, &other),
+        authenticate(&bytes, &other, None),
         Err(DecodeError::Forged(Forged::UnknownKey(keys.current_id())))
     );
     // A record someone made with the right shape and a made-up tag.
     let mut forged = bytes[..bytes.len() - TAG_LEN].to_vec();
     forged.extend_from_slice(&[0; TAG_LEN]);
     assert_eq!(
-        authenticate(&forged, &keys),
+        authenticate(&forged, &keys, None),
         Err(DecodeError::Forged(Forged::BadMac))
     );
     assert!(decode(&forged).is_ok(), "the shape alone is fine");
@@ -174,10 +174,10 @@ fn a_v1_record_upcasts_but_is_authentic_only_where_v1_is_accepted() {
     assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
     let keys = test_keys();
     assert_eq!(
-        authenticate(&bytes, &keys),
+        authenticate(&bytes, &keys, None),
         Err(DecodeError::Forged(Forged::Unauthenticated(1)))
     );
-    assert!(decode_authentic(&bytes, &keys.accepting_v1(true)).is_ok());
+    assert!(decode_authentic(&bytes, &keys.accepting_v1(true), None).is_ok());
 }
 
 #[test]

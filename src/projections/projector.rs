@@ -67,8 +67,9 @@ pub struct ProjectorConfig {
     /// The purger told of each erasure's queued purge (without one, the
     /// queue is drained by the next `serve` on this data directory).
     pub purge: Option<Arc<crate::erasure::PurgeStatus>>,
-    /// The keys that tell records written by orderlog from forgeries.
-    pub log_keys: Arc<crate::crypto::LogKeys>,
+    /// The keys that tell records written by orderlog from forgeries, as
+    /// the node learns them.
+    pub log_keys: Arc<crate::crypto::logkey::SharedLogKeys>,
 }
 
 impl ProjectorConfig {
@@ -541,7 +542,11 @@ impl Run {
     ) -> Result<(), ProjectorError> {
         // A record not written by an orderlog node (no valid log MAC) is
         // dead-lettered; neither the state nor the views see it.
-        let projected = match crate::events::authenticate(payload, &self.config.log_keys) {
+        let projected = match crate::events::authenticate(
+            payload,
+            &self.config.log_keys.get(),
+            Some((partition, offset)),
+        ) {
             Err(e @ crate::events::DecodeError::Forged(_)) => {
                 Err(ProjectError::Forged(e.to_string()))
             }

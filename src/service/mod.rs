@@ -895,10 +895,20 @@ fn replay(
 ) -> Result<Outcome, ServiceError> {
     let digest = if idem.personal {
         match vault.get(prev.order_id) {
-            Ok(key) => idem.stored_digest(Some(&key)),
-            // Nothing can tell whether this is the same request any more.
+            // Nothing can tell whether this is the same request any more
+            // (some class, or the whole order, was erased).
+            Ok(key) => match idem.stored_digest(Some(&key)) {
+                Some(d) => Some(d),
+                None => return Err(ServiceError::IdempotencyErased),
+            },
             Err(crate::crypto::VaultError::Shredded { .. }) => {
                 return Err(ServiceError::IdempotencyErased);
+            }
+            // A node whose key follower has not read the order's key yet.
+            Err(crate::crypto::VaultError::NotFound(_)) => {
+                return Err(ServiceError::Unavailable(
+                    "this node has not received the order's key yet; retry".into(),
+                ));
             }
             Err(e) => return Err(ServiceError::Internal(e.to_string())),
         }

@@ -164,7 +164,7 @@ impl StoreFolder {
             return Ok(());
         }
         let partition = self.partition;
-        match events::decode_authentic(&r.payload, &self.keys) {
+        match events::decode_authentic(&r.payload, &self.keys, Some((self.partition, r.offset))) {
             // The projector refuses (dead-letters) a record keyed to another
             // order; so does the state, on either side.
             Ok(env)
