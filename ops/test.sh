@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every check and test of orderlog on a fresh Debian
 # machine: installs what is missing, starts a real Kafka broker (from Maven
-# Central's jars), then runs rustfmt, clippy and all tests against it, and
-# stops the broker.
+# Central's jars), then runs rustfmt, clippy and all tests against it, fuzzes
+# the HTTP API with schemathesis (ops/schemathesis.sh), and stops the broker.
 #
 #   ops/test.sh                   # everything
 #   ops/test.sh --test kafka_smoke  # extra arguments go to `cargo test`
@@ -76,4 +76,15 @@ export ORDERLOG_TEST_CLUSTER3_DIR="$cluster3_dir"
 step "Kafka at $ORDERLOG_TEST_BROKERS, three brokers in $cluster3_dir; cargo test"
 
 cargo test --all-targets --locked --no-fail-fast "$@"
+
+# The HTTP API against schemas/openapi.json, on a full run only (not when
+# arguments pick some tests): schemathesis from PyPI, about a minute.
+if (($# == 0)); then
+  step "schemathesis: the API fuzzed against schemas/openapi.json"
+  ops/schemathesis.sh "$CARGO_TARGET_DIR/debug/orderlog"
+  # The decoders of outside bytes under libFuzzer, from the committed seeds:
+  # a smoke run of 20 s per target (the first build takes a few minutes).
+  step "cargo-fuzz: envelope decoder, order body, feed cursor"
+  ops/fuzz.sh --seconds 20
+fi
 step "done"

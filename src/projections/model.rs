@@ -169,6 +169,8 @@ pub enum ProjectError {
     /// Not written by an orderlog node (the message says why).
     #[error("{0}")]
     Forged(String),
+    #[error("a record of order {0} outside the partition its id maps to")]
+    WrongPartition(Uuid),
 }
 
 /// The result of folding one event: the order's new row and the feed entries.

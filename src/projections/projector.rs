@@ -318,6 +318,8 @@ struct Run {
     queued: Vec<crate::erasure::purge::Entry>,
     /// The order state's share of the fold.
     state: StateFolder,
+    /// Partitions of the topic, which say each order's partition.
+    partitions: usize,
 }
 
 impl Run {
@@ -340,14 +342,15 @@ impl Run {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .create()?;
+        // Every order belongs in one partition: a record elsewhere is refused.
+        let partitions = crate::kafka::partition_count(
+            &config.settings,
+            &config.topic,
+            Duration::from_secs(30),
+        )?;
         match &config.assignment {
             Assignment::Group(_) => consumer.subscribe(&[&config.topic])?,
             Assignment::All => {
-                let partitions = crate::kafka::partition_count(
-                    &config.settings,
-                    &config.topic,
-                    Duration::from_secs(30),
-                )?;
                 // From the stored offsets: a restart reads only the tail.
                 let mut tpl = TopicPartitionList::new();
                 for p in 0..partitions as i32 {
@@ -364,6 +367,7 @@ impl Run {
         let state = StateFolder::new(store.clone(), config.idempotency_ttl);
         Ok(Self {
             state,
+            partitions,
             store,
             config,
             status,
@@ -553,6 +557,20 @@ impl Run {
             Err(e) => Err(ProjectError::Decode(e.to_string())),
             Ok(()) => {
                 let current = match crate::events::decode(payload) {
+                    Ok(env)
+                        if crate::service::partition_of(&env.meta.order_id, self.partitions)
+                            != partition as usize =>
+                    {
+                        // A copy of a real record produced elsewhere: taken,
+                        // it could come before the original.
+                        return self.refuse(
+                            partition,
+                            offset,
+                            key,
+                            payload,
+                            ProjectError::WrongPartition(env.meta.order_id),
+                        );
+                    }
                     Ok(env) => {
                         // A record keyed to another order is refused by the
                         // views (and dead-lettered) below; the state ignores
@@ -604,51 +622,64 @@ impl Run {
                 self.status.projected.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::telemetry::EVENTS_PROJECTED).increment(1);
             }
-            Err(reason) => {
-                let reason = reason.to_string();
-                if !self.config.dead_letter {
-                    tracing::warn!(partition, offset, %reason, "Record not projectable; skipped (no dead-lettering in this run).");
-                    self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+            Err(reason) => self.refuse(partition, offset, key, payload, reason)?,
+        }
+        Ok(())
+    }
+
+    /// Dead-letters a record that cannot be projected (only logs and counts
+    /// it where this run does no dead-lettering), and only then moves on:
+    /// the record must be somewhere before its offset is passed.
+    fn refuse(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: ProjectError,
+    ) -> Result<(), ProjectorError> {
+        let reason = reason.to_string();
+        if !self.config.dead_letter {
+            tracing::warn!(partition, offset, %reason, "Record not projectable; skipped (no dead-lettering in this run).");
+            self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // Dead-letter it, and only then move on: the record must be
+        // somewhere before its offset is passed.
+        self.flush()?;
+        tracing::warn!(partition, offset, %reason, "Record dead-lettered.");
+        let source = format!("{}/{partition}/{offset}", self.config.topic);
+        let topic = self.config.dead_letter_topic();
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: HEADER_DLQ_REASON,
+                    value: Some(reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: HEADER_DLQ_SOURCE,
+                    value: Some(source.as_bytes()),
+                });
+            let mut record = FutureRecord::to(&topic).payload(payload).headers(headers);
+            if let Some(k) = key {
+                record = record.key(k);
+            }
+            let sent = match self.dlq.send_result(record) {
+                Ok(fut) => futures::executor::block_on(fut)
+                    .map_err(|_| "delivery cancelled".to_owned())
+                    .and_then(|r| r.map(|_| ()).map_err(|(e, _)| e.to_string())),
+                Err((e, _)) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, %topic, "Dead-letter produce failed; retrying.");
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                // Dead-letter it, and only then move on: the record must be
-                // somewhere before its offset is passed.
-                self.flush()?;
-                tracing::warn!(partition, offset, %reason, "Record dead-lettered.");
-                let source = format!("{}/{partition}/{offset}", self.config.topic);
-                let topic = self.config.dead_letter_topic();
-                loop {
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: HEADER_DLQ_REASON,
-                            value: Some(reason.as_bytes()),
-                        })
-                        .insert(Header {
-                            key: HEADER_DLQ_SOURCE,
-                            value: Some(source.as_bytes()),
-                        });
-                    let mut record = FutureRecord::to(&topic).payload(payload).headers(headers);
-                    if let Some(k) = key {
-                        record = record.key(k);
-                    }
-                    let sent = match self.dlq.send_result(record) {
-                        Ok(fut) => futures::executor::block_on(fut)
-                            .map_err(|_| "delivery cancelled".to_owned())
-                            .and_then(|r| r.map(|_| ()).map_err(|(e, _)| e.to_string())),
-                        Err((e, _)) => Err(e.to_string()),
-                    };
-                    match sent {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, %topic, "Dead-letter produce failed; retrying.");
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                }
-                self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::telemetry::DEAD_LETTERED).increment(1);
             }
         }
+        self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::DEAD_LETTERED).increment(1);
         Ok(())
     }
 

@@ -426,6 +426,7 @@ async fn acquire(
             &sh.topic,
             &sh.store,
             &sh.vault.log_keys(),
+            sh.partitions.len(),
             sh.idempotency_ttl,
             partition as i32,
             until,

@@ -120,6 +120,8 @@ pub struct CatchUp {
 pub struct StoreFolder {
     store: Store,
     keys: Arc<LogKeys>,
+    /// Partitions of the topic, which say each order's partition.
+    partitions: usize,
     folder: StateFolder,
     batch_records: usize,
     partition: i32,
@@ -132,6 +134,7 @@ impl StoreFolder {
     pub fn new(
         store: Store,
         keys: Arc<LogKeys>,
+        partitions: usize,
         idempotency_ttl: Duration,
         partition: i32,
         from: i64,
@@ -140,6 +143,7 @@ impl StoreFolder {
             folder: StateFolder::new(store.clone(), idempotency_ttl),
             store,
             keys,
+            partitions,
             batch_records: 0,
             partition,
             report: CatchUp {
@@ -165,6 +169,15 @@ impl StoreFolder {
         }
         let partition = self.partition;
         match events::decode_authentic(&r.payload, &self.keys, Some((self.partition, r.offset))) {
+            // A record of an order that belongs to another partition: a copy
+            // produced there (the projector dead-letters it too).
+            Ok(env)
+                if super::partition_of(&env.meta.order_id, self.partitions)
+                    != partition as usize =>
+            {
+                self.report.skipped += 1;
+                tracing::warn!(partition, offset = r.offset, order_id = %env.meta.order_id, "Record outside its order's partition; skipped.");
+            }
             // The projector refuses (dead-letters) a record keyed to another
             // order; so does the state, on either side.
             Ok(env)
@@ -242,6 +255,7 @@ pub fn catch_up(
     topic: &str,
     store: &Store,
     keys: &Arc<LogKeys>,
+    partitions: usize,
     idempotency_ttl: Duration,
     partition: i32,
     from: i64,
@@ -252,6 +266,7 @@ pub fn catch_up(
     let mut folder = StoreFolder::new(
         store.clone(),
         keys.clone(),
+        partitions,
         idempotency_ttl,
         partition,
         from,
@@ -293,6 +308,7 @@ pub fn follow(
     topic: &str,
     store: &Store,
     keys: &Arc<LogKeys>,
+    partitions: usize,
     idempotency_ttl: Duration,
     partition: i32,
     until: i64,
@@ -326,6 +342,7 @@ pub fn follow(
                 topic,
                 store,
                 keys,
+                partitions,
                 idempotency_ttl,
                 partition,
                 at,
@@ -436,6 +453,7 @@ mod tests {
             let mut f = StoreFolder::new(
                 store.clone(),
                 Arc::new(events::codec::test_keys()),
+                1,
                 Duration::from_secs(60),
                 0,
                 0,

@@ -187,6 +187,7 @@ async fn catch_up_partitions(
         tokio::task::spawn_blocking(move || {
             let (s, t, st) = (&sh.settings, &sh.topic, &sh.store);
             let keys = &sh.vault.log_keys();
+            let n = sh.partitions.len();
             let (ttl, stall, stop) = (sh.idempotency_ttl, Duration::from_secs(60), &sh.closing);
             let from = if from_zero {
                 0
@@ -195,9 +196,9 @@ async fn catch_up_partitions(
             };
             let t0 = Instant::now();
             let caught = if from_zero {
-                partition::catch_up(s, t, st, keys, ttl, p as i32, 0, until, stall, stop)
+                partition::catch_up(s, t, st, keys, n, ttl, p as i32, 0, until, stall, stop)
             } else {
-                partition::follow(s, t, st, keys, ttl, p as i32, until, stall, stop)
+                partition::follow(s, t, st, keys, n, ttl, p as i32, until, stall, stop)
             };
             caught.map(|r| (from, r, t0.elapsed()))
         })
