@@ -596,6 +596,35 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
         .unwrap();
     assert_eq!(o["version"], 1, "{o}");
     app3.stop().await;
+
+    // `orderlog project` on a fresh directory, with the new KEK only: it
+    // reads the retired log key from the key topic (no key follower there).
+    let rebuilt = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderlog"))
+        .args([
+            "project",
+            "--brokers",
+            &settings.brokers,
+            "--topic",
+            &config.topic,
+        ])
+        .arg("--data-dir")
+        .arg(rebuilt.path())
+        .args(["--all-partitions", "--until-caught-up"])
+        .env("ORDERLOG_KEK", new.to_text().as_str())
+        .env("ORDERLOG_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("projected 4 events (1 dead-lettered)"),
+        "{stdout}"
+    );
 }
 
 /// A node whose vault was not current for longer than the key topic keeps

@@ -428,6 +428,14 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         orderlog::crypto::KekRing::new(config.kek.load()?),
     );
     vault.accept_v1_events(config.accept_v1_events);
+    // Log keys retired by a KEK rotation, which a node's key follower would
+    // have stored: without them the records before it would not authenticate.
+    let settings = kafka_settings(args.brokers.clone());
+    let keys_topic = orderlog::crypto::keys_topic_for(&args.topic);
+    let retired = orderlog::crypto::follow::load_retired_log_keys(&settings, &keys_topic, &vault)?;
+    if retired > 0 {
+        tracing::info!(retired, topic = %keys_topic, "Retired log keys read from the key topic.");
+    }
     let log_keys = vault.log_keys_handle();
     let assignment = if args.all_partitions {
         Assignment::All
@@ -438,7 +446,7 @@ fn project(args: ProjectArgs) -> anyhow::Result<()> {
         )
     };
     let config = ProjectorConfig {
-        settings: kafka_settings(args.brokers),
+        settings,
         topic: args.topic,
         assignment,
         batch_max: args.batch.max(1),

@@ -565,3 +565,64 @@ impl Drop for KeyFollower {
         self.stop.store(true, Ordering::Release);
     }
 }
+
+/// Reads every retired log key row of the key topic into `vault` (see
+/// [`super::logkey`]): for a reader that projects the log without a key
+/// follower (`orderlog project` on a fresh directory), so the records
+/// written before a KEK rotation still authenticate. Answers how many rows
+/// it took. Blocking.
+pub fn load_retired_log_keys(
+    settings: &KafkaSettings,
+    keys_topic: &str,
+    vault: &KeyVault,
+) -> Result<usize, VaultError> {
+    let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
+    let unknown = rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition;
+    let partitions =
+        match crate::kafka::partition_count(settings, keys_topic, Duration::from_secs(10)) {
+            Ok(n) => n,
+            // No key topic: no orderlog node ever ran on this log, so no
+            // key was ever retired.
+            Err(KafkaError::MetadataFetch(code)) if code == unknown => {
+                tracing::warn!(
+                    topic = keys_topic,
+                    "No key topic: no retired log keys to read."
+                );
+                return Ok(0);
+            }
+            Err(e) => return Err(kafka(e)),
+        };
+    let never = AtomicBool::new(false);
+    let mut taken = 0;
+    for p in 0..partitions as i32 {
+        crate::service::log_reader::scan(
+            settings,
+            keys_topic,
+            p,
+            0,
+            None,
+            Duration::from_secs(60),
+            &never,
+            |r| {
+                let is_log_key = r
+                    .key
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with(super::logkey::RECORD_PREFIX.as_bytes()));
+                if !is_log_key || r.payload.is_empty() {
+                    return;
+                }
+                let stored = decode_value::<super::logkey::WrappedLogKey>(CF_META, &r.payload)
+                    .map_err(VaultError::from)
+                    .and_then(|row| vault.store_log_key(&row));
+                match stored {
+                    Ok(()) => taken += 1,
+                    Err(e) => {
+                        tracing::warn!(partition = p, offset = r.offset, error = %e, "Log key row not taken now.");
+                    }
+                }
+            },
+        )
+        .map_err(kafka)?;
+    }
+    Ok(taken)
+}
