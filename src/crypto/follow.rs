@@ -214,16 +214,9 @@ impl Run {
         let mut queued = None;
         let mut applied = None;
         if let (Some(key), Some(v)) = (m.key(), m.payload())
-            && key.starts_with(super::logkey::RECORD_PREFIX.as_bytes())
+            && is_log_key(key)
         {
-            // A retired log key (written by `keys rotate`). One that does
-            // not unwrap under this node's KEKs was not written by orderlog.
-            let stored = decode_value::<super::logkey::WrappedLogKey>(CF_META, v)
-                .map_err(VaultError::from)
-                .and_then(|row| self.vault.store_log_key(&row));
-            if let Err(e) = stored {
-                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "Log key row not taken now (kept if it may unwrap under a later KEK).");
-            }
+            take_log_key_row(&self.vault, m.partition(), m.offset(), v);
         } else if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
             let row = match m.payload() {
                 None => None,
@@ -566,6 +559,24 @@ impl Drop for KeyFollower {
     }
 }
 
+/// True for the record key of a retired log key's row.
+fn is_log_key(key: &[u8]) -> bool {
+    key.starts_with(super::logkey::RECORD_PREFIX.as_bytes())
+}
+
+/// Stores a retired log key row (written by `keys rotate`) in `vault`; true
+/// once taken. One that does not unwrap under this node's KEKs is kept for a
+/// later KEK, or was not written by orderlog.
+fn take_log_key_row(vault: &KeyVault, partition: i32, offset: i64, value: &[u8]) -> bool {
+    let stored = decode_value::<super::logkey::WrappedLogKey>(CF_META, value)
+        .map_err(VaultError::from)
+        .and_then(|row| vault.store_log_key(&row));
+    if let Err(e) = &stored {
+        tracing::warn!(partition, offset, error = %e, "Log key row not taken now (kept if it may unwrap under a later KEK).");
+    }
+    stored.is_ok()
+}
+
 /// Reads every retired log key row of the key topic into `vault` (see
 /// [`super::logkey`]): for a reader that projects the log without a key
 /// follower (`orderlog project` on a fresh directory), so the records
@@ -604,21 +615,11 @@ pub fn load_retired_log_keys(
             Duration::from_secs(60),
             &never,
             |r| {
-                let is_log_key = r
-                    .key
-                    .as_deref()
-                    .is_some_and(|k| k.starts_with(super::logkey::RECORD_PREFIX.as_bytes()));
-                if !is_log_key || r.payload.is_empty() {
-                    return;
-                }
-                let stored = decode_value::<super::logkey::WrappedLogKey>(CF_META, &r.payload)
-                    .map_err(VaultError::from)
-                    .and_then(|row| vault.store_log_key(&row));
-                match stored {
-                    Ok(()) => taken += 1,
-                    Err(e) => {
-                        tracing::warn!(partition = p, offset = r.offset, error = %e, "Log key row not taken now.");
-                    }
+                if r.key.as_deref().is_some_and(is_log_key)
+                    && !r.payload.is_empty()
+                    && take_log_key_row(vault, p, r.offset, &r.payload)
+                {
+                    taken += 1;
                 }
             },
         )
