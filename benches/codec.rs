@@ -82,7 +82,7 @@ fn main() {
     println!(
         "# build: profile {}, target features aes={} sse4.1={}; {} iterations",
         if cfg!(debug_assertions) {
-            "dev (deps -O3, orderlog -O1)"
+            "dev (deps -O3, orderlog -O2)"
         } else {
             "release"
         },

@@ -108,7 +108,7 @@ async fn main() {
     println!(
         "# erasure: {erasures} erasures one after another, {live} orders in the store, 6 partitions, one local Kafka broker; profile {}",
         if cfg!(debug_assertions) {
-            "dev (deps -O3, orderlog -O1)"
+            "dev (deps -O3, orderlog -O2)"
         } else {
             "release"
         }

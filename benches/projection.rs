@@ -88,7 +88,7 @@ async fn main() {
         "# projection: {written} events of {n} orders ({:.0} bytes/event avg), {PARTITIONS} partitions, one local Kafka broker; profile {}",
         bytes_total as f64 / written as f64,
         if cfg!(debug_assertions) {
-            "dev (deps -O3, orderlog -O1)"
+            "dev (deps -O3, orderlog -O2)"
         } else {
             "release"
         }
@@ -139,7 +139,7 @@ async fn main() {
             settings: settings.clone(),
             topic: topic.clone(),
             assignment: Assignment::All,
-            batch_max: 1000,
+            batch_max: 4096,
             max_rate: 0,
             dead_letter: true,
             idempotency_ttl: orderlog::service::state::DEFAULT_IDEMPOTENCY_TTL,

@@ -190,7 +190,7 @@ async fn main() {
          events from the projection bench's generator; {} cores; profile {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         if cfg!(debug_assertions) {
-            "dev (deps -O3, orderlog -O1)"
+            "dev (deps -O3, orderlog -O2)"
         } else {
             "release"
         }

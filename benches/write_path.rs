@@ -247,7 +247,7 @@ async fn main() {
     println!(
         "# record size {record_len} bytes (encoded, sealed OrderPlaced); orderlog: one transaction per batch per partition, acks=all; profile {}",
         if cfg!(debug_assertions) {
-            "dev (deps -O3, orderlog -O1)"
+            "dev (deps -O3, orderlog -O2)"
         } else {
             "release"
         }

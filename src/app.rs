@@ -228,7 +228,7 @@ impl App {
                 // every node for every partition, so a node that takes a
                 // partition over reads only its tail.
                 assignment: Assignment::All,
-                batch_max: 1000,
+                batch_max: 4096,
                 max_rate: 0,
                 dead_letter: true,
                 idempotency_ttl: config.idempotency_ttl,

@@ -722,3 +722,228 @@ async fn another_partys_order_is_not_found_at_once_whatever_min_version_says() {
     }
     app.app.stop().await;
 }
+
+/// The reference the projector's batched path must agree with: every record
+/// of one partition after another, one at a time, through the pure
+/// [`orderlog::projections::model::project`] and the order-state fold, each
+/// in its own WriteBatch. A record the views refuse is skipped.
+fn reference_fold(
+    store: &orderlog::store::Store,
+    records: &[(i32, i64, Vec<u8>, Vec<u8>)],
+    log_keys: &orderlog::crypto::LogKeys,
+    partitions: usize,
+) -> (u64, u64) {
+    use orderlog::projections::model::{FeedTarget, feed_key, project};
+    use orderlog::store::{
+        CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_ORDERS, decode_value, encode_value,
+    };
+    let (mut projected, mut refused) = (0, 0);
+    for (partition, offset, key, payload) in records {
+        if orderlog::events::authenticate(payload, log_keys, Some((*partition, *offset))).is_err() {
+            refused += 1;
+            continue;
+        }
+        let env = orderlog::events::decode(payload).ok();
+        if env.as_ref().is_some_and(|e| {
+            orderlog::service::partition_of(&e.meta.order_id, partitions) != *partition as usize
+        }) {
+            refused += 1;
+            continue;
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut state =
+            orderlog::service::state::StateFolder::new(store.clone(), Duration::from_secs(3600));
+        let current = match &env {
+            Some(env) => {
+                if key == env.meta.order_id.as_bytes() {
+                    state.fold(env, payload, *offset, None).unwrap();
+                }
+                store
+                    .db()
+                    .get_cf(store.cf(CF_VIEW_ORDERS), env.meta.order_id.as_bytes())
+                    .unwrap()
+                    .map(|v| {
+                        decode_value::<orderlog::projections::ProjectedOrder>(CF_VIEW_ORDERS, &v)
+                            .unwrap()
+                    })
+            }
+            None => None,
+        };
+        state.stage(&mut batch, orderlog::service::now_ms());
+        match project(current.as_ref(), payload, Some(key), *partition as u32) {
+            Ok(p) => {
+                for (target, entry) in &p.feeds {
+                    let (cf, id) = match target {
+                        FeedTarget::Shipping(id) => (CF_SHIPPING_FEED, id),
+                        FeedTarget::Merchant(id) => (CF_MERCHANT_FEED, id),
+                    };
+                    batch.put_cf(
+                        store.cf(cf),
+                        feed_key(id, *partition as u32, *offset as u64),
+                        encode_value(entry),
+                    );
+                }
+                batch.put_cf(
+                    store.cf(CF_VIEW_ORDERS),
+                    p.order.order_id,
+                    encode_value(&p.order),
+                );
+                projected += 1;
+            }
+            Err(_) => refused += 1,
+        }
+        store.db().write(batch).unwrap();
+    }
+    (projected, refused)
+}
+
+#[tokio::test]
+async fn the_batched_parallel_projector_builds_the_views_the_reference_fold_builds() {
+    use orderlog::kafka::{KafkaSettings, TopicSpec, ensure_topics};
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const PARTITIONS: i32 = 4;
+    let brokers = common::brokers();
+    let settings = KafkaSettings::new(&brokers);
+    let topic = common::unique("projector-reference");
+    ensure_topics(&settings, &[TopicSpec::events(&topic, PARTITIONS, 1)])
+        .await
+        .unwrap();
+    let log_keys = std::sync::Arc::new(orderlog::crypto::LogKeys::from_ring(
+        &orderlog::crypto::KekRing::new(orderlog::crypto::Kek::generate()),
+    ));
+    let partition_of =
+        |id: &uuid::Uuid| orderlog::service::partition_of(id, PARTITIONS as usize) as i32;
+    // 1,500 orders whose events interleave (each order's in its order), so
+    // an order's events span polled batches, flushes and the batch in flight.
+    let orders: Vec<Vec<(uuid::Uuid, Vec<u8>)>> = (0..1_500u32)
+        .map(|n| common::order_events(n, &log_keys))
+        .collect();
+    let mut sends: Vec<(uuid::Uuid, Vec<u8>, i32)> = Vec::new();
+    let longest = orders.iter().map(Vec::len).max().unwrap();
+    for round in 0..longest {
+        for (i, events) in orders.iter().enumerate() {
+            if let Some((id, bytes)) = events.get(round) {
+                sends.push((*id, bytes.clone(), partition_of(id)));
+                if i % 97 == 0 {
+                    // The same record again: out of sequence the second time.
+                    sends.push((*id, bytes.clone(), partition_of(id)));
+                }
+                if i % 131 == 0 && round == 0 {
+                    // A copy in another partition, and a forgery.
+                    sends.push((*id, bytes.clone(), (partition_of(id) + 1) % PARTITIONS));
+                    let mut forged = bytes.clone();
+                    let last = forged.len() - 1;
+                    forged[last] ^= 1;
+                    sends.push((*id, forged, partition_of(id)));
+                }
+            }
+        }
+    }
+    let producer: FutureProducer = settings
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let futs: Vec<_> = sends
+        .iter()
+        .map(|(id, bytes, p)| {
+            producer.send(
+                FutureRecord::to(&topic)
+                    .key(id.as_bytes().as_slice())
+                    .payload(bytes)
+                    .partition(*p),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    for r in futures::future::join_all(futs).await {
+        r.map_err(|(e, _)| e).unwrap();
+    }
+
+    // The new path: batched, decoded in parallel, written by its own thread;
+    // small write batches so flushes fall inside polled batches.
+    let dir = tempfile::tempdir().unwrap();
+    let store = orderlog::store::Store::open(dir.path()).unwrap();
+    let projector = orderlog::projections::Projector::start(
+        store.clone(),
+        orderlog::projections::ProjectorConfig {
+            settings: settings.clone(),
+            topic: topic.clone(),
+            assignment: orderlog::projections::Assignment::All,
+            batch_max: 97,
+            max_rate: 0,
+            dead_letter: false,
+            idempotency_ttl: Duration::from_secs(3600),
+            purge: None,
+            log_keys: std::sync::Arc::new(orderlog::crypto::logkey::SharedLogKeys::new(
+                (*log_keys).clone(),
+            )),
+        },
+    )
+    .unwrap();
+    assert!(projector.wait_caught_up(Duration::from_secs(120)));
+    let projected = projector
+        .status
+        .projected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let refused = projector
+        .status
+        .dead_lettered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    projector.stop().unwrap();
+    let batched = orderlog::projections::query::digest(&store).unwrap();
+
+    // The reference, over the same records read back partition by partition.
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", common::unique("reference"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut records = Vec::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut next = 0;
+        while next < high {
+            let Some(m) = consumer.poll(Duration::from_secs(10)) else {
+                panic!("partition {p} ended at {next} of {high}");
+            };
+            let m = m.unwrap();
+            next = m.offset() + 1;
+            records.push((
+                p,
+                m.offset(),
+                m.key().unwrap().to_vec(),
+                m.payload().unwrap().to_vec(),
+            ));
+        }
+    }
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference_store = orderlog::store::Store::open(reference_dir.path()).unwrap();
+    let (ref_projected, ref_refused) =
+        reference_fold(&reference_store, &records, &log_keys, PARTITIONS as usize);
+    let reference = orderlog::projections::query::digest(&reference_store).unwrap();
+
+    assert_eq!(records.len(), sends.len());
+    assert!(ref_refused >= 15 + 12 + 12, "the disruptions were refused");
+    assert_eq!((projected, refused), (ref_projected, ref_refused));
+    for (view, (rows, hash)) in &reference.per_view {
+        assert!(*rows > 0, "{view} has rows");
+        assert_eq!(
+            batched.per_view.get(view),
+            Some(&(*rows, hash.clone())),
+            "{view}: the batched projector differs from the reference fold"
+        );
+    }
+    assert_eq!(batched.total, reference.total);
+}

@@ -149,7 +149,7 @@ pub fn run(
             settings: source.settings.clone(),
             topic: source.topic.clone(),
             assignment: Assignment::All,
-            batch_max: 1000,
+            batch_max: 4096,
             max_rate: 0,
             dead_letter: false,
             idempotency_ttl: crate::service::state::DEFAULT_IDEMPOTENCY_TTL,

@@ -84,8 +84,10 @@ pub fn seal(
             given: key.id(),
         });
     }
+    // From the thread's CSPRNG (ChaCha, seeded and reseeded from the OS):
+    // as unpredictable as a getrandom call, without a system call per field.
     let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    rand::thread_rng().fill_bytes(&mut nonce);
     let seq = ctx.sequence.to_be_bytes();
     let ct = cipher(key, class)?
         .encrypt(headers(ctx, class, &seq, &nonce), plaintext)

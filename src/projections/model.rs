@@ -187,7 +187,8 @@ fn party_id(p: &PartyV1) -> FeedTarget {
     }
 }
 
-/// Folds one stored event into the order's row. Pure.
+/// Folds one stored event into the order's row. Pure: the reference fold,
+/// record by record, that the projector's batched path must agree with.
 pub fn project(
     current: Option<&ProjectedOrder>,
     bytes: &[u8],
@@ -196,6 +197,29 @@ pub fn project(
 ) -> Result<Projection, ProjectError> {
     let env = events::decode(bytes).map_err(|e| ProjectError::Decode(e.to_string()))?;
     events::public_event(&env).map_err(|e| ProjectError::Decode(e.to_string()))?;
+    check(current, &env, record_key)?;
+    let hash = events::record_hash(bytes);
+    let mut feeds = Vec::new();
+    let order = match current {
+        None => apply(None, &env, hash, partition, &mut feeds)
+            .expect("a checked event without an order is its placement"),
+        Some(cur) => {
+            let mut o = cur.clone();
+            apply(Some(&mut o), &env, hash, partition, &mut feeds);
+            o
+        }
+    };
+    Ok(Projection { order, feeds })
+}
+
+/// Whether `env` (keyed `record_key`) is the next event of `current`: the
+/// order's id as key, the next sequence, the previous record's hash, and a
+/// placement first and only first. Pure.
+pub fn check(
+    current: Option<&ProjectedOrder>,
+    env: &Envelope,
+    record_key: Option<&[u8]>,
+) -> Result<(), ProjectError> {
     let order_id = env.meta.order_id;
     if record_key.is_some_and(|k| k != order_id.as_bytes()) {
         return Err(ProjectError::KeyMismatch);
@@ -215,6 +239,28 @@ pub fn project(
             sequence: env.meta.sequence,
         });
     }
+    if matches!(env.body, BodyV1::OrderPlaced { .. }) != current.is_none() {
+        // Sequence 1 must be OrderPlaced and nothing else.
+        return Err(ProjectError::OutOfSequence {
+            order: order_id,
+            expected,
+            got: env.meta.sequence,
+        });
+    }
+    Ok(())
+}
+
+/// Applies an event [`check`] accepted (`hash`: its record's hash) to the
+/// order's row in place, adding the feed entries to `feeds`. A placement
+/// (`current` is `None`) returns the new row.
+pub fn apply(
+    current: Option<&mut ProjectedOrder>,
+    env: &Envelope,
+    hash: events::RecordHash,
+    partition: u32,
+    feeds: &mut Vec<(FeedTarget, FeedEntry)>,
+) -> Option<ProjectedOrder> {
+    let order_id = env.meta.order_id;
     let at = env.meta.occurred_at_ms;
     let entry = |change, classes: Vec<ClassV1>| FeedEntry {
         order_id: *order_id.as_bytes(),
@@ -223,8 +269,8 @@ pub fn project(
         version: env.meta.sequence,
         at_ms: at,
     };
-    let mut feeds = Vec::new();
-    let mut order = match (&env.body, current) {
+    let mut placed = None;
+    let o = match (&env.body, current) {
         (
             BodyV1::OrderPlaced {
                 order_number,
@@ -240,7 +286,7 @@ pub fn project(
                 FeedTarget::Merchant(merchant_id.clone()),
                 entry(ChangeKind::Placed, vec![]),
             ));
-            ProjectedOrder {
+            placed.insert(ProjectedOrder {
                 order_id: *order_id.as_bytes(),
                 partition,
                 version: 0,
@@ -261,19 +307,11 @@ pub fn project(
                 sealed_event_id: *env.meta.event_id.as_bytes(),
                 sealed_sequence: env.meta.sequence,
                 sealed: env.sealed.clone(),
-            }
+            })
         }
-        (_, None) | (BodyV1::OrderPlaced { .. }, Some(_)) => {
-            // Sequence 1 must be OrderPlaced and nothing else; the sequence
-            // check above already refused the other combinations.
-            return Err(ProjectError::OutOfSequence {
-                order: order_id,
-                expected,
-                got: env.meta.sequence,
-            });
-        }
-        (BodyV1::OrderShared { party, classes }, Some(cur)) => {
-            let mut o = cur.clone();
+        // [`check`] refuses these.
+        (_, None) | (BodyV1::OrderPlaced { .. }, Some(_)) => return None,
+        (BodyV1::OrderShared { party, classes }, Some(o)) => {
             o.shares.push(ShareRow {
                 party: party.clone(),
                 classes: classes.clone(),
@@ -282,19 +320,17 @@ pub fn project(
             feeds.push((party_id(party), entry(ChangeKind::Shared, classes.clone())));
             o
         }
-        (BodyV1::OrderCancelled { reason }, Some(cur)) => {
-            let mut o = cur.clone();
+        (BodyV1::OrderCancelled { reason }, Some(o)) => {
             if o.status == ViewStatus::Active {
                 o.status = ViewStatus::Cancelled;
             }
             o.cancel_reason = Some(*reason);
-            for target in parties(&o) {
+            for target in parties(o) {
                 feeds.push((target, entry(ChangeKind::Cancelled, vec![])));
             }
             o
         }
-        (BodyV1::OrderErased { classes, whole }, Some(cur)) => {
-            let mut o = cur.clone();
+        (BodyV1::OrderErased { classes, whole }, Some(o)) => {
             let gone: Vec<ClassV1> = if *whole {
                 vec![ClassV1::Shipping, ClassV1::Contact, ClassV1::Identity]
             } else {
@@ -310,16 +346,16 @@ pub fn project(
                 o.status = ViewStatus::Erased;
                 o.sealed.clear();
             }
-            for target in parties(&o) {
+            for target in parties(o) {
                 feeds.push((target, entry(ChangeKind::Erased, gone.clone())));
             }
             o
         }
     };
-    order.version = env.meta.sequence;
-    order.last_hash = events::record_hash(bytes);
-    order.updated_at_ms = at;
-    Ok(Projection { order, feeds })
+    o.version = env.meta.sequence;
+    o.last_hash = hash;
+    o.updated_at_ms = at;
+    placed
 }
 
 /// The merchant and every logistics provider the order was shared with.

@@ -11,7 +11,7 @@
 //! plaintext personal data: the placement is the sealed record as it is in
 //! the log.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use rocksdb::{MergeOperands, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,20 @@ pub enum Absorbed {
 impl OrderRecord {
     /// Folds one stored record into the order.
     pub fn absorb(&mut self, env: &Envelope, bytes: &[u8], offset: i64) -> Absorbed {
-        let Ok(event) = events::public_event(env) else {
+        let event = events::public_event(env).ok();
+        self.absorb_decoded(env, event.as_ref(), || events::record_hash(bytes), offset)
+    }
+
+    /// [`OrderRecord::absorb`] for a record already decoded: `event` is its
+    /// public event (`None`: it did not convert), `hash` gives its hash.
+    pub fn absorb_decoded(
+        &mut self,
+        env: &Envelope,
+        event: Option<&Event>,
+        hash: impl FnOnce() -> RecordHash,
+        offset: i64,
+    ) -> Absorbed {
+        let Some(event) = event else {
             return Absorbed::Broken;
         };
         if env.meta.sequence <= self.state.version {
@@ -78,8 +91,8 @@ impl OrderRecord {
             self.key_id = Some(env.meta.key_id);
             self.placed_at_ms = env.meta.occurred_at_ms;
         }
-        self.state = apply(std::mem::take(&mut self.state), &event);
-        self.last_hash = events::record_hash(bytes);
+        self.state = apply(std::mem::take(&mut self.state), event);
+        self.last_hash = hash();
         self.updated_at_ms = env.meta.occurred_at_ms;
         self.last_offset = offset;
         Absorbed::Applied
@@ -460,6 +473,11 @@ pub struct StateFolder {
     store: Store,
     ttl_ms: i64,
     touched: HashMap<Uuid, (OrderRecord, Option<Vec<u8>>)>,
+    /// Stored rows read ahead by [`StateFolder::prefetch`], not folded yet.
+    fetched: HashMap<Uuid, OrderRecord>,
+    /// Rows of the last [`StateFolder::stage`], read instead of the store's
+    /// until [`StateFolder::release_staged`] says their batch is written.
+    staged: HashMap<Uuid, OrderRecord>,
     keys: Vec<([u8; 32], IdempotentOutcome, i64)>,
 }
 
@@ -469,14 +487,65 @@ impl StateFolder {
             store,
             ttl_ms: idempotency_ttl.as_millis().min(i64::MAX as u128) as i64,
             touched: HashMap::new(),
+            fetched: HashMap::new(),
+            staged: HashMap::new(),
             keys: Vec::new(),
         }
+    }
+
+    /// Reads the stored rows of `ids` not yet in memory with one multi-get,
+    /// before a batch of their records is folded.
+    pub fn prefetch(&mut self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let missing: Vec<&Uuid> = ids
+            .iter()
+            .filter(|id| {
+                !self.touched.contains_key(*id)
+                    && !self.fetched.contains_key(*id)
+                    && !self.staged.contains_key(*id)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let cf = self.store.cf(CF_ORDER_STATE);
+        let rows = self.store.db().batched_multi_get_cf(
+            cf,
+            missing.iter().map(|id| id.as_bytes().as_slice()),
+            false,
+        );
+        for (id, row) in missing.into_iter().zip(rows) {
+            let rec = match row? {
+                Some(v) => decode_state(&v)?,
+                None => OrderRecord::default(),
+            };
+            self.fetched.insert(*id, rec);
+        }
+        Ok(())
+    }
+
+    /// The batch of the last [`StateFolder::stage`] is written (or dropped):
+    /// its rows are read from the store again.
+    pub fn release_staged(&mut self) {
+        self.staged.clear();
+    }
+
+    /// Forgets the rows read ahead and not folded (they may change on disk).
+    pub fn clear_prefetched(&mut self) {
+        self.fetched.clear();
     }
 
     /// The order as folded so far.
     pub fn order(&mut self, order_id: &Uuid) -> Result<&mut OrderRecord, StoreError> {
         if !self.touched.contains_key(order_id) {
-            let rec = load_order(&self.store, order_id)?.unwrap_or_default();
+            let rec = match self
+                .staged
+                .get(order_id)
+                .cloned()
+                .or_else(|| self.fetched.remove(order_id))
+            {
+                Some(rec) => rec,
+                None => load_order(&self.store, order_id)?.unwrap_or_default(),
+            };
             self.touched.insert(*order_id, (rec, None));
         }
         Ok(&mut self.touched.get_mut(order_id).expect("just inserted").0)
@@ -494,6 +563,28 @@ impl StateFolder {
         offset: i64,
         idempotency: Option<([u8; 32], [u8; 32])>,
     ) -> Result<Folded, StoreError> {
+        let event = events::public_event(env).ok();
+        self.fold_decoded(
+            env,
+            event.as_ref(),
+            events::record_hash(bytes),
+            bytes,
+            offset,
+            idempotency,
+        )
+    }
+
+    /// [`StateFolder::fold`] for a record already decoded: `event` is its
+    /// public event (`None`: it did not convert), `hash` its record hash.
+    pub fn fold_decoded(
+        &mut self,
+        env: &Envelope,
+        event: Option<&Event>,
+        hash: RecordHash,
+        bytes: &[u8],
+        offset: i64,
+        idempotency: Option<([u8; 32], [u8; 32])>,
+    ) -> Result<Folded, StoreError> {
         let order_id = env.meta.order_id;
         let ttl = self.ttl_ms;
         let placed_event = env.meta.sequence == 1;
@@ -501,7 +592,7 @@ impl StateFolder {
             self.order(&order_id)?;
             self.touched.get_mut(&order_id).expect("loaded above")
         };
-        let mut absorbed = entry.0.absorb(env, bytes, offset);
+        let mut absorbed = entry.0.absorb_decoded(env, event, || hash, offset);
         if absorbed == Absorbed::Broken && env.meta.sequence > entry.0.state.version + 1 {
             // A gap: the order may have been stored past this copy meanwhile
             // (by the writer, or a catch-up beside this fold). Read it again.
@@ -509,7 +600,7 @@ impl StateFolder {
                 && fresh.state.version > entry.0.state.version
             {
                 entry.0 = fresh;
-                absorbed = entry.0.absorb(env, bytes, offset);
+                absorbed = entry.0.absorb_decoded(env, event, || hash, offset);
             }
         }
         if absorbed == Absorbed::Applied {
@@ -545,9 +636,24 @@ impl StateFolder {
     /// Adds the rows of every order folded since the last call to `batch`,
     /// and forgets them.
     pub fn stage(&mut self, batch: &mut WriteBatch, now_ms: i64) {
+        self.stage_rows(batch, now_ms, false);
+    }
+
+    /// [`StateFolder::stage`] for a batch written while the next is folded:
+    /// its rows are kept, and read instead of the store's, until
+    /// [`StateFolder::release_staged`].
+    pub fn stage_in_flight(&mut self, batch: &mut WriteBatch, now_ms: i64) {
+        self.stage_rows(batch, now_ms, true);
+    }
+
+    fn stage_rows(&mut self, batch: &mut WriteBatch, now_ms: i64, keep: bool) {
+        self.staged.clear();
         for (id, (rec, placed)) in self.touched.drain() {
             if rec.state.version > 0 {
                 stage_order(&self.store, batch, &id, &rec, placed.as_deref());
+                if keep {
+                    self.staged.insert(id, rec);
+                }
             }
         }
         for (key, outcome, expires) in self.keys.drain(..) {
