@@ -127,6 +127,122 @@ async fn main() {
         pct(&disk, 0.99),
         disk[disk.len() - 1]
     );
-    let _ = Duration::ZERO;
+
+    // A burst of erasures sent at once, while clients keep placing orders:
+    // every receipt's time, and the placements' throughput beside the same
+    // clients' without the burst.
+    let burst = std::env::var("ORDERLOG_BENCH_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 1_000usize } else { 10 });
+    let placers = 64;
+    let window = if bench {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_millis(500)
+    };
+    let quiet = place_for(&svc, placers, window, None).await;
+    let targets: Vec<Uuid> = ids.iter().skip(erasures).take(burst).copied().collect();
+    assert_eq!(targets.len(), burst, "enough live orders for the burst");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (svc_burst, stop_burst) = (svc.clone(), stop.clone());
+    let placing = tokio::spawn(async move {
+        place_for(
+            &svc_burst,
+            placers,
+            Duration::from_secs(600),
+            Some(stop_burst),
+        )
+        .await
+    });
+    let started = Instant::now();
+    let sends: Vec<_> = targets
+        .iter()
+        .map(|id| {
+            let (client, addr, id) = (client.clone(), app.addr, *id);
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = client
+                    .post(format!("http://{addr}/v1/orders/{id}/erase"))
+                    .bearer_auth(common::app::PRIVACY)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "erase {id}: {}", r.status());
+                let body: Value = r.json().await.unwrap();
+                assert!(body["receipt"].is_object(), "erase {id} has a receipt");
+                t.elapsed().as_secs_f64() * 1e3
+            })
+        })
+        .collect();
+    let mut each = Vec::new();
+    for s in sends {
+        each.push(s.await.unwrap());
+    }
+    let all = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let during = placing.await.unwrap();
+    each.sort_by(f64::total_cmp);
+    println!(
+        "# burst: {burst} erase requests sent at once over HTTP while {placers} clients place orders through the library API"
+    );
+    println!(
+        "{:<44} {:>7.2} s  (each: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms)",
+        "every receipt of the burst in",
+        all.as_secs_f64(),
+        pct(&each, 0.5),
+        pct(&each, 0.99),
+        each[each.len() - 1]
+    );
+    println!(
+        "{:<44} {:>7.0} orders/s during the burst, {:.0} without it ({:.2}x)",
+        "place-order throughput",
+        during,
+        quiet,
+        during / quiet
+    );
     app.stop().await;
+}
+
+/// Places orders from `clients` concurrent clients for `window` (or until
+/// `stop`); returns orders per second.
+async fn place_for(
+    svc: &orderlog::service::Service,
+    clients: usize,
+    window: Duration,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (svc, stop) = (svc.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < window
+                    && !stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire))
+                {
+                    svc.execute(
+                        Uuid::now_v7(),
+                        Command::PlaceOrder(fixtures::new_order(
+                            c as u32 * 1_000_000 + n as u32,
+                            false,
+                        )),
+                        None,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for t in tasks {
+        placed += t.await.unwrap();
+    }
+    placed as f64 / started.elapsed().as_secs_f64()
 }

@@ -110,6 +110,10 @@ pub struct StoreTuning {
 
 pub const DEFAULT_BLOCK_CACHE_MB: usize = 128;
 
+/// SST file size of the column families an erasure purges (RocksDB's
+/// default is 64 MiB).
+const PURGED_FILE_BYTES: u64 = 4 << 20;
+
 impl Default for StoreTuning {
     fn default() -> Self {
         Self {
@@ -133,6 +137,13 @@ impl StoreTuning {
         opts.set_block_based_table_factory(&block);
         opts.set_write_buffer_size(self.write_buffer_bytes);
         opts.set_max_write_buffer_number(2);
+        if matches!(name, CF_ORDER_KEYS | CF_VIEW_ORDERS | CF_ORDER_PLACED) {
+            // An erasure's purge compacts its order's range out of these,
+            // rewriting every SST file the range touches: small files keep
+            // that rewrite (and the erase request's wait) short however
+            // many orders the store holds.
+            opts.set_target_file_size_base(PURGED_FILE_BYTES);
+        }
         if matches!(name, CF_VIEW_ORDERS | CF_ORDER_STATE | CF_ORDER_PLACED) {
             // Folding a batch looks up every order it touches, mostly in
             // the memtables, and mostly new orders: a bloom filter over the
@@ -329,14 +340,21 @@ impl Store {
                 span.1 = end;
             }
         }
-        for (cf, (start, end)) in &spans {
-            db.compact_range_cf_opt(
-                self.cf(cf),
-                Some(start.as_slice()),
-                Some(end.as_slice()),
-                &compact,
-            );
-        }
+        // The column families' compactions run side by side: each is mostly
+        // waiting on its own files.
+        std::thread::scope(|s| {
+            for (cf, (start, end)) in &spans {
+                let (cf, compact) = (self.cf(cf), &compact);
+                s.spawn(move || {
+                    db.compact_range_cf_opt(
+                        cf,
+                        Some(start.as_slice()),
+                        Some(end.as_slice()),
+                        compact,
+                    );
+                });
+            }
+        });
         let wal_files = std::fs::read_dir(&self.path)
             .map(|d| {
                 d.filter_map(Result::ok)
