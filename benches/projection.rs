@@ -24,7 +24,7 @@ use uuid::Uuid;
 const PARTITIONS: i32 = 6;
 
 fn partition_of(id: &Uuid) -> i32 {
-    orderlog::service::partition_of(id, PARTITIONS as usize) as i32
+    orderlog::kafka::partition_of(id, PARTITIONS as usize) as i32
 }
 
 #[tokio::main]

@@ -55,7 +55,7 @@ impl App {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         // Plain HTTP off loopback only when asked for knowingly.
         config.check_plain_http()?;
-        crate::telemetry::prometheus();
+        crate::telemetry::register_all();
         let kek = config.kek.load().context("loading the KEK")?;
         let (embedded, settings, data) = match &config.brokers {
             Some(brokers) => {
@@ -313,15 +313,42 @@ impl App {
         }
         self.service.shutdown(SHUTDOWN_LIMIT).await;
         if let Some(p) = self.projector.take() {
-            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+            stop_within("projector", move || p.stop().map_err(|e| e.to_string())).await;
         }
         if let Some(k) = self.keys.take() {
-            let _ = tokio::task::spawn_blocking(move || k.stop()).await;
+            stop_within("key follower", move || {
+                k.stop();
+                Ok(())
+            })
+            .await;
         }
         if let Some(p) = self.purger.take() {
-            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+            stop_within("purger", move || {
+                p.stop();
+                Ok(())
+            })
+            .await;
         }
         tracing::info!("orderlog stopped.");
+    }
+}
+
+/// Runs a background part's blocking stop, for at most [`SHUTDOWN_LIMIT`]:
+/// an error, a panic or a stop that does not end in time is logged (the
+/// part's thread is then left to the process's exit).
+async fn stop_within(
+    part: &'static str,
+    stop: impl FnOnce() -> Result<(), String> + Send + 'static,
+) {
+    match tokio::time::timeout(SHUTDOWN_LIMIT, tokio::task::spawn_blocking(stop)).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(part, %error, "Stopping failed."),
+        Ok(Err(panic)) => tracing::error!(part, error = %panic, "Stopping panicked."),
+        Err(_) => tracing::error!(
+            part,
+            limit_s = SHUTDOWN_LIMIT.as_secs(),
+            "Did not stop in time; left running until the process exits."
+        ),
     }
 }
 

@@ -6,35 +6,24 @@
 //! `[redacted]`, so a logged config never shows them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::api::auth::{Role, TokenEntry};
+use crate::access::{Role, TokenEntry};
 use crate::crypto::{Kek, KekError};
 use crate::kafka::TOPIC_EVENTS;
 
-/// A secret string: never printed.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+pub use crate::access::Secret;
 
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
+/// The process's `ORDERLOG_*` environment variables, which the
+/// configuration reads (the one place they are collected).
+pub fn orderlog_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("ORDERLOG_"))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -383,6 +372,11 @@ impl Config {
 
     /// Merges defaults, the file, the environment and flags. `env` is passed in
     /// (rather than read here) so tests can give their own.
+    /// [`Config::resolve`] with the process's environment ([`orderlog_env`]).
+    pub fn from_env(o: &Overrides) -> Result<Self, ConfigError> {
+        Self::resolve(o, &orderlog_env())
+    }
+
     pub fn resolve(o: &Overrides, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         Self::resolve_inner(o, env, true)
     }
@@ -415,12 +409,7 @@ impl Config {
             tokens = parse_tokens(list)?;
         }
         let mut kafka = file.kafka.clone();
-        // ORDERLOG_KAFKA_SECURITY_PROTOCOL=SSL -> security.protocol=SSL
-        for (k, v) in env {
-            if let Some(rest) = k.strip_prefix("ORDERLOG_KAFKA_") {
-                kafka.insert(rest.to_ascii_lowercase().replace('_', "."), v.clone());
-            }
-        }
+        kafka.add_env(env);
         let kek = if let Some(k) = env.get("ORDERLOG_KEK") {
             KekSource::Inline(Secret::new(k.clone()))
         } else if let Some(p) = o.kek_file.clone().or(file.kek_file) {

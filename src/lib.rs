@@ -9,21 +9,29 @@
 //!   only place personal fields are sealed and opened.
 //! - [`crypto`]: order keys, per-class subkeys, AES-SIV, KEK, key vault.
 //! - [`store`]: RocksDB column families and typed value codecs.
-//! - [`kafka`]: client settings, topics, the embedded mock cluster.
+//! - [`kafka`]: client settings, topics, which partition an order goes to,
+//!   the embedded mock cluster.
 //! - [`projections`]: the projector and the shipping and merchant views.
 //! - [`service`]: the write side: per-partition writers with group commit.
 //! - [`erasure`]: after an erasure is logged: the purge queue, each node's
 //!   progress, the receipt.
+//! - [`access`]: roles, bearer tokens and the `Secret` type (a leaf module).
 //! - [`api`]: HTTP routes, authentication, error-to-status mapping.
 //! - [`config`], [`app`]: layered configuration and the wiring of `serve`.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
+//! - [`clock`]: wall-clock time as the log and the API write it.
+//! - [`cpu`]: the CPU features the build uses, checked at start.
 //! - [`audit`]: read-only audit commands (replay, verify, history, shares,
 //!   erasure receipts).
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod cpu;
 pub mod crypto;
 pub mod domain;
 pub mod erasure;

@@ -55,6 +55,51 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_REFUSED,
 ];
 
+/// The outcomes the command counter is labelled with (see
+/// `Service::execute`).
+pub const COMMAND_OUTCOMES: &[&str] = &[
+    "ok",
+    "refused",
+    "version_mismatch",
+    "unavailable",
+    "forwarded",
+    "moving",
+    "unknown",
+    "error",
+];
+
+/// Registers the metrics at zero, so that a fresh node's `/metrics` lists
+/// them and alert rules have a series before the first event: every counter
+/// (labelled ones for every label value this build knows) and every
+/// histogram. Two appear with their first measurement, as their labels come
+/// from it: the HTTP request counter (route and status) and the projector's
+/// lag (partition).
+pub fn register_all() {
+    prometheus();
+    for command in ["place", "share", "cancel", "erase"] {
+        for outcome in COMMAND_OUTCOMES {
+            metrics::counter!(COMMANDS, "command" => command, "outcome" => *outcome).increment(0);
+        }
+    }
+    for scope in ["order", "classes"] {
+        metrics::counter!(ERASURES, "scope" => scope).increment(0);
+    }
+    for name in [
+        EVENTS_PROJECTED,
+        DEAD_LETTERED,
+        PARTITIONS_TAKEN,
+        FORWARDED,
+        CONNECTIONS_REFUSED,
+        PURGES,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [PRODUCE_LATENCY, BATCH_SIZE, ERASE_LATENCY, PURGE_LATENCY] {
+        drop(metrics::histogram!(name));
+    }
+    metrics::gauge!(LIVE_KEYS).set(0.0);
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -94,4 +139,20 @@ pub fn prometheus() -> &'static PrometheusHandle {
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }
     })
+}
+
+/// Logs to stderr, filtered by `ORDERLOG_LOG` (default `info,rdkafka=warn`):
+/// text on a terminal, one JSON object per line otherwise.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERLOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
 }

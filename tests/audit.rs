@@ -14,7 +14,7 @@ use orderlog::domain::{
     validation::{MerchantId, ProviderId},
 };
 use orderlog::events::{self, EventMeta};
-use orderlog::service::partition_of;
+use orderlog::kafka::partition_of;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use uuid::Uuid;
@@ -220,7 +220,7 @@ fn forge(
         event_id: Uuid::now_v7(),
         order_id: order,
         sequence,
-        occurred_at_ms: orderlog::service::now_ms(),
+        occurred_at_ms: orderlog::clock::now_ms(),
         key_id,
         prev_hash,
     };
@@ -595,7 +595,7 @@ async fn a_chained_share_forged_by_a_producer_is_dead_lettered_and_reveals_nothi
         event_id: Uuid::now_v7(),
         order_id: id,
         sequence: 2,
-        occurred_at_ms: orderlog::service::now_ms(),
+        occurred_at_ms: orderlog::clock::now_ms(),
         key_id: r.key_id.unwrap(),
         prev_hash: r.last_hash,
     };

@@ -133,7 +133,7 @@ fn failover(load: &Load, since: Instant, partitions: &BTreeSet<usize>) -> Option
         let first = acks
             .times
             .iter()
-            .filter(|(t, id)| *t > since && orderlog::service::partition_of(id, parts) == *p)
+            .filter(|(t, id)| *t > since && orderlog::kafka::partition_of(id, parts) == *p)
             .map(|(t, _)| *t - since)
             .min()?;
         worst = worst.max(first);

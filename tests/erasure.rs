@@ -528,7 +528,7 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
             event_id: uuid::Uuid::now_v7(),
             order_id: first,
             sequence: 2,
-            occurred_at_ms: orderlog::service::now_ms(),
+            occurred_at_ms: orderlog::clock::now_ms(),
             key_id: placed_env.meta.key_id,
             prev_hash: events::record_hash(&placed),
         },
@@ -540,9 +540,7 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
     producer
         .send(
             rdkafka::producer::FutureRecord::to(&config.topic)
-                .partition(
-                    orderlog::service::partition_of(&first, config.partitions as usize) as i32,
-                )
+                .partition(orderlog::kafka::partition_of(&first, config.partitions as usize) as i32)
                 .key(first.as_bytes().as_slice())
                 .payload(&events::encode(&cancel, &old_keys)),
             std::time::Duration::from_secs(10),
@@ -646,7 +644,7 @@ async fn a_vault_out_of_date_for_hours_drops_the_keys_the_key_topic_no_longer_ho
     let ghost = uuid::Uuid::now_v7();
     let set_current_at = |ago: std::time::Duration, with_ghost: bool| {
         let store = orderlog::store::Store::open(data_dir.path()).unwrap();
-        let now = orderlog::service::now_ms();
+        let now = orderlog::clock::now_ms();
         if with_ghost {
             let vault = KeyVault::new(store.clone(), KekRing::new(kek.clone()));
             vault

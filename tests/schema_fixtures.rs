@@ -4,8 +4,9 @@
 //! shared, class-erased, cancelled, erased), sealed under a fixed test key
 //! (and, from v2, authenticated under the log key of a fixed test KEK); each
 //! `.json` beside them is what the current decoder must read from it.
-//! Generate only a NEW version's fixtures, once:
-//! `ORDERLOG_WRITE_FIXTURES=<N> cargo test --test schema_fixtures`.
+//! Generate only a NEW version's fixtures, once (it refuses a version whose
+//! directory holds files, so golden files are never rewritten):
+//! `ORDERLOG_WRITE_FIXTURES=<N> cargo test --test schema_fixtures -- --ignored`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -147,6 +148,30 @@ fn write_fixtures(version: u16) {
     }
 }
 
+/// Writes the fixtures of a new schema version, the newest this build
+/// writes, into a directory that holds none yet.
+#[test]
+#[ignore = "writes golden files; run once for a new schema version"]
+fn write_the_fixtures_of_a_new_schema_version() {
+    let version: u16 = std::env::var("ORDERLOG_WRITE_FIXTURES")
+        .expect("ORDERLOG_WRITE_FIXTURES=<schema version>")
+        .parse()
+        .expect("ORDERLOG_WRITE_FIXTURES=<schema version>");
+    assert_eq!(
+        Some(&version),
+        VERSIONS.last(),
+        "only the newest schema version this build writes gets new fixtures"
+    );
+    let existing = std::fs::read_dir(dir(version)).map_or(0, |d| d.count());
+    assert_eq!(
+        existing,
+        0,
+        "{} already holds fixtures: golden files are never rewritten (remove them knowingly first)",
+        dir(version).display()
+    );
+    write_fixtures(version);
+}
+
 fn fixture_files(version: u16) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir(version))
         .unwrap()
@@ -159,9 +184,6 @@ fn fixture_files(version: u16) -> Vec<PathBuf> {
 
 #[test]
 fn every_golden_fixture_decodes_to_its_recorded_reading() {
-    if let Ok(v) = std::env::var("ORDERLOG_WRITE_FIXTURES") {
-        write_fixtures(v.parse().expect("ORDERLOG_WRITE_FIXTURES=<schema version>"));
-    }
     let key = fixture_key();
     for version in VERSIONS {
         let files = fixture_files(version);

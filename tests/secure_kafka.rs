@@ -181,7 +181,7 @@ async fn orderlog_runs_on_sasl_ssl_with_acls_and_nobody_else_touches_its_keys() 
     // The auditor reads the events, not the keys.
     let auditor = broker.client("auditor");
     let events = tokio::task::block_in_place(|| {
-        let partition = orderlog::service::partition_of(&uuid::Uuid::parse_str(&id).unwrap(), 2);
+        let partition = orderlog::kafka::partition_of(&uuid::Uuid::parse_str(&id).unwrap(), 2);
         let consumer: BaseConsumer = auditor
             .clone()
             .set("group.id", common::unique("secure-auditor"))

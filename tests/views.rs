@@ -745,7 +745,7 @@ fn reference_fold(
         }
         let env = orderlog::events::decode(payload).ok();
         if env.as_ref().is_some_and(|e| {
-            orderlog::service::partition_of(&e.meta.order_id, partitions) != *partition as usize
+            orderlog::kafka::partition_of(&e.meta.order_id, partitions) != *partition as usize
         }) {
             refused += 1;
             continue;
@@ -769,7 +769,7 @@ fn reference_fold(
             }
             None => None,
         };
-        state.stage(&mut batch, orderlog::service::now_ms());
+        state.stage(&mut batch, orderlog::clock::now_ms());
         match project(current.as_ref(), payload, Some(key), *partition as u32) {
             Ok(p) => {
                 for (target, entry) in &p.feeds {
@@ -814,7 +814,7 @@ async fn the_batched_parallel_projector_builds_the_views_the_reference_fold_buil
         &orderlog::crypto::KekRing::new(orderlog::crypto::Kek::generate()),
     ));
     let partition_of =
-        |id: &uuid::Uuid| orderlog::service::partition_of(id, PARTITIONS as usize) as i32;
+        |id: &uuid::Uuid| orderlog::kafka::partition_of(id, PARTITIONS as usize) as i32;
     // 1,500 orders whose events interleave (each order's in its order), so
     // an order's events span polled batches, flushes and the batch in flight.
     let orders: Vec<Vec<(uuid::Uuid, Vec<u8>)>> = (0..1_500u32)

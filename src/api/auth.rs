@@ -10,64 +10,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Secret;
+use crate::access::Secret;
+pub use crate::access::{Role, TokenEntry};
 use crate::domain::validation::{MerchantId, ProviderId};
-
-/// What a caller may do.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Places, shares and cancels orders.
-    Checkout,
-    /// Reads the orders shared with this provider.
-    Logistics(ProviderId),
-    /// Reads this merchant's orders.
-    Merchant(MerchantId),
-    /// Erases personal data.
-    Privacy,
-    /// Reads state and history.
-    Auditor,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        match s.split_once(':') {
-            None => match s {
-                "checkout" => Ok(Role::Checkout),
-                "privacy" => Ok(Role::Privacy),
-                "auditor" => Ok(Role::Auditor),
-                other => Err(format!(
-                    "unknown role '{other}': expected checkout, privacy, auditor, logistics:<provider> or merchant:<merchant>"
-                )),
-            },
-            Some(("logistics", id)) => ProviderId::parse("role", id)
-                .map(Role::Logistics)
-                .map_err(|e| e.to_string()),
-            Some(("merchant", id)) => MerchantId::parse("role", id)
-                .map(Role::Merchant)
-                .map_err(|e| e.to_string()),
-            Some((other, _)) => Err(format!(
-                "unknown role kind '{other}': expected logistics:<provider> or merchant:<merchant>"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Role::Checkout => f.write_str("checkout"),
-            Role::Logistics(p) => write!(f, "logistics:{p}"),
-            Role::Merchant(m) => write!(f, "merchant:{m}"),
-            Role::Privacy => f.write_str("privacy"),
-            Role::Auditor => f.write_str("auditor"),
-        }
-    }
-}
-
-/// A configured bearer token: the token, its role, and its name, which
-/// access logs show in its place (the role's name when none was given).
-pub type TokenEntry = (Secret, Role, String);
 
 /// The name a forwarded call's caller goes by: the forwarding node vouches
 /// for the role only.

@@ -162,7 +162,7 @@ impl Forwarder {
             return Err(refused());
         };
         let at_ms: i64 = at.parse().map_err(|_| refused())?;
-        if (crate::service::now_ms() - at_ms).unsigned_abs() > MAX_SKEW.as_millis() as u64 {
+        if (crate::clock::now_ms() - at_ms).unsigned_abs() > MAX_SKEW.as_millis() as u64 {
             return Err(refused());
         }
         let digest = headers
@@ -219,7 +219,7 @@ impl Forwarder {
         let digest = request_digest(headers, &body);
         let auth = self.sign(
             from_node,
-            crate::service::now_ms(),
+            crate::clock::now_ms(),
             &role,
             method.as_str(),
             path,
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn a_signed_claim_verifies_and_anything_else_is_refused() {
         let f = forwarder();
-        let now = crate::service::now_ms();
+        let now = crate::clock::now_ms();
         let h = signed(&f, "privacy", "POST", "/v1/orders/x/erase", now);
         assert_eq!(
             f.verify(&h, &Method::POST, "/v1/orders/x/erase").unwrap(),

@@ -165,13 +165,3 @@ pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
         )
     })
 }
-
-pub fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}

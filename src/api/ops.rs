@@ -125,7 +125,7 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Re
             "url": m.url,
             "this_node": m.node_id == state.service.node_id(),
             "live": k.live,
-            "last_heartbeat": super::rfc3339(m.heartbeat_ms),
+            "last_heartbeat": crate::clock::rfc3339(m.heartbeat_ms),
             "heartbeat_age_ms": k.age.as_millis() as u64,
             "partitions": m.partitions,
             "vault": {

@@ -727,8 +727,8 @@ pub fn order_json(view: &OrderView) -> Value {
         })).collect::<Vec<_>>(),
         "amount": o.amount.minor,
         "currency": o.amount.currency.as_str(),
-        "placed_at": super::rfc3339(view.record.placed_at_ms),
-        "updated_at": super::rfc3339(view.record.updated_at_ms),
+        "placed_at": crate::clock::rfc3339(view.record.placed_at_ms),
+        "updated_at": crate::clock::rfc3339(view.record.updated_at_ms),
         "cancel_reason": o.cancelled.map(|r| r.as_str()),
         "shares": o.shares.iter().map(|(party, classes)| json!({
             "party": match party {

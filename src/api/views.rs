@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::AppState;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use super::{AppState, rfc3339};
+use crate::clock::rfc3339;
 use crate::crypto::VaultError;
 use crate::domain::validation::{MerchantId, ProviderId};
 use crate::domain::{Event, PersonalFields};

@@ -16,7 +16,7 @@ use super::verify::{ChainChecker, Finding, Observed, RecordRef};
 use super::{AuditError, KeyLookup, NodeData, Source, log, time_text};
 use crate::domain::{ErasureScope, Event, FieldClass, PersonalFields};
 use crate::events::{self, Envelope};
-use crate::service::partition_of;
+use crate::kafka::partition_of;
 
 pub const SEALED: &str = "[sealed]";
 pub const ERASED: &str = "[erased]";

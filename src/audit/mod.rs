@@ -121,5 +121,5 @@ pub enum KeyLookup {
 
 /// Milliseconds since the epoch as RFC 3339 (UTC).
 pub fn time_text(ms: i64) -> String {
-    crate::api::rfc3339(ms)
+    crate::clock::rfc3339(ms)
 }

@@ -299,7 +299,7 @@ fn live_members(source: &Source) -> Result<Vec<crate::erasure::NodeRow>, AuditEr
         Err(AuditError::NoTopic(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     }
-    let now = crate::service::now_ms();
+    let now = crate::clock::now_ms();
     Ok(rows
         .into_values()
         .flatten()

@@ -12,7 +12,7 @@ use super::verify::{ChainChecker, Observed};
 use super::{AuditError, Source, log, time_text};
 use crate::events::codec::class_of;
 use crate::events::v1::{BodyV1, PartyV1};
-use crate::service::partition_of;
+use crate::kafka::partition_of;
 
 /// A party as the command line names it: `logistics:<id>` or `merchant:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,18 +136,24 @@ pub fn to_table(shares: &[ShareRecord]) -> String {
     s
 }
 
-fn csv_field(v: &str) -> String {
-    if v.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v.to_owned()
-    }
-}
-
+/// The shares as CSV (RFC 4180 quoting by the `csv` crate), one row each.
 pub fn to_csv(shares: &[ShareRecord]) -> String {
-    let mut s = "order_id,party,classes,at,at_ms,sequence,partition,offset\n".to_owned();
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let header = [
+        "order_id",
+        "party",
+        "classes",
+        "at",
+        "at_ms",
+        "sequence",
+        "partition",
+        "offset",
+    ];
+    w.write_record(header).expect("writing to memory");
     for r in shares {
-        let fields = [
+        w.write_record([
             r.order_id.to_string(),
             r.party.clone(),
             r.classes.join(";"),
@@ -156,12 +162,11 @@ pub fn to_csv(shares: &[ShareRecord]) -> String {
             r.sequence.to_string(),
             r.partition.to_string(),
             r.offset.to_string(),
-        ];
-        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        s.push_str(&row.join(","));
-        s.push('\n');
+        ])
+        .expect("writing to memory");
     }
-    s
+    let bytes = w.into_inner().expect("flushing to memory");
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
 }
 
 /// Reads the log (only the order's partition when one order is asked for).
@@ -219,5 +224,26 @@ mod tests {
         assert!(to_table(&sf).ends_with("2 shares\n"));
         assert!("courier:x".parse::<PartyFilter>().is_err());
         assert!("merchant:".parse::<PartyFilter>().is_err());
+    }
+
+    #[test]
+    fn csv_quotes_a_field_with_a_comma_or_a_quote() {
+        let r = ShareRecord {
+            order_id: Uuid::nil(),
+            party: "merchant:a,b".into(),
+            classes: vec!["shipping".into(), "contact".into()],
+            at: "say \"hi\"".into(),
+            at_ms: 1,
+            sequence: 2,
+            partition: 3,
+            offset: 4,
+        };
+        assert_eq!(
+            to_csv(&[r]).lines().nth(1).unwrap(),
+            format!(
+                "{},\"merchant:a,b\",shipping;contact,\"say \"\"hi\"\"\",1,2,3,4",
+                Uuid::nil()
+            )
+        );
     }
 }

@@ -23,8 +23,8 @@ use crate::domain::FieldClass;
 use crate::events::codec::class_of;
 use crate::events::v1::BodyV1;
 use crate::events::{self, Envelope, RecordHash};
+use crate::kafka::partition_of;
 use crate::projections::query::ViewDigest;
-use crate::service::partition_of;
 use crate::store::{CF_VIEW_OFFSETS, Store, StoreError};
 
 /// What is wrong. Serialized in snake_case for `--json`.

@@ -107,7 +107,7 @@ impl FollowStatus {
     /// (what was at the end half a second earlier counts, so a busy topic
     /// does not make a node that keeps up look behind).
     pub fn current(&self, max_age: Duration) -> bool {
-        let age = crate::service::now_ms() - self.current_at_ms.load(Ordering::Acquire);
+        let age = crate::clock::now_ms() - self.current_at_ms.load(Ordering::Acquire);
         age >= 0 && (age as u128) <= max_age.as_millis()
     }
 
@@ -116,7 +116,7 @@ impl FollowStatus {
         let mut last = self.ends.lock().expect("ends lock");
         if !last.is_empty() && self.reached(&last) {
             self.current_at_ms
-                .store(crate::service::now_ms(), Ordering::Release);
+                .store(crate::clock::now_ms(), Ordering::Release);
         }
         *last = ends;
     }
@@ -226,7 +226,7 @@ impl Run {
                 &mut batch,
                 id,
                 row.as_ref(),
-                crate::service::now_ms(),
+                crate::clock::now_ms(),
             )?;
             // A tombstone or a reduced row (keys are made with every class)
             // is an erasure: its rows are purged here even when an earlier
@@ -335,9 +335,9 @@ impl Run {
             let vault = self.vault.clone();
             let _rows = vault.lock_rows();
             let mut batch = rocksdb::WriteBatch::default();
-            let a =
-                self.vault
-                    .stage_replica_row(&mut batch, *id, None, crate::service::now_ms())?;
+            let a = self
+                .vault
+                .stage_replica_row(&mut batch, *id, None, crate::clock::now_ms())?;
             // No position in the topic: partition -1 holds no watermark back.
             let entry = purge::Entry {
                 source: Source::Keys,
@@ -345,7 +345,7 @@ impl Run {
                 offset: 0,
                 order_id: *id,
             };
-            purge::stage(&self.store, &mut batch, &entry, crate::service::now_ms());
+            purge::stage(&self.store, &mut batch, &entry, crate::clock::now_ms());
             self.purge.noted(&[entry]);
             if let Err(e) = self.store.db().write(batch) {
                 self.purge.forget(&[entry]);
@@ -430,7 +430,7 @@ impl KeyFollower {
             .map(i64::from_be_bytes);
         let reconcile = stored.values().any(|o| *o > 0)
             && current_at
-                .is_none_or(|t| crate::service::now_ms() - t > RECONCILE_AFTER.as_millis() as i64);
+                .is_none_or(|t| crate::clock::now_ms() - t > RECONCILE_AFTER.as_millis() as i64);
         if reconcile {
             tracing::warn!(
                 topic,

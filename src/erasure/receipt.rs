@@ -171,7 +171,7 @@ pub async fn after_erase(
     }
     Ok(Receipt {
         order_id: outcome.order_id,
-        erased_at: crate::api::rfc3339(outcome.occurred_at_ms),
+        erased_at: crate::clock::rfc3339(outcome.occurred_at_ms),
         scope: if *scope == ErasureScope::Order {
             "order"
         } else {
@@ -224,7 +224,7 @@ pub fn current(service: &Service, topic: &str, order_id: Uuid) -> Result<Receipt
     let (event_ref, key_ref) = refs(topic, &records);
     Ok(Receipt {
         order_id,
-        erased_at: crate::api::rfc3339(event.2),
+        erased_at: crate::clock::rfc3339(event.2),
         scope: if whole { "order" } else { "classes" }.to_owned(),
         purged: describe(&nodes, &classes, view.record.state.version),
         fields: class_names(&classes),

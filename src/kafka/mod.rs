@@ -104,6 +104,20 @@ impl std::fmt::Debug for KafkaExtra {
     }
 }
 
+impl KafkaExtra {
+    /// Adds every `ORDERLOG_KAFKA_<SETTING>` of `env` as a librdkafka setting,
+    /// over what is there: `ORDERLOG_KAFKA_SECURITY_PROTOCOL=SSL` gives
+    /// `security.protocol=SSL`. The one mapping of these variables.
+    pub fn add_env<'a>(&mut self, env: impl IntoIterator<Item = (&'a String, &'a String)>) {
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("ORDERLOG_KAFKA_") {
+                self.0
+                    .insert(rest.to_ascii_lowercase().replace('_', "."), v.clone());
+            }
+        }
+    }
+}
+
 impl std::ops::Deref for KafkaExtra {
     type Target = BTreeMap<String, String>;
     fn deref(&self) -> &Self::Target {
@@ -392,4 +406,13 @@ pub fn watermarks<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::Consu
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The partition an order's events go to. Chosen by orderlog rather than by
+/// the client's partitioner, so writer routing and Kafka placement always
+/// agree: the last 8 bytes of the id (UUIDv7's random part) modulo the count.
+pub fn partition_of(order_id: &uuid::Uuid, partitions: usize) -> usize {
+    let b = order_id.as_bytes();
+    let tail = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
+    (tail % partitions as u64) as usize
 }

@@ -400,3 +400,169 @@ pub fn feed_position(prefix_len: usize, key: &[u8]) -> Option<(u32, u64)> {
         u64::from_be_bytes(rest[4..].try_into().ok()?),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::validation::ProviderId;
+    use crate::domain::{CancelReason, Command, ErasureScope, FieldClass, Party, State};
+    use crate::domain::{decide, fixtures};
+    use crate::events::EventMeta;
+
+    /// One order's records: placed, shared with sf-express, cancelled, erased.
+    fn records() -> Vec<Vec<u8>> {
+        let key = crate::crypto::OrderKey::generate();
+        let order_id = Uuid::now_v7();
+        let commands = [
+            Command::PlaceOrder(fixtures::new_order(7, true)),
+            Command::ShareOrder {
+                party: Party::Logistics(ProviderId::parse("p", "sf-express").unwrap()),
+                classes: [FieldClass::Shipping].into(),
+            },
+            Command::CancelOrder {
+                reason: CancelReason::OutOfStock,
+            },
+            Command::EraseOrder {
+                scope: ErasureScope::Order,
+            },
+        ];
+        let (mut state, mut prev, mut out) = (State::default(), [0u8; 32], Vec::new());
+        for cmd in commands {
+            for e in decide(&state, cmd).unwrap() {
+                let meta = EventMeta {
+                    event_id: Uuid::now_v7(),
+                    order_id,
+                    sequence: state.version + 1,
+                    occurred_at_ms: 1_000 * (state.version as i64 + 1),
+                    key_id: key.id(),
+                    prev_hash: prev,
+                };
+                let env = events::seal_event(&e, meta, Some(&key)).unwrap();
+                let bytes = events::encode(&env, &events::codec::test_keys());
+                prev = events::record_hash(&bytes);
+                state = crate::domain::apply(state, &e);
+                out.push(bytes);
+            }
+        }
+        out
+    }
+
+    fn fold(records: &[Vec<u8>]) -> (Option<ProjectedOrder>, Vec<Vec<(FeedTarget, FeedEntry)>>) {
+        let (mut order, mut feeds) = (None, Vec::new());
+        for r in records {
+            let p = project(order.as_ref(), r, None, 3).unwrap();
+            feeds.push(p.feeds);
+            order = Some(p.order);
+        }
+        (order, feeds)
+    }
+
+    #[test]
+    fn a_placed_order_is_active_with_its_sealed_fields_and_tells_its_merchant() {
+        let r = records();
+        let (order, feeds) = fold(&r[..1]);
+        let o = order.unwrap();
+        assert_eq!(
+            (o.version, o.status, o.partition),
+            (1, ViewStatus::Active, 3)
+        );
+        assert_eq!(o.last_hash, events::record_hash(&r[0]));
+        assert_eq!(o.sealed.len(), 3);
+        assert_eq!(feeds[0].len(), 1);
+        assert_eq!(feeds[0][0].0, FeedTarget::Merchant(o.merchant_id.clone()));
+        assert_eq!(feeds[0][0].1.change, ChangeKind::Placed);
+    }
+
+    #[test]
+    fn shares_cancellation_and_erasure_change_the_row_and_reach_every_party() {
+        let r = records();
+        let (order, feeds) = fold(&r);
+        let o = order.unwrap();
+        assert_eq!((o.version, o.status), (4, ViewStatus::Erased));
+        assert!(o.sealed.is_empty(), "erasure drops every sealed field");
+        assert_eq!(o.erased.len(), 3);
+        assert_eq!(o.cancel_reason, Some(ReasonV1::OutOfStock));
+        assert!(o.shared_with(&PartyV1::Logistics("sf-express".into())));
+        assert_eq!(feeds[1][0].0, FeedTarget::Shipping("sf-express".into()));
+        // The cancellation and the erasure go to the merchant and the provider.
+        for f in &feeds[2..] {
+            let targets: Vec<&FeedTarget> = f.iter().map(|(t, _)| t).collect();
+            assert_eq!(targets.len(), 2, "{targets:?}");
+        }
+        assert_eq!(feeds[3][0].1.change, ChangeKind::Erased);
+        assert_eq!(feeds[3][0].1.classes.len(), 3);
+    }
+
+    #[test]
+    fn check_refuses_gaps_replays_broken_chains_and_foreign_keys() {
+        let r = records();
+        let (placed, _) = fold(&r[..1]);
+        let placed = placed.unwrap();
+        let env = |i: usize| events::decode(&r[i]).unwrap();
+        // A later event before the placement, and the placement again.
+        assert!(matches!(
+            check(None, &env(1), None),
+            Err(ProjectError::OutOfSequence {
+                expected: 1,
+                got: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check(Some(&placed), &env(0), None),
+            Err(ProjectError::OutOfSequence {
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ));
+        // A gap.
+        assert!(matches!(
+            check(Some(&placed), &env(2), None),
+            Err(ProjectError::OutOfSequence {
+                expected: 2,
+                got: 3,
+                ..
+            })
+        ));
+        // The right sequence with another hash before it.
+        let mut forked = placed.clone();
+        forked.last_hash = [9; 32];
+        assert!(matches!(
+            check(Some(&forked), &env(1), None),
+            Err(ProjectError::BrokenChain { sequence: 2, .. })
+        ));
+        // A record keyed to another order.
+        assert_eq!(
+            check(Some(&placed), &env(1), Some(Uuid::now_v7().as_bytes())),
+            Err(ProjectError::KeyMismatch)
+        );
+        assert_eq!(
+            check(Some(&placed), &env(1), Some(placed.order_id.as_slice())),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn apply_in_place_equals_the_reference_projection() {
+        let r = records();
+        let (reference, _) = fold(&r);
+        let mut order: Option<ProjectedOrder> = None;
+        let mut feeds = Vec::new();
+        for bytes in &r {
+            let env = events::decode(bytes).unwrap();
+            check(order.as_ref(), &env, None).unwrap();
+            if let Some(new) = apply(
+                order.as_mut(),
+                &env,
+                events::record_hash(bytes),
+                3,
+                &mut feeds,
+            ) {
+                order = Some(new);
+            }
+        }
+        assert_eq!(order, reference);
+        assert_eq!(feeds.len(), 1 + 1 + 2 + 2);
+    }
+}

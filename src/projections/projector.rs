@@ -113,14 +113,14 @@ impl ProjectorStatus {
     /// Caught up, and the end of the log was read from Kafka within `max_age`:
     /// connected and current.
     pub fn ready(&self, max_age: Duration) -> bool {
-        let age = crate::service::now_ms() - self.refreshed_at_ms.load(Ordering::Acquire);
+        let age = crate::clock::now_ms() - self.refreshed_at_ms.load(Ordering::Acquire);
         self.caught_up() && age >= 0 && (age as u128) <= max_age.as_millis()
     }
 
     /// The views covered, within `max_age`, the log as it was a quarter
     /// second before: a node that keeps up under steady writes counts.
     pub fn current(&self, max_age: Duration) -> bool {
-        let age = crate::service::now_ms() - self.current_at_ms.load(Ordering::Acquire);
+        let age = crate::clock::now_ms() - self.current_at_ms.load(Ordering::Acquire);
         age >= 0 && (age as u128) <= max_age.as_millis()
     }
 
@@ -146,6 +146,10 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
     #[error("the projector's writer thread ended")]
     WriterGone,
+    #[error("stopped while a record could not be dead-lettered: {0}")]
+    StoppedDeadLettering(String),
+    #[error("the projector's thread panicked")]
+    Panicked,
 }
 
 impl From<rocksdb::Error> for ProjectorError {
@@ -164,7 +168,7 @@ impl Projector {
             .set("group.id", format!("orderlog-lag-watch-{}", Uuid::new_v4()))
             .create()?;
         let topic = config.topic.clone();
-        let mut run = Run::new(store.clone(), config.clone(), status.clone())?;
+        let mut run = Run::new(store.clone(), config.clone(), status.clone(), stop.clone())?;
         let (stop_w, status_w) = (stop.clone(), status.clone());
         std::thread::Builder::new()
             .name("projector-lag".into())
@@ -192,7 +196,7 @@ impl Projector {
                         if stop2.load(Ordering::Acquire) {
                             return Err(e);
                         }
-                        match Run::new(store.clone(), config.clone(), status_r.clone()) {
+                        match Run::new(store.clone(), config.clone(), status_r.clone(), stop2.clone()) {
                             Ok(r) => {
                                 run = r;
                                 break;
@@ -214,7 +218,7 @@ impl Projector {
     pub fn wait_caught_up(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         // Only an end of the log read after this call counts.
-        let since = crate::service::now_ms();
+        let since = crate::clock::now_ms();
         while Instant::now() < deadline {
             if self.status.caught_up()
                 && self.status.refreshed_at_ms.load(Ordering::Acquire) > since
@@ -238,7 +242,7 @@ impl Projector {
     pub fn stop(mut self) -> Result<(), ProjectorError> {
         self.stop.store(true, Ordering::Release);
         match self.handle.take() {
-            Some(h) => h.join().unwrap_or(Ok(())),
+            Some(h) => h.join().unwrap_or(Err(ProjectorError::Panicked)),
             None => Ok(()),
         }
     }
@@ -292,18 +296,20 @@ fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, sto
         {
             status
                 .current_at_ms
-                .store(crate::service::now_ms(), Ordering::Release);
+                .store(crate::clock::now_ms(), Ordering::Release);
         }
         previous = positions.iter().map(|(p, (_, high))| (*p, *high)).collect();
         *status.positions.lock().expect("positions lock") = positions;
         status
             .refreshed_at_ms
-            .store(crate::service::now_ms(), Ordering::Release);
+            .store(crate::clock::now_ms(), Ordering::Release);
         status.assigned.store(true, Ordering::Release);
     }
 }
 
 struct Run {
+    /// The projector's stop flag, for the waits inside a batch.
+    stop: Arc<AtomicBool>,
     store: Store,
     config: ProjectorConfig,
     status: Arc<ProjectorStatus>,
@@ -438,7 +444,7 @@ fn prepare(m: &Polled<'_>, keys: &crate::crypto::LogKeys, partitions: usize) -> 
         Ok(env) => env,
         Err(e) => return Prepared::Refused(ProjectError::Decode(e.to_string())),
     };
-    if crate::service::partition_of(&env.meta.order_id, partitions) != m.partition as usize {
+    if crate::kafka::partition_of(&env.meta.order_id, partitions) != m.partition as usize {
         // A copy of a real record produced elsewhere: taken, it could come
         // before the original.
         return Prepared::Refused(ProjectError::WrongPartition(env.meta.order_id));
@@ -456,6 +462,7 @@ impl Run {
         store: Store,
         config: ProjectorConfig,
         status: Arc<ProjectorStatus>,
+        stop: Arc<AtomicBool>,
     ) -> Result<Self, ProjectorError> {
         let group = match &config.assignment {
             Assignment::Group(g) => g.clone(),
@@ -496,6 +503,7 @@ impl Run {
         let state = StateFolder::new(store.clone(), config.idempotency_ttl);
         let store_w = store.clone();
         Ok(Self {
+            stop,
             state,
             partitions,
             store,
@@ -927,6 +935,10 @@ impl Run {
             match sent {
                 Ok(()) => break,
                 Err(e) => {
+                    if self.stop.load(Ordering::Acquire) {
+                        // Not passed: the record comes again at the next start.
+                        return Err(ProjectorError::StoppedDeadLettering(e));
+                    }
                     tracing::error!(error = %e, %topic, "Dead-letter produce failed; retrying.");
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -975,7 +987,7 @@ impl Run {
         self.written()?;
         let mut batch = std::mem::take(&mut self.batch);
         self.state
-            .stage_in_flight(&mut batch, crate::service::now_ms());
+            .stage_in_flight(&mut batch, crate::clock::now_ms());
         for (id, o) in &self.overlay {
             batch.put_cf(self.store.cf(CF_VIEW_ORDERS), id, encode_value(o));
         }

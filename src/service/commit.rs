@@ -21,7 +21,8 @@ use super::intents::{self, EraseIntent, IntentId};
 use super::log_reader::{HEADER_IDEMPOTENCY_KEY, HEADER_REQUEST_DIGEST};
 use super::ownership::{self, Owned};
 use super::state::{self, IdempotentOutcome, OrderRecord};
-use super::{Job, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, now_ms, replay};
+use super::{Job, QUEUED, ServiceError, Shared, TAKEN, delivery_timeout, replay};
+use crate::clock::now_ms;
 use crate::crypto::{OrderKey, StoredKey};
 use crate::domain::{Command, ErasureScope, FieldClass};
 use crate::store::encode_value;
@@ -293,8 +294,13 @@ pub(super) async fn write_batch(
                 if matches!(e, ServiceError::Unavailable(_)) {
                     // Known not to be in the log: a new key is discarded, an
                     // erase intent cleared.
-                    if p.new_key.is_some() {
-                        let _ = shared.vault.discard(p.job.order_id);
+                    if p.new_key.is_some()
+                        && let Err(error) = shared.vault.discard(p.job.order_id)
+                    {
+                        // Harmless (a key with no event seals nothing a
+                        // reader can find), but it counts as live until the
+                        // next start and should be seen.
+                        tracing::warn!(order_id = %p.job.order_id, %error, "Discarding the key of a placement that never reached the log failed.");
                     }
                     if matches!(p.job.command, Command::EraseOrder { .. }) {
                         known_gone.push(intent);

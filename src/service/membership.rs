@@ -27,7 +27,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ClusterOptions, Shared, now_ms, ownership};
+use super::{ClusterOptions, Shared, ownership};
+use crate::clock::now_ms;
 use crate::erasure::Positions;
 use crate::kafka::KafkaSettings;
 

@@ -309,26 +309,11 @@ impl std::fmt::Debug for Service {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The partition an order's events go to. Chosen here rather than by the
-/// client's partitioner, so writer routing and Kafka placement always agree.
-pub fn partition_of(order_id: &Uuid, partitions: usize) -> usize {
-    let b = order_id.as_bytes();
-    let tail = u64::from_be_bytes(b[8..16].try_into().expect("8 bytes"));
-    (tail % partitions as u64) as usize
-}
-
 /// A new order id (UUIDv7) whose events go to `partition`.
 pub fn order_id_in(partition: usize, partitions: usize) -> Uuid {
     loop {
         let id = Uuid::now_v7();
-        if partition_of(&id, partitions) == partition {
+        if crate::kafka::partition_of(&id, partitions) == partition {
             return id;
         }
     }
@@ -710,7 +695,7 @@ impl Service {
         Ok(state::lookup_idempotency(
             &self.shared.store,
             key,
-            now_ms(),
+            crate::clock::now_ms(),
         )?)
     }
 
@@ -723,7 +708,7 @@ impl Service {
         in_flight: Option<InFlight>,
         deadline: tokio::time::Instant,
     ) -> Result<Outcome, ServiceError> {
-        let p = partition_of(&order_id, self.partitions());
+        let p = crate::kafka::partition_of(&order_id, self.partitions());
         match self.shared.slots[p].wait_owned(deadline).await {
             Ok(()) => {}
             Err(ownership::NotOwned::Elsewhere) => {
@@ -819,7 +804,7 @@ impl Service {
     /// The order's state and, when its key lives, its personal fields, as
     /// stored now.
     pub fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
-        let p = partition_of(&order_id, self.partitions());
+        let p = crate::kafka::partition_of(&order_id, self.partitions());
         // The writer's cache is ahead of the store while this node writes
         // the partition; after the partition moved, the projector brings the
         // store past it (erasures other nodes wrote included): the newer wins.

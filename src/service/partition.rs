@@ -172,7 +172,7 @@ impl StoreFolder {
             // A record of an order that belongs to another partition: a copy
             // produced there (the projector dead-letters it too).
             Ok(env)
-                if super::partition_of(&env.meta.order_id, self.partitions)
+                if crate::kafka::partition_of(&env.meta.order_id, self.partitions)
                     != partition as usize =>
             {
                 self.report.skipped += 1;
@@ -226,7 +226,7 @@ impl StoreFolder {
 
     fn write(&mut self) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        self.folder.stage(&mut batch, super::now_ms());
+        self.folder.stage(&mut batch, crate::clock::now_ms());
         self.store.db().write(batch)?;
         self.batch_records = 0;
         Ok(())
@@ -389,7 +389,7 @@ mod tests {
             event_id: Uuid::now_v7(),
             order_id,
             sequence: state.version + 1,
-            occurred_at_ms: super::super::now_ms(),
+            occurred_at_ms: crate::clock::now_ms(),
             key_id: key.id(),
             prev_hash: if prev.is_empty() {
                 [0; 32]

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use uuid::Uuid;
 
-use super::{ServiceError, Shared, intents, kafka_unavailable, partition, partition_of, state};
+use super::{ServiceError, Shared, intents, kafka_unavailable, partition, state};
 use crate::crypto::{KeyReplica, KeyVault, Shredded};
 use crate::domain::FieldClass;
+use crate::kafka::partition_of;
 use crate::store::Store;
 
 /// Destroys an order's key (or some classes of it) in the vault, then

@@ -160,7 +160,7 @@ impl StoreTuning {
             }
             CF_IDEMPOTENCY => {
                 opts.set_compaction_filter("orderlog-expired", |_level, _key, value| {
-                    if crate::service::state::idempotency_expired(value, crate::service::now_ms()) {
+                    if crate::service::state::idempotency_expired(value, crate::clock::now_ms()) {
                         rocksdb::CompactionDecision::Remove
                     } else {
                         rocksdb::CompactionDecision::Keep

@@ -403,7 +403,7 @@ pub async fn prefill(
         }
         let mut futs = Vec::new();
         for (id, bytes) in &batch {
-            let p = orderlog::service::partition_of(id, partitions) as i32;
+            let p = orderlog::kafka::partition_of(id, partitions) as i32;
             futs.push(
                 producer.send(
                     FutureRecord::to(topic)

@@ -1,0 +1,33 @@
+//! Wall-clock time as the log and the API write it: Unix milliseconds, and
+//! RFC 3339 text for people.
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `ms` (Unix milliseconds) as RFC 3339 text in UTC; empty if out of range.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_is_utc_with_milliseconds_dropped_when_zero() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::rfc3339(1_733_000_000_123),
+            "2024-11-30T20:53:20.123Z"
+        );
+    }
+}
