@@ -21,6 +21,7 @@
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //! - [`clock`]: wall-clock time as the log and the API write it.
 //! - [`cpu`]: the CPU features the build uses, checked at start.
+//! - [`error`]: `Cause`, the error beneath a module's error, kept whole.
 //! - [`audit`]: read-only audit commands (replay, verify, history, shares,
 //!   erasure receipts).
 
@@ -35,6 +36,7 @@ pub mod cpu;
 pub mod crypto;
 pub mod domain;
 pub mod erasure;
+pub mod error;
 pub mod events;
 pub mod kafka;
 pub mod projections;

@@ -712,8 +712,24 @@ async fn replicas(
     };
     converged(client, &bases[0], NODES).await;
     let shipping = "/v1/shipping/sf-express/orders";
-    let one = walk_feed(client, &bases[..1], shipping, LOGISTICS_SF, 5).await;
-    let spread = walk_feed(client, bases, shipping, LOGISTICS_SF, 3).await;
+    // The members' heartbeats may all still show the positions from just
+    // before the last share: the feed is read until it has caught up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let one = loop {
+        let one = walk_feed(client, &bases[..1], shipping, LOGISTICS_SF, 5).await;
+        if one.len() >= shared.len() || Instant::now() >= deadline {
+            break one;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Likewise through the other nodes.
+    let spread = loop {
+        let spread = walk_feed(client, bases, shipping, LOGISTICS_SF, 3).await;
+        if spread == one || Instant::now() >= deadline {
+            break spread;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         one.len(),
         shared.len(),

@@ -1453,6 +1453,23 @@ fn known_sequences_agree_with_the_model() {
                 same_body: true,
             },
         ],
+        // A key first used to share an order, reused to place one after
+        // the first order was erased: another request, 422 (was 409
+        // idempotency_key_erased).
+        vec![
+            place.clone(),
+            share(Some(2)),
+            Erase {
+                target: Target::Placed(0),
+                fields: None,
+                if_match: None,
+            },
+            Place {
+                real_name: false,
+                contact: Contact::None,
+                idempotency_key: Some(2),
+            },
+        ],
     ];
     common::brokers();
     let rt = tokio::runtime::Runtime::new().unwrap();

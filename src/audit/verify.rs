@@ -625,6 +625,10 @@ pub struct VerifyOptions {
     pub views: bool,
     /// How long the replay may take to catch up.
     pub replay_timeout: Duration,
+    /// How long a live node's views may take to reach the offsets the replay
+    /// reached before they are compared (its projector trails its writes
+    /// by milliseconds).
+    pub node_catch_up: Duration,
 }
 
 impl Default for VerifyOptions {
@@ -632,7 +636,31 @@ impl Default for VerifyOptions {
         Self {
             views: true,
             replay_timeout: Duration::from_secs(600),
+            node_catch_up: Duration::from_secs(10),
         }
+    }
+}
+
+/// Takes `snapshot`s of the node's views until their offsets reach
+/// `target` in every partition, or `limit` has passed; returns the last.
+/// A node that is merely a moment behind a replay is then compared at the
+/// replay's offsets, not reported as behind.
+pub fn catch_up<S, E>(
+    target: &BTreeMap<u32, u64>,
+    limit: Duration,
+    pause: Duration,
+    mut snapshot: impl FnMut() -> Result<(S, BTreeMap<u32, u64>), E>,
+) -> Result<(S, BTreeMap<u32, u64>), E> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (s, offsets) = snapshot()?;
+        let behind = target
+            .iter()
+            .any(|(p, t)| offsets.get(p).copied().unwrap_or(0) < *t);
+        if !behind || Instant::now() >= deadline {
+            return Ok((s, offsets));
+        }
+        std::thread::sleep(pause);
     }
 }
 
@@ -666,12 +694,34 @@ pub fn run(
             })?;
         let replayed = replay::run(source, dir.path(), options.replay_timeout, |_| {})?;
         let replay_store = Store::open_read_only(dir.path())?;
-        let live = crate::projections::query::digest(node.store())?;
+        let replay_offsets = view_offsets(&replay_store)?;
+        // The node as it was opened first; if it is behind the replay, as
+        // it is again read from its directory (a read-only open sees the
+        // state at that open), for a bounded time.
+        let mut first = true;
+        let (live, live_offsets) = catch_up(
+            &replay_offsets,
+            options.node_catch_up,
+            Duration::from_millis(200),
+            || -> Result<_, AuditError> {
+                let fresh;
+                let store = if std::mem::take(&mut first) {
+                    node.store()
+                } else {
+                    fresh = Store::open_read_only(node.store().path())?;
+                    &fresh
+                };
+                Ok((
+                    crate::projections::query::digest(store)?,
+                    view_offsets(store)?,
+                ))
+            },
+        )?;
         findings.extend(compare_views(
             &live,
-            &view_offsets(node.store())?,
+            &live_offsets,
             &replayed.digest,
-            &view_offsets(&replay_store)?,
+            &replay_offsets,
         ));
         views = Some(ViewsCompared {
             live_total: live.total,

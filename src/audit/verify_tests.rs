@@ -426,3 +426,32 @@ fn findings_never_show_personal_fields() {
         assert!(!text.contains(needle), "{text}");
     }
 }
+
+#[test]
+fn a_node_a_moment_behind_the_replay_is_waited_for_within_the_limit() {
+    let target = BTreeMap::from([(0u32, 10u64), (1, 5)]);
+    // Behind twice, then at the target: the third snapshot is compared.
+    let mut seen = vec![
+        BTreeMap::from([(0u32, 10u64), (1, 5)]),
+        BTreeMap::from([(0u32, 9u64), (1, 5)]),
+        BTreeMap::from([(0u32, 8u64)]),
+    ];
+    let mut taken = 0;
+    let (n, offsets) = catch_up(&target, Duration::from_secs(5), Duration::ZERO, || {
+        taken += 1;
+        Ok::<_, ()>((taken, seen.pop().unwrap()))
+    })
+    .unwrap();
+    assert_eq!((n, offsets), (3, target.clone()));
+    // Never there: the last snapshot once the limit has passed.
+    let started = std::time::Instant::now();
+    let (_, offsets) = catch_up(
+        &target,
+        Duration::from_millis(50),
+        Duration::from_millis(10),
+        || Ok::<_, ()>(((), BTreeMap::from([(0u32, 1u64)]))),
+    )
+    .unwrap();
+    assert_eq!(offsets, BTreeMap::from([(0u32, 1u64)]));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}

@@ -405,7 +405,7 @@ impl KeyFollower {
         purge: Arc<PurgeStatus>,
         timeout: Duration,
     ) -> Result<(Self, RestoreReport), VaultError> {
-        let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
+        let kafka = |e: KafkaError| VaultError::Replica(crate::error::Cause::of(e));
         let consumer: BaseConsumer = settings
             .reader_config()
             .set("group.id", format!("orderlog-keys-{}", Uuid::new_v4()))
@@ -463,9 +463,9 @@ impl KeyFollower {
         let mut last_progress = Instant::now();
         while !status.reached(&ends) {
             if last_progress.elapsed() > timeout {
-                return Err(VaultError::Replica(format!(
+                return Err(VaultError::Replica(crate::error::Cause::msg(format!(
                     "no progress reading the key topic {topic} for {timeout:?}"
-                )));
+                ))));
             }
             if run.step(Duration::from_millis(100))? {
                 last_progress = Instant::now();
@@ -587,7 +587,7 @@ pub fn load_retired_log_keys(
     keys_topic: &str,
     vault: &KeyVault,
 ) -> Result<usize, VaultError> {
-    let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
+    let kafka = |e: KafkaError| VaultError::Replica(crate::error::Cause::of(e));
     let unknown = rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition;
     let partitions =
         match crate::kafka::partition_count(settings, keys_topic, Duration::from_secs(10)) {

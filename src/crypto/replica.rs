@@ -151,7 +151,7 @@ pub fn restore(
     vault: &KeyVault,
     now_ms: i64,
 ) -> Result<RestoreReport, VaultError> {
-    let kafka = |e: KafkaError| VaultError::Replica(e.to_string());
+    let kafka = |e: KafkaError| VaultError::Replica(crate::error::Cause::of(e));
     let consumer: BaseConsumer = settings
         .reader_config()
         .set("group.id", format!("orderlog-restore-{}", Uuid::new_v4()))
@@ -181,9 +181,9 @@ pub fn restore(
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while !ends.is_empty() {
             if std::time::Instant::now() > deadline {
-                return Err(VaultError::Replica(
-                    "timed out reading the key replica".into(),
-                ));
+                return Err(VaultError::Replica(crate::error::Cause::msg(
+                    "timed out reading the key replica",
+                )));
             }
             let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
@@ -253,7 +253,7 @@ pub async fn rotate_kek(
             replica
                 .publish(&refs)
                 .await
-                .map_err(|e| VaultError::Replica(e.to_string()))?;
+                .map_err(|e| VaultError::Replica(crate::error::Cause::of(e)))?;
             report.republished += chunk.len() as u64;
         }
     }
@@ -261,7 +261,7 @@ pub async fn rotate_kek(
         replica
             .publish_log_keys(&vault.retired_log_keys()?)
             .await
-            .map_err(|e| VaultError::Replica(e.to_string()))?;
+            .map_err(|e| VaultError::Replica(crate::error::Cause::of(e)))?;
     }
     vault.forget_old_keks();
     Ok(report)

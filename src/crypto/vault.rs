@@ -32,7 +32,7 @@ pub enum VaultError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("key replica topic: {0}")]
-    Replica(String),
+    Replica(#[source] crate::error::Cause),
 }
 
 impl From<rocksdb::Error> for VaultError {

@@ -32,7 +32,7 @@ pub enum ReceiptError {
 
 impl From<crate::store::StoreError> for ReceiptError {
     fn from(e: crate::store::StoreError) -> Self {
-        Self::Service(ServiceError::Internal(e.to_string()))
+        Self::Service(ServiceError::Internal(crate::error::Cause::of(e)))
     }
 }
 

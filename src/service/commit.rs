@@ -135,7 +135,9 @@ pub(super) async fn write_batch(
         if let Err(e) = shared.store.db().write(noop_keys) {
             tracing::error!(error = %e, "Storing idempotency keys failed.");
             refuse_all(noop_replies.into_iter().map(|(j, _)| j), || {
-                ServiceError::Internal("storing the idempotency key failed".into())
+                ServiceError::Internal(crate::error::Cause::msg(
+                    "storing the idempotency key failed",
+                ))
             });
         } else {
             // Answered once their keys are stored, so a retry finds them.
@@ -173,7 +175,7 @@ pub(super) async fn write_batch(
     if let Err(e) = intents::record(&shared.store, &erase_intents) {
         tracing::error!(error = %e, "Storing erase intents failed; batch refused.");
         refuse_all(pending.into_iter().map(|p| p.job), || {
-            ServiceError::Internal("storing the erase intent failed".into())
+            ServiceError::Internal(crate::error::Cause::msg("storing the erase intent failed"))
         });
         return;
     }
@@ -185,7 +187,7 @@ pub(super) async fn write_batch(
         tracing::error!(error = %e, "Storing new order keys failed; batch refused.");
         clear_intents(shared, &erase_intents);
         refuse_all(pending.into_iter().map(|p| p.job), || {
-            ServiceError::Internal("storing the order key failed".into())
+            ServiceError::Internal(crate::error::Cause::msg("storing the order key failed"))
         });
         return;
     }
@@ -247,7 +249,9 @@ pub(super) async fn write_batch(
         };
         let res = match (res, &failure) {
             (Ok(pos), None) => Ok(pos),
-            (_, Some(f)) if !f.unknown => Err(ServiceError::Unavailable(f.error.clone())),
+            (_, Some(f)) if !f.unknown => Err(ServiceError::Unavailable(crate::error::Cause::msg(
+                f.error.clone(),
+            ))),
             _ => Err(ServiceError::OutcomeUnknown(shared.command_timeout)),
         };
         match res {

@@ -55,7 +55,7 @@ pub(super) fn decide_batch(
         if unreadable.contains(&job.order_id) {
             out.refused.push((
                 job,
-                ServiceError::Internal("reading the order state failed".into()),
+                ServiceError::Internal(crate::error::Cause::msg("reading the order state failed")),
             ));
             continue;
         }
@@ -147,7 +147,7 @@ fn decide_one(
             prev_hash: rec.last_hash,
         };
         let env = events::seal_event(event, meta, new_key.as_ref())
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?;
         let bytes = events::encode(&env, keys);
         let absorbed = rec.absorb(&env, &bytes, -1);
         debug_assert_eq!(

@@ -65,7 +65,7 @@ pub enum ServiceError {
     )]
     IdempotencyErased,
     #[error("event log unavailable, nothing was acknowledged; retry later: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::error::Cause),
     /// No answer from the event log within the command timeout, and the
     /// command had already been sent: it may or may not be in the log. A
     /// retry with the same idempotency key answers the first outcome.
@@ -82,18 +82,18 @@ pub enum ServiceError {
     #[error("partition {partition} is moving to another node; retry shortly")]
     PartitionMoving { partition: usize },
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] crate::error::Cause),
 }
 
 impl From<VaultError> for ServiceError {
     fn from(e: VaultError) -> Self {
-        ServiceError::Internal(e.to_string())
+        ServiceError::Internal(crate::error::Cause::of(e))
     }
 }
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        ServiceError::Internal(e.to_string())
+        ServiceError::Internal(crate::error::Cause::of(e))
     }
 }
 
@@ -320,7 +320,7 @@ pub fn order_id_in(partition: usize, partitions: usize) -> Uuid {
 }
 
 fn kafka_unavailable(e: &KafkaError) -> ServiceError {
-    ServiceError::Unavailable(e.to_string())
+    ServiceError::Unavailable(crate::error::Cause::of(e.clone()))
 }
 
 impl Shared {
@@ -396,7 +396,9 @@ impl Service {
         let per_partition = options.cache_orders.div_ceil(partitions.max(1));
         let members = membership::Members::start(&settings, &topic, &cluster)
             .await
-            .map_err(|e| ServiceError::Unavailable(format!("members topic: {e}")))?;
+            .map_err(|e| {
+                ServiceError::Unavailable(crate::error::Cause::context("members topic", e))
+            })?;
         let shared = Arc::new(Shared {
             settings,
             keys_topic: crate::crypto::keys_topic_for(&topic),
@@ -448,7 +450,7 @@ impl Service {
         let group = std::thread::Builder::new()
             .name("writers-group".into())
             .spawn(move || ownership::run_group(weak, stop_t, session))
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?;
         Ok(Self {
             shared,
             queues: Arc::new(RwLock::new(Some(queues))),
@@ -581,14 +583,13 @@ impl Service {
                 return Err(ServiceError::ShuttingDown);
             }
             if tokio::time::timeout_at(deadline, started).await.is_err() {
-                return Err(ServiceError::Unavailable(
+                return Err(ServiceError::Unavailable(crate::error::Cause::msg(
                     if self.shared.ready.load(Ordering::Acquire) {
                         "the writers' group has not assigned every partition yet"
                     } else {
                         "the write side is still catching up with the log after a start"
-                    }
-                    .into(),
-                ));
+                    },
+                )));
             }
         }
     }
@@ -734,10 +735,10 @@ impl Service {
             _in_flight: in_flight,
         };
         let not_sent = || {
-            ServiceError::Unavailable(format!(
+            ServiceError::Unavailable(crate::error::Cause::msg(format!(
                 "the writer of partition {p} did not take the command within {:?}",
                 self.shared.command_timeout
-            ))
+            )))
         };
         match tokio::time::timeout_at(deadline, tx.send(job)).await {
             Ok(Ok(())) => {}
@@ -770,9 +771,9 @@ impl Service {
             self.wait_ready(deadline).await?;
             while !self.reads_ready() {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(ServiceError::Unavailable(
-                        "this node is still reading the log and the key topic after a start".into(),
-                    ));
+                    return Err(ServiceError::Unavailable(crate::error::Cause::msg(
+                        "this node is still reading the log and the key topic after a start",
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -825,7 +826,7 @@ impl Service {
         if let Some(key) = &key
             && let Some(env) = state::load_placed(&self.shared.store, &order_id)?
             && let Event::OrderPlaced(p) = events::open_event(&env, Some(key))
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
+                .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?
         {
             personal = p.personal;
         }
@@ -878,6 +879,12 @@ fn replay(
     idem: Idempotency,
     vault: &KeyVault,
 ) -> Result<Outcome, ServiceError> {
+    // Only a placement carries personal data, and a placement's outcome is
+    // its order's first version: a key first used for any other command
+    // came with another request, whatever became of that order since.
+    if idem.personal && prev.version != 1 {
+        return Err(ServiceError::IdempotencyMismatch);
+    }
     let digest = if idem.personal {
         match vault.get(prev.order_id) {
             // Nothing can tell whether this is the same request any more
@@ -891,11 +898,11 @@ fn replay(
             }
             // A node whose key follower has not read the order's key yet.
             Err(crate::crypto::VaultError::NotFound(_)) => {
-                return Err(ServiceError::Unavailable(
-                    "this node has not received the order's key yet; retry".into(),
-                ));
+                return Err(ServiceError::Unavailable(crate::error::Cause::msg(
+                    "this node has not received the order's key yet; retry",
+                )));
             }
-            Err(e) => return Err(ServiceError::Internal(e.to_string())),
+            Err(e) => return Err(ServiceError::Internal(crate::error::Cause::of(e))),
         }
     } else {
         Some(idem.request)

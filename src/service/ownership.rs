@@ -288,7 +288,7 @@ async fn acquire_until_done(shared: Arc<Shared>, partition: usize, generation: u
 }
 
 fn kafka(e: KafkaError) -> ServiceError {
-    ServiceError::Unavailable(e.to_string())
+    ServiceError::Unavailable(crate::error::Cause::of(e))
 }
 
 /// Creates the partition's transactional producer and fences every earlier
@@ -311,7 +311,7 @@ pub(super) async fn fencing_producer(
     );
     tokio::task::spawn_blocking(move || p.init_transactions(timeout))
         .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?
         .map_err(kafka)?;
     Ok(producer)
 }
@@ -335,9 +335,9 @@ pub(super) async fn commit_barrier(
     let offset = match delivery.await {
         Ok(Ok(d)) => Ok(d.offset),
         Ok(Err((e, _))) => Err(kafka(e)),
-        Err(_) => Err(ServiceError::Unavailable(
-            "barrier delivery canceled".into(),
-        )),
+        Err(_) => Err(ServiceError::Unavailable(crate::error::Cause::msg(
+            "barrier delivery canceled",
+        ))),
     };
     let committed = match offset {
         Ok(o) => commit(producer, shared.command_timeout)
@@ -410,12 +410,12 @@ async fn acquire(
             crate::crypto::follow::ends(&s, &t, timeout).map(|ends| f.wait_for(&ends, timeout))
         })
         .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?
         .map_err(kafka)?;
         if !caught {
-            return Err(ServiceError::Unavailable(
-                "the vault did not catch up with the key topic".into(),
-            ));
+            return Err(ServiceError::Unavailable(crate::error::Cause::msg(
+                "the vault did not catch up with the key topic",
+            )));
         }
     }
     let sh = shared.clone();
@@ -435,7 +435,7 @@ async fn acquire(
         )
     })
     .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?
+    .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?
     .map_err(|e| match e {
         partition::CatchUpError::Kafka(e) => kafka(e),
         partition::CatchUpError::Store(e) => e.into(),

@@ -104,7 +104,7 @@ async fn publish_replica_row(
     replica
         .publish(&[(order_id, row.as_ref())])
         .await
-        .map_err(|e| ServiceError::Unavailable(format!("key replica: {e}")))
+        .map_err(|e| ServiceError::Unavailable(crate::error::Cause::context("key replica", e)))
 }
 
 /// Catches every partition's stored state up to `ends` (its start barrier)
@@ -207,7 +207,7 @@ async fn catch_up_partitions(
     let mut erased = Vec::new();
     for (p, r) in join_all(catch_ups).await.into_iter().enumerate() {
         let (from, report, took) = r
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?
             .map_err(|e| match e {
                 partition::CatchUpError::Kafka(e) => kafka_unavailable(&e),
                 partition::CatchUpError::Store(e) => e.into(),
