@@ -32,6 +32,7 @@ pub struct App {
     pub projector: Option<Projector>,
     keys: Option<KeyFollower>,
     purger: Option<Purger>,
+    indexer: Option<crate::projections::subjects::Indexer>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Kept alive for the app's lifetime; dropped last.
@@ -215,6 +216,22 @@ impl App {
         )
         .await
         .context("starting the write service")?;
+        // The subject index, rebuilt first if the KEK changed: the projector
+        // queues its work.
+        let subjects = {
+            let (st, v) = (store.clone(), service.vault().clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::projections::subjects::SubjectIndex::open(st, v)
+            })
+            .await?
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    service.shutdown(SHUTDOWN_LIMIT).await;
+                    return Err(e).context("opening the subject index");
+                }
+            }
+        };
         // Then the projector: it folds the order state with the views, and a
         // writer with a long tail to catch up waits for it (in the
         // background) rather than reading the log a second time.
@@ -242,6 +259,10 @@ impl App {
                 return Err(e).context("starting the projector");
             }
         };
+        let indexer = crate::projections::subjects::Indexer::start(
+            subjects.clone(),
+            projector.status.clone(),
+        );
         service.set_tracker(Tracker {
             keys: follower.status.clone(),
             views: projector.status.clone(),
@@ -265,6 +286,7 @@ impl App {
                 config.produce_timeout,
             )?),
             erasure_wait: config.erasure_wait,
+            subjects: Some(subjects),
         };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -289,6 +311,7 @@ impl App {
             projector: Some(projector),
             keys: Some(follower),
             purger: Some(purger),
+            indexer: Some(indexer),
             shutdown,
             server,
             _data: data,
@@ -314,6 +337,9 @@ impl App {
         self.service.shutdown(SHUTDOWN_LIMIT).await;
         if let Some(p) = self.projector.take() {
             stop_within("projector", move || p.stop().map_err(|e| e.to_string())).await;
+        }
+        if let Some(i) = self.indexer.take() {
+            stop_within("subject indexer", move || i.stop()).await;
         }
         if let Some(k) = self.keys.take() {
             stop_within("key follower", move || {

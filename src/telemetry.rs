@@ -35,6 +35,10 @@ pub const CONNECTIONS_REFUSED: &str = "orderlog_http_connections_refused_total";
 pub const PURGES: &str = "orderlog_purges_total";
 /// Time one purge of erased rows took.
 pub const PURGE_LATENCY: &str = "orderlog_purge_duration_seconds";
+/// Subject index entries by `change` (indexed, removed).
+pub const SUBJECT_ENTRIES: &str = "orderlog_subject_index_entries_total";
+/// Subject requests (search, export, erase) by `request`.
+pub const SUBJECT_REQUESTS: &str = "orderlog_subject_requests_total";
 
 /// Every metric this build exports, for checks of dashboards and docs.
 pub const ALL: &[&str] = &[
@@ -53,6 +57,8 @@ pub const ALL: &[&str] = &[
     PURGES,
     PURGE_LATENCY,
     CONNECTIONS_REFUSED,
+    SUBJECT_ENTRIES,
+    SUBJECT_REQUESTS,
 ];
 
 /// The outcomes the command counter is labelled with (see
@@ -83,6 +89,12 @@ pub fn register_all() {
     }
     for scope in ["order", "classes"] {
         metrics::counter!(ERASURES, "scope" => scope).increment(0);
+    }
+    for change in ["indexed", "removed"] {
+        metrics::counter!(SUBJECT_ENTRIES, "change" => change).increment(0);
+    }
+    for request in ["search", "export", "erase"] {
+        metrics::counter!(SUBJECT_REQUESTS, "request" => request).increment(0);
     }
     for name in [
         EVENTS_PROJECTED,

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod ops;
 pub mod orders;
 pub mod server;
+pub mod subjects;
 pub mod tls;
 pub mod views;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub forwarder: Arc<forward::Forwarder>,
     /// How long an erase waits for every live node to purge (`--erasure-wait-ms`).
     pub erasure_wait: std::time::Duration,
+    /// The node's subject index (none where it is not kept).
+    pub subjects: Option<Arc<crate::projections::subjects::SubjectIndex>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -65,6 +68,9 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
             "/v1/orders/{id}/erasure",
             get(orders::erasure_status),
         ),
+        ("POST", "/v1/subjects/search", post(subjects::search)),
+        ("POST", "/v1/subjects/export", post(subjects::export)),
+        ("POST", "/v1/subjects/erase", post(subjects::erase)),
         ("GET", "/v1/cluster", get(ops::cluster)),
         (
             "GET",

@@ -497,26 +497,42 @@ pub async fn erase_order(
         None => ErasureScope::Order,
         Some(f) => ErasureScope::Classes(parse_classes("fields", f)?),
     };
+    erase(&state, &caller, &uri, &headers, &bytes, order_id, scope).await
+}
+
+/// Erases one order through the write path (here, or at the node that
+/// writes its partition) and answers with its receipt: `POST
+/// /v1/orders/{id}/erase` once its body is read, and each order of a
+/// subject erasure.
+pub(super) async fn erase(
+    state: &AppState,
+    caller: &Caller,
+    uri: &Uri,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    order_id: Uuid,
+    scope: ErasureScope,
+) -> Result<Response, ApiError> {
     // A retry with the same Idempotency-Key (say after a timeout) gets the
     // erasure's receipt as it stands, not 409 `already_erased`.
     let idem = idempotency(
         &caller.0,
-        &headers,
+        headers,
         &format!("POST /v1/orders/{order_id}/erase"),
-        &bytes,
+        bytes,
     )?;
     let started = std::time::Instant::now();
     let outcome = match execute_or_forward(
-        &state,
-        &caller,
-        &uri,
-        &headers,
-        &bytes,
+        state,
+        caller,
+        uri,
+        headers,
+        bytes,
         order_id,
         Command::EraseOrder {
             scope: scope.clone(),
         },
-        expected_version(&headers)?,
+        expected_version(headers)?,
         idem,
     )
     .await?
@@ -525,7 +541,7 @@ pub async fn erase_order(
         Done::There(resp) => return Ok(resp),
     };
     let receipt = if outcome.replayed {
-        wait_for_receipt(&state, order_id).await?
+        wait_for_receipt(state, order_id).await?
     } else {
         crate::erasure::receipt::after_erase(
             &state.service,

@@ -229,6 +229,14 @@ impl KeyVault {
         self.ring.read().expect("kek ring lock").current().id()
     }
 
+    /// A secret for another purpose derived from the current KEK (HKDF, so
+    /// it reveals nothing about the KEK), with that KEK's id: a new KEK
+    /// gives a new secret.
+    pub fn derive_secret(&self, label: &str) -> (KekId, zeroize::Zeroizing<[u8; 32]>) {
+        let ring = self.ring.read().expect("kek ring lock");
+        (ring.current().id(), ring.current().derive_secret(label))
+    }
+
     fn wrap(kek: &Kek, order_id: &Uuid, key: &OrderKey, created_at_ms: i64) -> StoredKey {
         StoredKey {
             kek_id: kek.id(),

@@ -9,6 +9,7 @@
 pub mod model;
 pub mod projector;
 pub mod query;
+pub mod subjects;
 
 pub use model::{ChangeKind, FeedEntry, ProjectedOrder, ViewStatus};
 pub use projector::{Assignment, Projector, ProjectorConfig, ProjectorStatus};

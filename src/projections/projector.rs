@@ -97,6 +97,10 @@ pub struct ProjectorStatus {
     /// When (Unix ms) the views last covered every partition up to the end
     /// of the log as read the time before (a quarter second earlier).
     pub current_at_ms: std::sync::atomic::AtomicI64,
+    /// The latest time (Unix ms) at which the end of the log was read and
+    /// the views have since covered everything before that end: a request
+    /// that came in before it sees every event acknowledged before it came.
+    pub covered_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ProjectorStatus {
@@ -261,8 +265,10 @@ impl Drop for Projector {
 /// publishes positions, lag and readiness. Runs beside the projector thread.
 fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, stop: &AtomicBool) {
     let mut previous: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut previous_read_ms = 0;
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(250));
+        let read_ms = crate::clock::now_ms();
         // The flushed offsets are read before the ends, so lag is never
         // under-stated by events projected in between.
         let flushed = status.flushed.lock().expect("flushed lock").clone();
@@ -297,8 +303,12 @@ fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, sto
             status
                 .current_at_ms
                 .store(crate::clock::now_ms(), Ordering::Release);
+            status
+                .covered_ms
+                .fetch_max(previous_read_ms, Ordering::AcqRel);
         }
         previous = positions.iter().map(|(p, (_, high))| (*p, *high)).collect();
+        previous_read_ms = read_ms;
         *status.positions.lock().expect("positions lock") = positions;
         status
             .refreshed_at_ms
@@ -869,6 +879,19 @@ impl Run {
             );
         }
         self.feeds = feeds;
+        if matches!(
+            env.body,
+            crate::events::v1::BodyV1::OrderPlaced { .. }
+                | crate::events::v1::BodyV1::OrderErased { .. }
+        ) {
+            // The subject index follows placements and erasures.
+            super::subjects::stage_pending(
+                &self.store,
+                &mut self.batch,
+                &env.meta.order_id,
+                env.meta.sequence,
+            );
+        }
         if erased {
             // The old row (with the sealed fields) leaves the disk once this
             // batch is written: queued in the same batch.

@@ -15,7 +15,17 @@
 //! meta             name (UTF-8)                 small facts about the database itself (see below)
 //! purge_queue      source (1) | partition (u32 BE) | offset (u64 BE) | order id (16)   empty: rows of this order to purge from disk
 //! erasures         order id (16) | source (1)   partition (i32 BE) | offset (i64 BE): where this node read the order's last erasure
+//! subject_index    kind (1) | bucket (2) | order id (16)   blind id (32): the order holds this identifier of a person
+//! subject_orders   order id (16) | kind (1)     blind id (32): the reverse of `subject_index`, to remove an order's entries
+//! subject_pending  order id (16) | sequence (u64 BE)   empty: an order whose index entries must be (re)computed
 //! ```
+//!
+//! The `subject_*` column families are the blind subject index (see
+//! [`crate::projections::subjects`]): HMACs under a key derived from the KEK,
+//! never an identifier in clear. The projector queues `subject_pending` rows
+//! in the batch of every placement and erasure it folds; the indexer turns
+//! them into entries (opening the sealed fields with the vault) and removes,
+//! and purges from disk, the entries of erased classes.
 //!
 //! `purge_queue` and `erasures` rows are written in the same WriteBatch as
 //! the change that destroyed a key (source `k`, from `orders.keys`) or dropped
@@ -67,6 +77,9 @@ pub const CF_ERASE_INTENTS: &str = "erase_intents";
 pub const CF_META: &str = "meta";
 pub const CF_PURGE_QUEUE: &str = "purge_queue";
 pub const CF_ERASURES: &str = "erasures";
+pub const CF_SUBJECT_INDEX: &str = "subject_index";
+pub const CF_SUBJECT_ORDERS: &str = "subject_orders";
+pub const CF_SUBJECT_PENDING: &str = "subject_pending";
 
 /// The column families derived from the log at `view_offsets`: the views and
 /// the order state (digested by audits, which compare them with a replay).
@@ -93,6 +106,9 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_META,
     CF_PURGE_QUEUE,
     CF_ERASURES,
+    CF_SUBJECT_INDEX,
+    CF_SUBJECT_ORDERS,
+    CF_SUBJECT_PENDING,
 ];
 
 /// Memory RocksDB may use, whatever the number of orders.
@@ -366,6 +382,23 @@ impl Store {
             wal_files,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// [`Store::purge`] of whole column families: flushed with the WAL, then
+    /// every key range compacted to the bottom level.
+    pub fn purge_all(&self, names: &[&'static str]) -> Result<(), StoreError> {
+        let db = self.db();
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
+        db.flush_cfs_opt(&cfs, &flush)?;
+        db.flush_wal(true)?;
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in names {
+            db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &compact);
+        }
+        Ok(())
     }
 }
 

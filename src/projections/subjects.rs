@@ -1,0 +1,689 @@
+//! The subject index: from a person's identifiers (mobile, email, ID number)
+//! to the orders that hold them, so a privacy officer can find, export and
+//! erase "everything about me" without an order id.
+//!
+//! The index is blind: an identifier is normalized (`+86 138 0013 8000` and
+//! `13800138000` are one mobile) and kept only as an HMAC-SHA256 under a key
+//! derived from the KEK, which only orderlog nodes hold. It lives in RocksDB
+//! on every node, never in Kafka, and is rebuilt from the views when the KEK
+//! changes (the old HMACs are dropped and purged from disk).
+//!
+//! ```text
+//! subject_index    kind (1) | bucket (2) | order id (16)   -> blind id (32)
+//! subject_orders   order id (16) | kind (1)                -> blind id (32)
+//! subject_pending  order id (16) | sequence (u64 BE)       -> empty
+//! ```
+//!
+//! The blind id lives in values only; a key holds just its first two bytes
+//! (the bucket a lookup scans). RocksDB copies keys where a purge cannot
+//! reach them: every SST file's first and last key into the MANIFEST, and a
+//! manual compaction's range into its LOG. Values go nowhere but the SST
+//! files and the WAL, which a purge rewrites and deletes.
+//!
+//! The projector queues a `subject_pending` row in the batch of every
+//! placement and erasure it folds (exactly once, like the views). The
+//! [`Indexer`] thread then computes what the order's entries must be (opening
+//! the sealed fields with the vault; an order whose key has not reached this
+//! node yet waits), writes the difference, and purges removed entries from
+//! disk at once: an erased class leaves no HMAC behind. A search first waits
+//! for the projector to cover the log as it was when the search came in, then
+//! runs a pass itself ([`SubjectIndex::catch_up`]), so it sees every order
+//! placed before it.
+//!
+//! Never here: an identifier in clear, in a row, a log line or an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use sha2::Sha256;
+use uuid::Uuid;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::crypto::{KeyVault, VaultError};
+use crate::domain::validation::{Email, IdNumber, Mobile, ValidationError};
+use crate::domain::{Event, FieldClass};
+use crate::projections::ProjectorStatus;
+use crate::store::{
+    CF_META, CF_ORDER_STATE, CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS, CF_SUBJECT_PENDING, Store,
+    StoreError,
+};
+
+/// HKDF label of the index key (a new KEK gives a new key).
+const KEY_LABEL: &str = "orderlog/v3/subject-index";
+/// `meta`: the id of the KEK the index was built under.
+const META_KEK: &[u8] = b"subject_index.kek";
+/// `meta`: set while removed entries may still be on disk unpurged (a crash
+/// then purges the whole index at the next start).
+const META_PURGING: &[u8] = b"subject_index.purging";
+/// Most pending rows taken in one write.
+const PASS_ROWS: usize = 10_000;
+const BLIND_LEN: usize = 32;
+
+/// Which identifier of a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Mobile,
+    Email,
+    IdNumber,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Mobile, Kind::Email, Kind::IdNumber];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Mobile => "mobile",
+            Kind::Email => "email",
+            Kind::IdNumber => "id_number",
+        }
+    }
+
+    /// The field class the identifier is sealed in: erasing that class
+    /// removes the entry.
+    pub fn class(self) -> FieldClass {
+        match self {
+            Kind::Mobile => FieldClass::Shipping,
+            Kind::Email => FieldClass::Contact,
+            Kind::IdNumber => FieldClass::Identity,
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Kind::Mobile => 1,
+            Kind::Email => 2,
+            Kind::IdNumber => 3,
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.tag() == t)
+    }
+}
+
+/// A person's identifier, normalized. Personal data: its `Debug` prints no
+/// value, and the value is zeroed on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Identifier {
+    kind: Kind,
+    value: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Identifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identifier({}, [redacted])", self.kind.as_str())
+    }
+}
+
+impl Identifier {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// A mobile number in any usual spelling: spaces, dashes, dots and
+    /// brackets are ignored, and a PRC number with its country code (`+86`,
+    /// `0086`, `86`) is the same number as without.
+    pub fn mobile(raw: &str) -> Result<Self, ValidationError> {
+        let mut s: String = raw
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}' | '\t'))
+            .collect();
+        if let Some(rest) = s.strip_prefix("00") {
+            s = format!("+{rest}");
+        }
+        if s.len() == 13 && s.starts_with("861") && s.bytes().all(|b| b.is_ascii_digit()) {
+            s.insert(0, '+');
+        }
+        let parsed = Mobile::parse(Kind::Mobile.as_str(), &s)?;
+        let value = match parsed.as_str().strip_prefix("+86") {
+            Some(national)
+                if national.len() == 11
+                    && Mobile::parse(Kind::Mobile.as_str(), national).is_ok() =>
+            {
+                national.to_owned()
+            }
+            _ => parsed.as_str().to_owned(),
+        };
+        s.zeroize();
+        Ok(Self {
+            kind: Kind::Mobile,
+            value: Zeroizing::new(value),
+        })
+    }
+
+    /// An email address, compared without regard to case.
+    pub fn email(raw: &str) -> Result<Self, ValidationError> {
+        let parsed = Email::parse(Kind::Email.as_str(), raw)?;
+        Ok(Self {
+            kind: Kind::Email,
+            value: Zeroizing::new(parsed.as_str().to_lowercase()),
+        })
+    }
+
+    /// A PRC resident ID number; spaces are ignored, `x` is `X`.
+    pub fn id_number(raw: &str) -> Result<Self, ValidationError> {
+        let compact: Zeroizing<String> =
+            Zeroizing::new(raw.chars().filter(|c| !c.is_whitespace()).collect());
+        let parsed = IdNumber::parse(Kind::IdNumber.as_str(), &compact)?;
+        Ok(Self {
+            kind: Kind::IdNumber,
+            value: Zeroizing::new(parsed.as_str().to_owned()),
+        })
+    }
+}
+
+/// An identifier's HMAC: what the index stores in its place.
+pub type Blind = [u8; BLIND_LEN];
+
+/// The index key: HKDF of the KEK, so every node with the KEK computes the
+/// same HMACs and nobody without it can test a guess.
+pub struct SubjectKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectKey([redacted])")
+    }
+}
+
+impl SubjectKey {
+    pub fn of(kek: &crate::crypto::Kek) -> Self {
+        Self(kek.derive_secret(KEY_LABEL))
+    }
+
+    /// The identifier's HMAC.
+    pub fn blind(&self, id: &Identifier) -> Blind {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref())
+            .expect("HMAC takes any key length");
+        mac.update(&[id.kind.tag(), 0]);
+        mac.update(id.value.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl From<rocksdb::Error> for IndexError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Store(StoreError::Rocks(e))
+    }
+}
+
+/// What one pass of the indexer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Entries written.
+    pub indexed: u64,
+    /// Entries removed (and purged from disk).
+    pub removed: u64,
+    /// Orders left queued: their key has not reached this node's vault.
+    pub waiting: u64,
+}
+
+/// The index of one node.
+pub struct SubjectIndex {
+    store: Store,
+    vault: Arc<KeyVault>,
+    key: SubjectKey,
+    /// One pass at a time (the indexer thread, or a request catching up).
+    pass: Mutex<()>,
+    /// Orders waiting for their key after the last pass.
+    waiting: AtomicU64,
+}
+
+impl std::fmt::Debug for SubjectIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectIndex").finish_non_exhaustive()
+    }
+}
+
+fn pending_key(order_id: &Uuid, sequence: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(order_id.as_bytes());
+    k[16..].copy_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+/// Bytes of the blind id in an index key: the bucket a lookup scans.
+const BUCKET_LEN: usize = 2;
+
+fn bucket(kind: Kind, blind: &Blind) -> [u8; 1 + BUCKET_LEN] {
+    [kind.tag(), blind[0], blind[1]]
+}
+
+fn index_key(kind: Kind, blind: &Blind, order_id: &Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + BUCKET_LEN + 16);
+    k.extend_from_slice(&bucket(kind, blind));
+    k.extend_from_slice(order_id.as_bytes());
+    k
+}
+
+fn reverse_key(order_id: &Uuid, kind: Kind) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..16].copy_from_slice(order_id.as_bytes());
+    k[16] = kind.tag();
+    k
+}
+
+/// Queues the order for (re)indexing, in the batch of the event that calls
+/// for it (a placement or an erasure).
+pub fn stage_pending(store: &Store, batch: &mut WriteBatch, order_id: &Uuid, sequence: u64) {
+    batch.put_cf(
+        store.cf(CF_SUBJECT_PENDING),
+        pending_key(order_id, sequence),
+        [],
+    );
+}
+
+impl SubjectIndex {
+    /// Opens the node's index under its current KEK. An index built under
+    /// another KEK (or none: a data directory of an earlier version) is
+    /// dropped, purged from disk, and rebuilt: every known order is queued.
+    pub fn open(store: Store, vault: Arc<KeyVault>) -> Result<Arc<Self>, IndexError> {
+        let (kek_id, key) = vault.derive_secret(KEY_LABEL);
+        let index = Self {
+            store,
+            vault,
+            key: SubjectKey(key),
+            pass: Mutex::new(()),
+            waiting: AtomicU64::new(0),
+        };
+        let db = index.store.db();
+        let meta = index.store.cf(CF_META);
+        if db.get_cf(meta, META_KEK)?.as_deref() != Some(&kek_id.0[..]) {
+            index.rebuild(&kek_id.0)?;
+        } else if db.get_cf(meta, META_PURGING)?.is_some() {
+            // A crash between removing entries and purging them.
+            index.purge_everything()?;
+        }
+        Ok(Arc::new(index))
+    }
+
+    fn rebuild(&self, kek_id: &[u8; 8]) -> Result<(), IndexError> {
+        let db = self.store.db();
+        let mut batch = WriteBatch::default();
+        let mut dropped = 0u64;
+        for cf in [CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS] {
+            for item in db.iterator_cf(self.store.cf(cf), IteratorMode::Start) {
+                let (k, _) = item?;
+                batch.delete_cf(self.store.cf(cf), k);
+                dropped += 1;
+            }
+        }
+        let mut queued = 0u64;
+        for item in db.iterator_cf(self.store.cf(CF_ORDER_STATE), IteratorMode::Start) {
+            let (k, _) = item?;
+            if let Ok(id) = Uuid::from_slice(&k) {
+                stage_pending(&self.store, &mut batch, &id, 0);
+                queued += 1;
+            }
+        }
+        let meta = self.store.cf(CF_META);
+        batch.put_cf(meta, META_KEK, kek_id);
+        if dropped > 0 {
+            batch.put_cf(meta, META_PURGING, [1]);
+        }
+        db.write(batch)?;
+        if dropped > 0 {
+            self.purge_everything()?;
+        }
+        tracing::info!(
+            orders = queued,
+            dropped,
+            "Subject index rebuilt under the current KEK: every order queued."
+        );
+        Ok(())
+    }
+
+    fn purge_everything(&self) -> Result<(), IndexError> {
+        self.store
+            .purge_all(&[CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS, CF_SUBJECT_PENDING])?;
+        self.store
+            .db()
+            .delete_cf(self.store.cf(CF_META), META_PURGING)?;
+        Ok(())
+    }
+
+    /// The identifier's HMAC under this node's index key.
+    pub fn blind(&self, id: &Identifier) -> Blind {
+        self.key.blind(id)
+    }
+
+    /// The orders holding any of `ids`, with which of them each holds. Only
+    /// entries of classes not erased exist.
+    pub fn find(&self, ids: &[Identifier]) -> Result<BTreeMap<Uuid, BTreeSet<Kind>>, IndexError> {
+        let db = self.store.db();
+        let cf = self.store.cf(CF_SUBJECT_INDEX);
+        let mut out: BTreeMap<Uuid, BTreeSet<Kind>> = BTreeMap::new();
+        for id in ids {
+            let blind = self.blind(id);
+            let prefix = bucket(id.kind, &blind);
+            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if *v == blind
+                    && let Ok(order) = Uuid::from_slice(&k[prefix.len()..])
+                {
+                    out.entry(order).or_default().insert(id.kind);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The order's entries as stored.
+    pub fn entries(&self, order_id: &Uuid) -> Result<BTreeMap<Kind, Blind>, IndexError> {
+        let db = self.store.db();
+        let mut out = BTreeMap::new();
+        for item in db.iterator_cf(
+            self.store.cf(CF_SUBJECT_ORDERS),
+            IteratorMode::From(order_id.as_bytes(), Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(order_id.as_bytes()) {
+                break;
+            }
+            if let (Some(kind), Ok(blind)) = (
+                k.get(16).copied().and_then(Kind::from_tag),
+                Blind::try_from(&v[..]),
+            ) {
+                out.insert(kind, blind);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the order's entries must be now: one per identifier it holds
+    /// in a class not erased; `None` while its key has not reached this
+    /// node's vault.
+    pub fn wanted(&self, order_id: &Uuid) -> Result<Option<BTreeMap<Kind, Blind>>, IndexError> {
+        let none = Ok(Some(BTreeMap::new()));
+        let Some(record) = crate::service::state::load_order(&self.store, order_id)? else {
+            return none;
+        };
+        let Some(facts) = &record.state.order else {
+            return none;
+        };
+        if facts.fully_erased {
+            return none;
+        }
+        let live = |c: FieldClass| !facts.erased.contains(&c);
+        let Some(env) = crate::service::state::load_placed(&self.store, order_id)? else {
+            return none;
+        };
+        let key = match self.vault.get(*order_id) {
+            Ok(k) => k,
+            Err(VaultError::Shredded { .. }) => return none,
+            Err(VaultError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let placed = match crate::events::open_event(&env, Some(&key)) {
+            Ok(Event::OrderPlaced(p)) => p,
+            Ok(_) => return none,
+            Err(e) => {
+                tracing::error!(%order_id, error = %e, "Sealed fields of a placed order do not open; the order is left out of the subject index.");
+                return none;
+            }
+        };
+        let mut ids = Vec::new();
+        let p = &placed.personal;
+        if live(FieldClass::Shipping)
+            && let Some(s) = &p.shipping
+            && let Ok(id) = Identifier::mobile(s.expose().mobile.as_str())
+        {
+            ids.push(id);
+        }
+        if live(FieldClass::Contact)
+            && let Some(c) = &p.contact
+            && let Some(email) = &c.expose().email
+            && let Ok(id) = Identifier::email(email.as_str())
+        {
+            ids.push(id);
+        }
+        if live(FieldClass::Identity)
+            && let Some(i) = &p.identity
+            && let Ok(id) = Identifier::id_number(i.expose().as_str())
+        {
+            ids.push(id);
+        }
+        Ok(Some(
+            ids.iter().map(|id| (id.kind, self.blind(id))).collect(),
+        ))
+    }
+
+    /// Orders waiting for their key after the last pass.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Takes every queued order: writes its entries, removes those of
+    /// erased classes and purges them from disk before returning.
+    pub fn catch_up(&self) -> Result<Pass, IndexError> {
+        let _one = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        let db = self.store.db();
+        let (pending_cf, index_cf, orders_cf) = (
+            self.store.cf(CF_SUBJECT_PENDING),
+            self.store.cf(CF_SUBJECT_INDEX),
+            self.store.cf(CF_SUBJECT_ORDERS),
+        );
+        let mut pass = Pass::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            // The next rows, grouped by order.
+            let mut queued: BTreeMap<Uuid, Vec<Box<[u8]>>> = BTreeMap::new();
+            let mut rows = 0;
+            let mode = match &after {
+                Some(k) => IteratorMode::From(k, Direction::Forward),
+                None => IteratorMode::Start,
+            };
+            let mut last = None;
+            for item in db.iterator_cf(pending_cf, mode) {
+                let (k, _) = item?;
+                if after.as_deref() == Some(&k[..]) {
+                    continue;
+                }
+                if rows == PASS_ROWS {
+                    break;
+                }
+                if let Ok(id) = Uuid::from_slice(&k[..16.min(k.len())]) {
+                    queued.entry(id).or_default().push(k.clone());
+                }
+                rows += 1;
+                last = Some(k);
+            }
+            let Some(last) = last else { break };
+            let mut batch = WriteBatch::default();
+            let mut ranges: Vec<(&'static str, Vec<u8>)> = Vec::new();
+            for (order, keys) in &queued {
+                let Some(want) = self.wanted(order)? else {
+                    pass.waiting += 1;
+                    continue;
+                };
+                let have = self.entries(order)?;
+                for (kind, blind) in &have {
+                    if want.get(kind) != Some(blind) {
+                        let key = index_key(*kind, blind, order);
+                        batch.delete_cf(index_cf, &key);
+                        batch.delete_cf(orders_cf, reverse_key(order, *kind));
+                        ranges.push((CF_SUBJECT_INDEX, key));
+                        ranges.push((CF_SUBJECT_ORDERS, order.as_bytes().to_vec()));
+                        pass.removed += 1;
+                    }
+                }
+                for (kind, blind) in &want {
+                    if have.get(kind) != Some(blind) {
+                        batch.put_cf(index_cf, index_key(*kind, blind, order), blind);
+                        batch.put_cf(orders_cf, reverse_key(order, *kind), blind);
+                        pass.indexed += 1;
+                    }
+                }
+                for k in keys {
+                    batch.delete_cf(pending_cf, k);
+                }
+            }
+            if !ranges.is_empty() {
+                batch.put_cf(self.store.cf(CF_META), META_PURGING, [1]);
+            }
+            db.write(batch)?;
+            if !ranges.is_empty() {
+                self.store.purge(&ranges)?;
+                db.delete_cf(self.store.cf(CF_META), META_PURGING)?;
+            }
+            if rows < PASS_ROWS {
+                break;
+            }
+            after = Some(last.to_vec());
+        }
+        self.waiting.store(pass.waiting, Ordering::Relaxed);
+        if pass.indexed + pass.removed > 0 {
+            metrics::counter!(crate::telemetry::SUBJECT_ENTRIES, "change" => "indexed")
+                .increment(pass.indexed);
+            metrics::counter!(crate::telemetry::SUBJECT_ENTRIES, "change" => "removed")
+                .increment(pass.removed);
+            tracing::debug!(
+                indexed = pass.indexed,
+                removed = pass.removed,
+                waiting = pass.waiting,
+                "Subject index updated."
+            );
+        }
+        Ok(pass)
+    }
+}
+
+/// The background indexer: a pass after every batch the projector writes,
+/// and a retry each second while orders wait for their key.
+#[derive(Debug)]
+pub struct Indexer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Indexer {
+    pub fn start(index: Arc<SubjectIndex>, projector: Arc<ProjectorStatus>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_t = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("subject-indexer".into())
+            .spawn(move || {
+                let mut seen = u64::MAX;
+                let mut retry_at = Instant::now();
+                let mut pause = Duration::from_millis(100);
+                while !stop_t.load(Ordering::Acquire) {
+                    let batches = projector.batches.load(Ordering::Acquire);
+                    let retry = index.waiting() > 0 && Instant::now() >= retry_at;
+                    if batches != seen || retry {
+                        match index.catch_up() {
+                            Ok(_) => {
+                                seen = batches;
+                                pause = Duration::from_millis(100);
+                                retry_at = Instant::now() + Duration::from_secs(1);
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "Updating the subject index failed; retrying.");
+                                std::thread::sleep(pause);
+                                pause = (pause * 2).min(Duration::from_secs(5));
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .expect("spawn subject indexer thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Ends the thread after its current pass.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Err(_)) => Err("the subject indexer thread panicked".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(id: &Identifier) -> &str {
+        id.value.as_str()
+    }
+
+    #[test]
+    fn spellings_of_one_mobile_normalize_alike() {
+        for raw in [
+            "13800138000",
+            "138 0013 8000",
+            "138-0013-8000",
+            "+86 138 0013 8000",
+            "+8613800138000",
+            "0086 13800138000",
+            "86 138 0013 8000",
+            " (+86) 138.0013.8000 ",
+        ] {
+            assert_eq!(
+                value(&Identifier::mobile(raw).unwrap()),
+                "13800138000",
+                "{raw}"
+            );
+        }
+        // Another country's number keeps its country code.
+        assert_eq!(
+            value(&Identifier::mobile("+44 7700 900123").unwrap()),
+            "+447700900123"
+        );
+        let e = Identifier::mobile("12345").unwrap_err();
+        assert_eq!(e.field, "mobile");
+    }
+
+    #[test]
+    fn emails_compare_without_case_and_id_numbers_without_spaces() {
+        assert_eq!(
+            value(&Identifier::email(" Li.Na@Example.COM ").unwrap()),
+            "li.na@example.com"
+        );
+        assert!(Identifier::email("no-at-sign").is_err());
+        let id = Identifier::id_number("11010519491231002x").unwrap();
+        assert_eq!(value(&id), "11010519491231002X");
+        assert_eq!(
+            value(&Identifier::id_number("110105 19491231 002X").unwrap()),
+            "11010519491231002X"
+        );
+        assert_eq!(
+            Identifier::id_number("110105194912310021")
+                .unwrap_err()
+                .field,
+            "id_number"
+        );
+    }
+
+    #[test]
+    fn debug_prints_the_kind_never_the_value() {
+        let id = Identifier::mobile("13800138000").unwrap();
+        let shown = format!("{id:?}");
+        assert!(!shown.contains("13800138000"), "{shown}");
+        assert!(shown.contains("mobile"));
+    }
+}
