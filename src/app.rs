@@ -33,6 +33,7 @@ pub struct App {
     keys: Option<KeyFollower>,
     purger: Option<Purger>,
     indexer: Option<crate::projections::subjects::Indexer>,
+    retention: Option<crate::erasure::retention::Retention>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Kept alive for the app's lifetime; dropped last.
@@ -268,6 +269,8 @@ impl App {
             views: projector.status.clone(),
             purge: purger.status.clone(),
         });
+        let retention =
+            crate::erasure::retention::Retention::start(service.clone(), config.retention);
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
             tracing::warn!(
@@ -312,6 +315,7 @@ impl App {
             keys: Some(follower),
             purger: Some(purger),
             indexer: Some(indexer),
+            retention: Some(retention),
             shutdown,
             server,
             _data: data,
@@ -333,6 +337,13 @@ impl App {
         {
             tracing::warn!("HTTP server did not drain in time; its connections are dropped.");
             self.server.abort();
+        }
+        if let Some(r) = self.retention.take()
+            && tokio::time::timeout(SHUTDOWN_LIMIT, r.stop())
+                .await
+                .is_err()
+        {
+            tracing::error!(part = "retention", "Did not stop in time.");
         }
         self.service.shutdown(SHUTDOWN_LIMIT).await;
         if let Some(p) = self.projector.take() {

@@ -20,8 +20,29 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 text (any offset) as Unix milliseconds.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_text_parses_back_to_milliseconds() {
+        assert_eq!(
+            super::parse_rfc3339("2024-11-30T20:53:20.123Z"),
+            Some(1_733_000_000_123)
+        );
+        assert_eq!(
+            super::parse_rfc3339("2024-12-01T04:53:20+08:00"),
+            Some(1_733_000_000_000)
+        );
+        assert_eq!(super::parse_rfc3339("tomorrow"), None);
+    }
+
     #[test]
     fn rfc3339_is_utc_with_milliseconds_dropped_when_zero() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

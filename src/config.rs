@@ -70,12 +70,24 @@ pub struct FileConfig {
     pub http_header_timeout_ms: Option<u64>,
     pub http_request_timeout_ms: Option<u64>,
     pub http_max_connections: Option<usize>,
+    /// `[retention]`: how long personal data is kept (see [`RetentionFile`]).
+    #[serde(default)]
+    pub retention: RetentionFile,
     /// token = role, or token = "role@name"
     #[serde(default)]
     pub tokens: BTreeMap<Secret, String>,
     /// Passed through to librdkafka (security.protocol, ssl.*, sasl.*, ...).
     #[serde(default)]
     pub kafka: crate::kafka::KafkaExtra,
+}
+
+/// The `[retention]` table: periods such as `"30d"`, `"12h"`, `"90s"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    pub cancelled: Option<String>,
+    pub identity: Option<String>,
+    pub interval: Option<String>,
 }
 
 impl FileConfig {
@@ -198,6 +210,18 @@ pub struct Overrides {
     /// Default 4096.
     #[arg(long, env = "ORDERLOG_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
+    /// Erase a cancelled order's personal data this long after its
+    /// cancellation (`30d`, `12h`, `90s`; units ms, s, m, h, d). Default: kept
+    /// until erased by request.
+    #[arg(long, env = "ORDERLOG_RETENTION_CANCELLED")]
+    pub retention_cancelled: Option<String>,
+    /// Erase any order's identity class (its ID number) this long after
+    /// placement. Default: kept until erased by request.
+    #[arg(long, env = "ORDERLOG_RETENTION_IDENTITY")]
+    pub retention_identity: Option<String>,
+    /// How often the retention scheduler looks for what is due. Default 1m.
+    #[arg(long, env = "ORDERLOG_RETENTION_INTERVAL")]
+    pub retention_interval: Option<String>,
 }
 
 /// Where the KEK comes from.
@@ -250,6 +274,7 @@ pub struct Config {
     pub writer_session_timeout: Duration,
     pub erasure_wait: Duration,
     pub http: crate::api::server::Limits,
+    pub retention: crate::erasure::retention::RetentionPolicy,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -511,6 +536,39 @@ impl Config {
                 problem: "must be at most 60000".into(),
             });
         }
+        let period = |setting: &'static str, flag: &Option<String>, file: &Option<String>| {
+            flag.as_ref()
+                .or(file.as_ref())
+                .map(|t| {
+                    crate::erasure::retention::parse_period(t)
+                        .map_err(|problem| ConfigError::Invalid { setting, problem })
+                })
+                .transpose()
+        };
+        let retention = crate::erasure::retention::RetentionPolicy {
+            cancelled: period(
+                "retention.cancelled",
+                &o.retention_cancelled,
+                &file.retention.cancelled,
+            )?,
+            identity: period(
+                "retention.identity",
+                &o.retention_identity,
+                &file.retention.identity,
+            )?,
+            interval: period(
+                "retention.interval",
+                &o.retention_interval,
+                &file.retention.interval,
+            )?
+            .unwrap_or(crate::erasure::retention::RetentionPolicy::default().interval),
+        };
+        if retention.interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                setting: "retention.interval",
+                problem: "must be at least 100ms".into(),
+            });
+        }
         let defaults = crate::api::server::Limits::default();
         let http = crate::api::server::Limits {
             header_read_timeout: o
@@ -605,6 +663,7 @@ impl Config {
             writer_session_timeout: Duration::from_millis(session_ms),
             erasure_wait: Duration::from_millis(erasure_wait_ms),
             http,
+            retention,
         })
     }
 }

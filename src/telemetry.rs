@@ -35,6 +35,8 @@ pub const CONNECTIONS_REFUSED: &str = "orderlog_http_connections_refused_total";
 pub const PURGES: &str = "orderlog_purges_total";
 /// Time one purge of erased rows took.
 pub const PURGE_LATENCY: &str = "orderlog_purge_duration_seconds";
+/// Erasures the retention policy made, by `rule` (cancelled, identity).
+pub const RETENTION_ERASURES: &str = "orderlog_retention_erasures_total";
 /// Subject index entries by `change` (indexed, removed).
 pub const SUBJECT_ENTRIES: &str = "orderlog_subject_index_entries_total";
 /// Subject requests (search, export, erase) by `request`.
@@ -59,6 +61,7 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_REFUSED,
     SUBJECT_ENTRIES,
     SUBJECT_REQUESTS,
+    RETENTION_ERASURES,
 ];
 
 /// The outcomes the command counter is labelled with (see
@@ -92,6 +95,9 @@ pub fn register_all() {
     }
     for change in ["indexed", "removed"] {
         metrics::counter!(SUBJECT_ENTRIES, "change" => change).increment(0);
+    }
+    for rule in ["cancelled", "identity"] {
+        metrics::counter!(RETENTION_ERASURES, "rule" => rule).increment(0);
     }
     for request in ["search", "export", "erase"] {
         metrics::counter!(SUBJECT_REQUESTS, "request" => request).increment(0);

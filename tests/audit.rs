@@ -144,6 +144,7 @@ async fn scenario(app: &TestApp, count: u32) -> Scenario {
                 id,
                 Command::EraseOrder {
                     scope: ErasureScope::Order,
+                    reason: orderlog::domain::ErasureReason::Request,
                 },
             )
             .await;
@@ -151,7 +152,15 @@ async fn scenario(app: &TestApp, count: u32) -> Scenario {
             s.events += 1;
         } else if n % 4 == 1 {
             let scope = ErasureScope::Classes(BTreeSet::from([FieldClass::Identity]));
-            exec(app, id, Command::EraseOrder { scope }).await;
+            exec(
+                app,
+                id,
+                Command::EraseOrder {
+                    scope,
+                    reason: orderlog::domain::ErasureReason::Request,
+                },
+            )
+            .await;
             s.erased_identity.insert(id);
             s.events += 1;
         }
@@ -464,6 +473,7 @@ async fn verify_names_tampered_withheld_and_unapplied_records() {
         r.key_id.unwrap(),
         Event::OrderErased {
             scope: ErasureScope::Order,
+            reason: orderlog::domain::ErasureReason::Request,
         },
     );
     let (ep, eo) = produce(&app, unapplied, forged).await;

@@ -12,9 +12,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use orderlog::crypto::{Kek, KekRing, KeyId, LogKeys, OrderKey};
+use orderlog::domain::validation::HoldReason;
 use orderlog::domain::validation::ProviderId;
 use orderlog::domain::{
-    CancelReason, Command, ErasureScope, Event, FieldClass, Party, decide, fixtures, fold,
+    CancelReason, Command, ErasureReason, ErasureScope, Event, FieldClass, Hold, Party, decide,
+    fixtures, fold,
 };
 use orderlog::events::{self, Envelope, EventMeta};
 use serde_json::{Value, json};
@@ -25,7 +27,7 @@ fn fixture_key() -> OrderKey {
 }
 
 /// Every schema version this build reads.
-const VERSIONS: [u16; 2] = [1, 2];
+const VERSIONS: [u16; 3] = [1, 2, 3];
 
 fn fixture_log_keys() -> LogKeys {
     let kek = Kek::parse(&format!("orderlog-kek-v1:{}", "33".repeat(64))).unwrap();
@@ -40,7 +42,8 @@ fn dir(version: u16) -> PathBuf {
 fn encode_as(version: u16, env: &Envelope) -> Vec<u8> {
     match version {
         1 => events::encode_v1(env),
-        2 => events::encode(env, &fixture_log_keys()),
+        2 => events::encode_v2(env, &fixture_log_keys()),
+        3 => events::encode(env, &fixture_log_keys()),
         v => panic!("no encoder for v{v}"),
     }
 }
@@ -71,10 +74,21 @@ fn summary(env: &Envelope, key: &OrderKey) -> Value {
             "classes": classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         }),
         Event::OrderCancelled { reason } => json!({ "reason": reason.as_str() }),
-        Event::OrderErased { scope } => json!({
+        // Versions before 3 have no reason (every erasure was a request).
+        Event::OrderErased { scope, reason } if env.schema_version >= 3 => json!({
+            "whole": *scope == ErasureScope::Order,
+            "classes": scope.classes().iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "reason": reason.as_str(),
+        }),
+        Event::OrderErased { scope, .. } => json!({
             "whole": *scope == ErasureScope::Order,
             "classes": scope.classes().iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         }),
+        Event::OrderHeld(hold) => json!({
+            "reason": hold.reason.as_str(),
+            "until_ms": hold.until_ms,
+        }),
+        Event::OrderHoldReleased => json!({}),
     };
     json!({
         "schema_version": env.schema_version,
@@ -92,37 +106,11 @@ fn summary(env: &Envelope, key: &OrderKey) -> Value {
 fn write_fixtures(version: u16) {
     let key = fixture_key();
     let order_id = Uuid::parse_str("01936b2e-0000-7000-8000-000000000001").unwrap();
-    let commands = [
-        (
-            "01-order-placed",
-            Command::PlaceOrder(fixtures::new_order(42, true)),
-        ),
-        (
-            "02-order-shared",
-            Command::ShareOrder {
-                party: Party::Logistics(ProviderId::parse("id", "sf-express").unwrap()),
-                classes: BTreeSet::from([FieldClass::Shipping, FieldClass::Identity]),
-            },
-        ),
-        (
-            "03-order-erased-identity",
-            Command::EraseOrder {
-                scope: ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])),
-            },
-        ),
-        (
-            "04-order-cancelled",
-            Command::CancelOrder {
-                reason: CancelReason::CustomerRequest,
-            },
-        ),
-        (
-            "05-order-erased",
-            Command::EraseOrder {
-                scope: ErasureScope::Order,
-            },
-        ),
-    ];
+    let commands = if version >= 3 {
+        v3_commands()
+    } else {
+        v1_commands()
+    };
     let mut history: Vec<Event> = Vec::new();
     let mut prev = [0u8; 32];
     for (n, (name, cmd)) in commands.into_iter().enumerate() {
@@ -146,6 +134,84 @@ fn write_fixtures(version: u16) {
         std::fs::write(dir(version).join(format!("{name}.json")), json + "\n").unwrap();
         history.push(event);
     }
+}
+
+/// The events of the fixtures of version 3: v1's, with a legal hold placed
+/// and released, and the identity class erased for retention.
+fn v3_commands() -> Vec<(&'static str, Command)> {
+    vec![
+        (
+            "01-order-placed",
+            Command::PlaceOrder(fixtures::new_order(42, true)),
+        ),
+        (
+            "02-order-shared",
+            Command::ShareOrder {
+                party: Party::Logistics(ProviderId::parse("id", "sf-express").unwrap()),
+                classes: BTreeSet::from([FieldClass::Shipping, FieldClass::Identity]),
+            },
+        ),
+        (
+            "03-order-held",
+            Command::HoldOrder(Hold {
+                reason: HoldReason::parse("reason", "dispute case 2024-117").unwrap(),
+                until_ms: Some(1_735_689_600_000),
+            }),
+        ),
+        ("04-order-hold-released", Command::ReleaseHold),
+        (
+            "05-order-erased-identity",
+            Command::EraseOrder {
+                scope: ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])),
+                reason: ErasureReason::Retention,
+            },
+        ),
+        (
+            "06-order-cancelled",
+            Command::CancelOrder {
+                reason: CancelReason::CustomerRequest,
+            },
+        ),
+        ("07-order-erased", Command::erase(ErasureScope::Order)),
+    ]
+}
+
+/// The events of one order the fixtures of versions 1 and 2 hold.
+fn v1_commands() -> Vec<(&'static str, Command)> {
+    let commands = [
+        (
+            "01-order-placed",
+            Command::PlaceOrder(fixtures::new_order(42, true)),
+        ),
+        (
+            "02-order-shared",
+            Command::ShareOrder {
+                party: Party::Logistics(ProviderId::parse("id", "sf-express").unwrap()),
+                classes: BTreeSet::from([FieldClass::Shipping, FieldClass::Identity]),
+            },
+        ),
+        (
+            "03-order-erased-identity",
+            Command::EraseOrder {
+                scope: ErasureScope::Classes(BTreeSet::from([FieldClass::Identity])),
+                reason: orderlog::domain::ErasureReason::Request,
+            },
+        ),
+        (
+            "04-order-cancelled",
+            Command::CancelOrder {
+                reason: CancelReason::CustomerRequest,
+            },
+        ),
+        (
+            "05-order-erased",
+            Command::EraseOrder {
+                scope: ErasureScope::Order,
+                reason: orderlog::domain::ErasureReason::Request,
+            },
+        ),
+    ];
+    commands.into_iter().collect()
 }
 
 /// Writes the fixtures of a new schema version, the newest this build
@@ -187,10 +253,11 @@ fn every_golden_fixture_decodes_to_its_recorded_reading() {
     let key = fixture_key();
     for version in VERSIONS {
         let files = fixture_files(version);
+        let expected = if version >= 3 { 7 } else { 5 };
         assert_eq!(
             files.len(),
-            5,
-            "expected five v{version} fixtures in {}",
+            expected,
+            "expected {expected} v{version} fixtures in {}",
             dir(version).display()
         );
         for bin in files {
@@ -215,7 +282,7 @@ fn every_golden_fixture_decodes_to_its_recorded_reading() {
 fn v2_fixtures_authenticate_under_their_log_key_and_v1_only_where_accepted() {
     let keys = fixture_log_keys();
     let other = LogKeys::from_ring(&KekRing::new(Kek::generate()));
-    for bin in fixture_files(2) {
+    for bin in fixture_files(2).into_iter().chain(fixture_files(3)) {
         let bytes = std::fs::read(&bin).unwrap();
         assert_eq!(
             events::authenticate(&bytes, &keys, None),

@@ -474,16 +474,9 @@ async fn a_projector_killed_mid_stream_and_restarted_equals_a_clean_rebuild() {
             .unwrap();
         }
         if n % 7 == 0 {
-            svc.execute(
-                *id,
-                C::EraseOrder {
-                    scope: ErasureScope::Order,
-                },
-                None,
-                None,
-            )
-            .await
-            .unwrap();
+            svc.execute(*id, C::erase(ErasureScope::Order), None, None)
+                .await
+                .unwrap();
         }
     }
     let brokers = app.app.kafka.brokers.clone();

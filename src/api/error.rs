@@ -98,6 +98,9 @@ impl From<DomainError> for ApiError {
             IdentityNotApplicable => (StatusCode::UNPROCESSABLE_ENTITY, "identity_not_applicable"),
             NoContactFields => (StatusCode::UNPROCESSABLE_ENTITY, "no_contact_fields"),
             NoClassesToErase => (StatusCode::UNPROCESSABLE_ENTITY, "no_field_classes"),
+            LegalHold(_) => (StatusCode::CONFLICT, "legal_hold"),
+            HoldOfErased => (StatusCode::CONFLICT, "order_erased"),
+            NotHeld => (StatusCode::CONFLICT, "not_held"),
         };
         let field = match &e {
             NoFieldClasses

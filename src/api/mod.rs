@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 
 use crate::service::Service;
 use auth::Tokens;
@@ -63,6 +63,12 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/v1/orders/{id}/shares", post(orders::share_order)),
         ("POST", "/v1/orders/{id}/cancel", post(orders::cancel_order)),
         ("POST", "/v1/orders/{id}/erase", post(orders::erase_order)),
+        ("POST", "/v1/orders/{id}/hold", post(orders::hold_order)),
+        (
+            "DELETE",
+            "/v1/orders/{id}/hold",
+            delete(orders::release_hold),
+        ),
         (
             "GET",
             "/v1/orders/{id}/erasure",

@@ -16,12 +16,12 @@ use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::{AppState, parse_body};
 use crate::domain::validation::{
-    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile,
-    OrderNumber, ProviderId, ValidationError,
+    Address, ConsigneeName, Currency, Email, HoldReason, IdNumber, Item, Landline, MerchantId,
+    Mobile, OrderNumber, ProviderId, ValidationError,
 };
 use crate::domain::{
-    CancelReason, Command, ContactInfo, ErasureScope, FieldClass, NewOrder, Party, PersonalData,
-    PersonalFields, ShippingInfo,
+    CancelReason, Command, ContactInfo, ErasureScope, FieldClass, Hold, NewOrder, Party,
+    PersonalData, PersonalFields, ShippingInfo,
 };
 use crate::service::{Idempotency, OrderView, Outcome, ServiceError};
 
@@ -258,6 +258,7 @@ enum Done {
 async fn execute_or_forward(
     state: &AppState,
     caller: &Caller,
+    method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
@@ -290,7 +291,7 @@ async fn execute_or_forward(
                     state.service.node_id(),
                     &owner,
                     &caller.0,
-                    &Method::POST,
+                    method,
                     uri.path(),
                     headers,
                     body.clone(),
@@ -357,6 +358,7 @@ pub async fn place_order(
     let outcome = match execute_or_forward(
         &state,
         &caller,
+        &Method::POST,
         &uri,
         &headers,
         &bytes,
@@ -413,6 +415,7 @@ pub async fn share_order(
     let outcome = match execute_or_forward(
         &state,
         &caller,
+        &Method::POST,
         &uri,
         &headers,
         &bytes,
@@ -460,6 +463,7 @@ pub async fn cancel_order(
     let outcome = match execute_or_forward(
         &state,
         &caller,
+        &Method::POST,
         &uri,
         &headers,
         &bytes,
@@ -525,13 +529,12 @@ pub(super) async fn erase(
     let outcome = match execute_or_forward(
         state,
         caller,
+        &Method::POST,
         uri,
         headers,
         bytes,
         order_id,
-        Command::EraseOrder {
-            scope: scope.clone(),
-        },
+        Command::erase(scope.clone()),
         expected_version(headers)?,
         idem,
     )
@@ -565,6 +568,132 @@ pub(super) async fn erase(
         &outcome,
         json!({ "receipt": receipt }),
     ))
+}
+
+/// The body of `POST /v1/orders/{id}/hold`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    reason: String,
+    /// RFC 3339; none: until released.
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// `POST /v1/orders/{id}/hold`: puts the order under legal hold (or
+/// changes its hold). While the hold is in force, erasure is refused (409
+/// `legal_hold`) and retention passes the order by.
+pub async fn hold_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Privacy])?;
+    let order_id = parse_order_id(&id)?;
+    let bytes = super::body_bytes(body)?;
+    let parsed: HoldBody = parse_body(&bytes)?;
+    let reason = HoldReason::parse("reason", &parsed.reason)?;
+    let until_ms = match &parsed.until {
+        None => None,
+        Some(text) => {
+            let ms = crate::clock::parse_rfc3339(text).ok_or_else(|| {
+                ApiError::unprocessable(
+                    "until",
+                    "must be an RFC 3339 time, such as 2027-01-31T00:00:00Z",
+                )
+            })?;
+            if ms <= crate::clock::now_ms() {
+                return Err(ApiError::unprocessable("until", "must be in the future"));
+            }
+            Some(ms)
+        }
+    };
+    let idem = idempotency(
+        &caller.0,
+        &headers,
+        &format!("POST /v1/orders/{order_id}/hold"),
+        &bytes,
+    )?;
+    let hold = Hold { reason, until_ms };
+    let outcome = match execute_or_forward(
+        &state,
+        &caller,
+        &Method::POST,
+        &uri,
+        &headers,
+        &bytes,
+        order_id,
+        Command::HoldOrder(hold.clone()),
+        expected_version(&headers)?,
+        idem,
+    )
+    .await?
+    {
+        Done::Here(o) => o,
+        Done::There(resp) => return Ok(resp),
+    };
+    tracing::info!(%order_id, token_name = caller.token_name(), version = outcome.version, "Legal hold placed.");
+    Ok(written(
+        StatusCode::OK,
+        &outcome,
+        json!({ "hold": hold_json(&hold) }),
+    ))
+}
+
+/// `DELETE /v1/orders/{id}/hold`: ends the order's legal hold.
+pub async fn release_hold(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Privacy])?;
+    let order_id = parse_order_id(&id)?;
+    let bytes = super::body_bytes(body)?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "unexpected_body",
+            "DELETE /v1/orders/{id}/hold takes no body",
+        ));
+    }
+    let idem = idempotency(
+        &caller.0,
+        &headers,
+        &format!("DELETE /v1/orders/{order_id}/hold"),
+        &bytes,
+    )?;
+    let outcome = match execute_or_forward(
+        &state,
+        &caller,
+        &Method::DELETE,
+        &uri,
+        &headers,
+        &bytes,
+        order_id,
+        Command::ReleaseHold,
+        expected_version(&headers)?,
+        idem,
+    )
+    .await?
+    {
+        Done::Here(o) => o,
+        Done::There(resp) => return Ok(resp),
+    };
+    tracing::info!(%order_id, token_name = caller.token_name(), version = outcome.version, "Legal hold released.");
+    Ok(written(StatusCode::OK, &outcome, json!({ "hold": null })))
+}
+
+/// A hold as the API shows it.
+pub fn hold_json(hold: &Hold) -> Value {
+    json!({
+        "reason": hold.reason.as_str(),
+        "until": hold.until_ms.map(crate::clock::rfc3339),
+    })
 }
 
 /// `GET /v1/orders/{id}/erasure`: the order's latest erasure as it stands
@@ -754,6 +883,7 @@ pub fn order_json(view: &OrderView) -> Value {
             "fields": classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "erased_fields": o.erased.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "hold": o.hold_at(crate::clock::now_ms()).map(hold_json),
         "personal": personal,
     })
 }

@@ -69,10 +69,17 @@ fn public_of(event: &Event) -> Value {
             "classes": class_names(classes),
         }),
         Event::OrderCancelled { reason } => json!({ "reason": reason.as_str() }),
-        Event::OrderErased { scope } => match scope {
-            ErasureScope::Order => json!({ "scope": "order" }),
-            ErasureScope::Classes(c) => json!({ "scope": "classes", "classes": class_names(c) }),
+        Event::OrderErased { scope, reason } => match scope {
+            ErasureScope::Order => json!({ "scope": "order", "reason": reason.as_str() }),
+            ErasureScope::Classes(c) => {
+                json!({ "scope": "classes", "classes": class_names(c), "reason": reason.as_str() })
+            }
         },
+        Event::OrderHeld(hold) => json!({
+            "reason": hold.reason.as_str(),
+            "until": hold.until_ms.map(crate::clock::rfc3339),
+        }),
+        Event::OrderHoldReleased => json!({}),
     }
 }
 

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use super::verify::{ChainChecker, Observed, RecordRef};
 use super::{AuditError, KeyLookup, NodeData, Source, log, time_text};
 use crate::domain::FieldClass;
+use crate::events::Body;
 use crate::events::codec::class_of;
-use crate::events::v1::BodyV1;
 use crate::projections::{ProjectedOrder, ViewStatus, query};
 
 /// An erasure as the log records it, and what re-verifying it found.
@@ -32,6 +32,8 @@ pub struct Receipt {
     pub sequence: u64,
     /// `order` or `classes`.
     pub scope: &'static str,
+    /// `request` or `retention`.
+    pub reason: &'static str,
     pub classes: Vec<&'static str>,
     pub key_id: String,
     pub verified: Vec<String>,
@@ -65,7 +67,12 @@ pub fn collect<'a>(
         let Observed::Accepted(env) = checker.observe(partition, offset, key, value) else {
             continue;
         };
-        let BodyV1::OrderErased { classes, whole } = &env.body else {
+        let Body::OrderErased {
+            classes,
+            whole,
+            reason,
+        } = &env.body
+        else {
             continue;
         };
         let classes: BTreeSet<FieldClass> = if *whole {
@@ -81,6 +88,10 @@ pub fn collect<'a>(
             offset,
             sequence: env.meta.sequence,
             scope: if *whole { "order" } else { "classes" },
+            reason: match reason {
+                crate::events::v3::ErasureReasonV3::Request => "request",
+                crate::events::v3::ErasureReasonV3::Retention => "retention",
+            },
             classes: classes.iter().map(|c| c.as_str()).collect(),
             key_id: env.meta.key_id.to_string(),
             verified: vec![],
@@ -219,11 +230,12 @@ pub fn to_text(receipts: &[Receipt]) -> String {
     let mut s = String::new();
     for r in receipts {
         s.push_str(&format!(
-            "{} order {} erased {} ({}) at {} partition {} offset {} key {}\n",
+            "{} order {} erased {} ({}) for {} at {} partition {} offset {} key {}\n",
             if r.ok() { "OK  " } else { "FAIL" },
             r.order_id,
             r.scope,
             r.classes.join(","),
+            r.reason,
             r.at,
             r.partition,
             r.offset,
@@ -407,6 +419,7 @@ mod tests {
             offset: 10,
             sequence: 3,
             scope: "order",
+            reason: "request",
             classes: vec![],
             key_id: String::new(),
             verified: vec![],

@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::verify::{ChainChecker, Observed};
 use super::{AuditError, Source, log, time_text};
+use crate::events::Body;
 use crate::events::codec::class_of;
-use crate::events::v1::{BodyV1, PartyV1};
+use crate::events::v1::PartyV1;
 use crate::kafka::partition_of;
 
 /// A party as the command line names it: `logistics:<id>` or `merchant:<id>`.
@@ -84,7 +85,7 @@ impl Collector {
         let Observed::Accepted(env) = self.checker.observe(partition, offset, key, value) else {
             return;
         };
-        let BodyV1::OrderShared { party, classes } = &env.body else {
+        let Body::OrderShared { party, classes } = &env.body else {
             return;
         };
         if self.query.order.is_some_and(|o| o != env.meta.order_id)

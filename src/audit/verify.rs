@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::{AuditError, KeyLookup, NodeData, Source, log, replay};
 use crate::domain::FieldClass;
+use crate::events::Body;
 use crate::events::codec::class_of;
-use crate::events::v1::BodyV1;
 use crate::events::{self, Envelope, RecordHash};
 use crate::kafka::partition_of;
 use crate::projections::query::ViewDigest;
@@ -300,7 +300,7 @@ impl ChainChecker {
                 ),
             };
         }
-        let is_placed = matches!(env.body, BodyV1::OrderPlaced { .. });
+        let is_placed = matches!(env.body, Body::OrderPlaced { .. });
         if seq == expected {
             if env.meta.prev_hash != track.last_hash {
                 let (want, got) = (short(&track.last_hash), short(&env.meta.prev_hash));
@@ -350,8 +350,8 @@ impl ChainChecker {
         track.last_hash = hash;
         track.records.insert(seq, (hash, offset));
         match &env.body {
-            BodyV1::OrderPlaced { .. } => track.placed = Some((env.clone(), offset)),
-            BodyV1::OrderErased { classes, whole } => {
+            Body::OrderPlaced { .. } => track.placed = Some((env.clone(), offset)),
+            Body::OrderErased { classes, whole, .. } => {
                 if *whole {
                     track.erased.extend(FieldClass::ALL);
                 } else {

@@ -109,7 +109,13 @@ impl Fixture {
     }
 
     pub fn erase(&mut self, order: Uuid, scope: ErasureScope) -> i64 {
-        self.append(order, Event::OrderErased { scope })
+        self.append(
+            order,
+            Event::OrderErased {
+                scope,
+                reason: crate::domain::ErasureReason::Request,
+            },
+        )
     }
 
     pub fn check(&self) -> ChainChecker {

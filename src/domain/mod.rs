@@ -13,9 +13,9 @@ pub mod validation;
 mod order_tests;
 
 pub use order::{
-    CancelReason, Command, ContactInfo, DomainError, ErasureScope, Event, FieldClass, NewOrder,
-    OrderFacts, OrderPlaced, Party, PersonalData, PersonalFields, ShippingInfo, State, Status,
-    apply, decide, fold,
+    CancelReason, Command, ContactInfo, DomainError, ErasureReason, ErasureScope, Event,
+    FieldClass, Hold, NewOrder, OrderFacts, OrderPlaced, Party, PersonalData, PersonalFields,
+    ShippingInfo, State, Status, apply, decide, decide_at, fold,
 };
 pub use personal::Personal;
 pub use validation::ValidationError;

@@ -12,8 +12,8 @@ use zeroize::Zeroize;
 
 use super::personal::Personal;
 use super::validation::{
-    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MAX_ITEMS, MerchantId,
-    Mobile, Money, OrderNumber, ProviderId, ValidationError,
+    Address, ConsigneeName, Currency, Email, HoldReason, IdNumber, Item, Landline, MAX_ITEMS,
+    MerchantId, Mobile, Money, OrderNumber, ProviderId, ValidationError,
 };
 
 /// The classes of personal data, each sealed under its own subkey so it can be
@@ -124,6 +124,43 @@ impl ErasureScope {
             ErasureScope::Order => FieldClass::ALL.into_iter().collect(),
             ErasureScope::Classes(c) => c.clone(),
         }
+    }
+}
+
+/// Why personal data was erased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureReason {
+    /// A privacy officer asked (for one order, or for a person).
+    #[default]
+    Request,
+    /// The retention policy's period ran out.
+    Retention,
+}
+
+impl ErasureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErasureReason::Request => "request",
+            ErasureReason::Retention => "retention",
+        }
+    }
+}
+
+/// A legal hold: while in force, the order's personal data may not be
+/// erased (a dispute, an authority's request). Its reason is public (it is
+/// stored in clear in the log), so it is checked to hold no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub reason: HoldReason,
+    /// When the hold ends by itself (Unix ms); none: until released.
+    pub until_ms: Option<i64>,
+}
+
+impl Hold {
+    /// In force at `at_ms`. An unknown time (`i64::MIN`) counts every hold.
+    pub fn in_force(&self, at_ms: i64) -> bool {
+        self.until_ms.is_none_or(|until| at_ms < until)
     }
 }
 
@@ -305,7 +342,12 @@ pub enum Command {
     },
     EraseOrder {
         scope: ErasureScope,
+        reason: ErasureReason,
     },
+    /// Puts the order under a legal hold (or changes the hold it is under).
+    HoldOrder(Hold),
+    /// Ends the order's legal hold.
+    ReleaseHold,
 }
 
 impl Command {
@@ -315,6 +357,16 @@ impl Command {
             Command::ShareOrder { .. } => "share",
             Command::CancelOrder { .. } => "cancel",
             Command::EraseOrder { .. } => "erase",
+            Command::HoldOrder(_) => "hold",
+            Command::ReleaseHold => "release_hold",
+        }
+    }
+
+    /// A request erasure of `scope`.
+    pub fn erase(scope: ErasureScope) -> Self {
+        Command::EraseOrder {
+            scope,
+            reason: ErasureReason::Request,
         }
     }
 }
@@ -333,7 +385,10 @@ pub enum Event {
     },
     OrderErased {
         scope: ErasureScope,
+        reason: ErasureReason,
     },
+    OrderHeld(Hold),
+    OrderHoldReleased,
 }
 
 impl Event {
@@ -343,6 +398,8 @@ impl Event {
             Event::OrderShared { .. } => "OrderShared",
             Event::OrderCancelled { .. } => "OrderCancelled",
             Event::OrderErased { .. } => "OrderErased",
+            Event::OrderHeld(_) => "OrderHeld",
+            Event::OrderHoldReleased => "OrderHoldReleased",
         }
     }
 }
@@ -376,6 +433,12 @@ pub enum DomainError {
     AlreadyErased,
     #[error("an erasure must name at least one field class")]
     NoClassesToErase,
+    #[error("order is under legal hold ({}): it cannot be erased until the hold is released{}", .0.reason, .0.until_ms.map(|u| format!(" or ends at {}", crate::clock::rfc3339(u))).unwrap_or_default())]
+    LegalHold(Hold),
+    #[error("order is erased: there is nothing left to hold")]
+    HoldOfErased,
+    #[error("order is not under legal hold")]
+    NotHeld,
 }
 
 /// Lifecycle status as downstream parties see it.
@@ -411,9 +474,16 @@ pub struct OrderFacts {
     pub erased: BTreeSet<FieldClass>,
     pub fully_erased: bool,
     pub shares: BTreeMap<Party, BTreeSet<FieldClass>>,
+    /// The legal hold last placed and not released (it may have ended).
+    pub hold: Option<Hold>,
 }
 
 impl OrderFacts {
+    /// The hold in force at `at_ms`, if any.
+    pub fn hold_at(&self, at_ms: i64) -> Option<&Hold> {
+        self.hold.as_ref().filter(|h| h.in_force(at_ms))
+    }
+
     pub fn status(&self) -> Status {
         if self.fully_erased {
             Status::Erased
@@ -433,8 +503,16 @@ pub struct State {
 }
 
 /// Decides what a command does to an order. Pure; an empty result means the
-/// command changes nothing (sharing what was already shared).
+/// command changes nothing (sharing what was already shared). The time is
+/// unknown here, so a legal hold with an end counts as in force: see
+/// [`decide_at`].
 pub fn decide(state: &State, command: Command) -> Result<Vec<Event>, DomainError> {
+    decide_at(state, command, i64::MIN)
+}
+
+/// [`decide`] at a given time (Unix ms, from the caller's clock), which
+/// says whether a legal hold with an end is still in force.
+pub fn decide_at(state: &State, command: Command, at_ms: i64) -> Result<Vec<Event>, DomainError> {
     let order = match (&state.order, command) {
         (None, Command::PlaceOrder(new)) => {
             let data = new.personal.expose();
@@ -500,24 +578,37 @@ pub fn decide(state: &State, command: Command) -> Result<Vec<Event>, DomainError
             }
             Ok(vec![Event::OrderCancelled { reason }])
         }
-        (o, Command::EraseOrder { scope }) => {
+        (o, Command::EraseOrder { scope, reason }) => {
             if o.fully_erased {
                 return Err(DomainError::AlreadyErased);
             }
-            match scope {
-                ErasureScope::Order => Ok(vec![Event::OrderErased { scope }]),
-                ErasureScope::Classes(classes) => {
-                    if classes.is_empty() {
-                        return Err(DomainError::NoClassesToErase);
-                    }
-                    if classes.is_subset(&o.erased) {
-                        return Err(DomainError::AlreadyErased);
-                    }
-                    Ok(vec![Event::OrderErased {
-                        scope: ErasureScope::Classes(classes),
-                    }])
+            if let ErasureScope::Classes(classes) = &scope {
+                if classes.is_empty() {
+                    return Err(DomainError::NoClassesToErase);
+                }
+                if classes.is_subset(&o.erased) {
+                    return Err(DomainError::AlreadyErased);
                 }
             }
+            if let Some(hold) = o.hold_at(at_ms) {
+                return Err(DomainError::LegalHold(hold.clone()));
+            }
+            Ok(vec![Event::OrderErased { scope, reason }])
+        }
+        (o, Command::HoldOrder(hold)) => {
+            if o.fully_erased {
+                return Err(DomainError::HoldOfErased);
+            }
+            if o.hold.as_ref() == Some(&hold) {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::OrderHeld(hold)])
+        }
+        (o, Command::ReleaseHold) => {
+            if o.hold_at(at_ms).is_none() {
+                return Err(DomainError::NotHeld);
+            }
+            Ok(vec![Event::OrderHoldReleased])
         }
         (_, Command::PlaceOrder(_)) => unreachable!("handled above"),
     }
@@ -541,6 +632,7 @@ pub fn apply(mut state: State, event: &Event) -> State {
                 erased: BTreeSet::new(),
                 fully_erased: false,
                 shares: BTreeMap::new(),
+                hold: None,
             });
         }
         (Event::OrderShared { party, classes }, Some(o)) => {
@@ -552,11 +644,17 @@ pub fn apply(mut state: State, event: &Event) -> State {
         (Event::OrderCancelled { reason }, Some(o)) => {
             o.cancelled.get_or_insert(*reason);
         }
-        (Event::OrderErased { scope }, Some(o)) => {
+        (Event::OrderErased { scope, .. }, Some(o)) => {
             o.erased.extend(scope.classes());
             if *scope == ErasureScope::Order {
                 o.fully_erased = true;
             }
+        }
+        (Event::OrderHeld(hold), Some(o)) => {
+            o.hold = Some(hold.clone());
+        }
+        (Event::OrderHoldReleased, Some(o)) => {
+            o.hold = None;
         }
         (_, None) => {}
     }

@@ -50,10 +50,116 @@ fn cancelled() -> Event {
 fn erased() -> Event {
     Event::OrderErased {
         scope: ErasureScope::Order,
+        reason: crate::domain::ErasureReason::Request,
     }
 }
 
 use FieldClass::{Contact, Identity, Shipping};
+
+fn hold(until_ms: Option<i64>) -> Hold {
+    Hold {
+        reason: super::validation::HoldReason::parse("reason", "dispute 2026-117").unwrap(),
+        until_ms,
+    }
+}
+
+#[test]
+fn a_held_order_refuses_erasure_naming_the_hold_until_it_is_released() {
+    let state = given(&[placed(true), Event::OrderHeld(hold(None))]);
+    let refused = decide_at(&state, Command::erase(ErasureScope::Order), 5_000).unwrap_err();
+    assert_eq!(refused, DomainError::LegalHold(hold(None)));
+    assert!(
+        refused.to_string().contains("dispute 2026-117"),
+        "{refused}"
+    );
+    // Classes too, and for retention as for a request.
+    let retention = Command::EraseOrder {
+        scope: ErasureScope::Classes(classes(&[Identity])),
+        reason: ErasureReason::Retention,
+    };
+    assert!(matches!(
+        decide_at(&state, retention.clone(), 5_000),
+        Err(DomainError::LegalHold(_))
+    ));
+    // Cancelling is not erasing: allowed while held.
+    assert!(
+        decide_at(
+            &state,
+            Command::CancelOrder {
+                reason: CancelReason::Other
+            },
+            5_000
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        decide_at(&state, Command::ReleaseHold, 5_000),
+        Ok(vec![Event::OrderHoldReleased])
+    );
+    let released = given(&[
+        placed(true),
+        Event::OrderHeld(hold(None)),
+        Event::OrderHoldReleased,
+    ]);
+    assert_eq!(
+        decide_at(&released, retention, 5_000),
+        Ok(vec![Event::OrderErased {
+            scope: ErasureScope::Classes(classes(&[Identity])),
+            reason: ErasureReason::Retention,
+        }])
+    );
+}
+
+#[test]
+fn a_hold_with_an_end_holds_until_then_and_no_longer() {
+    let state = given(&[placed(false), Event::OrderHeld(hold(Some(10_000)))]);
+    assert!(decide_at(&state, Command::erase(ErasureScope::Order), 9_999).is_err());
+    assert!(decide_at(&state, Command::erase(ErasureScope::Order), 10_000).is_ok());
+    // An ended hold cannot be released, and at an unknown time it counts.
+    assert_eq!(
+        decide_at(&state, Command::ReleaseHold, 10_000),
+        Err(DomainError::NotHeld)
+    );
+    assert!(decide(&state, Command::erase(ErasureScope::Order)).is_err());
+}
+
+#[test]
+fn holds_are_refused_on_erased_orders_and_a_release_needs_a_hold() {
+    let state = given(&[placed(false), erased()]);
+    assert_eq!(
+        decide(&state, Command::HoldOrder(hold(None))),
+        Err(DomainError::HoldOfErased)
+    );
+    let state = given(&[placed(false)]);
+    assert_eq!(
+        decide(&state, Command::ReleaseHold),
+        Err(DomainError::NotHeld)
+    );
+    // The same hold again changes nothing; another replaces it.
+    let held = given(&[placed(false), Event::OrderHeld(hold(None))]);
+    assert_eq!(decide(&held, Command::HoldOrder(hold(None))), Ok(vec![]));
+    assert_eq!(
+        decide(&held, Command::HoldOrder(hold(Some(7)))),
+        Ok(vec![Event::OrderHeld(hold(Some(7)))])
+    );
+}
+
+#[test]
+fn a_hold_reason_is_refused_when_it_looks_like_personal_data() {
+    use super::validation::HoldReason;
+    assert!(HoldReason::parse("reason", "court order, case 2026-11-30/17").is_ok());
+    for bad in [
+        "",
+        "call 138 0013 8000",
+        "li.na@example.com",
+        "id 11010519491231002X",
+        "a\nb",
+    ] {
+        let e = HoldReason::parse("reason", bad).unwrap_err();
+        assert_eq!(e.field, "reason", "{bad:?}");
+    }
+    assert!(HoldReason::parse("reason", &"x".repeat(201)).is_err());
+}
 
 #[test]
 fn placing_a_new_order_records_its_public_facts_and_classes() {
@@ -91,6 +197,7 @@ fn commands_on_an_unknown_order_are_refused_as_not_found() {
         },
         Command::EraseOrder {
             scope: ErasureScope::Order,
+            reason: crate::domain::ErasureReason::Request,
         },
     ] {
         assert_eq!(decide(&given(&[]), cmd), Err(DomainError::NotFound));
@@ -181,6 +288,7 @@ fn an_erased_class_cannot_be_shared_but_the_others_can() {
         placed(true),
         Event::OrderErased {
             scope: ErasureScope::Classes(classes(&[Identity])),
+            reason: crate::domain::ErasureReason::Request,
         },
     ];
     assert_eq!(
@@ -291,7 +399,8 @@ fn erase_happens_once_also_after_a_cancel() {
         decide(
             &after_cancel,
             Command::EraseOrder {
-                scope: ErasureScope::Order
+                scope: ErasureScope::Order,
+                reason: crate::domain::ErasureReason::Request,
             }
         ),
         Ok(vec![erased()])
@@ -300,7 +409,8 @@ fn erase_happens_once_also_after_a_cancel() {
         decide(
             &given(&[placed(false), cancelled(), erased()]),
             Command::EraseOrder {
-                scope: ErasureScope::Order
+                scope: ErasureScope::Order,
+                reason: crate::domain::ErasureReason::Request,
             }
         ),
         Err(DomainError::AlreadyErased)
@@ -319,6 +429,7 @@ fn cancelling_is_not_erasing() {
 fn a_class_erasure_keeps_the_order_active_and_repeating_it_is_refused() {
     let class_erase = Event::OrderErased {
         scope: ErasureScope::Classes(classes(&[Identity])),
+        reason: crate::domain::ErasureReason::Request,
     };
     let s = given(&[placed(true), class_erase.clone()]);
     let o = s.order.as_ref().unwrap();
@@ -328,7 +439,8 @@ fn a_class_erasure_keeps_the_order_active_and_repeating_it_is_refused() {
         decide(
             &s,
             Command::EraseOrder {
-                scope: ErasureScope::Classes(classes(&[Identity]))
+                scope: ErasureScope::Classes(classes(&[Identity])),
+                reason: crate::domain::ErasureReason::Request,
             }
         ),
         Err(DomainError::AlreadyErased)
@@ -337,7 +449,8 @@ fn a_class_erasure_keeps_the_order_active_and_repeating_it_is_refused() {
         decide(
             &s,
             Command::EraseOrder {
-                scope: ErasureScope::Classes(classes(&[]))
+                scope: ErasureScope::Classes(classes(&[])),
+                reason: crate::domain::ErasureReason::Request,
             }
         ),
         Err(DomainError::NoClassesToErase)
@@ -347,7 +460,8 @@ fn a_class_erasure_keeps_the_order_active_and_repeating_it_is_refused() {
         decide(
             &s,
             Command::EraseOrder {
-                scope: ErasureScope::Order
+                scope: ErasureScope::Order,
+                reason: crate::domain::ErasureReason::Request,
             }
         ),
         Ok(vec![erased()])
@@ -432,10 +546,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
         proptest::sample::select(CancelReason::ALL.to_vec())
             .prop_map(|reason| Command::CancelOrder { reason }),
         Just(Command::EraseOrder {
-            scope: ErasureScope::Order
+            scope: ErasureScope::Order,
+            reason: crate::domain::ErasureReason::Request,
         }),
         classes.prop_map(|c| Command::EraseOrder {
-            scope: ErasureScope::Classes(c)
+            scope: ErasureScope::Classes(c),
+            reason: crate::domain::ErasureReason::Request,
         }),
     ]
 }
@@ -476,7 +592,7 @@ proptest! {
                 prop_assert_eq!(log.iter().filter(|e| matches!(e, Event::OrderPlaced(_))).count(), 1);
                 let cancels = log.iter().filter(|e| matches!(e, Event::OrderCancelled { .. })).count();
                 prop_assert!(cancels <= 1);
-                let erasures = log.iter().filter(|e| matches!(e, Event::OrderErased { scope: ErasureScope::Order })).count();
+                let erasures = log.iter().filter(|e| matches!(e, Event::OrderErased { scope: ErasureScope::Order, .. })).count();
                 prop_assert!(erasures <= 1);
             } else {
                 prop_assert!(log.is_empty());

@@ -132,6 +132,65 @@ public_id!(
     Sku
 );
 
+/// Why an order is under legal hold: public text (it is stored in clear in
+/// the log, and outlives erasure), so it may not look like personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HoldReason(String);
+
+/// Longest hold reason, in characters.
+pub const MAX_HOLD_REASON_CHARS: usize = 200;
+
+impl HoldReason {
+    pub fn parse(field: &str, raw: &str) -> Result<Self> {
+        let s = raw.trim();
+        let n = s.chars().count();
+        if n == 0 || n > MAX_HOLD_REASON_CHARS {
+            return Err(ValidationError::new(
+                field,
+                format!("must have 1 to {MAX_HOLD_REASON_CHARS} characters"),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        // The longest run of digits (a space inside it counts as part of
+        // it, so `138 0013 8000` is one run): a phone or ID number has seven
+        // or more; a date such as 2026-11-30 does not.
+        let mut run = 0;
+        let mut longest = 0;
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                run += 1;
+                longest = longest.max(run);
+            } else if c != ' ' {
+                run = 0;
+            }
+        }
+        if s.contains('@') || longest >= 7 {
+            return Err(ValidationError::new(
+                field,
+                "must not hold personal data (it is stored in clear in the log): no email \
+                 addresses and no runs of seven or more digits such as phone or ID numbers",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 macro_rules! personal_text {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

@@ -18,6 +18,7 @@
 
 pub mod purge;
 pub mod receipt;
+pub mod retention;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -183,6 +184,8 @@ pub struct Receipt {
     /// `order` or `classes`.
     pub scope: String,
     pub fields: Vec<String>,
+    /// `request` or `retention`.
+    pub reason: String,
     /// The `OrderErased` event.
     pub event: LogRef,
     /// The key's tombstone (or reduced row) in the key topic.

@@ -179,6 +179,7 @@ pub async fn after_erase(
         }
         .to_owned(),
         fields: class_names(&classes),
+        reason: crate::domain::ErasureReason::Request.as_str().to_owned(),
         event: event_ref,
         key_row: key_ref,
         key_id: outcome.key_id.map(|k| k.to_string()),
@@ -228,6 +229,12 @@ pub fn current(service: &Service, topic: &str, order_id: Uuid) -> Result<Receipt
         scope: if whole { "order" } else { "classes" }.to_owned(),
         purged: describe(&nodes, &classes, view.record.state.version),
         fields: class_names(&classes),
+        reason: view
+            .record
+            .erased_for
+            .unwrap_or_default()
+            .as_str()
+            .to_owned(),
         event: event_ref,
         key_row: key_ref,
         key_id: view.shredded.as_ref().map(|s| s.key_id.to_string()),

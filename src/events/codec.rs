@@ -15,29 +15,32 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::v1::{self, BodyV1, ClassV1, EnvelopeV1, ItemV1, PartyV1, ReasonV1, SealedV1};
+use super::v1::{self, ClassV1, EnvelopeV1, ItemV1, PartyV1, ReasonV1, SealedV1};
+use super::v3::{self, BodyV3, EnvelopeV3, ErasureReasonV3};
 use crate::crypto::kek::KekId;
 use crate::crypto::logkey::{Forged, LogKeys, TAG_LEN};
 use crate::crypto::{self, KeyId, OpenError, OrderKey, SealContext};
 use crate::domain::validation::{
-    Address, ConsigneeName, Currency, Email, IdNumber, Item, Landline, MerchantId, Mobile, Money,
-    OrderNumber, ProviderId, Sku, ValidationError,
+    Address, ConsigneeName, Currency, Email, HoldReason, IdNumber, Item, Landline, MerchantId,
+    Mobile, Money, OrderNumber, ProviderId, Sku, ValidationError,
 };
 use crate::domain::{
-    CancelReason, ContactInfo, ErasureScope, Event, FieldClass, OrderPlaced, Party, Personal,
-    PersonalFields, ShippingInfo,
+    CancelReason, ContactInfo, ErasureReason, ErasureScope, Event, FieldClass, Hold, OrderPlaced,
+    Party, Personal, PersonalFields, ShippingInfo,
 };
 
 pub const MAGIC: [u8; 2] = *b"OL";
+/// Schema v3: the v3 envelope (erasure reasons, legal holds) framed as v2.
+pub const CURRENT_VERSION: u16 = v3::VERSION;
 /// Schema v2: the v1 envelope framed with the log key's id and a MAC.
-pub const CURRENT_VERSION: u16 = 2;
-/// Magic, version and log key id: the bytes before a v2 record's envelope.
+pub const V2: u16 = 2;
+/// Magic, version and log key id: the bytes before a v2 or v3 record's envelope.
 const V2_HEADER: usize = 4 + 8;
 /// Upper bound of one encoded event; anything longer is refused before decoding.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// The current in-memory body type (schema v2 kept v1's envelope).
-pub type Body = BodyV1;
+/// The current in-memory body type; older versions are upcast to it.
+pub type Body = BodyV3;
 
 /// Hash of an encoded record: the link of the per-order hash chain.
 pub type RecordHash = [u8; 32];
@@ -79,10 +82,12 @@ pub struct Envelope {
 impl Envelope {
     pub fn kind(&self) -> &'static str {
         match self.body {
-            BodyV1::OrderPlaced { .. } => "OrderPlaced",
-            BodyV1::OrderShared { .. } => "OrderShared",
-            BodyV1::OrderCancelled { .. } => "OrderCancelled",
-            BodyV1::OrderErased { .. } => "OrderErased",
+            Body::OrderPlaced { .. } => "OrderPlaced",
+            Body::OrderShared { .. } => "OrderShared",
+            Body::OrderCancelled { .. } => "OrderCancelled",
+            Body::OrderErased { .. } => "OrderErased",
+            Body::OrderHeld { .. } => "OrderHeld",
+            Body::OrderHoldReleased => "OrderHoldReleased",
         }
     }
 }
@@ -221,7 +226,7 @@ pub fn seal_event(
                     ciphertext: crypto::seal(key, &ctx, FieldClass::Identity, &plain)?,
                 });
             }
-            BodyV1::OrderPlaced {
+            Body::OrderPlaced {
                 order_number: p.order_number.as_str().to_owned(),
                 merchant_id: p.merchant_id.as_str().to_owned(),
                 items: p
@@ -246,26 +251,39 @@ pub fn seal_event(
                 classes: classes_v1(&p.classes),
             }
         }
-        Event::OrderShared { party, classes } => BodyV1::OrderShared {
+        Event::OrderShared { party, classes } => Body::OrderShared {
             party: match party {
                 Party::Logistics(p) => PartyV1::Logistics(p.as_str().to_owned()),
                 Party::Merchant(m) => PartyV1::Merchant(m.as_str().to_owned()),
             },
             classes: classes_v1(classes),
         },
-        Event::OrderCancelled { reason } => BodyV1::OrderCancelled {
+        Event::OrderCancelled { reason } => Body::OrderCancelled {
             reason: reason_v1(*reason),
         },
-        Event::OrderErased { scope } => match scope {
-            ErasureScope::Order => BodyV1::OrderErased {
-                classes: vec![],
-                whole: true,
-            },
-            ErasureScope::Classes(c) => BodyV1::OrderErased {
-                classes: classes_v1(c),
-                whole: false,
-            },
+        Event::OrderErased { scope, reason } => {
+            let reason = match reason {
+                ErasureReason::Request => ErasureReasonV3::Request,
+                ErasureReason::Retention => ErasureReasonV3::Retention,
+            };
+            match scope {
+                ErasureScope::Order => Body::OrderErased {
+                    classes: vec![],
+                    whole: true,
+                    reason,
+                },
+                ErasureScope::Classes(c) => Body::OrderErased {
+                    classes: classes_v1(c),
+                    whole: false,
+                    reason,
+                },
+            }
+        }
+        Event::OrderHeld(hold) => Body::OrderHeld {
+            reason: hold.reason.as_str().to_owned(),
+            until_ms: hold.until_ms,
         },
+        Event::OrderHoldReleased => Body::OrderHoldReleased,
     };
     Ok(Envelope {
         schema_version: CURRENT_VERSION,
@@ -275,8 +293,8 @@ pub fn seal_event(
     })
 }
 
-fn wire(env: &Envelope) -> EnvelopeV1 {
-    EnvelopeV1 {
+fn wire(env: &Envelope) -> EnvelopeV3 {
+    EnvelopeV3 {
         event_id: *env.meta.event_id.as_bytes(),
         order_id: *env.meta.order_id.as_bytes(),
         sequence: env.meta.sequence,
@@ -288,6 +306,24 @@ fn wire(env: &Envelope) -> EnvelopeV1 {
     }
 }
 
+/// The v1 envelope of an event v1 can say.
+fn wire_v1(env: &Envelope) -> EnvelopeV1 {
+    let w = wire(env);
+    EnvelopeV1 {
+        event_id: w.event_id,
+        order_id: w.order_id,
+        sequence: w.sequence,
+        occurred_at_ms: w.occurred_at_ms,
+        key_id: w.key_id,
+        prev_hash: w.prev_hash,
+        body: w
+            .body
+            .to_v1()
+            .expect("only events schema v1 can say are encoded as v1 or v2"),
+        sealed: w.sealed,
+    }
+}
+
 fn encode_version(env: &Envelope, version: u16, log_key: Option<KekId>) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&MAGIC);
@@ -295,22 +331,37 @@ fn encode_version(env: &Envelope, version: u16, log_key: Option<KekId>) -> Vec<u
     if let Some(id) = log_key {
         out.extend_from_slice(&id.0);
     }
-    bincode::serde::encode_into_std_write(wire(env), &mut out, bincode_config())
-        .expect("writing to a Vec cannot fail");
+    let written = if version >= v3::VERSION {
+        bincode::serde::encode_into_std_write(wire(env), &mut out, bincode_config())
+    } else {
+        bincode::serde::encode_into_std_write(wire_v1(env), &mut out, bincode_config())
+    };
+    written.expect("writing to a Vec cannot fail");
     out
 }
 
 /// Encodes an envelope in the current schema version, authenticated under
 /// the current log key.
 pub fn encode(env: &Envelope, keys: &LogKeys) -> Vec<u8> {
-    let mut out = encode_version(env, CURRENT_VERSION, Some(keys.current_id()));
+    encode_authenticated(env, CURRENT_VERSION, keys)
+}
+
+fn encode_authenticated(env: &Envelope, version: u16, keys: &LogKeys) -> Vec<u8> {
+    let mut out = encode_version(env, version, Some(keys.current_id()));
     let tag = keys.tag(&out);
     out.extend_from_slice(&tag);
     out
 }
 
+/// The schema-v2 encoding, kept for fixtures and tests of the upcast.
+/// Panics on an event v2 cannot say (a hold, an erasure for retention).
+pub fn encode_v2(env: &Envelope, keys: &LogKeys) -> Vec<u8> {
+    encode_authenticated(env, V2, keys)
+}
+
 /// The schema-v1 encoding (no log MAC), kept for fixtures and tests of the
-/// upcast and of the refusal of unauthenticated records.
+/// upcast and of the refusal of unauthenticated records. Panics on an event
+/// v1 cannot say.
 pub fn encode_v1(env: &Envelope) -> Vec<u8> {
     encode_version(env, v1::VERSION, None)
 }
@@ -329,7 +380,7 @@ pub fn authenticate(
     match version {
         v1::VERSION if keys.accepts_v1() => Ok(()),
         v1::VERSION => Err(Forged::Unauthenticated(version).into()),
-        CURRENT_VERSION => {
+        V2 | v3::VERSION => {
             if bytes.len() < V2_HEADER + TAG_LEN {
                 return Err(Forged::Truncated.into());
             }
@@ -365,11 +416,16 @@ fn header(bytes: &[u8]) -> Result<u16, DecodeError> {
     Ok(u16::from_be_bytes([bytes[2], bytes[3]]))
 }
 
-fn decode_wire(version: u16, body: &[u8]) -> Result<EnvelopeV1, DecodeError> {
-    let (wire, n): (EnvelopeV1, usize) = bincode::serde::decode_from_slice(body, bincode_config())
-        .map_err(|e| DecodeError::Malformed {
-            version,
-            reason: e.to_string(),
+fn decode_wire<W: serde::de::DeserializeOwned>(
+    version: u16,
+    body: &[u8],
+) -> Result<W, DecodeError> {
+    let (wire, n): (W, usize) =
+        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| {
+            DecodeError::Malformed {
+                version,
+                reason: e.to_string(),
+            }
         })?;
     if n != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - n));
@@ -383,16 +439,20 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let version = header(bytes)?;
     match version {
         v1::VERSION => Ok(upcast_v1(decode_wire(version, &bytes[4..])?)),
-        CURRENT_VERSION => {
+        V2 | v3::VERSION => {
             if bytes.len() < V2_HEADER + TAG_LEN {
                 return Err(DecodeError::Malformed {
                     version,
                     reason: "shorter than the log key id and MAC".into(),
                 });
             }
-            let wire = decode_wire(version, &bytes[V2_HEADER..bytes.len() - TAG_LEN])?;
-            let mut env = upcast_v1(wire);
-            env.schema_version = CURRENT_VERSION;
+            let body = &bytes[V2_HEADER..bytes.len() - TAG_LEN];
+            let mut env = if version == V2 {
+                upcast_v1(decode_wire(version, body)?)
+            } else {
+                from_v3(decode_wire(version, body)?)
+            };
+            env.schema_version = version;
             Ok(env)
         }
         other => Err(DecodeError::UnsupportedVersion(other)),
@@ -400,6 +460,19 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
 }
 
 fn upcast_v1(w: EnvelopeV1) -> Envelope {
+    from_v3(EnvelopeV3 {
+        event_id: w.event_id,
+        order_id: w.order_id,
+        sequence: w.sequence,
+        occurred_at_ms: w.occurred_at_ms,
+        key_id: w.key_id,
+        prev_hash: w.prev_hash,
+        body: w.body.into(),
+        sealed: w.sealed,
+    })
+}
+
+fn from_v3(w: EnvelopeV3) -> Envelope {
     Envelope {
         schema_version: v1::VERSION,
         meta: EventMeta {
@@ -427,7 +500,7 @@ fn invalid(e: ValidationError) -> DecodeError {
 /// The public part of an envelope as a domain event, with no personal fields.
 pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
     Ok(match &env.body {
-        BodyV1::OrderPlaced {
+        Body::OrderPlaced {
             order_number,
             merchant_id,
             items,
@@ -463,7 +536,7 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
                 personal: PersonalFields::default(),
             })
         }
-        BodyV1::OrderShared { party, classes } => Event::OrderShared {
+        Body::OrderShared { party, classes } => Event::OrderShared {
             party: match party {
                 PartyV1::Logistics(p) => {
                     Party::Logistics(ProviderId::parse("party.id", p).map_err(invalid)?)
@@ -474,16 +547,29 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
             },
             classes: classes_of(classes),
         },
-        BodyV1::OrderCancelled { reason } => Event::OrderCancelled {
+        Body::OrderCancelled { reason } => Event::OrderCancelled {
             reason: reason_of(*reason),
         },
-        BodyV1::OrderErased { classes, whole } => Event::OrderErased {
+        Body::OrderErased {
+            classes,
+            whole,
+            reason,
+        } => Event::OrderErased {
             scope: if *whole {
                 ErasureScope::Order
             } else {
                 ErasureScope::Classes(classes_of(classes))
             },
+            reason: match reason {
+                ErasureReasonV3::Request => ErasureReason::Request,
+                ErasureReasonV3::Retention => ErasureReason::Retention,
+            },
         },
+        Body::OrderHeld { reason, until_ms } => Event::OrderHeld(Hold {
+            reason: HoldReason::parse("hold.reason", reason).map_err(invalid)?,
+            until_ms: *until_ms,
+        }),
+        Body::OrderHoldReleased => Event::OrderHoldReleased,
     })
 }
 

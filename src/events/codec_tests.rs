@@ -134,7 +134,7 @@ fn a_record_authenticates_under_the_log_key_it_names_and_nothing_else() {
     let env = seal_event(&placed(3, true), meta(&key, 1), Some(&key)).unwrap();
     let keys = test_keys();
     let bytes = encode(&env, &keys);
-    assert_eq!(bytes[..4], *b"OL\0\x02");
+    assert_eq!(bytes[..4], *b"OL\0\x03");
     assert_eq!(decode_authentic(&bytes, &keys, None).unwrap(), env);
     // Every flipped bit is refused: as a forgery, or as a record that no
     // longer decodes.
@@ -189,6 +189,7 @@ fn non_personal_events_carry_no_sealed_fields() {
         },
         Event::OrderErased {
             scope: ErasureScope::Order,
+            reason: crate::domain::ErasureReason::Request,
         },
     ] {
         let env = seal_event(&event, meta(&key, 2), Some(&key)).unwrap();

@@ -7,8 +7,10 @@
 
 pub mod codec;
 pub mod v1;
+pub mod v3;
 
 pub use codec::{
-    CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash, authenticate,
-    decode, decode_authentic, encode, encode_v1, open_event, public_event, record_hash, seal_event,
+    Body, CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash,
+    authenticate, decode, decode_authentic, encode, encode_v1, encode_v2, open_event, public_event,
+    record_hash, seal_event,
 };

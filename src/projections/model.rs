@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::v1::{BodyV1, ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
+use crate::events::Body;
+use crate::events::v1::{ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
 use crate::events::{self, Envelope};
 
 /// Status as downstream parties see it.
@@ -99,7 +100,7 @@ impl ProjectedOrder {
                 key_id: crate::crypto::KeyId(self.key_id),
                 prev_hash: [0; 32],
             },
-            body: BodyV1::OrderPlaced {
+            body: Body::OrderPlaced {
                 order_number: self.order_number.clone(),
                 merchant_id: self.merchant_id.clone(),
                 items: self.items.clone(),
@@ -239,7 +240,7 @@ pub fn check(
             sequence: env.meta.sequence,
         });
     }
-    if matches!(env.body, BodyV1::OrderPlaced { .. }) != current.is_none() {
+    if matches!(env.body, Body::OrderPlaced { .. }) != current.is_none() {
         // Sequence 1 must be OrderPlaced and nothing else.
         return Err(ProjectError::OutOfSequence {
             order: order_id,
@@ -272,7 +273,7 @@ pub fn apply(
     let mut placed = None;
     let o = match (&env.body, current) {
         (
-            BodyV1::OrderPlaced {
+            Body::OrderPlaced {
                 order_number,
                 merchant_id,
                 items,
@@ -310,8 +311,8 @@ pub fn apply(
             })
         }
         // [`check`] refuses these.
-        (_, None) | (BodyV1::OrderPlaced { .. }, Some(_)) => return None,
-        (BodyV1::OrderShared { party, classes }, Some(o)) => {
+        (_, None) | (Body::OrderPlaced { .. }, Some(_)) => return None,
+        (Body::OrderShared { party, classes }, Some(o)) => {
             o.shares.push(ShareRow {
                 party: party.clone(),
                 classes: classes.clone(),
@@ -320,7 +321,7 @@ pub fn apply(
             feeds.push((party_id(party), entry(ChangeKind::Shared, classes.clone())));
             o
         }
-        (BodyV1::OrderCancelled { reason }, Some(o)) => {
+        (Body::OrderCancelled { reason }, Some(o)) => {
             if o.status == ViewStatus::Active {
                 o.status = ViewStatus::Cancelled;
             }
@@ -330,7 +331,9 @@ pub fn apply(
             }
             o
         }
-        (BodyV1::OrderErased { classes, whole }, Some(o)) => {
+        // A legal hold changes no view (the order's version and chain do).
+        (Body::OrderHeld { .. } | Body::OrderHoldReleased, Some(o)) => o,
+        (Body::OrderErased { classes, whole, .. }, Some(o)) => {
             let gone: Vec<ClassV1> = if *whole {
                 vec![ClassV1::Shipping, ClassV1::Contact, ClassV1::Identity]
             } else {
@@ -424,6 +427,7 @@ mod tests {
             },
             Command::EraseOrder {
                 scope: ErasureScope::Order,
+                reason: crate::domain::ErasureReason::Request,
             },
         ];
         let (mut state, mut prev, mut out) = (State::default(), [0u8; 32], Vec::new());

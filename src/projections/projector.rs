@@ -881,8 +881,7 @@ impl Run {
         self.feeds = feeds;
         if matches!(
             env.body,
-            crate::events::v1::BodyV1::OrderPlaced { .. }
-                | crate::events::v1::BodyV1::OrderErased { .. }
+            crate::events::Body::OrderPlaced { .. } | crate::events::Body::OrderErased { .. }
         ) {
             // The subject index follows placements and erasures.
             super::subjects::stage_pending(

@@ -156,7 +156,7 @@ pub(super) async fn write_batch(
     let erase_intents: Vec<(IntentId, EraseIntent)> = pending
         .iter()
         .filter_map(|p| match &p.job.command {
-            Command::EraseOrder { scope } => Some((
+            Command::EraseOrder { scope, .. } => Some((
                 IntentId {
                     order_id: p.job.order_id,
                     sequence: p.outcome.version,
@@ -284,7 +284,7 @@ pub(super) async fn write_batch(
                     }
                     remember.push((p.job.order_id, p.record.clone(), pos.1));
                 }
-                if let Command::EraseOrder { scope } = &p.job.command {
+                if let Command::EraseOrder { scope, .. } = &p.job.command {
                     p.outcome.key_row = erasure_rows.next().filter(|(_, o)| *o >= 0);
                     let classes = match scope {
                         ErasureScope::Order => None,

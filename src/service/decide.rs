@@ -116,7 +116,7 @@ fn decide_one(
             actual: rec.state.version,
         });
     }
-    let events = domain::decide(&rec.state, job.command.clone())?;
+    let events = domain::decide_at(&rec.state, job.command.clone(), now)?;
     let mut outcome = Outcome {
         order_id: job.order_id,
         version: rec.state.version,

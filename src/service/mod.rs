@@ -562,6 +562,11 @@ impl Service {
 
     /// True once every partition's stored state has caught up with the log
     /// (as of the start) and the writers take commands.
+    /// The partitions this node writes now.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        ownership::owned_partitions(&self.shared.slots)
+    }
+
     pub fn ready(&self) -> bool {
         self.shared.ready.load(Ordering::Acquire) && self.shared.members.covered()
     }

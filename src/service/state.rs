@@ -28,8 +28,12 @@ use crate::store::{
 /// `meta` row saying the order state covers the log from its start.
 const META_STATE_FORMAT: &[u8] = b"order_state.format";
 
-/// Format byte of `order_state` rows.
+/// Format byte of `order_placed` rows, and of `order_state` rows written
+/// before legal holds (read still).
 const STATE_FORMAT: u8 = 1;
+/// Format byte of `order_state` rows written now: format 1 with the legal
+/// hold and the time of cancellation.
+const STATE_FORMAT_V2: u8 = 2;
 /// Default expiry of an idempotency key.
 pub const DEFAULT_IDEMPOTENCY_TTL: std::time::Duration =
     std::time::Duration::from_secs(7 * 24 * 3600);
@@ -46,6 +50,11 @@ pub struct OrderRecord {
     pub updated_at_ms: i64,
     /// Offset of the order's latest event (-1 while not yet acknowledged).
     pub last_offset: i64,
+    /// When the order was cancelled (for retention). A row stored before
+    /// this was kept says its last change instead: never earlier.
+    pub cancelled_at_ms: Option<i64>,
+    /// Why the order's latest erasure happened.
+    pub erased_for: Option<crate::domain::ErasureReason>,
 }
 
 /// What folding one record did to its order.
@@ -91,6 +100,13 @@ impl OrderRecord {
             self.key_id = Some(env.meta.key_id);
             self.placed_at_ms = env.meta.occurred_at_ms;
         }
+        match event {
+            Event::OrderCancelled { .. } if self.cancelled_at_ms.is_none() => {
+                self.cancelled_at_ms = Some(env.meta.occurred_at_ms);
+            }
+            Event::OrderErased { reason, .. } => self.erased_for = Some(*reason),
+            _ => {}
+        }
         self.state = apply(std::mem::take(&mut self.state), event);
         self.last_hash = hash();
         self.updated_at_ms = env.meta.occurred_at_ms;
@@ -129,6 +145,46 @@ struct FactsV1 {
     erased: std::collections::BTreeSet<FieldClass>,
     fully_erased: bool,
     shares: Vec<(PartyV1, std::collections::BTreeSet<FieldClass>)>,
+}
+
+/// Format 2: format 1, then the hold and the time of cancellation.
+#[derive(Serialize, Deserialize)]
+struct RowV2 {
+    row: RowV1,
+    /// Reason and end of the hold last placed and not released.
+    hold: Option<(crate::domain::validation::HoldReason, Option<i64>)>,
+    cancelled_at_ms: Option<i64>,
+    erased_for: Option<crate::domain::ErasureReason>,
+}
+
+impl From<&OrderRecord> for RowV2 {
+    fn from(r: &OrderRecord) -> Self {
+        RowV2 {
+            row: r.into(),
+            hold: r
+                .state
+                .order
+                .as_ref()
+                .and_then(|o| o.hold.as_ref())
+                .map(|h| (h.reason.clone(), h.until_ms)),
+            cancelled_at_ms: r.cancelled_at_ms,
+            erased_for: r.erased_for,
+        }
+    }
+}
+
+impl From<RowV2> for OrderRecord {
+    fn from(r: RowV2) -> Self {
+        let mut rec: OrderRecord = r.row.into();
+        if let Some(o) = rec.state.order.as_mut() {
+            o.hold = r
+                .hold
+                .map(|(reason, until_ms)| crate::domain::Hold { reason, until_ms });
+        }
+        rec.cancelled_at_ms = r.cancelled_at_ms;
+        rec.erased_for = r.erased_for;
+        rec
+    }
 }
 
 /// A party, externally tagged (bincode cannot read the adjacently tagged
@@ -200,6 +256,7 @@ impl From<RowV1> for OrderRecord {
                             (p, c)
                         })
                         .collect(),
+                    hold: None,
                 }),
             },
             last_hash: r.last_hash,
@@ -207,6 +264,8 @@ impl From<RowV1> for OrderRecord {
             placed_at_ms: r.placed_at_ms,
             updated_at_ms: r.updated_at_ms,
             last_offset: r.last_offset,
+            cancelled_at_ms: None,
+            erased_for: None,
         }
     }
 }
@@ -214,9 +273,9 @@ impl From<RowV1> for OrderRecord {
 /// Encodes an `order_state` row: format, version (big-endian, so the merge
 /// operator compares versions without decoding), then the record.
 pub fn encode_state(rec: &OrderRecord) -> Vec<u8> {
-    let body = crate::store::encode_value(&RowV1::from(rec));
+    let body = crate::store::encode_value(&RowV2::from(rec));
     let mut v = Vec::with_capacity(9 + body.len());
-    v.push(STATE_FORMAT);
+    v.push(STATE_FORMAT_V2);
     v.extend_from_slice(&rec.state.version.to_be_bytes());
     v.extend_from_slice(&body);
     v
@@ -227,12 +286,26 @@ pub fn decode_state(bytes: &[u8]) -> Result<OrderRecord, StoreError> {
         cf: CF_ORDER_STATE,
         reason,
     };
-    match bytes.first() {
-        Some(&STATE_FORMAT) if bytes.len() >= 9 => {}
+    let rec: OrderRecord = match bytes.first() {
+        Some(&STATE_FORMAT) if bytes.len() >= 9 => {
+            let mut rec: OrderRecord =
+                crate::store::decode_value::<RowV1>(CF_ORDER_STATE, &bytes[9..])?.into();
+            if rec
+                .state
+                .order
+                .as_ref()
+                .is_some_and(|o| o.cancelled.is_some())
+            {
+                rec.cancelled_at_ms = Some(rec.updated_at_ms);
+            }
+            rec
+        }
+        Some(&STATE_FORMAT_V2) if bytes.len() >= 9 => {
+            crate::store::decode_value::<RowV2>(CF_ORDER_STATE, &bytes[9..])?.into()
+        }
         Some(f) => return Err(corrupt(format!("unknown row format {f}"))),
         None => return Err(corrupt("empty row".into())),
-    }
-    let rec: OrderRecord = crate::store::decode_value::<RowV1>(CF_ORDER_STATE, &bytes[9..])?.into();
+    };
     if rec.state.version.to_be_bytes() != bytes[1..9] {
         return Err(corrupt("version prefix does not match the row".into()));
     }
@@ -728,7 +801,7 @@ mod tests {
         facts.cancelled = Some(CancelReason::OutOfStock);
         facts.erased.insert(FieldClass::Identity);
         let row = encode_state(&rec);
-        assert_eq!(row[0], STATE_FORMAT);
+        assert_eq!(row[0], STATE_FORMAT_V2);
         assert_eq!(row_version(&row), Some(1));
         assert_eq!(decode_state(&row).unwrap(), rec);
         let mut bad = row.clone();

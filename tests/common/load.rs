@@ -576,7 +576,7 @@ pub fn check_log(brokers: &str, topic: &str, acks: &Acks) -> LogCheck {
     // order number was placed twice, and each answered the order it landed as.
     let mut placements: BTreeMap<String, Vec<uuid::Uuid>> = BTreeMap::new();
     for (id, evs) in &per_order {
-        if let orderlog::events::v1::BodyV1::OrderPlaced { order_number, .. } = &evs[0].0.body {
+        if let orderlog::events::Body::OrderPlaced { order_number, .. } = &evs[0].0.body {
             placements
                 .entry(order_number.clone())
                 .or_default()

@@ -348,6 +348,7 @@ pub fn order_events(n: u32, log_keys: &orderlog::crypto::LogKeys) -> Vec<(uuid::
     if n.is_multiple_of(10) {
         cmds.push(Command::EraseOrder {
             scope: ErasureScope::Order,
+            reason: orderlog::domain::ErasureReason::Request,
         });
     }
     let mut state = State::default();
