@@ -169,14 +169,21 @@ pub mod app {
         }
 
         pub async fn spawn_with_partitions(partitions: i32) -> Self {
+            Self::spawn_configured(partitions, |_| {}).await
+        }
+
+        /// [`TestApp::spawn_with_partitions`], with `adjust` applied to the
+        /// configuration first.
+        pub async fn spawn_configured(partitions: i32, adjust: impl FnOnce(&mut Config)) -> Self {
             let data_dir = tempfile::tempdir().unwrap();
             let kek = Kek::generate();
-            let config = config(
+            let mut config = config(
                 &super::unique("orders.events"),
                 data_dir.path(),
                 &kek,
                 partitions,
             );
+            adjust(&mut config);
             let app = App::start(&config)
                 .await
                 .expect("orderlog starts against the test broker");

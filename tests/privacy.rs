@@ -1,15 +1,26 @@
-//! Subject requests against the real broker: a privacy officer finds,
-//! exports and erases a person's orders by mobile, email or ID number, in
-//! any usual spelling; afterwards the data directory holds no index entry of
-//! that person, while the entries of the person who shared a mobile stay.
+//! Privacy rights against the real broker.
+//!
+//! - Subject requests: a privacy officer finds, exports and erases a
+//!   person's orders by mobile, email or ID number, in any usual spelling;
+//!   afterwards the data directory holds no index entry of that person, while
+//!   the entries of the person who shared a mobile stay.
+//! - Legal hold: erasure (one order's, or a subject's) is refused while the
+//!   hold is in force and goes through once it is released.
+//! - Retention: with two nodes on one topic, a cancelled order and a
+//!   real-name order's identity class are erased by themselves, each exactly
+//!   once, with reason `retention`; a held order waits for its release.
 
 mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
 use common::app::{CHECKOUT, PRIVACY, TestApp};
 use orderlog::domain::fixtures;
+use orderlog::events::Body;
+use orderlog::events::v3::ErasureReasonV3;
 use orderlog::projections::subjects::{Identifier, SubjectKey};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -327,4 +338,265 @@ fn ana_clone(p: &Person) -> Person {
         email: p.email.clone(),
         id_number: p.id_number.clone(),
     }
+}
+
+/// The order's events in the log, in order (committed records).
+fn log_events(app: &TestApp, order_id: &str) -> Vec<orderlog::events::Envelope> {
+    let id = uuid::Uuid::parse_str(order_id).unwrap();
+    let mut evs: Vec<_> = common::committed_records(&app.app.kafka.brokers, &app.app.topic)
+        .into_iter()
+        .filter(|(k, _)| k.as_slice() == id.as_bytes())
+        .map(|(_, v)| orderlog::events::decode(&v).unwrap())
+        .collect();
+    evs.sort_by_key(|e| e.meta.sequence);
+    evs
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let r = req.send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_held_order_refuses_erasure_until_its_hold_is_released() {
+    let app = TestApp::spawn().await;
+    let dan = Person {
+        name: "邓丹",
+        mobile: "13600002222",
+        email: "dan@example.com".into(),
+        id_number: fixtures::id_number(7101),
+    };
+    let id = place(&app, order(&dan, false)).await;
+    let hold_path = format!("/v1/orders/{id}/hold");
+
+    // Bad holds are refused, naming the problem; checkout may not hold.
+    for (body, field) in [
+        (json!({"reason": "call 136 0000 2222 first"}), "reason"),
+        (json!({"reason": "dan@example.com asked"}), "reason"),
+        (json!({"reason": ""}), "reason"),
+        (json!({"reason": "dispute", "until": "tomorrow"}), "until"),
+        (
+            json!({"reason": "dispute", "until": "2020-01-01T00:00:00Z"}),
+            "until",
+        ),
+    ] {
+        let (status, v) = send(app.post(&hold_path, PRIVACY).json(&body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (status, _) = send(
+        app.post(&hold_path, CHECKOUT)
+            .json(&json!({"reason": "dispute"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, held) =
+        send(app.post(&hold_path, PRIVACY).json(
+            &json!({"reason": "chargeback dispute 2026-117", "until": "2099-01-01T00:00:00Z"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(held["hold"]["reason"], "chargeback dispute 2026-117");
+    assert_eq!(held["hold"]["until"], "2099-01-01T00:00:00Z");
+    let (_, read) = send(app.get(&format!("/v1/orders/{id}"), CHECKOUT)).await;
+    assert_eq!(read["hold"]["reason"], "chargeback dispute 2026-117");
+
+    // Erasure is refused, by order and by subject, naming the hold.
+    let (status, refused) = send(app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "legal_hold");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("chargeback dispute 2026-117"),
+        "{refused}"
+    );
+    let (status, subject_erase) = subject(&app, "erase", json!({"mobile": dan.mobile})).await;
+    assert_eq!(status, StatusCode::OK, "{subject_erase}");
+    assert_eq!(subject_erase["erased"], 0);
+    assert_eq!(subject_erase["refused"], 1);
+    assert_eq!(subject_erase["complete"], false);
+    assert_eq!(subject_erase["orders"][0]["error"]["code"], "legal_hold");
+    let (_, export) = subject(&app, "export", json!({"mobile": dan.mobile})).await;
+    assert_eq!(
+        export["orders"][0]["hold"]["reason"],
+        "chargeback dispute 2026-117"
+    );
+    assert_eq!(export["orders"][0]["personal"]["consignee"]["name"], "邓丹");
+
+    // Released: the erasure goes through; a second release is refused.
+    let (status, released) = send(
+        app.client
+            .delete(format!("{}{hold_path}", app.base))
+            .bearer_auth(PRIVACY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    let (status, again) = send(
+        app.client
+            .delete(format!("{}{hold_path}", app.base))
+            .bearer_auth(PRIVACY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"]["code"], "not_held");
+    let (status, erased) = send(app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)).await;
+    assert_eq!(status, StatusCode::OK, "{erased}");
+    assert_eq!(erased["receipt"]["reason"], "request");
+
+    // The log tells the story, holds included.
+    let kinds: Vec<&str> = log_events(&app, &id).iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "OrderPlaced",
+            "OrderHeld",
+            "OrderHoldReleased",
+            "OrderErased"
+        ]
+    );
+    app.app.stop().await;
+}
+
+/// Polls `check` on the order's JSON (read from the node at `base`) until
+/// it holds.
+async fn wait_for(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = send(
+            client
+                .get(format!("{base}/v1/orders/{id}"))
+                .bearer_auth(CHECKOUT),
+        )
+        .await;
+        if check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn retention_erases_by_itself_exactly_once_across_two_nodes_and_waits_for_a_hold() {
+    let policy = |c: &mut orderlog::config::Config| {
+        c.retention.cancelled = Some(Duration::from_secs(2));
+        c.retention.identity = Some(Duration::from_secs(4));
+        c.retention.interval = Duration::from_millis(300);
+    };
+    let a = TestApp::spawn_configured(3, policy).await;
+    // A second node on the same topic: the partitions are shared out, and
+    // both schedulers run.
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b_config = a.config.clone();
+    b_config.data_dir = b_dir.path().to_owned();
+    let b = orderlog::app::App::start(&b_config).await.unwrap();
+    let b_base = format!("http://{}", b.addr);
+    let people: Vec<Person> = (0..4)
+        .map(|n| Person {
+            name: "罗娟",
+            mobile: "13500003333",
+            email: format!("juan{n}@example.com"),
+            id_number: fixtures::id_number(7200 + n),
+        })
+        .collect();
+    let cancelled = place(&a, order(&people[0], false)).await;
+    let real_name = place(&a, order(&people[1], true)).await;
+    let held = place(&a, order(&people[2], false)).await;
+    let active = place(&a, order(&people[3], false)).await;
+    for id in [&cancelled, &held] {
+        let (status, v) = send(
+            a.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
+                .json(&json!({"reason": "customer_request"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let (status, v) = send(
+        a.post(&format!("/v1/orders/{held}/hold"), PRIVACY)
+            .json(&json!({"reason": "authority request 17"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let placed_at = Instant::now();
+
+    // Read through the second node: every node sees the erasures.
+    let via_b = (&a.client, b_base.as_str());
+    let gone = wait_for(
+        via_b.0,
+        via_b.1,
+        &cancelled,
+        "the cancelled order is erased by retention",
+        |v| v["status"] == "erased",
+    )
+    .await;
+    assert!(
+        placed_at.elapsed() >= Duration::from_secs(2),
+        "not before its period"
+    );
+    assert_eq!(gone["personal"], Value::Null);
+    let identity = wait_for(
+        via_b.0,
+        via_b.1,
+        &real_name,
+        "the ID number is erased by retention",
+        |v| v["erased_fields"] == json!(["identity"]),
+    )
+    .await;
+    assert_eq!(identity["status"], "active");
+    assert_eq!(identity["personal"]["id_number"], Value::Null);
+    assert_eq!(identity["personal"]["consignee"]["name"], "罗娟");
+
+    // The held order waits for its hold.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, still) = send(a.get(&format!("/v1/orders/{held}"), CHECKOUT)).await;
+    assert_eq!(still["status"], "cancelled", "{still}");
+    let (status, v) = send(
+        a.client
+            .delete(format!("{}/v1/orders/{held}/hold", a.base))
+            .bearer_auth(PRIVACY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    wait_for(
+        via_b.0,
+        via_b.1,
+        &held,
+        "the released order is erased by retention",
+        |v| v["status"] == "erased",
+    )
+    .await;
+
+    // A few more passes of both schedulers: nothing is erased twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (id, erasures) in [(&cancelled, 1), (&real_name, 1), (&held, 1), (&active, 0)] {
+        let found: Vec<_> = log_events(&a, id)
+            .into_iter()
+            .filter_map(|e| match e.body {
+                Body::OrderErased { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(found.len(), erasures, "erasures of {id}: {found:?}");
+        assert!(
+            found.iter().all(|r| *r == ErasureReasonV3::Retention),
+            "{found:?}"
+        );
+    }
+    let (_, active_now) = send(a.get(&format!("/v1/orders/{active}"), CHECKOUT)).await;
+    assert_eq!(active_now["status"], "active");
+    assert_eq!(active_now["erased_fields"], json!([]));
+    let (status, receipt) = send(a.get(&format!("/v1/orders/{cancelled}/erasure"), PRIVACY)).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["receipt"]["reason"], "retention");
+    b.stop().await;
+    a.app.stop().await;
 }
