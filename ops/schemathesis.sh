@@ -25,8 +25,9 @@
 #      the ones the reads get); a path `id` is a seeded one 70% of the time
 #      and a generated value otherwise;
 #   4. run 1: every operation with the token of the role that may call it
-#      (checkout places, shares, cancels and reads; privacy erases, reads
-#      erasure status and makes subject requests; auditor reads the cluster; logistics:sf-express and
+#      (checkout places, shares, cancels and reads; privacy erases, holds,
+#      reads erasure status and makes subject requests; auditor reads the
+#      cluster; logistics:sf-express and
 #      merchant:m-1 read their views, whose path names that party 80% of the
 #      time). One run rather than one per role, so the stateful phase can
 #      chain a placement into a share, a cancel or an erasure;
@@ -332,7 +333,7 @@ headers = { Authorization = "Bearer ${ST_CHECKOUT}" }
 parameters = { "path.id" = { dictionary = "write", probability = 0.7 } }
 
 [[operations]]
-include-operation-id = "eraseOrder"
+include-operation-id = ["eraseOrder", "holdOrder", "releaseHold"]
 headers = { Authorization = "Bearer ${ST_PRIVACY}" }
 parameters = { "path.id" = { dictionary = "write", probability = 0.7 } }
 
