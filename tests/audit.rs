@@ -396,6 +396,33 @@ async fn a_clean_log_verifies_and_the_reports_tell_who_got_what() {
     assert!(stdout.contains("identity  [erased]"), "{stdout}");
     assert!(!stdout.contains(&fixtures::id_number(1)), "{stdout}");
 
+    // verify checks the subject index against the one a replay's views
+    // call for under the node's keys: an order that lost its entry (a
+    // search would miss it, a subject erasure would leave it) is a finding.
+    let unindexed = s.orders[&2];
+    {
+        let store = orderlog::store::Store::open(node.data_dir.path()).unwrap();
+        let cf = store.cf(orderlog::store::CF_SUBJECT_ORDERS);
+        let row = store
+            .db()
+            .prefix_iterator_cf(cf, unindexed.as_bytes())
+            .next()
+            .expect("the order is indexed")
+            .unwrap()
+            .0;
+        assert!(row.starts_with(unindexed.as_bytes()));
+        store.db().delete_cf(cf, row).unwrap();
+    }
+    let out = node.run(&["verify"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let finding = stdout
+        .lines()
+        .find(|l| l.starts_with("FINDING subject_index_mismatch"))
+        .unwrap_or_else(|| panic!("no index finding:\n{stdout}"));
+    assert!(finding.contains(&unindexed.to_string()), "{finding}");
+    assert_no_personal(&stdout, [2]);
+
     // verify compares the stored order state with a replay too: a node
     // whose state lost an order (what commands are decided against) is a
     // finding, named by its column family.

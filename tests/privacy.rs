@@ -555,6 +555,27 @@ async fn retention_erases_by_itself_exactly_once_across_two_nodes_and_waits_for_
     assert_eq!(identity["personal"]["id_number"], Value::Null);
     assert_eq!(identity["personal"]["consignee"]["name"], "罗娟");
 
+    // The second node keeps its own subject index, from its own replica of
+    // the keys: a search there finds the orders placed through the first.
+    let (status, found) = send(
+        a.client
+            .post(format!("{b_base}/v1/subjects/search"))
+            .bearer_auth(PRIVACY)
+            .json(&json!({"mobile": "135 0000 3333"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let mut listed: Vec<&str> = found["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    let mut live = vec![real_name.as_str(), held.as_str(), active.as_str()];
+    live.sort();
+    assert_eq!(listed, live, "the erased order is no longer found: {found}");
+
     // The held order waits for its hold.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, still) = send(a.get(&format!("/v1/orders/{held}"), CHECKOUT)).await;

@@ -45,6 +45,8 @@ pub enum AuditError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Projector(#[from] ProjectorError),
+    #[error(transparent)]
+    SubjectIndex(#[from] crate::projections::subjects::IndexError),
     #[error("topic {0} does not exist or has no partitions")]
     NoTopic(String),
     #[error("{0} is not empty: replay needs a fresh directory")]

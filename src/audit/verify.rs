@@ -63,6 +63,9 @@ pub enum FindingKind {
     ViewsBehind,
     /// A view differs from the one a replay of the log builds.
     ViewDigestMismatch,
+    /// The node's subject index differs from the one its keys and a
+    /// replay's views call for.
+    SubjectIndexMismatch,
 }
 
 impl FindingKind {
@@ -84,6 +87,7 @@ impl FindingKind {
             FindingKind::KeyUnreadable => "key_unreadable",
             FindingKind::ViewsBehind => "views_behind",
             FindingKind::ViewDigestMismatch => "view_digest_mismatch",
+            FindingKind::SubjectIndexMismatch => "subject_index_mismatch",
         }
     }
 }
@@ -499,6 +503,41 @@ pub fn view_offsets(store: &Store) -> Result<BTreeMap<u32, u64>, StoreError> {
 }
 
 /// The node's views against a replay's. Pure.
+/// Per order, the subject index entries a node lacks or has too many of
+/// (by identifier kind only: the findings name no identifier). Pure.
+pub fn compare_index(
+    want: &BTreeSet<crate::projections::subjects::Entry>,
+    have: &BTreeSet<crate::projections::subjects::Entry>,
+    queued: u64,
+) -> Vec<Finding> {
+    let mut by_order: BTreeMap<Uuid, (Vec<&'static str>, Vec<&'static str>)> = BTreeMap::new();
+    for (kind, _, order) in want.difference(have) {
+        by_order.entry(*order).or_default().0.push(kind.as_str());
+    }
+    for (kind, _, order) in have.difference(want) {
+        by_order.entry(*order).or_default().1.push(kind.as_str());
+    }
+    let note = if queued > 0 {
+        format!(" ({queued} orders are still queued for indexing on the node)")
+    } else {
+        String::new()
+    };
+    by_order
+        .into_iter()
+        .map(|(order, (missing, extra))| Finding {
+            kind: FindingKind::SubjectIndexMismatch,
+            order_id: Some(order),
+            partition: None,
+            offset: None,
+            detail: format!(
+                "the node's subject index lacks the order's [{}] entries and holds [{}] it should not{note}",
+                missing.join(", "),
+                extra.join(", ")
+            ),
+        })
+        .collect()
+}
+
 pub fn compare_views(
     live: &ViewDigest,
     live_offsets: &BTreeMap<u32, u64>,
@@ -717,12 +756,17 @@ pub fn run(
                 ))
             },
         )?;
-        findings.extend(compare_views(
-            &live,
-            &live_offsets,
-            &replayed.digest,
-            &replay_offsets,
-        ));
+        let compared = compare_views(&live, &live_offsets, &replayed.digest, &replay_offsets);
+        let behind = compared.iter().any(|f| f.kind == FindingKind::ViewsBehind);
+        findings.extend(compared);
+        if !behind {
+            // The index a replay's views call for under the node's keys,
+            // against the node's as it stands now.
+            let (want, _) = crate::projections::subjects::expected(&replay_store, &node.vault)?;
+            let now = Store::open_read_only(node.store().path())?;
+            let (have, queued) = crate::projections::subjects::stored(&now)?;
+            findings.extend(compare_index(&want, &have, queued));
+        }
         views = Some(ViewsCompared {
             live_total: live.total,
             replay_total: replayed.digest.total.clone(),

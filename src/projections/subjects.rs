@@ -408,58 +408,7 @@ impl SubjectIndex {
     /// in a class not erased; `None` while its key has not reached this
     /// node's vault.
     pub fn wanted(&self, order_id: &Uuid) -> Result<Option<BTreeMap<Kind, Blind>>, IndexError> {
-        let none = Ok(Some(BTreeMap::new()));
-        let Some(record) = crate::service::state::load_order(&self.store, order_id)? else {
-            return none;
-        };
-        let Some(facts) = &record.state.order else {
-            return none;
-        };
-        if facts.fully_erased {
-            return none;
-        }
-        let live = |c: FieldClass| !facts.erased.contains(&c);
-        let Some(env) = crate::service::state::load_placed(&self.store, order_id)? else {
-            return none;
-        };
-        let key = match self.vault.get(*order_id) {
-            Ok(k) => k,
-            Err(VaultError::Shredded { .. }) => return none,
-            Err(VaultError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let placed = match crate::events::open_event(&env, Some(&key)) {
-            Ok(Event::OrderPlaced(p)) => p,
-            Ok(_) => return none,
-            Err(e) => {
-                tracing::error!(%order_id, error = %e, "Sealed fields of a placed order do not open; the order is left out of the subject index.");
-                return none;
-            }
-        };
-        let mut ids = Vec::new();
-        let p = &placed.personal;
-        if live(FieldClass::Shipping)
-            && let Some(s) = &p.shipping
-            && let Ok(id) = Identifier::mobile(s.expose().mobile.as_str())
-        {
-            ids.push(id);
-        }
-        if live(FieldClass::Contact)
-            && let Some(c) = &p.contact
-            && let Some(email) = &c.expose().email
-            && let Ok(id) = Identifier::email(email.as_str())
-        {
-            ids.push(id);
-        }
-        if live(FieldClass::Identity)
-            && let Some(i) = &p.identity
-            && let Ok(id) = Identifier::id_number(i.expose().as_str())
-        {
-            ids.push(id);
-        }
-        Ok(Some(
-            ids.iter().map(|id| (id.kind, self.blind(id))).collect(),
-        ))
+        wanted(&self.store, &self.vault, &self.key, order_id)
     }
 
     /// Orders waiting for their key after the last pass.
@@ -562,10 +511,127 @@ impl SubjectIndex {
     }
 }
 
+/// What the order's entries must be, from `store`'s order state and sealed
+/// placement opened with `vault`'s keys; `None` while the key is not in
+/// the vault.
+fn wanted(
+    store: &Store,
+    vault: &KeyVault,
+    subject_key: &SubjectKey,
+    order_id: &Uuid,
+) -> Result<Option<BTreeMap<Kind, Blind>>, IndexError> {
+    let none = Ok(Some(BTreeMap::new()));
+    let Some(record) = crate::service::state::load_order(store, order_id)? else {
+        return none;
+    };
+    let Some(facts) = &record.state.order else {
+        return none;
+    };
+    if facts.fully_erased {
+        return none;
+    }
+    let live = |c: FieldClass| !facts.erased.contains(&c);
+    let Some(env) = crate::service::state::load_placed(store, order_id)? else {
+        return none;
+    };
+    let key = match vault.get(*order_id) {
+        Ok(k) => k,
+        Err(VaultError::Shredded { .. }) => return none,
+        Err(VaultError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let placed = match crate::events::open_event(&env, Some(&key)) {
+        Ok(Event::OrderPlaced(p)) => p,
+        Ok(_) => return none,
+        Err(e) => {
+            tracing::error!(%order_id, error = %e, "Sealed fields of a placed order do not open; the order is left out of the subject index.");
+            return none;
+        }
+    };
+    let mut ids = Vec::new();
+    let p = &placed.personal;
+    if live(FieldClass::Shipping)
+        && let Some(s) = &p.shipping
+        && let Ok(id) = Identifier::mobile(s.expose().mobile.as_str())
+    {
+        ids.push(id);
+    }
+    if live(FieldClass::Contact)
+        && let Some(c) = &p.contact
+        && let Some(email) = &c.expose().email
+        && let Ok(id) = Identifier::email(email.as_str())
+    {
+        ids.push(id);
+    }
+    if live(FieldClass::Identity)
+        && let Some(i) = &p.identity
+        && let Ok(id) = Identifier::id_number(i.expose().as_str())
+    {
+        ids.push(id);
+    }
+    Ok(Some(
+        ids.iter()
+            .map(|id| (id.kind, subject_key.blind(id)))
+            .collect(),
+    ))
+}
+
+/// One entry: identifier kind, blind id, order.
+pub type Entry = (Kind, Blind, Uuid);
+
+/// The index the views of `store` call for under `vault`'s keys and KEK
+/// (what `verify` expects of a node), and how many orders' keys are not in
+/// the vault.
+pub fn expected(store: &Store, vault: &KeyVault) -> Result<(BTreeSet<Entry>, u64), IndexError> {
+    let key = SubjectKey(vault.derive_secret(KEY_LABEL).1);
+    let mut out = BTreeSet::new();
+    let mut no_key = 0;
+    for item in store
+        .db()
+        .iterator_cf(store.cf(CF_ORDER_STATE), IteratorMode::Start)
+    {
+        let (k, _) = item?;
+        let Ok(id) = Uuid::from_slice(&k) else {
+            continue;
+        };
+        match wanted(store, vault, &key, &id)? {
+            Some(entries) => out.extend(entries.into_iter().map(|(kind, b)| (kind, b, id))),
+            None => no_key += 1,
+        }
+    }
+    Ok((out, no_key))
+}
+
+/// The index `store` holds (entries present both ways), and how many
+/// orders it has queued for indexing.
+pub fn stored(store: &Store) -> Result<(BTreeSet<Entry>, u64), IndexError> {
+    let db = store.db();
+    let mut out = BTreeSet::new();
+    for item in db.iterator_cf(store.cf(CF_SUBJECT_ORDERS), IteratorMode::Start) {
+        let (k, v) = item?;
+        let (Ok(id), Some(kind), Ok(blind)) = (
+            Uuid::from_slice(&k[..16.min(k.len())]),
+            k.get(16).copied().and_then(Kind::from_tag),
+            Blind::try_from(&v[..]),
+        ) else {
+            continue;
+        };
+        let forward = db.get_cf(store.cf(CF_SUBJECT_INDEX), index_key(kind, &blind, &id))?;
+        if forward.as_deref() == Some(&blind[..]) {
+            out.insert((kind, blind, id));
+        }
+    }
+    let queued = db
+        .iterator_cf(store.cf(CF_SUBJECT_PENDING), IteratorMode::Start)
+        .count() as u64;
+    Ok((out, queued))
+}
+
 /// The background indexer: a pass after every batch the projector writes,
 /// and a retry each second while orders wait for their key.
 #[derive(Debug)]
 pub struct Indexer {
+    index: Arc<SubjectIndex>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -574,6 +640,7 @@ impl Indexer {
     pub fn start(index: Arc<SubjectIndex>, projector: Arc<ProjectorStatus>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_t = stop.clone();
+        let handle = index.clone();
         let thread = std::thread::Builder::new()
             .name("subject-indexer".into())
             .spawn(move || {
@@ -602,18 +669,21 @@ impl Indexer {
             })
             .expect("spawn subject indexer thread");
         Self {
+            index: handle,
             stop,
             thread: Some(thread),
         }
     }
 
-    /// Ends the thread after its current pass.
+    /// Ends the thread after its current pass, then takes what is queued
+    /// (the projector has stopped by then), so the index on disk matches
+    /// the views.
     pub fn stop(mut self) -> Result<(), String> {
         self.stop.store(true, Ordering::Release);
-        match self.thread.take().map(|t| t.join()) {
-            Some(Err(_)) => Err("the subject indexer thread panicked".into()),
-            _ => Ok(()),
+        if let Some(Err(_)) = self.thread.take().map(|t| t.join()) {
+            return Err("the subject indexer thread panicked".into());
         }
+        self.index.catch_up().map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
