@@ -618,6 +618,26 @@ async fn retention_erases_by_itself_exactly_once_across_two_nodes_and_waits_for_
     let (status, receipt) = send(a.get(&format!("/v1/orders/{cancelled}/erasure"), PRIVACY)).await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
     assert_eq!(receipt["receipt"]["reason"], "retention");
+
+    // The person asks to be forgotten through the second node: each order
+    // is erased by the node that writes its partition (forwarded where that
+    // is the first), each with a complete receipt.
+    let (status, forgotten) = send(
+        a.client
+            .post(format!("{b_base}/v1/subjects/erase"))
+            .bearer_auth(PRIVACY)
+            .json(&json!({"mobile": "+86 135 0000 3333"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{forgotten}");
+    assert_eq!(forgotten["erased"], 2, "{forgotten}");
+    assert_eq!(forgotten["complete"], true, "{forgotten}");
+    for o in forgotten["orders"].as_array().unwrap() {
+        assert_eq!(o["receipt"]["reason"], "request", "{o}");
+        assert_eq!(o["receipt"]["nodes"].as_array().unwrap().len(), 2, "{o}");
+    }
+    let (_, none) = subject(&a, "search", json!({"mobile": "13500003333"})).await;
+    assert_eq!(none["orders"], json!([]));
     b.stop().await;
     a.app.stop().await;
 }
