@@ -336,11 +336,13 @@ impl SubjectIndex {
         if dropped > 0 {
             self.purge_everything()?;
         }
-        tracing::info!(
-            orders = queued,
-            dropped,
-            "Subject index rebuilt under the current KEK: every order queued."
-        );
+        if queued + dropped > 0 {
+            tracing::info!(
+                orders = queued,
+                dropped,
+                "Subject index rebuilt under the current KEK: every order queued."
+            );
+        }
         Ok(())
     }
 
