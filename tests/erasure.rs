@@ -509,7 +509,42 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
         "a retry after the rotation is a replay"
     );
     assert_eq!(retried.json::<Value>().await.unwrap()["order_id"], keyed_id);
+    // The subject index was rebuilt under the new KEK's index key: a search
+    // finds the order, and the old key's HMACs are gone from the disk.
+    let email = order_body(10)["contact"]["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let found: Value = client
+        .post(format!("http://{}/v1/subjects/search", app2.addr))
+        .bearer_auth(PRIVACY)
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["orders"][0]["order_id"], ids[0].as_str(), "{found}");
     app2.stop().await;
+    let id = orderlog::projections::subjects::Identifier::email(&email).unwrap();
+    let (old_hmac, new_hmac) = (
+        orderlog::projections::subjects::SubjectKey::of(&old).blind(&id),
+        orderlog::projections::subjects::SubjectKey::of(&new).blind(&id),
+    );
+    let files = |needle: &[u8]| -> usize {
+        std::fs::read_dir(data_dir.path())
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.unwrap().path()).ok())
+            .filter(|bytes| contains(bytes, needle))
+            .count()
+    };
+    assert!(files(&new_hmac) > 0, "the rebuilt entry is on disk");
+    assert_eq!(
+        files(&old_hmac),
+        0,
+        "an entry under the old KEK's index key is left"
+    );
 
     // Someone who kept the old KEK appends a correctly chained cancel of
     // the first order, authenticated under the old KEK's log key.
