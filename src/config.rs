@@ -219,7 +219,8 @@ pub struct Overrides {
     /// placement. Default: kept until erased by request.
     #[arg(long, env = "ORDERLOG_RETENTION_IDENTITY")]
     pub retention_identity: Option<String>,
-    /// How often the retention scheduler looks for what is due. Default 1m.
+    /// How often the retention scheduler looks for what is due. Default: a
+    /// quarter of the shortest period, between 1s and 1m.
     #[arg(long, env = "ORDERLOG_RETENTION_INTERVAL")]
     pub retention_interval: Option<String>,
 }
@@ -545,23 +546,27 @@ impl Config {
                 })
                 .transpose()
         };
+        let cancelled = period(
+            "retention.cancelled",
+            &o.retention_cancelled,
+            &file.retention.cancelled,
+        )?;
+        let identity = period(
+            "retention.identity",
+            &o.retention_identity,
+            &file.retention.identity,
+        )?;
         let retention = crate::erasure::retention::RetentionPolicy {
-            cancelled: period(
-                "retention.cancelled",
-                &o.retention_cancelled,
-                &file.retention.cancelled,
-            )?,
-            identity: period(
-                "retention.identity",
-                &o.retention_identity,
-                &file.retention.identity,
-            )?,
+            cancelled,
+            identity,
             interval: period(
                 "retention.interval",
                 &o.retention_interval,
                 &file.retention.interval,
             )?
-            .unwrap_or(crate::erasure::retention::RetentionPolicy::default().interval),
+            .unwrap_or_else(|| {
+                crate::erasure::retention::RetentionPolicy::default_interval(cancelled, identity)
+            }),
         };
         if retention.interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid {
@@ -699,6 +704,44 @@ mod tests {
         assert_eq!(c.topic, "file.topic");
         assert_eq!(c.kafka["security.protocol"], "SSL");
         assert!(c.brokers.is_none());
+    }
+
+    #[test]
+    fn retention_comes_from_the_file_or_flags_and_a_bad_period_names_its_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orderlog.toml");
+        std::fs::write(
+            &path,
+            "retention.cancelled = \"30d\"\n[kafka]\n\"acks\" = \"all\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            retention_identity: Some("180d".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&o, &env(&[])).unwrap();
+        assert_eq!(
+            c.retention.cancelled,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            c.retention.identity,
+            Some(Duration::from_secs(180 * 86_400))
+        );
+        assert_eq!(c.retention.interval, Duration::from_secs(60));
+        assert!(
+            Config::resolve(&Overrides::default(), &env(&[]))
+                .unwrap()
+                .retention
+                .is_off()
+        );
+        let bad = Overrides {
+            retention_cancelled: Some("3w".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&bad, &env(&[])).unwrap_err().to_string();
+        assert!(e.starts_with("retention.cancelled: unknown unit"), "{e}");
     }
 
     #[test]

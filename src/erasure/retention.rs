@@ -43,6 +43,17 @@ impl Default for RetentionPolicy {
 }
 
 impl RetentionPolicy {
+    /// A quarter of the shortest period, between a second and a minute: an
+    /// erasure is due at most that late.
+    pub fn default_interval(cancelled: Option<Duration>, identity: Option<Duration>) -> Duration {
+        [cancelled, identity]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::from_secs(60), |p| p / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
     pub fn is_off(&self) -> bool {
         self.cancelled.is_none() && self.identity.is_none()
     }
@@ -259,6 +270,27 @@ mod tests {
         )
         .unwrap()
         .remove(0)
+    }
+
+    #[test]
+    fn the_default_interval_is_a_quarter_of_the_shortest_period_within_a_second_and_a_minute() {
+        let d = RetentionPolicy::default_interval;
+        assert_eq!(d(None, None), Duration::from_secs(60));
+        assert_eq!(
+            d(Some(Duration::from_secs(8)), None),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            d(Some(Duration::from_secs(2)), None),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            d(
+                Some(Duration::from_secs(30 * 86_400)),
+                Some(Duration::from_secs(120))
+            ),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
