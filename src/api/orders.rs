@@ -543,26 +543,16 @@ pub(super) async fn erase(
         Done::Here(o) => o,
         Done::There(resp) => return Ok(resp),
     };
-    let receipt = if outcome.replayed {
-        wait_for_receipt(state, order_id).await?
-    } else {
-        crate::erasure::receipt::after_erase(
-            &state.service,
-            &state.topic,
-            &scope,
-            &outcome,
-            started,
-            state.erasure_wait,
-        )
-        .await
-        .map_err(receipt_error)?
-    };
-    if !outcome.replayed {
-        tracing::info!(%order_id, elapsed_ms = receipt.elapsed_ms, complete = receipt.complete, "Order erased.");
-        metrics::counter!(crate::telemetry::ERASURES, "scope" => if scope == ErasureScope::Order { "order" } else { "classes" }).increment(1);
-        metrics::histogram!(crate::telemetry::ERASE_LATENCY)
-            .record(started.elapsed().as_secs_f64());
-    }
+    let receipt = crate::erasure::receipt::of_request(
+        &state.service,
+        &state.topic,
+        &scope,
+        &outcome,
+        started,
+        state.erasure_wait,
+    )
+    .await
+    .map_err(receipt_error)?;
     Ok(written(
         StatusCode::OK,
         &outcome,
@@ -711,28 +701,6 @@ pub async fn erasure_status(
     let receipt = crate::erasure::receipt::current(&state.service, &state.topic, order_id)
         .map_err(receipt_error)?;
     Ok(Json(json!({ "receipt": receipt })).into_response())
-}
-
-/// The receipt of the order's latest erasure as it stands, once this node
-/// has read it (bounded by the erasure wait).
-async fn wait_for_receipt(
-    state: &AppState,
-    order_id: Uuid,
-) -> Result<crate::erasure::Receipt, ApiError> {
-    let deadline = std::time::Instant::now() + state.erasure_wait;
-    loop {
-        match crate::erasure::receipt::current(&state.service, &state.topic, order_id) {
-            // Not read here yet, or the writer has not destroyed its copy
-            // of the key yet (the retry came in between).
-            Err(
-                crate::erasure::receipt::ReceiptError::Lagging
-                | crate::erasure::receipt::ReceiptError::Unverified,
-            ) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            r => return r.map_err(receipt_error),
-        }
-    }
 }
 
 fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {

@@ -131,6 +131,48 @@ fn describe(nodes: &[NodeErasure], classes: &[FieldClass], version: u64) -> Vec<
     out
 }
 
+/// The receipt an erase request answers: of the erasure it has just
+/// written (counted and logged), or, for a retry under the same
+/// idempotency key, of the order's latest erasure as it stands once this
+/// node has read it (bounded by `wait`).
+pub async fn of_request(
+    service: &Service,
+    topic: &str,
+    scope: &ErasureScope,
+    outcome: &Outcome,
+    started: Instant,
+    wait: Duration,
+) -> Result<Receipt, ReceiptError> {
+    if outcome.replayed {
+        return settled(service, topic, outcome.order_id, wait).await;
+    }
+    let receipt = after_erase(service, topic, scope, outcome, started, wait).await?;
+    tracing::info!(order_id = %outcome.order_id, elapsed_ms = receipt.elapsed_ms, complete = receipt.complete, "Order erased.");
+    metrics::counter!(crate::telemetry::ERASURES, "scope" => receipt.scope.clone()).increment(1);
+    metrics::histogram!(crate::telemetry::ERASE_LATENCY).record(started.elapsed().as_secs_f64());
+    Ok(receipt)
+}
+
+/// [`current`], once this node has read the order's erasure and the writer
+/// has destroyed its copy of the key (a retry can come in between), within
+/// `wait`.
+pub async fn settled(
+    service: &Service,
+    topic: &str,
+    order_id: Uuid,
+    wait: Duration,
+) -> Result<Receipt, ReceiptError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match current(service, topic, order_id) {
+            Err(ReceiptError::Lagging | ReceiptError::Unverified) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The receipt of an erasure this node has just written (`outcome`).
 pub async fn after_erase(
     service: &Service,
