@@ -4,28 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::app::{CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY, TestApp};
 use orderlog::crypto::{Kek, KekRing, KeyVault, VaultError};
 use orderlog::domain::{FieldClass, fixtures};
 use orderlog::events;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn order_body(n: u32) -> Value {
     json!({
@@ -73,12 +57,7 @@ async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
 #[tokio::test]
 async fn after_erasure_nothing_the_system_holds_can_read_the_erased_data() {
     // Every log line of the whole scenario, at trace level.
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .try_init();
+    let logs = common::Captured::install(tracing::Level::TRACE);
 
     let app = TestApp::spawn().await;
     let (a, b, c) = (1, 2, 3);
@@ -356,7 +335,7 @@ async fn after_erasure_nothing_the_system_holds_can_read_the_erased_data() {
     assert!(scanned > 0);
 
     // The logs of the whole scenario, at trace level, hold no personal data and no token.
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.contains("Order erased."), "the logs were captured");
     for n in needles(a)
         .iter()

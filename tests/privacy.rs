@@ -12,9 +12,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use std::time::{Duration, Instant};
 
 use common::app::{CHECKOUT, PRIVACY, TestApp};
@@ -24,19 +21,6 @@ use orderlog::events::v3::ErasureReasonV3;
 use orderlog::projections::subjects::{Identifier, SubjectKey};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Person {
     name: &'static str,
@@ -120,12 +104,7 @@ fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_person_is_found_exported_and_erased_by_any_spelling_of_their_identifiers() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .try_init();
+    let logs = common::Captured::install(tracing::Level::DEBUG);
 
     let app = TestApp::spawn().await;
     let ana = Person {
@@ -316,7 +295,7 @@ async fn a_person_is_found_exported_and_erased_by_any_spelling_of_their_identifi
     }
 
     // The logs name the requests, never the identifiers.
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.contains("Subject request."), "the logs were captured");
     assert!(text.contains("request_id"));
     for needle in [
@@ -457,6 +436,27 @@ async fn a_held_order_refuses_erasure_until_its_hold_is_released() {
             "OrderErased"
         ]
     );
+    // ... and so does `orderlog history`.
+    let source = orderlog::audit::Source {
+        settings: app.app.kafka.clone(),
+        topic: app.app.topic.clone(),
+        log_keys: Some(app.app.service.vault().log_keys()),
+    };
+    let order = uuid::Uuid::parse_str(&id).unwrap();
+    let history =
+        tokio::task::spawn_blocking(move || orderlog::audit::history::run(&source, order, None))
+            .await
+            .unwrap()
+            .unwrap()
+            .to_text();
+    assert!(history.contains("OrderHeld"), "{history}");
+    assert!(
+        history.contains("reason=chargeback dispute 2026-117"),
+        "{history}"
+    );
+    assert!(history.contains("until=2099-01-01T00:00:00Z"), "{history}");
+    assert!(history.contains("OrderHoldReleased"), "{history}");
+    assert!(history.contains("reason=request"), "{history}");
     app.app.stop().await;
 }
 

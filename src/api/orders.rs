@@ -308,6 +308,37 @@ async fn execute_or_forward(
     }
 }
 
+/// A command on an existing order as its route received it: the
+/// idempotency key and expected version read from the headers, then carried
+/// out here or at the node that writes the order's partition.
+#[allow(clippy::too_many_arguments)] // one request, as it came in
+async fn command_on(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    order_id: Uuid,
+    route: &str,
+    command: Command,
+) -> Result<Done, ApiError> {
+    let idem = idempotency(&caller.0, headers, route, body)?;
+    execute_or_forward(
+        state,
+        caller,
+        method,
+        uri,
+        headers,
+        body,
+        order_id,
+        command,
+        expected_version(headers)?,
+        idem,
+    )
+    .await
+}
+
 fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
         ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id")
@@ -406,13 +437,7 @@ pub async fn share_order(
         }
     };
     let classes = parse_classes("fields", &parsed.fields)?;
-    let idem = idempotency(
-        &caller.0,
-        &headers,
-        &format!("POST /v1/orders/{order_id}/shares"),
-        &bytes,
-    )?;
-    let outcome = match execute_or_forward(
+    let outcome = match command_on(
         &state,
         &caller,
         &Method::POST,
@@ -420,12 +445,11 @@ pub async fn share_order(
         &headers,
         &bytes,
         order_id,
+        &format!("POST /v1/orders/{order_id}/shares"),
         Command::ShareOrder {
             party: party.clone(),
             classes,
         },
-        expected_version(&headers)?,
-        idem,
     )
     .await?
     {
@@ -454,13 +478,7 @@ pub async fn cancel_order(
             "must be one of customer_request, payment_failed, out_of_stock, fraud_suspected, other",
         )
     })?;
-    let idem = idempotency(
-        &caller.0,
-        &headers,
-        &format!("POST /v1/orders/{order_id}/cancel"),
-        &bytes,
-    )?;
-    let outcome = match execute_or_forward(
+    let outcome = match command_on(
         &state,
         &caller,
         &Method::POST,
@@ -468,9 +486,8 @@ pub async fn cancel_order(
         &headers,
         &bytes,
         order_id,
+        &format!("POST /v1/orders/{order_id}/cancel"),
         Command::CancelOrder { reason },
-        expected_version(&headers)?,
-        idem,
     )
     .await?
     {
@@ -519,14 +536,8 @@ pub(super) async fn erase(
 ) -> Result<Response, ApiError> {
     // A retry with the same Idempotency-Key (say after a timeout) gets the
     // erasure's receipt as it stands, not 409 `already_erased`.
-    let idem = idempotency(
-        &caller.0,
-        headers,
-        &format!("POST /v1/orders/{order_id}/erase"),
-        bytes,
-    )?;
     let started = std::time::Instant::now();
-    let outcome = match execute_or_forward(
+    let outcome = match command_on(
         state,
         caller,
         &Method::POST,
@@ -534,9 +545,8 @@ pub(super) async fn erase(
         headers,
         bytes,
         order_id,
+        &format!("POST /v1/orders/{order_id}/erase"),
         Command::erase(scope.clone()),
-        expected_version(headers)?,
-        idem,
     )
     .await?
     {
@@ -601,14 +611,8 @@ pub async fn hold_order(
             Some(ms)
         }
     };
-    let idem = idempotency(
-        &caller.0,
-        &headers,
-        &format!("POST /v1/orders/{order_id}/hold"),
-        &bytes,
-    )?;
     let hold = Hold { reason, until_ms };
-    let outcome = match execute_or_forward(
+    let outcome = match command_on(
         &state,
         &caller,
         &Method::POST,
@@ -616,9 +620,8 @@ pub async fn hold_order(
         &headers,
         &bytes,
         order_id,
+        &format!("POST /v1/orders/{order_id}/hold"),
         Command::HoldOrder(hold.clone()),
-        expected_version(&headers)?,
-        idem,
     )
     .await?
     {
@@ -651,13 +654,7 @@ pub async fn release_hold(
             "DELETE /v1/orders/{id}/hold takes no body",
         ));
     }
-    let idem = idempotency(
-        &caller.0,
-        &headers,
-        &format!("DELETE /v1/orders/{order_id}/hold"),
-        &bytes,
-    )?;
-    let outcome = match execute_or_forward(
+    let outcome = match command_on(
         &state,
         &caller,
         &Method::DELETE,
@@ -665,9 +662,8 @@ pub async fn release_hold(
         &headers,
         &bytes,
         order_id,
+        &format!("DELETE /v1/orders/{order_id}/hold"),
         Command::ReleaseHold,
-        expected_version(&headers)?,
-        idem,
     )
     .await?
     {

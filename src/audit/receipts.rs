@@ -88,10 +88,7 @@ pub fn collect<'a>(
             offset,
             sequence: env.meta.sequence,
             scope: if *whole { "order" } else { "classes" },
-            reason: match reason {
-                crate::events::v3::ErasureReasonV3::Request => "request",
-                crate::events::v3::ErasureReasonV3::Retention => "retention",
-            },
+            reason: crate::events::codec::erasure_reason_of(*reason).as_str(),
             classes: classes.iter().map(|c| c.as_str()).collect(),
             key_id: env.meta.key_id.to_string(),
             verified: vec![],

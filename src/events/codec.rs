@@ -172,6 +172,20 @@ fn reason_of(r: ReasonV1) -> CancelReason {
     }
 }
 
+fn erasure_reason_v3(r: ErasureReason) -> ErasureReasonV3 {
+    match r {
+        ErasureReason::Request => ErasureReasonV3::Request,
+        ErasureReason::Retention => ErasureReasonV3::Retention,
+    }
+}
+
+pub fn erasure_reason_of(r: ErasureReasonV3) -> ErasureReason {
+    match r {
+        ErasureReasonV3::Request => ErasureReason::Request,
+        ErasureReasonV3::Retention => ErasureReason::Retention,
+    }
+}
+
 fn encode_plain<T: serde::Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(
         bincode::serde::encode_to_vec(v, bincode_config()).expect("in-memory values always encode"),
@@ -262,10 +276,7 @@ pub fn seal_event(
             reason: reason_v1(*reason),
         },
         Event::OrderErased { scope, reason } => {
-            let reason = match reason {
-                ErasureReason::Request => ErasureReasonV3::Request,
-                ErasureReason::Retention => ErasureReasonV3::Retention,
-            };
+            let reason = erasure_reason_v3(*reason);
             match scope {
                 ErasureScope::Order => Body::OrderErased {
                     classes: vec![],
@@ -560,10 +571,7 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
             } else {
                 ErasureScope::Classes(classes_of(classes))
             },
-            reason: match reason {
-                ErasureReasonV3::Request => ErasureReason::Request,
-                ErasureReasonV3::Retention => ErasureReason::Retention,
-            },
+            reason: erasure_reason_of(*reason),
         },
         Body::OrderHeld { reason, until_ms } => Event::OrderHeld(Hold {
             reason: HoldReason::parse("hold.reason", reason).map_err(invalid)?,

@@ -329,11 +329,7 @@ impl Store {
     pub fn purge(&self, ranges: &[(&'static str, Vec<u8>)]) -> Result<PurgeReport, StoreError> {
         let started = std::time::Instant::now();
         let db = self.db();
-        let mut flush = rocksdb::FlushOptions::default();
-        flush.set_wait(true);
-        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
-        db.flush_cfs_opt(&cfs, &flush)?;
-        db.flush_wal(true)?;
+        self.flush_everything()?;
         let mut compact = rocksdb::CompactOptions::default();
         compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(false);
@@ -384,15 +380,23 @@ impl Store {
         })
     }
 
+    /// Flushes every column family's memtables, then the WAL: what was
+    /// deleted is then only in SST files (the WAL that held it is obsolete,
+    /// and deleted at once as archiving is off).
+    fn flush_everything(&self) -> Result<(), StoreError> {
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
+        self.db().flush_cfs_opt(&cfs, &flush)?;
+        self.db().flush_wal(true)?;
+        Ok(())
+    }
+
     /// [`Store::purge`] of whole column families: flushed with the WAL, then
     /// every key range compacted to the bottom level.
     pub fn purge_all(&self, names: &[&'static str]) -> Result<(), StoreError> {
         let db = self.db();
-        let mut flush = rocksdb::FlushOptions::default();
-        flush.set_wait(true);
-        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
-        db.flush_cfs_opt(&cfs, &flush)?;
-        db.flush_wal(true)?;
+        self.flush_everything()?;
         let mut compact = rocksdb::CompactOptions::default();
         compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         for name in names {
