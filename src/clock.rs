@@ -20,6 +20,20 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 text (any offset), or a date (`2027-01-31`, its first moment in
+/// UTC), as Unix milliseconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    parse_rfc3339(text).or_else(|| {
+        let date = time::Date::parse(
+            text.trim(),
+            &time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .ok()?;
+        let t = date.midnight().assume_utc();
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    })
+}
+
 /// RFC 3339 text (any offset) as Unix milliseconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let t =
@@ -41,6 +55,16 @@ mod tests {
             Some(1_733_000_000_000)
         );
         assert_eq!(super::parse_rfc3339("tomorrow"), None);
+        assert_eq!(
+            super::parse_time("2024-11-30"),
+            Some(1_732_924_800_000),
+            "a date is its first moment in UTC"
+        );
+        assert_eq!(
+            super::parse_time("2024-11-30T20:53:20.123Z"),
+            Some(1_733_000_000_123)
+        );
+        assert_eq!(super::parse_time("30/11/2024"), None);
     }
 
     #[test]

@@ -599,10 +599,10 @@ pub async fn hold_order(
     let until_ms = match &parsed.until {
         None => None,
         Some(text) => {
-            let ms = crate::clock::parse_rfc3339(text).ok_or_else(|| {
+            let ms = crate::clock::parse_time(text).ok_or_else(|| {
                 ApiError::unprocessable(
                     "until",
-                    "must be an RFC 3339 time, such as 2027-01-31T00:00:00Z",
+                    "must be an RFC 3339 time such as 2027-01-31T00:00:00Z, or a date such as 2027-01-31 (its start, UTC)",
                 )
             })?;
             if ms <= crate::clock::now_ms() {

@@ -157,24 +157,11 @@ impl HoldReason {
                 "must not contain control characters",
             ));
         }
-        // The longest run of digits (a space inside it counts as part of
-        // it, so `138 0013 8000` is one run): a phone or ID number has seven
-        // or more; a date such as 2026-11-30 does not.
-        let mut run = 0;
-        let mut longest = 0;
-        for c in s.chars() {
-            if c.is_ascii_digit() {
-                run += 1;
-                longest = longest.max(run);
-            } else if c != ' ' {
-                run = 0;
-            }
-        }
-        if s.contains('@') || longest >= 7 {
+        if s.contains('@') || looks_like_a_number_of_a_person(s) {
             return Err(ValidationError::new(
                 field,
                 "must not hold personal data (it is stored in clear in the log): no email \
-                 addresses and no runs of seven or more digits such as phone or ID numbers",
+                 addresses, phone numbers or ID numbers; a case reference is fine",
             ));
         }
         Ok(Self(s.to_owned()))
@@ -183,6 +170,45 @@ impl HoldReason {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `s` holds what could be a person's phone or ID number: a run of
+/// digits (single spaces or dashes inside it joined, as people write
+/// `138 0013 8000`) that is a PRC mobile (11 digits, `1[3-9]...`), a PRC
+/// landline with its area code (10 to 12 digits from `0`), an E.164 number
+/// (`+` and 8 or more digits) or an ID number (17 digits and more). Dates and
+/// case numbers such as `2026-11-30` or `2024-117` pass.
+fn looks_like_a_number_of_a_person(s: &str) -> bool {
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let plus = i > 0 && chars[i - 1] == '+';
+        let mut digits = String::new();
+        while i < chars.len() {
+            if chars[i].is_ascii_digit() {
+                digits.push(chars[i]);
+                i += 1;
+            } else if matches!(chars[i], ' ' | '-')
+                && chars.get(i + 1).is_some_and(char::is_ascii_digit)
+            {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        let b = digits.as_bytes();
+        let mobile = b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]);
+        let landline = b[0] == b'0' && (10..=12).contains(&b.len());
+        let e164 = plus && b.len() >= 8;
+        if mobile || landline || e164 || b.len() >= 17 {
+            return true;
+        }
+    }
+    false
 }
 
 impl fmt::Display for HoldReason {
