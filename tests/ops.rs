@@ -74,7 +74,6 @@ async fn readiness_turns_true_only_once_the_projector_has_caught_up() {
             let projected: i64 = status
                 .positions
                 .lock()
-                .unwrap()
                 .values()
                 .map(|(next, _)| *next)
                 .sum();

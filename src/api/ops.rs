@@ -96,7 +96,6 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Re
         .map(|p| {
             p.positions
                 .lock()
-                .expect("positions lock")
                 .iter()
                 .map(|(p, (_, high))| (*p, *high))
                 .collect()

@@ -13,10 +13,11 @@
 //! read again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -48,18 +49,18 @@ pub struct FollowStatus {
     pub(crate) current_at_ms: std::sync::atomic::AtomicI64,
     /// Keys destroyed by rows other nodes wrote (or this one, again).
     pub destroyed: std::sync::atomic::AtomicU64,
-    changed: std::sync::Condvar,
+    changed: parking_lot::Condvar,
 }
 
 impl FollowStatus {
     /// Next offset to apply, per partition.
     pub fn positions(&self) -> BTreeMap<i32, i64> {
-        self.positions.lock().expect("positions lock").clone()
+        self.positions.lock().clone()
     }
 
     /// True once every partition of `ends` is applied up to its end.
     pub fn reached(&self, ends: &BTreeMap<i32, i64>) -> bool {
-        let pos = self.positions.lock().expect("positions lock");
+        let pos = self.positions.lock();
         ends.iter()
             .all(|(p, end)| pos.get(p).copied().unwrap_or(0) >= *end)
     }
@@ -67,7 +68,7 @@ impl FollowStatus {
     /// Waits (blocking) until [`FollowStatus::reached`] or `timeout`.
     pub fn wait_for(&self, ends: &BTreeMap<i32, i64>, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut pos = self.positions.lock().expect("positions lock");
+        let mut pos = self.positions.lock();
         loop {
             if ends
                 .iter()
@@ -79,17 +80,14 @@ impl FollowStatus {
             if left.is_zero() {
                 return false;
             }
-            pos = self
-                .changed
-                .wait_timeout(pos, left.min(Duration::from_millis(200)))
-                .expect("positions lock")
-                .0;
+            self.changed
+                .wait_for(&mut pos, left.min(Duration::from_millis(200)));
         }
     }
 
     /// The end of each partition of the key topic, as last read.
     pub fn ends(&self) -> BTreeMap<i32, i64> {
-        self.ends.lock().expect("ends lock").clone()
+        self.ends.lock().clone()
     }
 
     /// Rows behind the end of the key topic (as last read), per partition.
@@ -97,7 +95,6 @@ impl FollowStatus {
         let pos = self.positions();
         self.ends
             .lock()
-            .expect("ends lock")
             .iter()
             .map(|(p, end)| (*p, (end - pos.get(p).copied().unwrap_or(0)).max(0)))
             .collect()
@@ -113,7 +110,7 @@ impl FollowStatus {
 
     /// Records the end of the key topic just read.
     fn saw_ends(&self, ends: BTreeMap<i32, i64>) {
-        let mut last = self.ends.lock().expect("ends lock");
+        let mut last = self.ends.lock();
         if !last.is_empty() && self.reached(&last) {
             self.current_at_ms
                 .store(crate::clock::now_ms(), Ordering::Release);
@@ -122,7 +119,7 @@ impl FollowStatus {
     }
 
     fn publish(&self, positions: BTreeMap<i32, i64>) {
-        *self.positions.lock().expect("positions lock") = positions;
+        *self.positions.lock() = positions;
         self.changed.notify_all();
     }
 }

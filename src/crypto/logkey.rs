@@ -224,20 +224,20 @@ impl LogKeys {
 
 /// The log keys a node holds now, shared by the vault (which learns
 /// retired keys from the key topic) and the readers that check records.
-pub struct SharedLogKeys(std::sync::RwLock<std::sync::Arc<LogKeys>>);
+pub struct SharedLogKeys(parking_lot::RwLock<std::sync::Arc<LogKeys>>);
 
 impl SharedLogKeys {
     pub fn new(keys: LogKeys) -> Self {
-        Self(std::sync::RwLock::new(std::sync::Arc::new(keys)))
+        Self(parking_lot::RwLock::new(std::sync::Arc::new(keys)))
     }
 
     pub fn get(&self) -> std::sync::Arc<LogKeys> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.read().clone()
     }
 
     /// Replaces the keys with `f` of them.
     pub fn update(&self, f: impl FnOnce(&LogKeys) -> LogKeys) {
-        let mut keys = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self.0.write();
         *keys = std::sync::Arc::new(f(&keys));
     }
 }

@@ -5,8 +5,8 @@
 //! rows from SST files and the WAL is the erasure module's job.)
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::RwLock;
 
+use parking_lot::RwLock;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -83,7 +83,7 @@ pub struct KeyVault {
     live: std::sync::atomic::AtomicI64,
     /// Held by every read-then-write of a key row (the writer's destroy, the
     /// key follower's apply), so neither writes from a stale read.
-    rows: std::sync::Mutex<()>,
+    rows: parking_lot::Mutex<()>,
     /// The keys that authenticate the event log: the KEKs' own and the
     /// retired ones stored here.
     log_keys: std::sync::Arc<SharedLogKeys>,
@@ -111,7 +111,7 @@ impl KeyVault {
             store,
             ring: RwLock::new(ring),
             live: std::sync::atomic::AtomicI64::new(0),
-            rows: std::sync::Mutex::new(()),
+            rows: parking_lot::Mutex::new(()),
             log_keys,
         };
         let n = vault.count_rows().unwrap_or(0);
@@ -175,7 +175,7 @@ impl KeyVault {
 
     fn add_log_key(&self, row: &WrappedLogKey) -> Result<(), VaultError> {
         let secret = {
-            let ring = self.ring.read().expect("kek ring lock");
+            let ring = self.ring.read();
             row.unwrap(&ring)?
         };
         if self.log_keys.get().secret(row.id).is_none() {
@@ -221,19 +221,19 @@ impl KeyVault {
 
     /// The lock a caller of [`KeyVault::stage_replica_row`] holds from the
     /// read to the write of its batch.
-    pub fn lock_rows(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock_rows(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.rows.lock()
     }
 
     pub fn current_kek_id(&self) -> KekId {
-        self.ring.read().expect("kek ring lock").current().id()
+        self.ring.read().current().id()
     }
 
     /// A secret for another purpose derived from the current KEK (HKDF, so
     /// it reveals nothing about the KEK), with that KEK's id: a new KEK
     /// gives a new secret.
     pub fn derive_secret(&self, label: &str) -> (KekId, zeroize::Zeroizing<[u8; 32]>) {
-        let ring = self.ring.read().expect("kek ring lock");
+        let ring = self.ring.read();
         (ring.current().id(), ring.current().derive_secret(label))
     }
 
@@ -261,12 +261,7 @@ impl KeyVault {
             return Err(VaultError::Shredded { order_id, record });
         }
         let key = OrderKey::generate();
-        let stored = Self::wrap(
-            self.ring.read().expect("kek ring lock").current(),
-            &order_id,
-            &key,
-            now_ms,
-        );
+        let stored = Self::wrap(self.ring.read().current(), &order_id, &key, now_ms);
         db.put_cf_opt(
             cf,
             order_id.as_bytes(),
@@ -293,7 +288,7 @@ impl KeyVault {
         }
         let db = self.store.db();
         let cf = self.store.cf(CF_ORDER_KEYS);
-        let ring = self.ring.read().expect("kek ring lock");
+        let ring = self.ring.read();
         let mut batch = WriteBatch::default();
         for (order_id, key) in keys {
             if db.get_pinned_cf(cf, order_id.as_bytes())?.is_some() {
@@ -357,7 +352,7 @@ impl KeyVault {
                 None => VaultError::NotFound(order_id),
             });
         };
-        let ring = self.ring.read().expect("kek ring lock");
+        let ring = self.ring.read();
         let kek = ring.get(stored.kek_id)?;
         let mut subkeys = BTreeMap::new();
         for (class, wrapped) in &stored.wrapped {
@@ -643,7 +638,7 @@ impl KeyVault {
         retire_until: &BTreeMap<i32, i64>,
     ) -> Result<RewrapReport, VaultError> {
         {
-            let mut ring = self.ring.write().expect("kek ring lock");
+            let mut ring = self.ring.write();
             let old = ring.current().clone();
             *ring = KekRing::new(new.clone()).with_older(old);
             self.log_keys.update(|keys| {
@@ -702,7 +697,7 @@ impl KeyVault {
 
     /// Forgets every KEK but the current one (after a completed rotation).
     pub fn forget_old_keks(&self) {
-        let mut ring = self.ring.write().expect("kek ring lock");
+        let mut ring = self.ring.write();
         *ring = KekRing::new(ring.current().clone());
     }
 }

@@ -57,7 +57,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn positions(&self) -> Positions {
         let keys_applied = self.keys.positions();
-        let views_projected = self.views.flushed.lock().expect("flushed lock").clone();
+        let views_projected = self.views.flushed.lock().clone();
         Positions {
             keys_purged: self.purge.purged_up_to(Source::Keys, &keys_applied),
             views_purged: self.purge.purged_up_to(Source::Views, &views_projected),

@@ -13,10 +13,11 @@
 //! purged ([`PurgeStatus::purged_up_to`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use rocksdb::{IteratorMode, WriteBatch};
 use uuid::Uuid;
 
@@ -160,16 +161,13 @@ impl PurgeStatus {
         if entries.is_empty() {
             return;
         }
-        self.pending
-            .lock()
-            .expect("purge lock")
-            .extend(entries.iter().copied());
+        self.pending.lock().extend(entries.iter().copied());
         self.wake.notify_all();
     }
 
     /// Takes back entries whose batch failed to be written.
     pub fn forget(&self, entries: &[Entry]) {
-        let mut pending = self.pending.lock().expect("purge lock");
+        let mut pending = self.pending.lock();
         for e in entries {
             pending.remove(e);
         }
@@ -178,7 +176,7 @@ impl PurgeStatus {
     /// Per partition: the offset before which every destruction read from
     /// `source` is purged from disk, given how far that source has `applied`.
     pub fn purged_up_to(&self, source: Source, applied: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
-        let pending = self.pending.lock().expect("purge lock");
+        let pending = self.pending.lock();
         let mut out = applied.clone();
         for (p, at) in out.iter_mut() {
             // Entries sort by source, partition, offset: the first one of
@@ -201,7 +199,7 @@ impl PurgeStatus {
 
     /// Queued purges not run yet.
     pub fn queued(&self) -> usize {
-        self.pending.lock().expect("purge lock").len()
+        self.pending.lock().len()
     }
 }
 
@@ -252,7 +250,7 @@ fn drain(store: &Store, status: &PurgeStatus) -> Result<usize, StoreError> {
     }
     store.db().write(batch)?;
     {
-        let mut pending = status.pending.lock().expect("purge lock");
+        let mut pending = status.pending.lock();
         for e in &rows {
             pending.remove(e);
         }
@@ -285,12 +283,12 @@ impl Purger {
                     // nothing to read: the queue is only scanned when there
                     // is something to purge.
                     let idle = {
-                        let pending = status_t.pending.lock().expect("purge lock");
+                        let pending = status_t.pending.lock();
                         if pending.is_empty() && !stop_t.load(Ordering::Acquire) {
-                            let (pending, _) = status_t
+                            let mut pending = pending;
+                            status_t
                                 .wake
-                                .wait_timeout(pending, Duration::from_millis(200))
-                                .expect("purge lock");
+                                .wait_for(&mut pending, Duration::from_millis(200));
                             pending.is_empty()
                         } else {
                             pending.is_empty()

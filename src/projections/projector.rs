@@ -16,8 +16,9 @@
 use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -108,7 +109,6 @@ impl ProjectorStatus {
     pub fn lag(&self) -> BTreeMap<i32, i64> {
         self.positions
             .lock()
-            .expect("positions lock")
             .iter()
             .map(|(p, (next, high))| (*p, (high - next).max(0)))
             .collect()
@@ -271,7 +271,7 @@ fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, sto
         let read_ms = crate::clock::now_ms();
         // The flushed offsets are read before the ends, so lag is never
         // under-stated by events projected in between.
-        let flushed = status.flushed.lock().expect("flushed lock").clone();
+        let flushed = status.flushed.lock().clone();
         if flushed.is_empty() {
             continue;
         }
@@ -309,7 +309,7 @@ fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, sto
         }
         previous = positions.iter().map(|(p, (_, high))| (*p, *high)).collect();
         previous_read_ms = read_ms;
-        *status.positions.lock().expect("positions lock") = positions;
+        *status.positions.lock() = positions;
         status
             .refreshed_at_ms
             .store(crate::clock::now_ms(), Ordering::Release);
@@ -1065,7 +1065,7 @@ impl Run {
             // partitions already published: the set of assigned partitions
             // is `refresh_positions`' to give, or readiness would be judged
             // on the partitions written so far.
-            let mut flushed = self.status.flushed.lock().expect("flushed lock");
+            let mut flushed = self.status.flushed.lock();
             for (p, next) in &inflight.offsets {
                 if let Some(at) = flushed.get_mut(p) {
                     *at = *next;
@@ -1108,7 +1108,7 @@ impl Run {
             };
             flushed.insert(p, next);
         }
-        *self.status.flushed.lock().expect("flushed lock") = flushed;
+        *self.status.flushed.lock() = flushed;
         true
     }
 }

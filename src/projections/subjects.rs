@@ -33,11 +33,12 @@
 //! Never here: an identifier in clear, in a row, a log line or an error.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -421,7 +422,7 @@ impl SubjectIndex {
     /// Takes every queued order: writes its entries, removes those of
     /// erased classes and purges them from disk before returning.
     pub fn catch_up(&self) -> Result<Pass, IndexError> {
-        let _one = self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.pass.lock();
         let db = self.store.db();
         let (pending_cf, index_cf, orders_cf) = (
             self.store.cf(CF_SUBJECT_PENDING),

@@ -16,9 +16,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -147,7 +148,6 @@ impl Members {
         let max_age = self.me.heartbeat * DEAD_AFTER_HEARTBEATS;
         self.rows
             .read()
-            .expect("members lock")
             .values()
             .filter(|(m, at)| m.node_id != self.me.node_id && at.elapsed() <= max_age)
             .map(|(m, _)| m.clone())
@@ -159,7 +159,6 @@ impl Members {
         let max_age = self.me.heartbeat * DEAD_AFTER_HEARTBEATS;
         self.rows
             .read()
-            .expect("members lock")
             .values()
             .map(|(m, at)| Known {
                 member: m.clone(),
@@ -266,7 +265,7 @@ fn follow(
         let Some(node) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             continue;
         };
-        let mut rows = rows.write().expect("members lock");
+        let mut rows = rows.write();
         match m.payload().map(serde_json::from_slice::<Member>) {
             None => {
                 rows.remove(node);

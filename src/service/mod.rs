@@ -27,11 +27,12 @@ mod recovery;
 pub mod state;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::join_all;
+use parking_lot::{Mutex, RwLock};
 use rdkafka::error::KafkaError;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -233,11 +234,7 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared
-            .in_flight
-            .lock()
-            .expect("in-flight lock")
-            .remove(&self.key);
+        self.shared.in_flight.lock().remove(&self.key);
     }
 }
 
@@ -324,8 +321,8 @@ fn kafka_unavailable(e: &KafkaError) -> ServiceError {
 }
 
 impl Shared {
-    fn partition(&self, p: usize) -> std::sync::MutexGuard<'_, PartitionState> {
-        self.partitions[p].lock().expect("partition lock")
+    fn partition(&self, p: usize) -> parking_lot::MutexGuard<'_, PartitionState> {
+        self.partitions[p].lock()
     }
 
     /// Purges this node's purger has run (0 until it runs).
@@ -646,13 +643,7 @@ impl Service {
             if let Some(prev) = self.known(&idem.key)? {
                 return replay(prev, idem, &self.shared.vault);
             }
-            if !self
-                .shared
-                .in_flight
-                .lock()
-                .expect("in-flight lock")
-                .insert(idem.key)
-            {
+            if !self.shared.in_flight.lock().insert(idem.key) {
                 return Err(ServiceError::IdempotencyInFlight);
             }
             let g = InFlight {
@@ -725,7 +716,7 @@ impl Service {
             }
         }
         let tx = {
-            let q = self.queues.read().expect("queues lock");
+            let q = self.queues.read();
             q.as_ref().ok_or(ServiceError::ShuttingDown)?[p].clone()
         };
         let (reply, rx) = oneshot::channel();
@@ -855,17 +846,17 @@ impl Service {
     pub async fn shutdown(&self, limit: Duration) {
         // Leave the writers' group first: the partitions move to other nodes
         // at once instead of after the session timeout.
-        let group = self.group.lock().expect("group lock").take();
+        let group = self.group.lock().take();
         if let Some((stop, thread)) = group {
             stop.store(true, Ordering::Release);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         self.shared.members.leave().await;
-        self.queues.write().expect("queues lock").take();
+        self.queues.write().take();
         self.shared.closing.store(true, Ordering::Release);
         // Requests waiting for the start to finish give up.
         self.shared.started.notify_waiters();
-        let writers: Vec<_> = std::mem::take(&mut *self.writers.lock().expect("writers lock"));
+        let writers: Vec<_> = std::mem::take(&mut *self.writers.lock());
         self.shared.tasks.close();
         let all = async {
             join_all(writers).await;
