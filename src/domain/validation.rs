@@ -142,6 +142,13 @@ pub struct HoldReason(String);
 pub const MAX_HOLD_REASON_CHARS: usize = 200;
 
 impl HoldReason {
+    /// A reason as the log holds it. The log is the truth and replay must
+    /// not stop: a reason written under other rules (or none) is taken as
+    /// it is, and only new holds are checked ([`HoldReason::parse`]).
+    pub fn from_log(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+
     pub fn parse(field: &str, raw: &str) -> Result<Self> {
         let s = raw.trim();
         let n = s.chars().count();

@@ -574,7 +574,7 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
             reason: erasure_reason_of(*reason),
         },
         Body::OrderHeld { reason, until_ms } => Event::OrderHeld(Hold {
-            reason: HoldReason::parse("hold.reason", reason).map_err(invalid)?,
+            reason: HoldReason::from_log(reason),
             until_ms: *until_ms,
         }),
         Body::OrderHoldReleased => Event::OrderHoldReleased,
