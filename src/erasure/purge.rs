@@ -22,7 +22,8 @@ use rocksdb::{IteratorMode, WriteBatch};
 use uuid::Uuid;
 
 use crate::store::{
-    CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_PURGE_QUEUE, CF_VIEW_ORDERS, Store, StoreError,
+    CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_PURGE_QUEUE, CF_SUBJECT_ORDERS, CF_VIEW_ORDERS,
+    Store, StoreError,
 };
 
 /// How long the purger waits after the first entry for more to join.
@@ -211,12 +212,18 @@ pub struct Purger {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The rows of an order a purge compacts away: those that held key bytes or
-/// sealed fields (`order_state` holds neither).
+/// The rows of an order a purge compacts away: those that held key bytes,
+/// sealed fields or blind ids (`order_state` holds none).
 fn ranges(ids: &BTreeSet<Uuid>) -> Vec<(&'static str, Vec<u8>)> {
     ids.iter()
         .flat_map(|id| {
-            [CF_ORDER_KEYS, CF_VIEW_ORDERS, CF_ORDER_PLACED].map(|cf| (cf, id.as_bytes().to_vec()))
+            [
+                CF_ORDER_KEYS,
+                CF_VIEW_ORDERS,
+                CF_ORDER_PLACED,
+                CF_SUBJECT_ORDERS,
+            ]
+            .map(|cf| (cf, id.as_bytes().to_vec()))
         })
         .collect()
 }

@@ -900,6 +900,16 @@ impl Run {
                 offset,
                 order_id: env.meta.order_id,
             };
+            // The subject index entries of the erased classes go in the
+            // same batch, and with the same purge.
+            if let Ok(crate::domain::Event::OrderErased { scope, .. }) = &d.event {
+                super::subjects::stage_removal(
+                    &self.store,
+                    &mut self.batch,
+                    &env.meta.order_id,
+                    &scope.classes(),
+                )?;
+            }
             crate::erasure::purge::stage(
                 &self.store,
                 &mut self.batch,

@@ -9,16 +9,19 @@
 //! changes (the old HMACs are dropped and purged from disk).
 //!
 //! ```text
-//! subject_index    kind (1) | bucket (2) | order id (16)   -> blind id (32)
+//! subject_index    kind (1) | bucket (2) | order id (16)   -> empty
 //! subject_orders   order id (16) | kind (1)                -> blind id (32)
 //! subject_pending  order id (16) | sequence (u64 BE)       -> empty
 //! ```
 //!
-//! The blind id lives in values only; a key holds just its first two bytes
-//! (the bucket a lookup scans). RocksDB copies keys where a purge cannot
-//! reach them: every SST file's first and last key into the MANIFEST, and a
-//! manual compaction's range into its LOG. Values go nowhere but the SST
-//! files and the WAL, which a purge rewrites and deletes.
+//! The blind id lives only in `subject_orders` values, keyed by order id:
+//! the erasure's purge compacts them away with the order's other rows (no
+//! compaction over the whole index). An index key holds just the first two
+//! bytes of the blind id (the bucket a lookup scans, checking each
+//! candidate's blind id): RocksDB copies keys where a purge cannot reach
+//! them (every SST file's first and last key into the MANIFEST, a manual
+//! compaction's range into its LOG), values only into SST files and the
+//! WAL, which a purge rewrites and deletes.
 //!
 //! The projector queues a `subject_pending` row in the batch of every
 //! placement and erasure it folds (exactly once, like the views). The
@@ -285,6 +288,41 @@ pub fn stage_pending(store: &Store, batch: &mut WriteBatch, order_id: &Uuid, seq
     );
 }
 
+/// Removes, in `batch`, the order's entries of the identifiers `classes`
+/// hold (the projector, folding an erasure, in the batch that queues the
+/// order's purge, which compacts `subject_orders` by order id with the
+/// rest). An entry written after this (the indexer racing the erasure) is
+/// removed, and purged, by the indexer when it takes the erasure's pending
+/// row.
+pub fn stage_removal(
+    store: &Store,
+    batch: &mut WriteBatch,
+    order_id: &Uuid,
+    classes: &BTreeSet<FieldClass>,
+) -> Result<(), StoreError> {
+    for kind in Kind::ALL {
+        if !classes.contains(&kind.class()) {
+            continue;
+        }
+        let reverse = reverse_key(order_id, kind);
+        let Some(v) = store
+            .db()
+            .get_pinned_cf(store.cf(CF_SUBJECT_ORDERS), reverse)?
+        else {
+            continue;
+        };
+        let Ok(blind) = Blind::try_from(&v[..]) else {
+            continue;
+        };
+        batch.delete_cf(
+            store.cf(CF_SUBJECT_INDEX),
+            index_key(kind, &blind, order_id),
+        );
+        batch.delete_cf(store.cf(CF_SUBJECT_ORDERS), reverse);
+    }
+    Ok(())
+}
+
 impl SubjectIndex {
     /// Opens the node's index under its current KEK. An index built under
     /// another KEK (or none: a data directory of an earlier version) is
@@ -371,13 +409,20 @@ impl SubjectIndex {
             let blind = self.blind(id);
             let prefix = bucket(id.kind, &blind);
             for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, v) = item?;
+                let (k, _) = item?;
                 if !k.starts_with(&prefix) {
                     break;
                 }
-                if *v == blind
-                    && let Ok(order) = Uuid::from_slice(&k[prefix.len()..])
-                {
+                let Ok(order) = Uuid::from_slice(&k[prefix.len()..]) else {
+                    continue;
+                };
+                // Another identifier in the same bucket, or an entry being
+                // removed: only the order's own blind id counts.
+                let own = db.get_pinned_cf(
+                    self.store.cf(CF_SUBJECT_ORDERS),
+                    reverse_key(&order, id.kind),
+                )?;
+                if own.as_deref() == Some(&blind[..]) {
                     out.entry(order).or_default().insert(id.kind);
                 }
             }
@@ -468,14 +513,13 @@ impl SubjectIndex {
                         let key = index_key(*kind, blind, order);
                         batch.delete_cf(index_cf, &key);
                         batch.delete_cf(orders_cf, reverse_key(order, *kind));
-                        ranges.push((CF_SUBJECT_INDEX, key));
                         ranges.push((CF_SUBJECT_ORDERS, order.as_bytes().to_vec()));
                         pass.removed += 1;
                     }
                 }
                 for (kind, blind) in &want {
                     if have.get(kind) != Some(blind) {
-                        batch.put_cf(index_cf, index_key(*kind, blind, order), blind);
+                        batch.put_cf(index_cf, index_key(*kind, blind, order), []);
                         batch.put_cf(orders_cf, reverse_key(order, *kind), blind);
                         pass.indexed += 1;
                     }
@@ -619,8 +663,8 @@ pub fn stored(store: &Store) -> Result<(BTreeSet<Entry>, u64), IndexError> {
         ) else {
             continue;
         };
-        let forward = db.get_cf(store.cf(CF_SUBJECT_INDEX), index_key(kind, &blind, &id))?;
-        if forward.as_deref() == Some(&blind[..]) {
+        let forward = db.get_pinned_cf(store.cf(CF_SUBJECT_INDEX), index_key(kind, &blind, &id))?;
+        if forward.is_some() {
             out.insert((kind, blind, id));
         }
     }

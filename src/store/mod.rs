@@ -15,7 +15,7 @@
 //! meta             name (UTF-8)                 small facts about the database itself (see below)
 //! purge_queue      source (1) | partition (u32 BE) | offset (u64 BE) | order id (16)   empty: rows of this order to purge from disk
 //! erasures         order id (16) | source (1)   partition (i32 BE) | offset (i64 BE): where this node read the order's last erasure
-//! subject_index    kind (1) | bucket (2) | order id (16)   blind id (32): the order holds this identifier of a person
+//! subject_index    kind (1) | bucket (2) | order id (16)   empty: an order holding an identifier of that kind whose blind id starts with the bucket
 //! subject_orders   order id (16) | kind (1)     blind id (32): the reverse of `subject_index`, to remove an order's entries
 //! subject_pending  order id (16) | sequence (u64 BE)   empty: an order whose index entries must be (re)computed
 //! ```
@@ -153,7 +153,10 @@ impl StoreTuning {
         opts.set_block_based_table_factory(&block);
         opts.set_write_buffer_size(self.write_buffer_bytes);
         opts.set_max_write_buffer_number(2);
-        if matches!(name, CF_ORDER_KEYS | CF_VIEW_ORDERS | CF_ORDER_PLACED) {
+        if matches!(
+            name,
+            CF_ORDER_KEYS | CF_VIEW_ORDERS | CF_ORDER_PLACED | CF_SUBJECT_ORDERS
+        ) {
             // An erasure's purge compacts its order's range out of these,
             // rewriting every SST file the range touches: small files keep
             // that rewrite (and the erase request's wait) short however
