@@ -140,6 +140,7 @@ pub struct Projector {
     stop: Arc<AtomicBool>,
     pub status: Arc<ProjectorStatus>,
     handle: Option<std::thread::JoinHandle<Result<(), ProjectorError>>>,
+    watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +175,7 @@ impl Projector {
         let topic = config.topic.clone();
         let mut run = Run::new(store.clone(), config.clone(), status.clone(), stop.clone())?;
         let (stop_w, status_w) = (stop.clone(), status.clone());
-        std::thread::Builder::new()
+        let watcher = std::thread::Builder::new()
             .name("projector-lag".into())
             .spawn(move || watch_lag(&watcher, &topic, &status_w, &stop_w))
             .expect("spawn lag watcher thread");
@@ -215,6 +216,7 @@ impl Projector {
             stop,
             status,
             handle: Some(handle),
+            watcher: Some(watcher),
         })
     }
 
@@ -245,9 +247,19 @@ impl Projector {
 
     pub fn stop(mut self) -> Result<(), ProjectorError> {
         self.stop.store(true, Ordering::Release);
-        match self.handle.take() {
+        let result = match self.handle.take() {
             Some(h) => h.join().unwrap_or(Err(ProjectorError::Panicked)),
             None => Ok(()),
+        };
+        self.join_watcher();
+        result
+    }
+
+    /// Waits for the lag watcher (it sees the stop within one round): a
+    /// Kafka client still in use as the process exits aborts it.
+    fn join_watcher(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
         }
     }
 }
@@ -258,6 +270,7 @@ impl Drop for Projector {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+        self.join_watcher();
     }
 }
 
@@ -367,15 +380,28 @@ struct Inflight {
 /// The projector's writer thread: writes each WriteBatch it is handed and
 /// answers with the result, in order. It ends when the run is dropped.
 struct Writer {
-    batches: std::sync::mpsc::SyncSender<WriteBatch>,
+    batches: Option<std::sync::mpsc::SyncSender<WriteBatch>>,
     done: std::sync::mpsc::Receiver<Result<(), rocksdb::Error>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    /// Ends the thread once the batch it holds is written (at most one is
+    /// in flight, and its answer has room in the channel): it holds the
+    /// store, which must not outlive the run's end.
+    fn drop(&mut self) {
+        self.batches.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Writer {
     fn start(store: Store) -> Self {
         let (batches, todo) = std::sync::mpsc::sync_channel::<WriteBatch>(1);
         let (tell, done) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("projector-write".into())
             .spawn(move || {
                 for batch in todo {
@@ -385,11 +411,18 @@ impl Writer {
                 }
             })
             .expect("spawn projector writer thread");
-        Self { batches, done }
+        Self {
+            batches: Some(batches),
+            done,
+            thread: Some(thread),
+        }
     }
 
     fn send(&self, batch: WriteBatch) -> Result<(), ()> {
-        self.batches.send(batch).map_err(|_| ())
+        match &self.batches {
+            Some(b) => b.send(batch).map_err(|_| ()),
+            None => Err(()),
+        }
     }
 }
 
