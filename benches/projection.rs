@@ -148,6 +148,7 @@ async fn main() {
                 (*log_keys).clone(),
             )),
         },
+        orderlog::shutdown::CancellationToken::new(),
     )
     .unwrap();
     while projector

@@ -34,7 +34,11 @@ pub struct App {
     purger: Option<Purger>,
     indexer: Option<crate::projections::subjects::Indexer>,
     retention: Option<crate::erasure::retention::Retention>,
+    /// The root of the node's tokens (see [`crate::shutdown`]).
     shutdown: CancellationToken,
+    /// The HTTP server's: cancelled first, so requests drain while the
+    /// parts they use still run.
+    http: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Kept alive for the app's lifetime; dropped last.
     _data: Option<tempfile::TempDir>,
@@ -58,6 +62,11 @@ impl App {
         // Plain HTTP off loopback only when asked for knowingly.
         config.check_plain_http()?;
         crate::telemetry::register_all();
+        // The node's shutdown signal: every part runs under a child of it.
+        // Until the start succeeds, leaving early (an error) stops what was
+        // started.
+        let shutdown = CancellationToken::new();
+        let started = shutdown.clone().drop_guard();
         let kek = config.kek.load().context("loading the KEK")?;
         let (embedded, settings, data) = match &config.brokers {
             Some(brokers) => {
@@ -137,20 +146,22 @@ impl App {
         let keys_topic = keys_topic_for(&config.topic);
         // Purges what the key follower and the projector destroy (and what a
         // crash left queued) off the disk.
-        let purger = Purger::start(store.clone()).context("starting the purger")?;
+        let purger =
+            Purger::start(store.clone(), shutdown.child_token()).context("starting the purger")?;
         // The vault follows the key topic for as long as the node runs; a
         // node whose vault is empty restores it this way first.
         let was_empty = vault.is_empty()?;
         let (follower, report) = {
-            let (s, t, v, st, pg) = (
+            let (s, t, v, st, pg, stop) = (
                 settings.clone(),
                 keys_topic.clone(),
                 vault.clone(),
                 store.clone(),
                 purger.status.clone(),
+                shutdown.child_token(),
             );
             tokio::task::spawn_blocking(move || {
-                KeyFollower::start(&s, &t, v, st, pg, Duration::from_secs(120))
+                KeyFollower::start(&s, &t, v, st, pg, Duration::from_secs(120), stop)
             })
             .await?
             .context("reading the key topic")?
@@ -214,6 +225,7 @@ impl App {
                 rebuild: restored,
             },
             cluster.clone(),
+            shutdown.child_token(),
         )
         .await
         .context("starting the write service")?;
@@ -253,6 +265,7 @@ impl App {
                 purge: Some(purger.status.clone()),
                 log_keys,
             },
+            shutdown.child_token(),
         ) {
             Ok(p) => p,
             Err(e) => {
@@ -263,14 +276,18 @@ impl App {
         let indexer = crate::projections::subjects::Indexer::start(
             subjects.clone(),
             projector.status.clone(),
+            shutdown.child_token(),
         );
         service.set_tracker(Tracker {
             keys: follower.status.clone(),
             views: projector.status.clone(),
             purge: purger.status.clone(),
         });
-        let retention =
-            crate::erasure::retention::Retention::start(service.clone(), config.retention);
+        let retention = crate::erasure::retention::Retention::start(
+            service.clone(),
+            config.retention,
+            shutdown.child_token(),
+        );
         let tokens = Tokens::new(&config.tokens);
         if tokens.is_empty() {
             tracing::warn!(
@@ -291,8 +308,8 @@ impl App {
             erasure_wait: config.erasure_wait,
             subjects: Some(subjects),
         };
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
+        let http = shutdown.child_token();
+        let token = http.clone();
         let router = api::router(state);
         let limits = config.http;
         let server = match &config.tls {
@@ -304,6 +321,7 @@ impl App {
             }
         };
         tracing::info!(%addr, scheme, node_id = %cluster.node_id, url = %cluster.advertise_url, topic = %config.topic, partitions, embedded = embedded.is_some(), "orderlog serving.");
+        started.disarm();
         Ok(Self {
             addr,
             scheme,
@@ -317,6 +335,7 @@ impl App {
             indexer: Some(indexer),
             retention: Some(retention),
             shutdown,
+            http,
             server,
             _data: data,
             embedded,
@@ -328,9 +347,11 @@ impl App {
     }
 
     /// Stops accepting, finishes in-flight requests and commands, flushes the
-    /// producer; bounded by [`SHUTDOWN_LIMIT`].
+    /// producer, then stops the readers; each step bounded by
+    /// [`SHUTDOWN_LIMIT`]. The parts are cancelled one by one, each after
+    /// the ones that use it; the root token last, for anything left.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
+        self.http.cancel();
         if tokio::time::timeout(SHUTDOWN_LIMIT, &mut self.server)
             .await
             .is_err()
@@ -338,12 +359,12 @@ impl App {
             tracing::warn!("HTTP server did not drain in time; its connections are dropped.");
             self.server.abort();
         }
-        if let Some(r) = self.retention.take()
-            && tokio::time::timeout(SHUTDOWN_LIMIT, r.stop())
-                .await
-                .is_err()
-        {
-            tracing::error!(part = "retention", "Did not stop in time.");
+        if let Some(r) = self.retention.take() {
+            match tokio::time::timeout(SHUTDOWN_LIMIT, r.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(part = "retention", error = %e, "Stopping failed."),
+                Err(_) => tracing::error!(part = "retention", "Did not stop in time."),
+            }
         }
         self.service.shutdown(SHUTDOWN_LIMIT).await;
         if let Some(p) = self.projector.take() {
@@ -353,20 +374,21 @@ impl App {
             stop_within("subject indexer", move || i.stop()).await;
         }
         if let Some(k) = self.keys.take() {
-            stop_within("key follower", move || {
-                k.stop();
-                Ok(())
-            })
-            .await;
+            stop_within("key follower", move || k.stop().map_err(|e| e.to_string())).await;
         }
         if let Some(p) = self.purger.take() {
-            stop_within("purger", move || {
-                p.stop();
-                Ok(())
-            })
-            .await;
+            stop_within("purger", move || p.stop().map_err(|e| e.to_string())).await;
         }
+        self.shutdown.cancel();
         tracing::info!("orderlog stopped.");
+    }
+}
+
+impl Drop for App {
+    /// An app dropped without [`App::stop`] still ends every part's work
+    /// (without waiting for it).
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

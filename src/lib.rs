@@ -21,6 +21,8 @@
 //! - [`telemetry`]: metric names and the Prometheus recorder.
 //! - [`clock`]: wall-clock time as the log and the API write it.
 //! - [`cpu`]: the CPU features the build uses, checked at start.
+//! - [`shutdown`]: the node's tree of cancellation tokens, its background
+//!   threads (`Worker`) and their retry pause.
 //! - [`error`]: `Cause`, the error beneath a module's error, kept whole.
 //! - [`audit`]: read-only audit commands (replay, verify, history, shares,
 //!   erasure receipts).
@@ -41,5 +43,6 @@ pub mod events;
 pub mod kafka;
 pub mod projections;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

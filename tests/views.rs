@@ -875,6 +875,7 @@ async fn the_batched_parallel_projector_builds_the_views_the_reference_fold_buil
                 (*log_keys).clone(),
             )),
         },
+        orderlog::shutdown::CancellationToken::new(),
     )
     .unwrap();
     assert!(projector.wait_caught_up(Duration::from_secs(120)));

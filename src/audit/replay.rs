@@ -142,7 +142,8 @@ pub fn run(
     let started = Instant::now();
     // Erased orders' rows written before their erasure are purged from the
     // new directory's disk (the last purge runs when it stops).
-    let purger = crate::erasure::Purger::start(store.clone())?;
+    let stop = crate::shutdown::CancellationToken::new();
+    let purger = crate::erasure::Purger::start(store.clone(), stop.child_token())?;
     let projector = Projector::start(
         store.clone(),
         ProjectorConfig {
@@ -158,6 +159,7 @@ pub fn run(
                 (*log_keys).clone(),
             )),
         },
+        stop.child_token(),
     )?;
     let counts = |p: &Projector| {
         (
@@ -198,7 +200,9 @@ pub fn run(
         elapsed,
     });
     projector.stop()?;
-    purger.stop();
+    purger
+        .stop()
+        .map_err(crate::projections::projector::ProjectorError::from)?;
     let digest = query::digest(&store)?;
     Ok(ReplayReport {
         projected,

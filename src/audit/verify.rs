@@ -28,7 +28,8 @@ use crate::projections::query::ViewDigest;
 use crate::store::{CF_VIEW_OFFSETS, Store, StoreError};
 
 /// What is wrong. Serialized in snake_case for `--json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     /// The record was not written by an orderlog node: no valid log MAC.
@@ -70,25 +71,7 @@ pub enum FindingKind {
 
 impl FindingKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            FindingKind::Forged => "forged",
-            FindingKind::Undecodable => "undecodable",
-            FindingKind::KeyMismatch => "key_mismatch",
-            FindingKind::WrongPartition => "wrong_partition",
-            FindingKind::SequenceGap => "sequence_gap",
-            FindingKind::DuplicateRecord => "duplicate_record",
-            FindingKind::ConflictingRecord => "conflicting_record",
-            FindingKind::BrokenChain => "broken_chain",
-            FindingKind::UnexpectedEvent => "unexpected_event",
-            FindingKind::SealedFieldUnreadable => "sealed_field_unreadable",
-            FindingKind::ErasureNotApplied => "erasure_not_applied",
-            FindingKind::ShreddedWithoutErasure => "shredded_without_erasure",
-            FindingKind::KeyLost => "key_lost",
-            FindingKind::KeyUnreadable => "key_unreadable",
-            FindingKind::ViewsBehind => "views_behind",
-            FindingKind::ViewDigestMismatch => "view_digest_mismatch",
-            FindingKind::SubjectIndexMismatch => "subject_index_mismatch",
-        }
+        self.into()
     }
 }
 

@@ -98,12 +98,13 @@ pub(crate) fn project(args: ProjectArgs) -> anyhow::Result<()> {
         log_keys,
     };
     // Erased orders' old rows are purged from disk as they are met.
-    let purger = crate::erasure::Purger::start(store.clone())?;
+    let stop = crate::shutdown::CancellationToken::new();
+    let purger = crate::erasure::Purger::start(store.clone(), stop.child_token())?;
     let config = ProjectorConfig {
         purge: Some(purger.status.clone()),
         ..config
     };
-    let projector = Projector::start(store, config)?;
+    let projector = Projector::start(store, config, stop.child_token())?;
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -131,7 +132,7 @@ pub(crate) fn project(args: ProjectArgs) -> anyhow::Result<()> {
         .dead_lettered
         .load(std::sync::atomic::Ordering::Relaxed);
     projector.stop()?;
-    purger.stop();
+    purger.stop()?;
     println!(
         "projected {projected} events ({dead} dead-lettered) in {:.1} s",
         started.elapsed().as_secs_f64()

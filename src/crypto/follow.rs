@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -29,6 +29,7 @@ use super::vault::{KeyVault, StoredKey, VaultError};
 use crate::domain::FieldClass;
 use crate::erasure::purge::{self, PurgeStatus, Source};
 use crate::kafka::KafkaSettings;
+use crate::shutdown::{self, CancellationToken, Panicked, Retry, Worker};
 use crate::store::{CF_META, CF_ORDER_KEYS, Store, decode_value};
 
 const OFFSET_PREFIX: &[u8] = b"keys-offset/";
@@ -129,8 +130,9 @@ pub struct KeyFollower {
     pub status: Arc<FollowStatus>,
     settings: KafkaSettings,
     topic: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: Worker,
+    /// Reads the end of the key topic; under a child of `worker`'s token.
+    lag: Worker,
 }
 
 impl std::fmt::Debug for KeyFollower {
@@ -401,6 +403,7 @@ impl KeyFollower {
         store: Store,
         purge: Arc<PurgeStatus>,
         timeout: Duration,
+        stop: CancellationToken,
     ) -> Result<(Self, RestoreReport), VaultError> {
         let kafka = |e: KafkaError| VaultError::Replica(crate::error::Cause::of(e));
         let consumer: BaseConsumer = settings
@@ -481,53 +484,54 @@ impl KeyFollower {
         status.saw_ends(ends);
         run.checkpoint()?;
         let report = run.report;
-        let stop = Arc::new(AtomicBool::new(false));
-        {
+        let lag = {
             let watcher: BaseConsumer = settings
                 .reader_config()
                 .set("group.id", format!("orderlog-keys-lag-{}", Uuid::new_v4()))
                 .create()
                 .map_err(kafka)?;
             let partitions: Vec<i32> = status.positions().into_keys().collect();
-            let (topic, status, stop) = (topic.to_owned(), status.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("key-follower-lag".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(500));
-                        match read_ends(&watcher, &topic, partitions.iter().copied(), Duration::from_secs(5)) {
-                            Ok(ends) => status.saw_ends(ends),
-                            Err(e) => tracing::debug!(error = %e, "Reading the end of the key topic failed."),
-                        }
-                    }
-                })
-                .expect("spawn key follower lag thread");
-        }
-        let stop_t = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("key-follower".into())
-            .spawn(move || {
-                let mut pause = Duration::from_millis(100);
-                while !stop_t.load(Ordering::Acquire) {
-                    match run.step(Duration::from_millis(100)) {
-                        Ok(_) => pause = Duration::from_millis(100),
+            let (topic, status) = (topic.to_owned(), status.clone());
+            Worker::spawn("key-follower-lag", stop.child_token(), move |stop| {
+                while !shutdown::sleep(&stop, Duration::from_millis(500)) {
+                    match read_ends(
+                        &watcher,
+                        &topic,
+                        partitions.iter().copied(),
+                        Duration::from_secs(5),
+                    ) {
+                        Ok(ends) => status.saw_ends(ends),
                         Err(e) => {
-                            tracing::error!(error = %e, "Applying the key topic failed; retrying.");
-                            std::thread::sleep(pause);
-                            pause = (pause * 2).min(Duration::from_secs(5));
+                            tracing::debug!(error = %e, "Reading the end of the key topic failed.")
                         }
                     }
                 }
-                let _ = run.checkpoint();
             })
-            .expect("spawn key follower thread");
+            .expect("spawn key follower lag thread")
+        };
+        let worker = Worker::spawn("key-follower", stop, move |stop| {
+            let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
+            while !stop.is_cancelled() {
+                match run.step(Duration::from_millis(100)) {
+                    Ok(_) => retry.reset(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Applying the key topic failed; retrying.");
+                        shutdown::sleep(&stop, retry.pause());
+                    }
+                }
+            }
+            if let Err(e) = run.checkpoint() {
+                tracing::warn!(error = %e, "Storing the key follower's position at stop failed; the next start reads from the one before.");
+            }
+        })
+        .expect("spawn key follower thread");
         Ok((
             Self {
                 status,
                 settings: settings.clone(),
                 topic: topic.to_owned(),
-                stop,
-                thread: Some(thread),
+                worker,
+                lag,
             },
             report,
         ))
@@ -540,19 +544,12 @@ impl KeyFollower {
         Ok(self.status.wait_for(&ends, timeout))
     }
 
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("The key follower thread panicked.");
-        }
-    }
-}
-
-impl Drop for KeyFollower {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+    /// Stops both threads (the lag reader's Kafka client must not outlive
+    /// the call); a panic is an error.
+    pub fn stop(self) -> Result<(), Panicked> {
+        let applied = self.worker.stop();
+        let lag = self.lag.stop();
+        applied.and(lag)
     }
 }
 
@@ -600,7 +597,7 @@ pub fn load_retired_log_keys(
             }
             Err(e) => return Err(kafka(e)),
         };
-    let never = AtomicBool::new(false);
+    let never = CancellationToken::new();
     let mut taken = 0;
     for p in 0..partitions as i32 {
         crate::service::log_reader::scan(

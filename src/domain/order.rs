@@ -18,7 +18,21 @@ use super::validation::{
 
 /// The classes of personal data, each sealed under its own subkey so it can be
 /// shared and shredded on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum FieldClass {
     /// Consignee name, delivery address, mobile.
@@ -37,15 +51,11 @@ impl FieldClass {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            FieldClass::Shipping => "shipping",
-            FieldClass::Contact => "contact",
-            FieldClass::Identity => "identity",
-        }
+        self.into()
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == raw)
+        raw.parse().ok()
     }
 }
 
@@ -74,7 +84,18 @@ impl fmt::Display for Party {
 
 /// Why an order was cancelled. A closed list rather than free text, so a
 /// cancellation can never carry personal data into the clear part of the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     CustomerRequest,
@@ -94,17 +115,11 @@ impl CancelReason {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            CancelReason::CustomerRequest => "customer_request",
-            CancelReason::PaymentFailed => "payment_failed",
-            CancelReason::OutOfStock => "out_of_stock",
-            CancelReason::FraudSuspected => "fraud_suspected",
-            CancelReason::Other => "other",
-        }
+        self.into()
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == raw)
+        raw.parse().ok()
     }
 }
 
@@ -128,7 +143,10 @@ impl ErasureScope {
 }
 
 /// Why personal data was erased.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum ErasureReason {
     /// A privacy officer asked (for one order, or for a person).
@@ -140,10 +158,7 @@ pub enum ErasureReason {
 
 impl ErasureReason {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErasureReason::Request => "request",
-            ErasureReason::Retention => "retention",
-        }
+        self.into()
     }
 }
 
@@ -442,7 +457,8 @@ pub enum DomainError {
 }
 
 /// Lifecycle status as downstream parties see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Active,
@@ -452,11 +468,7 @@ pub enum Status {
 
 impl Status {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Cancelled => "cancelled",
-            Status::Erased => "erased",
-        }
+        self.into()
     }
 }
 

@@ -611,3 +611,27 @@ proptest! {
         }
     }
 }
+
+/// The names strum derives are the names serde writes (the API and the
+/// CLI print one, the log and JSON bodies carry the other).
+#[test]
+fn enum_names_are_the_same_in_text_and_in_json() {
+    for class in FieldClass::ALL {
+        let json = serde_json::to_value(class).unwrap();
+        assert_eq!(json, class.as_str(), "{class:?}");
+        assert_eq!(FieldClass::parse(class.as_str()), Some(class));
+    }
+    assert_eq!(FieldClass::parse("Shipping"), None);
+    for reason in CancelReason::ALL {
+        let json = serde_json::to_value(reason).unwrap();
+        assert_eq!(json, reason.as_str(), "{reason:?}");
+        assert_eq!(CancelReason::parse(reason.as_str()), Some(reason));
+    }
+    assert_eq!(CancelReason::parse("customer request"), None);
+    for reason in [ErasureReason::Request, ErasureReason::Retention] {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+    }
+    for status in [Status::Active, Status::Cancelled, Status::Erased] {
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
+}

@@ -14,13 +14,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use rocksdb::{IteratorMode, WriteBatch};
 use uuid::Uuid;
 
+use crate::shutdown::{CancellationToken, Panicked, Retry, Worker};
 use crate::store::{
     CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_PURGE_QUEUE, CF_SUBJECT_ORDERS, CF_VIEW_ORDERS,
     Store, StoreError,
@@ -208,8 +209,7 @@ impl PurgeStatus {
 #[derive(Debug)]
 pub struct Purger {
     pub status: Arc<PurgeStatus>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: Worker,
 }
 
 /// The rows of an order a purge compacts away: those that held key bytes,
@@ -274,86 +274,66 @@ fn drain(store: &Store, status: &PurgeStatus) -> Result<usize, StoreError> {
 }
 
 impl Purger {
-    /// Starts the purger; rows a crash left in the queue are purged first.
-    pub fn start(store: Store) -> Result<Self, StoreError> {
+    /// Starts the purger, under `stop`; rows a crash left in the queue are
+    /// purged first.
+    pub fn start(store: Store, stop: CancellationToken) -> Result<Self, StoreError> {
         let status = Arc::new(PurgeStatus::default());
         status.noted(&queued_rows(&store)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (status_t, stop_t) = (status.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("purger".into())
-            .spawn(move || {
-                let mut pause = Duration::from_millis(100);
-                loop {
-                    // Every queued row is pending (announced before it is
-                    // written, leftovers at start), so an empty set means
-                    // nothing to read: the queue is only scanned when there
-                    // is something to purge.
-                    let idle = {
-                        let pending = status_t.pending.lock();
-                        if pending.is_empty() && !stop_t.load(Ordering::Acquire) {
-                            let mut pending = pending;
-                            status_t
-                                .wake
-                                .wait_for(&mut pending, Duration::from_millis(200));
-                            pending.is_empty()
-                        } else {
-                            pending.is_empty()
-                        }
-                    };
-                    if idle {
-                        if stop_t.load(Ordering::Acquire) {
-                            return;
-                        }
-                        continue;
+        let status_t = status.clone();
+        let worker = Worker::spawn("purger", stop, move |stop| {
+            let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                // Every queued row is pending (announced before it is
+                // written, leftovers at start), so an empty set means
+                // nothing to read: the queue is only scanned when there is
+                // something to purge.
+                let idle = {
+                    let mut pending = status_t.pending.lock();
+                    if pending.is_empty() && !stop.is_cancelled() {
+                        status_t
+                            .wake
+                            .wait_for(&mut pending, Duration::from_millis(200));
                     }
-                    // A moment more, so the other reader's half of the same
-                    // erasure (its key row and its event commit together)
-                    // joins this purge rather than costing a second one.
-                    std::thread::sleep(LINGER);
-                    let started = Instant::now();
-                    match drain(&store, &status_t) {
-                        Ok(0) => {}
-                        Ok(_) => {
-                            pause = Duration::from_millis(100);
-                            metrics::histogram!(crate::telemetry::PURGE_LATENCY)
-                                .record(started.elapsed().as_secs_f64());
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "Purging erased rows from disk failed; retrying.");
-                            std::thread::sleep(pause);
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                    if stop_t.load(Ordering::Acquire) {
+                    pending.is_empty()
+                };
+                if idle {
+                    if stop.is_cancelled() {
                         return;
                     }
+                    continue;
                 }
-            })
-            .expect("spawn purger thread");
-        Ok(Self {
-            status,
-            stop,
-            thread: Some(thread),
+                // A moment more, so the other reader's half of the same
+                // erasure (its key row and its event commit together) joins
+                // this purge rather than costing a second one.
+                std::thread::sleep(LINGER);
+                let started = Instant::now();
+                match drain(&store, &status_t) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        retry.reset();
+                        metrics::histogram!(crate::telemetry::PURGE_LATENCY)
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Purging erased rows from disk failed; retrying.");
+                        // A stop drains what is queued: the pause is not cut.
+                        std::thread::sleep(retry.pause());
+                    }
+                }
+                if stop.is_cancelled() {
+                    return;
+                }
+            }
         })
+        .expect("spawn purger thread");
+        Ok(Self { status, worker })
     }
 
     /// Drains what is queued, then stops.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
+    pub fn stop(self) -> Result<(), Panicked> {
+        self.worker.token().cancel();
         self.status.wake.notify_all();
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("The purger thread panicked.");
-        }
-    }
-}
-
-impl Drop for Purger {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.status.wake.notify_all();
+        self.worker.stop()
     }
 }
 

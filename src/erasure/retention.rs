@@ -85,7 +85,8 @@ impl RetentionPolicy {
 }
 
 /// The rule that made an erasure due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Rule {
     Cancelled,
     Identity,
@@ -93,10 +94,7 @@ pub enum Rule {
 
 impl Rule {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Cancelled => "cancelled",
-            Rule::Identity => "identity",
-        }
+        self.into()
     }
 }
 
@@ -212,8 +210,8 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub fn start(service: Service, policy: RetentionPolicy) -> Self {
-        let stop = CancellationToken::new();
+    /// Starts the scheduler under `stop`.
+    pub fn start(service: Service, policy: RetentionPolicy, stop: CancellationToken) -> Self {
         let token = stop.clone();
         if !policy.is_off() {
             tracing::info!(
@@ -241,10 +239,11 @@ impl Retention {
         Self { stop, task }
     }
 
-    /// Ends the scheduler (a pass in progress is dropped between commands).
-    pub async fn stop(self) {
+    /// Ends the scheduler (a pass in progress is dropped between commands);
+    /// a panic of its task is an error.
+    pub async fn stop(self) -> Result<(), tokio::task::JoinError> {
         self.stop.cancel();
-        let _ = self.task.await;
+        self.task.await
     }
 }
 

@@ -13,7 +13,8 @@ use crate::events::v1::{ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
 use crate::events::{self, Envelope};
 
 /// Status as downstream parties see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ViewStatus {
     Active,
     Cancelled,
@@ -22,11 +23,7 @@ pub enum ViewStatus {
 
 impl ViewStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ViewStatus::Active => "active",
-            ViewStatus::Cancelled => "cancelled",
-            ViewStatus::Erased => "erased",
-        }
+        self.into()
     }
 }
 
@@ -114,7 +111,8 @@ impl ProjectedOrder {
 }
 
 /// What changed, as a feed tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ChangeKind {
     Placed,
     Shared,
@@ -124,12 +122,7 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Placed => "placed",
-            ChangeKind::Shared => "shared",
-            ChangeKind::Cancelled => "cancelled",
-            ChangeKind::Erased => "erased",
-        }
+        self.into()
     }
 }
 

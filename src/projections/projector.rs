@@ -32,6 +32,7 @@ use uuid::Uuid;
 use super::model::{FeedTarget, ProjectError, ProjectedOrder, feed_key};
 use crate::kafka::KafkaSettings;
 use crate::service::state::StateFolder;
+use crate::shutdown::{self, CancellationToken, Panicked, Retry, Worker};
 use crate::store::{
     CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError,
     decode_value, encode_value,
@@ -137,10 +138,10 @@ impl ProjectorStatus {
 /// A running projector; [`Projector::stop`] ends it after its current batch.
 #[derive(Debug)]
 pub struct Projector {
-    stop: Arc<AtomicBool>,
     pub status: Arc<ProjectorStatus>,
-    handle: Option<std::thread::JoinHandle<Result<(), ProjectorError>>>,
-    watcher: Option<std::thread::JoinHandle<()>>,
+    main: Option<Worker<Result<(), ProjectorError>>>,
+    /// Under a child of the main worker's token.
+    watcher: Option<Worker>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,8 +154,8 @@ pub enum ProjectorError {
     WriterGone,
     #[error("stopped while a record could not be dead-lettered: {0}")]
     StoppedDeadLettering(String),
-    #[error("the projector's thread panicked")]
-    Panicked,
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
 }
 
 impl From<rocksdb::Error> for ProjectorError {
@@ -164,8 +165,13 @@ impl From<rocksdb::Error> for ProjectorError {
 }
 
 impl Projector {
-    pub fn start(store: Store, config: ProjectorConfig) -> Result<Self, ProjectorError> {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Starts projecting, under `stop`: cancelling it ends the projector
+    /// after its current batch (as [`Projector::stop`] does).
+    pub fn start(
+        store: Store,
+        config: ProjectorConfig,
+        stop: CancellationToken,
+    ) -> Result<Self, ProjectorError> {
         let status = Arc::new(ProjectorStatus::default());
         let watcher: BaseConsumer = config
             .settings
@@ -174,48 +180,44 @@ impl Projector {
             .create()?;
         let topic = config.topic.clone();
         let mut run = Run::new(store.clone(), config.clone(), status.clone(), stop.clone())?;
-        let (stop_w, status_w) = (stop.clone(), status.clone());
-        let watcher = std::thread::Builder::new()
-            .name("projector-lag".into())
-            .spawn(move || watch_lag(&watcher, &topic, &status_w, &stop_w))
-            .expect("spawn lag watcher thread");
-        let stop2 = stop.clone();
+        let status_w = status.clone();
+        let watcher = Worker::spawn("projector-lag", stop.child_token(), move |stop| {
+            watch_lag(&watcher, &topic, &status_w, &stop)
+        })
+        .expect("spawn lag watcher thread");
         let status_r = status.clone();
-        let handle = std::thread::Builder::new()
-            .name("projector".into())
-            .spawn(move || {
-                // An error (Kafka unreachable, a store write failing) does
-                // not stop projection for good: what was not written is
-                // dropped, and a fresh run resumes from the stored offsets.
-                let mut pause = Duration::from_millis(500);
+        let main = Worker::spawn("projector", stop, move |stop| {
+            // An error (Kafka unreachable, a store write failing) does not
+            // stop projection for good: what was not written is dropped,
+            // and a fresh run resumes from the stored offsets.
+            let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(10));
+            loop {
+                let r = run.run(&stop);
+                let Err(e) = r else { return Ok(()) };
+                if stop.is_cancelled() {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, "Projector error; resuming from the stored offsets.");
                 loop {
-                    let r = run.run(&stop2);
-                    let Err(e) = r else { return Ok(()) };
-                    if stop2.load(Ordering::Acquire) {
+                    if shutdown::sleep(&stop, retry.pause()) {
                         return Err(e);
                     }
-                    tracing::error!(error = %e, "Projector error; resuming from the stored offsets.");
-                    loop {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_secs(10));
-                        if stop2.load(Ordering::Acquire) {
-                            return Err(e);
+                    match Run::new(store.clone(), config.clone(), status_r.clone(), stop.clone()) {
+                        Ok(r) => {
+                            run = r;
+                            break;
                         }
-                        match Run::new(store.clone(), config.clone(), status_r.clone(), stop2.clone()) {
-                            Ok(r) => {
-                                run = r;
-                                break;
-                            }
-                            Err(e) => tracing::error!(error = %e, "Restarting the projector failed; retrying."),
+                        Err(e) => {
+                            tracing::error!(error = %e, "Restarting the projector failed; retrying.")
                         }
                     }
                 }
-            })
-            .expect("spawn projector thread");
+            }
+        })
+        .expect("spawn projector thread");
         Ok(Self {
-            stop,
             status,
-            handle: Some(handle),
+            main: Some(main),
             watcher: Some(watcher),
         })
     }
@@ -231,7 +233,7 @@ impl Projector {
             {
                 return true;
             }
-            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+            if !self.is_running() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -242,45 +244,48 @@ impl Projector {
     /// False once the projector's thread has ended (stopped, or on an error
     /// that [`Projector::stop`] returns).
     pub fn is_running(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+        self.main.as_ref().is_some_and(|w| !w.is_finished())
     }
 
+    /// Ends the projector after its current batch and waits for its
+    /// threads: its own error, or a panic, is the answer.
     pub fn stop(mut self) -> Result<(), ProjectorError> {
-        self.stop.store(true, Ordering::Release);
-        let result = match self.handle.take() {
-            Some(h) => h.join().unwrap_or(Err(ProjectorError::Panicked)),
+        self.stop_all()
+    }
+
+    /// Joins the lag watcher too: a Kafka client still in use as the
+    /// process exits aborts it.
+    fn stop_all(&mut self) -> Result<(), ProjectorError> {
+        let result = match self.main.take() {
+            Some(w) => w.stop().map_err(ProjectorError::from).and_then(|r| r),
             None => Ok(()),
         };
-        self.join_watcher();
-        result
-    }
-
-    /// Waits for the lag watcher (it sees the stop within one round): a
-    /// Kafka client still in use as the process exits aborts it.
-    fn join_watcher(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            let _ = w.join();
+        if let Some(w) = self.watcher.take()
+            && let Err(e) = w.stop()
+        {
+            tracing::error!(error = %e, "Stopping the lag watcher failed.");
         }
+        result
     }
 }
 
 impl Drop for Projector {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-        self.join_watcher();
+        let _ = self.stop_all();
     }
 }
 
 /// Reads the end of every assigned partition a few times a second and
 /// publishes positions, lag and readiness. Runs beside the projector thread.
-fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, stop: &AtomicBool) {
+fn watch_lag(
+    consumer: &BaseConsumer,
+    topic: &str,
+    status: &ProjectorStatus,
+    stop: &CancellationToken,
+) {
     let mut previous: BTreeMap<i32, i64> = BTreeMap::new();
     let mut previous_read_ms = 0;
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(250));
+    while !shutdown::sleep(stop, Duration::from_millis(250)) {
         let read_ms = crate::clock::now_ms();
         // The flushed offsets are read before the ends, so lag is never
         // under-stated by events projected in between.
@@ -331,8 +336,8 @@ fn watch_lag(consumer: &BaseConsumer, topic: &str, status: &ProjectorStatus, sto
 }
 
 struct Run {
-    /// The projector's stop flag, for the waits inside a batch.
-    stop: Arc<AtomicBool>,
+    /// The projector's token, for the waits inside a batch.
+    stop: CancellationToken,
     store: Store,
     config: ProjectorConfig,
     status: Arc<ProjectorStatus>,
@@ -505,7 +510,7 @@ impl Run {
         store: Store,
         config: ProjectorConfig,
         status: Arc<ProjectorStatus>,
-        stop: Arc<AtomicBool>,
+        stop: CancellationToken,
     ) -> Result<Self, ProjectorError> {
         let group = match &config.assignment {
             Assignment::Group(g) => g.clone(),
@@ -655,7 +660,7 @@ impl Run {
         Ok(())
     }
 
-    fn run(&mut self, stop: &AtomicBool) -> Result<(), ProjectorError> {
+    fn run(&mut self, stop: &CancellationToken) -> Result<(), ProjectorError> {
         let mut last_positions = Instant::now() - Duration::from_secs(10);
         // The rate clock starts at the first event, not while joining the group.
         let mut started: Option<Instant> = None;
@@ -669,7 +674,7 @@ impl Run {
         // Partitions sought back while folding the batch before: their
         // records in the batch polled meanwhile are stale.
         let mut sought: Vec<i32> = Vec::new();
-        while !stop.load(Ordering::Acquire) {
+        while !stop.is_cancelled() {
             // With events folded but not yet written, only take what is
             // already fetched: flush as soon as the fetch queue is empty, so a
             // view trails its write by milliseconds, not a poll interval.
@@ -745,7 +750,7 @@ impl Run {
         polled: &[Polled<'_>],
         prepared: Vec<Prepared>,
         stale: &[i32],
-        stop: &AtomicBool,
+        stop: &CancellationToken,
         started: &mut Option<Instant>,
         folded: &mut u64,
     ) -> Result<Vec<i32>, ProjectorError> {
@@ -756,7 +761,7 @@ impl Run {
         let mut sought: Vec<i32> = Vec::new();
         let mut projected = 0u64;
         for (m, p) in polled.iter().zip(prepared) {
-            if stop.load(Ordering::Acquire) {
+            if stop.is_cancelled() {
                 break; // the rest is read again from the stored offsets
             }
             let partition = m.partition;
@@ -1000,12 +1005,11 @@ impl Run {
             match sent {
                 Ok(()) => break,
                 Err(e) => {
-                    if self.stop.load(Ordering::Acquire) {
+                    tracing::error!(error = %e, %topic, "Dead-letter produce failed; retrying.");
+                    if shutdown::sleep(&self.stop, Duration::from_secs(1)) {
                         // Not passed: the record comes again at the next start.
                         return Err(ProjectorError::StoppedDeadLettering(e));
                     }
-                    tracing::error!(error = %e, %topic, "Dead-letter produce failed; retrying.");
-                    std::thread::sleep(Duration::from_secs(1));
                 }
             }
         }

@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -51,6 +51,7 @@ use crate::crypto::{KeyVault, VaultError};
 use crate::domain::validation::{Email, IdNumber, Mobile, ValidationError};
 use crate::domain::{Event, FieldClass};
 use crate::projections::ProjectorStatus;
+use crate::shutdown::{self, CancellationToken, Retry, Worker};
 use crate::store::{
     CF_META, CF_ORDER_STATE, CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS, CF_SUBJECT_PENDING, Store,
     StoreError,
@@ -68,7 +69,8 @@ const PASS_ROWS: usize = 10_000;
 const BLIND_LEN: usize = 32;
 
 /// Which identifier of a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Kind {
     Mobile,
     Email,
@@ -79,11 +81,7 @@ impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Mobile, Kind::Email, Kind::IdNumber];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Mobile => "mobile",
-            Kind::Email => "email",
-            Kind::IdNumber => "id_number",
-        }
+        self.into()
     }
 
     /// The field class the identifier is sealed in: erasing that class
@@ -679,64 +677,52 @@ pub fn stored(store: &Store) -> Result<(BTreeSet<Entry>, u64), IndexError> {
 #[derive(Debug)]
 pub struct Indexer {
     index: Arc<SubjectIndex>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl Indexer {
-    pub fn start(index: Arc<SubjectIndex>, projector: Arc<ProjectorStatus>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_t = stop.clone();
+    pub fn start(
+        index: Arc<SubjectIndex>,
+        projector: Arc<ProjectorStatus>,
+        stop: CancellationToken,
+    ) -> Self {
         let handle = index.clone();
-        let thread = std::thread::Builder::new()
-            .name("subject-indexer".into())
-            .spawn(move || {
-                let mut seen = u64::MAX;
-                let mut retry_at = Instant::now();
-                let mut pause = Duration::from_millis(100);
-                while !stop_t.load(Ordering::Acquire) {
-                    let batches = projector.batches.load(Ordering::Acquire);
-                    let retry = index.waiting() > 0 && Instant::now() >= retry_at;
-                    if batches != seen || retry {
-                        match index.catch_up() {
-                            Ok(_) => {
-                                seen = batches;
-                                pause = Duration::from_millis(100);
-                                retry_at = Instant::now() + Duration::from_secs(1);
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "Updating the subject index failed; retrying.");
-                                std::thread::sleep(pause);
-                                pause = (pause * 2).min(Duration::from_secs(5));
-                            }
+        let worker = Worker::spawn("subject-indexer", stop, move |stop| {
+            let mut seen = u64::MAX;
+            let mut retry_at = Instant::now();
+            let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
+            while !stop.is_cancelled() {
+                let batches = projector.batches.load(Ordering::Acquire);
+                let again = index.waiting() > 0 && Instant::now() >= retry_at;
+                if batches != seen || again {
+                    match index.catch_up() {
+                        Ok(_) => {
+                            seen = batches;
+                            retry.reset();
+                            retry_at = Instant::now() + Duration::from_secs(1);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "Updating the subject index failed; retrying.");
+                            shutdown::sleep(&stop, retry.pause());
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(50));
                 }
-            })
-            .expect("spawn subject indexer thread");
+                shutdown::sleep(&stop, Duration::from_millis(50));
+            }
+        })
+        .expect("spawn subject indexer thread");
         Self {
             index: handle,
-            stop,
-            thread: Some(thread),
+            worker,
         }
     }
 
     /// Ends the thread after its current pass, then takes what is queued
     /// (the projector has stopped by then), so the index on disk matches
     /// the views.
-    pub fn stop(mut self) -> Result<(), String> {
-        self.stop.store(true, Ordering::Release);
-        if let Some(Err(_)) = self.thread.take().map(|t| t.join()) {
-            return Err("the subject indexer thread panicked".into());
-        }
+    pub fn stop(self) -> Result<(), String> {
+        self.worker.stop().map_err(|e| e.to_string())?;
         self.index.catch_up().map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Indexer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
     }
 }
 

@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::kafka::KafkaSettings;
+use crate::shutdown::CancellationToken;
 
 pub const HEADER_IDEMPOTENCY_KEY: &str = "orderlog-idempotency-key";
 pub const HEADER_REQUEST_DIGEST: &str = "orderlog-request-digest";
@@ -53,7 +54,7 @@ pub fn read_range(
     stall: Duration,
 ) -> Result<Vec<RawRecord>, KafkaError> {
     let mut out = Vec::new();
-    let never = std::sync::atomic::AtomicBool::new(false);
+    let never = CancellationToken::new();
     scan(
         settings,
         topic,
@@ -86,7 +87,7 @@ pub fn scan(
     from: i64,
     until: Option<i64>,
     stall: Duration,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &CancellationToken,
     mut f: impl FnMut(RawRecord),
 ) -> Result<i64, KafkaError> {
     let consumer: BaseConsumer = settings
@@ -107,7 +108,7 @@ pub fn scan(
     let mut last_progress = Instant::now();
     let mut next = from;
     while next < end {
-        if stop.load(std::sync::atomic::Ordering::Acquire) {
+        if stop.is_cancelled() {
             return Err(KafkaError::Canceled);
         }
         if last_progress.elapsed() > stall {

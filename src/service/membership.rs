@@ -32,6 +32,7 @@ use super::{ClusterOptions, Shared, ownership};
 use crate::clock::now_ms;
 use crate::erasure::Positions;
 use crate::kafka::KafkaSettings;
+use crate::shutdown::{CancellationToken, Worker};
 
 /// A node whose row is older than this many heartbeats is dead.
 pub const DEAD_AFTER_HEARTBEATS: u32 = 3;
@@ -90,7 +91,8 @@ pub struct Members {
     /// Set once every partition was seen owned (here or by a live node).
     covered: AtomicBool,
     wake: tokio::sync::Notify,
-    stop: Arc<AtomicBool>,
+    /// Follows the members topic until `leave`.
+    reader: parking_lot::Mutex<Option<Worker>>,
 }
 
 impl std::fmt::Debug for Members {
@@ -108,6 +110,7 @@ impl Members {
         settings: &KafkaSettings,
         events_topic: &str,
         me: &ClusterOptions,
+        stop: CancellationToken,
     ) -> Result<Arc<Self>, KafkaError> {
         let topic = crate::kafka::members_topic_for(events_topic);
         let producer: FutureProducer = settings
@@ -122,11 +125,8 @@ impl Members {
         tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
         consumer.assign(&tpl)?;
         let rows = Arc::new(RwLock::new(HashMap::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (rows_t, stop_t) = (rows.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("members".into())
-            .spawn(move || follow(consumer, rows_t, stop_t))
+        let rows_t = rows.clone();
+        let reader = Worker::spawn("members", stop, move |stop| follow(consumer, rows_t, stop))
             .map_err(|_| KafkaError::Canceled)?;
         Ok(Arc::new(Self {
             me: me.clone(),
@@ -135,7 +135,7 @@ impl Members {
             rows,
             covered: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
-            stop,
+            reader: parking_lot::Mutex::new(Some(reader)),
         }))
     }
 
@@ -246,7 +246,16 @@ impl Members {
 
     /// Writes this node's tombstone and stops reading the topic.
     pub async fn leave(&self) {
-        self.stop.store(true, Ordering::Release);
+        let reader = self.reader.lock().take();
+        if let Some(reader) = reader {
+            reader.token().cancel();
+            // Joined off the runtime: the reader ends within one poll.
+            match tokio::task::spawn_blocking(move || reader.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "The members reader failed."),
+                Err(e) => tracing::error!(error = %e, "Joining the members reader failed."),
+            }
+        }
         if let Err(e) = self.publish(None).await {
             tracing::debug!(error = %e, "Writing this node's members tombstone failed.");
         }
@@ -256,9 +265,9 @@ impl Members {
 fn follow(
     consumer: BaseConsumer,
     rows: Arc<RwLock<HashMap<String, (Member, Instant)>>>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) {
-    while !stop.load(Ordering::Acquire) {
+    while !stop.is_cancelled() {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
@@ -288,7 +297,7 @@ pub(super) async fn heartbeat(members: Arc<Members>, shared: Weak<Shared>) {
     loop {
         let wake = members.wake.notified();
         let Some(sh) = shared.upgrade() else { return };
-        if sh.closing.load(Ordering::Acquire) {
+        if sh.closing.is_cancelled() {
             return;
         }
         let purges = sh.purges();

@@ -42,6 +42,7 @@ use crate::crypto::{KeyId, KeyReplica, KeyVault, Shredded, VaultError};
 use crate::domain::{Command, DomainError, Event, PersonalFields};
 use crate::events;
 use crate::kafka::KafkaSettings;
+use crate::shutdown::{CancellationToken, Worker};
 use crate::store::{Store, StoreError};
 use partition::PartitionState;
 use state::{IdempotentOutcome, OrderRecord};
@@ -253,8 +254,9 @@ struct Shared {
     settings: KafkaSettings,
     topic: String,
     keys_topic: String,
-    /// Set by `shutdown`: a writer taking a partition over gives up.
-    closing: AtomicBool,
+    /// The service's token, cancelled by `shutdown` (or by the node's):
+    /// a writer taking a partition over gives up.
+    closing: CancellationToken,
     /// Set once the start's catch-up is done (nothing to do unless the order
     /// state is rebuilt from the whole log).
     ready: AtomicBool,
@@ -286,16 +288,14 @@ struct Shared {
     tasks: tokio_util::task::TaskTracker,
 }
 
-/// The writers' group thread and its stop flag.
-type GroupThread = (Arc<AtomicBool>, std::thread::JoinHandle<()>);
-
 /// The write service. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
     shared: Arc<Shared>,
     queues: Arc<RwLock<Option<Vec<mpsc::Sender<Job>>>>>,
     writers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    group: Arc<Mutex<Option<GroupThread>>>,
+    /// The writers' group thread, under a child of the service's token.
+    group: Arc<Mutex<Option<Worker>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -384,6 +384,7 @@ impl Service {
         command_timeout: Duration,
         options: StateOptions,
         cluster: ClusterOptions,
+        stop: CancellationToken,
     ) -> Result<Self, ServiceError> {
         let store = options.store.clone();
         // The whole log when the stored state does not cover it yet (a data
@@ -391,7 +392,7 @@ impl Service {
         // otherwise each partition's tail when it is taken over.
         let from_zero = !state::prepare(&store)? || options.rebuild;
         let per_partition = options.cache_orders.div_ceil(partitions.max(1));
-        let members = membership::Members::start(&settings, &topic, &cluster)
+        let members = membership::Members::start(&settings, &topic, &cluster, stop.child_token())
             .await
             .map_err(|e| {
                 ServiceError::Unavailable(crate::error::Cause::context("members topic", e))
@@ -400,7 +401,7 @@ impl Service {
             settings,
             keys_topic: crate::crypto::keys_topic_for(&topic),
             topic,
-            closing: AtomicBool::new(false),
+            closing: stop.clone(),
             ready: AtomicBool::new(false),
             started: tokio::sync::Notify::new(),
             vault,
@@ -438,21 +439,16 @@ impl Service {
             queues.push(tx);
             writers.push(tokio::spawn(writer(shared.clone(), p, rx)));
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (weak, stop_t, session) = (
-            Arc::downgrade(&shared),
-            stop.clone(),
-            cluster.session_timeout,
-        );
-        let group = std::thread::Builder::new()
-            .name("writers-group".into())
-            .spawn(move || ownership::run_group(weak, stop_t, session))
-            .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?;
+        let (weak, session) = (Arc::downgrade(&shared), cluster.session_timeout);
+        let group = Worker::spawn("writers-group", stop.child_token(), move |stop| {
+            ownership::run_group(weak, stop, session)
+        })
+        .map_err(|e| ServiceError::Internal(crate::error::Cause::of(e)))?;
         Ok(Self {
             shared,
             queues: Arc::new(RwLock::new(Some(queues))),
             writers: Arc::new(Mutex::new(writers)),
-            group: Arc::new(Mutex::new(Some((stop, group)))),
+            group: Arc::new(Mutex::new(Some(group))),
         })
     }
 
@@ -581,7 +577,7 @@ impl Service {
             if self.ready() {
                 return Ok(());
             }
-            if self.shared.closing.load(Ordering::Acquire) {
+            if self.shared.closing.is_cancelled() {
                 return Err(ServiceError::ShuttingDown);
             }
             if tokio::time::timeout_at(deadline, started).await.is_err() {
@@ -847,13 +843,17 @@ impl Service {
         // Leave the writers' group first: the partitions move to other nodes
         // at once instead of after the session timeout.
         let group = self.group.lock().take();
-        if let Some((stop, thread)) = group {
-            stop.store(true, Ordering::Release);
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(group) = group {
+            group.token().cancel();
+            match tokio::task::spawn_blocking(move || group.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "The writers' group thread failed."),
+                Err(e) => tracing::error!(error = %e, "Joining the writers' group thread failed."),
+            }
         }
         self.shared.members.leave().await;
         self.queues.write().take();
-        self.shared.closing.store(true, Ordering::Release);
+        self.shared.closing.cancel();
         // Requests waiting for the start to finish give up.
         self.shared.started.notify_waiters();
         let writers: Vec<_> = std::mem::take(&mut *self.writers.lock());

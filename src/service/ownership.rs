@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::partition::{self, PartitionState};
 use super::{ServiceError, Shared, delivery_timeout};
+use crate::shutdown::{self, CancellationToken, Retry};
 
 /// Where a partition stands on this node.
 #[derive(Clone, Default)]
@@ -248,9 +249,9 @@ pub(super) fn fenced(shared: &Arc<Shared>, partition: usize, generation: u64) {
 }
 
 async fn acquire_until_done(shared: Arc<Shared>, partition: usize, generation: u64) {
-    let mut pause = Duration::from_millis(200);
+    let mut retry = Retry::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        if shared.closing.load(Ordering::Acquire) {
+        if shared.closing.is_cancelled() {
             return;
         }
         match &shared.slots[partition].phase() {
@@ -280,8 +281,9 @@ async fn acquire_until_done(shared: Arc<Shared>, partition: usize, generation: u
             }
             Err(e) => {
                 tracing::warn!(partition, generation, error = %e, "Taking the partition over failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                if shutdown::pause(&shared.closing, retry.pause()).await {
+                    return;
+                }
             }
         }
     }
@@ -385,7 +387,7 @@ async fn acquire(
     // Nothing is taken over before the start's catch-up (a rebuild of the
     // order state from the log) is done.
     while !shared.ready.load(Ordering::Acquire) {
-        if shared.closing.load(Ordering::Acquire) {
+        if shared.closing.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -503,7 +505,7 @@ impl ConsumerContext for GroupContext {
 /// leaves it (releasing every partition, so another node takes them at once).
 pub(super) fn run_group(
     shared: std::sync::Weak<Shared>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     session_timeout: Duration,
 ) {
     // Not before the start's catch-up is done: a node rebuilding its order
@@ -514,10 +516,9 @@ pub(super) fn run_group(
             break;
         }
         drop(sh);
-        if stop.load(Ordering::Acquire) {
+        if shutdown::sleep(&stop, Duration::from_millis(50)) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     let Some(sh) = shared.upgrade() else { return };
     let group = crate::kafka::writers_group(&sh.topic);
@@ -549,7 +550,7 @@ pub(super) fn run_group(
         }
     };
     tracing::info!(group, "Joined the writers' group.");
-    while !stop.load(Ordering::Acquire) {
+    while !stop.is_cancelled() {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
             tracing::debug!(error = %e, "Writers' group consumer error.");
         }

@@ -10,7 +10,6 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -22,6 +21,7 @@ use super::state::{Absorbed, OrderRecord, StateFolder, load_order};
 use crate::crypto::LogKeys;
 use crate::events;
 use crate::kafka::KafkaSettings;
+use crate::shutdown::CancellationToken;
 use crate::store::{Store, StoreError};
 
 /// Default number of orders the writers keep in memory, all partitions together.
@@ -261,7 +261,7 @@ pub fn catch_up(
     from: i64,
     until: i64,
     stall: Duration,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<CatchUp, CatchUpError> {
     let mut folder = StoreFolder::new(
         store.clone(),
@@ -313,13 +313,13 @@ pub fn follow(
     partition: i32,
     until: i64,
     stall: Duration,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<CatchUp, CatchUpError> {
     let mut at = store.view_offset(partition)?;
     let mut progress = std::time::Instant::now();
     let mut logged = std::time::Instant::now();
     loop {
-        if stop.load(Ordering::Acquire) {
+        if stop.is_cancelled() {
             return Err(CatchUpError::Kafka(rdkafka::error::KafkaError::Canceled));
         }
         if at >= until {

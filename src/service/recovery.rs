@@ -14,6 +14,7 @@ use super::{ServiceError, Shared, intents, kafka_unavailable, partition, state};
 use crate::crypto::{KeyReplica, KeyVault, Shredded};
 use crate::domain::FieldClass;
 use crate::kafka::partition_of;
+use crate::shutdown::{self, Retry};
 use crate::store::Store;
 
 /// Destroys an order's key (or some classes of it) in the vault, then
@@ -112,7 +113,7 @@ async fn publish_replica_row(
 /// retried until it succeeds or the service stops.
 pub(super) async fn catch_up_all(shared: Arc<Shared>, from_zero: bool) {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(500);
+    let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(10));
     if !from_zero {
         // Each partition is caught up when this node takes it over.
         shared.ready.store(true, Ordering::Release);
@@ -120,7 +121,7 @@ pub(super) async fn catch_up_all(shared: Arc<Shared>, from_zero: bool) {
         return;
     }
     let erased = loop {
-        if shared.closing.load(Ordering::Acquire) {
+        if shared.closing.is_cancelled() {
             return;
         }
         let (s, t, n) = (
@@ -136,12 +137,12 @@ pub(super) async fn catch_up_all(shared: Arc<Shared>, from_zero: bool) {
             Ok(Ok(ends)) => ends,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "Reading the end of the log failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
+                shutdown::pause(&shared.closing, retry.pause()).await;
                 continue;
             }
             Err(e) => {
                 tracing::error!(error = %e, "Reading the end of the log failed; retrying.");
+                shutdown::pause(&shared.closing, retry.pause()).await;
                 continue;
             }
         };
@@ -149,21 +150,19 @@ pub(super) async fn catch_up_all(shared: Arc<Shared>, from_zero: bool) {
             Ok(erased) => break erased,
             Err(e) => {
                 tracing::error!(error = %e, "Catching up with the log failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
+                shutdown::pause(&shared.closing, retry.pause()).await;
             }
         }
     };
     loop {
-        if shared.closing.load(Ordering::Acquire) {
+        if shared.closing.is_cancelled() {
             return;
         }
         match finish_erasures(&shared, &erased).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::error!(error = %e, "Finishing interrupted erasures failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
+                shutdown::pause(&shared.closing, retry.pause()).await;
             }
         }
     }
