@@ -4,7 +4,7 @@
 //! HTML are valid and come back byte for byte. Random bodies are thrown at
 //! every write route too (64 each; `ORDERLOG_FUZZ_CASES=N` for a long form).
 
-mod common;
+use crate::common;
 
 use common::app::{CHECKOUT, LOGISTICS_SF, TestApp};
 use proptest::prelude::*;

@@ -1,7 +1,7 @@
 //! Black-box tests of the command API: orderlog runs in process on port 0
 //! against the real Kafka broker; requests go over a real socket.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 
@@ -97,7 +97,8 @@ async fn placing_an_order_answers_201_and_the_order_reads_back_with_its_personal
 
 /// Log lines of this test binary, as JSON lines (fields flattened): a
 /// subscriber installed once for the whole process, which every test's app
-/// logs to.
+/// logs to from then on (the tests of the other modules too: a test finds
+/// its own lines by its order's id).
 fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     #[derive(Clone)]
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -2,7 +2,7 @@
 //! feeds with cursors, exactly-once projection across a killed projector
 //! process, dead-lettering, and no personal plaintext on disk.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};

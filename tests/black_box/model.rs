@@ -25,12 +25,12 @@
 //!
 //! The short form (12 cases of up to 20 steps) runs under plain `cargo test`.
 //! The long form: `ORDERLOG_MODEL_CASES=200 ORDERLOG_MODEL_STEPS=40 cargo test
-//! --test model -- --nocapture`. `PROPTEST_RNG_SEED` fixes the seed and
+//! --test black_box model:: -- --nocapture`. `PROPTEST_RNG_SEED` fixes the seed and
 //! `ORDERLOG_MODEL_SHRINK_ITERS` bounds shrinking (each shrink step runs a
 //! case against a fresh app, so it costs seconds). The test prints how many
 //! cases, steps, requests and restarts it ran.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
