@@ -6,6 +6,7 @@ use crate::common;
 use std::collections::BTreeSet;
 
 use common::app::{AUDITOR, AUDITOR_NAME, CHECKOUT, LOGISTICS_SF, PRIVACY, TestApp};
+use common::orders::{self, CORDLESS_DRILL, OrderBody, SHENZHEN, TEA_250G, send, send_json};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -17,62 +18,32 @@ const EMAIL: &str = "ouyang.nana@example.com";
 const LANDLINE: &str = "0755-86001234";
 
 fn order_body(real_name: bool) -> Value {
-    let mut items = vec![
-        json!({"sku": "SKU-TEA-250", "name": "Longjing tea 250 g", "quantity": 2, "unit_price": 8800}),
-    ];
-    let mut amount = 17_600;
-    if real_name {
-        items.push(json!({"sku": "SKU-DRILL-18V", "name": "Cordless drill", "quantity": 1, "unit_price": 39900, "real_name": true}));
-        amount += 39_900;
-    }
-    let mut body = json!({
-        "order_number": format!("ON-{}", uuid::Uuid::new_v4().simple()),
-        "merchant_id": "m-1",
-        "items": items,
-        "currency": "CNY",
-        "amount": amount,
-        "consignee": {
-            "name": NAME,
-            "address": {"province": "广东省", "city": "深圳市", "district": "南山区", "street": STREET, "postal_code": "518057"},
-            "mobile": MOBILE,
-        },
-        "contact": {"landline": LANDLINE, "email": EMAIL},
-    });
-    if real_name {
-        body["id_number"] = json!(fixtures::id_number(7));
-    }
-    body
+    OrderBody::new(format!("ON-{}", uuid::Uuid::new_v4().simple()))
+        .lines(&[TEA_250G])
+        .consignee(NAME, MOBILE)
+        .address(SHENZHEN, STREET)
+        .landline(LANDLINE)
+        .email(EMAIL)
+        .when(real_name, |o| {
+            o.line(CORDLESS_DRILL).id_number(fixtures::id_number(7))
+        })
+        .json()
 }
 
 async fn place(app: &TestApp, body: &Value) -> (StatusCode, Value) {
-    let r = app
-        .post("/v1/orders", CHECKOUT)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
+    send_json(app.post("/v1/orders", CHECKOUT).json(body)).await
 }
 
 async fn placed_id(app: &TestApp, real_name: bool) -> String {
-    let (status, body) = place(app, &order_body(real_name)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["order_id"].as_str().unwrap().to_owned()
+    orders::place(app, &order_body(real_name)).await
 }
 
 async fn call(app: &TestApp, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    let r = app.post(path, token).json(&body).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    send(app.post(path, token).json(&body)).await
 }
 
 async fn get_order(app: &TestApp, id: &str, token: &str) -> (StatusCode, Value) {
-    let r = app
-        .get(&format!("/v1/orders/{id}"), token)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
+    send_json(app.get(&format!("/v1/orders/{id}"), token)).await
 }
 
 #[tokio::test]

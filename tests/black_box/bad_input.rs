@@ -7,21 +7,13 @@
 use crate::common;
 
 use common::app::{CHECKOUT, LOGISTICS_SF, TestApp};
+use common::orders::OrderBody;
 use proptest::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn order_body() -> Value {
-    json!({
-        "order_number": format!("ON-{}", uuid::Uuid::new_v4().simple()),
-        "merchant_id": "m-1",
-        "currency": "CNY",
-        "amount": 17600,
-        "items": [{"sku": "TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800}],
-        "consignee": {"name": "张三", "mobile": "13800138000",
-            "address": {"province": "广东省", "city": "深圳市", "district": "南山区",
-                "street": "科技园路 1 号", "postal_code": "518057"}},
-    })
+    OrderBody::new(format!("ON-{}", uuid::Uuid::new_v4().simple())).json()
 }
 
 fn with(path: &[&str], value: Value) -> Value {

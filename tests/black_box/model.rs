@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::app::{CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY, TestApp};
+use common::orders::{CORDLESS_DRILL, OrderBody, SHENZHEN, TEA_250G};
 use orderlog::domain::fixtures;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -360,31 +361,18 @@ fn order_body(n: u32, real_name: bool, contact: Contact) -> (Value, Secrets) {
             .then(|| format!("buyer.{n:04}@example.com")),
         id_number: real_name.then(|| fixtures::id_number(1000 + n)),
     };
-    let mut items = vec![
-        json!({"sku": "SKU-TEA-250", "name": "Longjing tea 250 g", "quantity": 2, "unit_price": 8800}),
-    ];
-    let mut amount = 17_600;
-    if real_name {
-        items.push(json!({"sku": "SKU-DRILL-18V", "name": "Cordless drill", "quantity": 1, "unit_price": 39_900, "real_name": true}));
-        amount += 39_900;
+    let mut order = OrderBody::new(format!("ON-MODEL-{n:04}"))
+        .merchant(OWN_MERCHANT)
+        .lines(&[TEA_250G])
+        .consignee(&secrets.name, &secrets.mobile)
+        .address(SHENZHEN, &secrets.street);
+    if let Some(id) = &secrets.id_number {
+        order = order.line(CORDLESS_DRILL).id_number(id);
     }
-    let mut body = json!({
-        "order_number": format!("ON-MODEL-{n:04}"),
-        "merchant_id": OWN_MERCHANT,
-        "items": items,
-        "currency": "CNY",
-        "amount": amount,
-        "consignee": {
-            "name": secrets.name,
-            "address": {"province": "广东省", "city": "深圳市", "district": "南山区", "street": secrets.street, "postal_code": "518057"},
-            "mobile": secrets.mobile,
-        },
-    });
+    let mut body = order.json();
+    // Both channels named, `null` for one not given: a client may send that.
     if !matches!(contact, Contact::None) {
         body["contact"] = json!({"landline": secrets.landline, "email": secrets.email});
-    }
-    if let Some(id) = &secrets.id_number {
-        body["id_number"] = json!(id);
     }
     (body, secrets)
 }
