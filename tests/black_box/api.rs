@@ -6,6 +6,7 @@ use crate::common;
 use std::collections::BTreeSet;
 
 use common::app::{AUDITOR, AUDITOR_NAME, CHECKOUT, LOGISTICS_SF, PRIVACY, TestApp};
+use common::cases::{self, ErrorCase};
 use common::orders::{self, CORDLESS_DRILL, OrderBody, SHENZHEN, TEA_250G, send, send_json};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
@@ -270,21 +271,15 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     assert_eq!(before, 2);
 
     let url = |p: &str| format!("{}{p}", app.base);
-    let mut cases: Vec<(
-        &str,
-        reqwest::RequestBuilder,
-        StatusCode,
-        &str,
-        Option<&str>,
-    )> = Vec::new();
-    cases.push((
+    let mut cases = Vec::new();
+    cases.push(ErrorCase::new(
         "no token",
         app.client.post(url("/v1/orders")).json(&order_body(false)),
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "unknown token",
         app.post("/v1/orders", "not-a-known-token-at-all")
             .json(&order_body(false)),
@@ -292,7 +287,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "unauthenticated",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "wrong role",
         app.post("/v1/orders", LOGISTICS_SF)
             .json(&order_body(false)),
@@ -300,7 +295,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "forbidden",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "checkout may not erase",
         app.post(&format!("/v1/orders/{id}/erase"), CHECKOUT)
             .json(&json!({})),
@@ -308,7 +303,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "forbidden",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "unknown order",
         app.post(
             &format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()),
@@ -319,7 +314,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "order_not_found",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "malformed id",
         app.post("/v1/orders/not-a-uuid/cancel", CHECKOUT)
             .json(&json!({"reason": "other"})),
@@ -327,7 +322,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_order_id",
         Some("id"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "invalid JSON",
         app.post("/v1/orders", CHECKOUT)
             .body("{\"order_number\": ")
@@ -336,7 +331,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_json",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "empty body",
         app.post("/v1/orders", CHECKOUT),
         StatusCode::BAD_REQUEST,
@@ -345,7 +340,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_mobile = order_body(false);
     bad_mobile["consignee"]["mobile"] = json!("12345");
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad mobile",
         app.post("/v1/orders", CHECKOUT).json(&bad_mobile),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -354,7 +349,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_id = order_body(true);
     bad_id["id_number"] = json!("110105194912310021");
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad id checksum",
         app.post("/v1/orders", CHECKOUT).json(&bad_id),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -363,7 +358,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut no_id = order_body(true);
     no_id.as_object_mut().unwrap().remove("id_number");
-    cases.push((
+    cases.push(ErrorCase::new(
         "real-name without id",
         app.post("/v1/orders", CHECKOUT).json(&no_id),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -372,7 +367,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_amount = order_body(false);
     bad_amount["amount"] = json!(1);
-    cases.push((
+    cases.push(ErrorCase::new(
         "amount mismatch",
         app.post("/v1/orders", CHECKOUT).json(&bad_amount),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -381,7 +376,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut unknown = order_body(false);
     unknown["coupon"] = json!("X");
-    cases.push((
+    cases.push(ErrorCase::new(
         "unknown field",
         app.post("/v1/orders", CHECKOUT).json(&unknown),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -390,7 +385,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_email = order_body(false);
     bad_email["contact"]["email"] = json!("ouyang@");
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad email",
         app.post("/v1/orders", CHECKOUT).json(&bad_email),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -399,7 +394,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut empty_name = order_body(false);
     empty_name["consignee"]["name"] = json!("  ");
-    cases.push((
+    cases.push(ErrorCase::new(
         "empty name",
         app.post("/v1/orders", CHECKOUT).json(&empty_name),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -408,14 +403,14 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut long_name = order_body(false);
     long_name["consignee"]["name"] = json!("名".repeat(65));
-    cases.push((
+    cases.push(ErrorCase::new(
         "long name",
         app.post("/v1/orders", CHECKOUT).json(&long_name),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
         Some("consignee.name"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "huge body",
         app.post("/v1/orders", CHECKOUT)
             .body(vec![b' '; 200 * 1024]),
@@ -423,7 +418,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "body_too_large",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "cancel twice",
         app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
             .json(&json!({"reason": "other"})),
@@ -431,7 +426,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "already_cancelled",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "share cancelled",
         app.post(&format!("/v1/orders/{id}/shares"), CHECKOUT)
             .json(&json!({"party": {"kind": "logistics", "id": "sf"}, "fields": ["shipping"]})),
@@ -439,7 +434,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "order_cancelled",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "stale If-Match",
         app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)
             .header("if-match", "1")
@@ -448,7 +443,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "version_mismatch",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad reason",
         app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
             .json(&json!({"reason": "bored"})),
@@ -456,7 +451,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_field",
         Some("reason"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad field class",
         app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)
             .json(&json!({"fields": ["shoe_size"]})),
@@ -464,7 +459,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_field",
         Some("fields[0]"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "no route",
         app.get("/v1/nothing", CHECKOUT),
         StatusCode::NOT_FOUND,
@@ -472,29 +467,12 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         None,
     ));
 
-    for (name, req, status, code, field) in cases {
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), status, "{name}");
-        let body: Value = r
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("{name}: error body is JSON: {e}"));
-        assert_eq!(body["error"]["code"], code, "{name}: {body}");
-        assert!(
-            !body["error"]["message"].as_str().unwrap().is_empty(),
-            "{name}"
-        );
-        if let Some(f) = field {
-            assert_eq!(body["error"]["field"], f, "{name}: {body}");
-        }
-        let text = body.to_string();
-        for needle in [NAME, MOBILE, EMAIL, "110105194912310021", "ouyang@"] {
-            assert!(
-                !text.contains(needle),
-                "{name}: error echoes personal data: {text}"
-            );
-        }
-    }
+    // No error echoes personal data, whatever the request carried.
+    let cases = cases
+        .into_iter()
+        .map(|c| c.never_echoing([NAME, MOBILE, EMAIL, "110105194912310021", "ouyang@"]))
+        .collect();
+    cases::check_all(cases).await;
     assert_eq!(
         app.raw_records().len(),
         before,
