@@ -45,15 +45,6 @@ fn node_pid(dir: &Path, n: i32) -> Option<i32> {
         .ok()
 }
 
-fn signal(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
-
 /// Resumes every node on drop, so a failed run never leaves a paused broker.
 struct Resume(PathBuf);
 
@@ -222,7 +213,7 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
                 Fault::KillLeader => "KILL",
                 Fault::PauseLeader | Fault::PauseFollower => "STOP",
             };
-            signal(pid, sig);
+            common::signal(pid, sig);
             let started = Instant::now();
             let acked_fenced = match fault {
                 Fault::KillLeader | Fault::PauseLeader => {
@@ -242,7 +233,7 @@ async fn acknowledged_commands_survive_broker_kills_and_pauses_and_answers_are_b
                 // start.sh starts the node that is down, and waits for it.
                 tokio::task::spawn_blocking(common::cluster3).await.unwrap();
             } else {
-                signal(pid, "CONT");
+                common::signal(pid, "CONT");
             }
             // The node is back: the service must recover by itself.
             wait_in_sync(&brokers, &topics).await;

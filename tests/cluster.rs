@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use common::app::{AUDITOR, CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY};
 use common::load::{Load, Node, check_erased_unreadable, check_key_replica_shredded, check_log};
 use common::load::{env_or, seed, wait_ready};
+use common::orders::{Area, Line, OrderBody};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
@@ -78,13 +79,7 @@ impl Drop for Children {
 }
 
 fn signal(child: &Child, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::signal(child.id(), sig);
 }
 
 /// The partitions a node says it writes (`/readyz`).
@@ -228,13 +223,13 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
         let (s, parts) = writing_node(&client, &bases, &mut rng).await;
         load.down.lock().unwrap().insert(s);
         let stopped = Instant::now();
-        signal(&children[s], "-STOP");
+        signal(&children[s], "STOP");
         let took = wait_failover(&load, stopped, &parts).await;
         tokio::time::sleep(
             Duration::from_millis(SESSION_MS + 2000).saturating_sub(stopped.elapsed()),
         )
         .await;
-        signal(&children[s], "-CONT");
+        signal(&children[s], "CONT");
         eprintln!(
             "round {round}: node {s} SIGSTOPped for {:?} (it wrote {parts:?}); its partitions took commands again after {took:?}",
             stopped.elapsed()
@@ -247,7 +242,7 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
     // A rolling restart of all three.
     for (i, node) in nodes.iter().enumerate() {
         load.down.lock().unwrap().insert(i);
-        signal(&children[i], "-TERM");
+        signal(&children[i], "TERM");
         let status = children[i].wait().unwrap();
         assert!(
             status.success(),
@@ -329,7 +324,7 @@ async fn three_nodes_take_writes_through_kills_pauses_and_a_rolling_restart_exac
     )
     .await;
     for child in children.iter() {
-        signal(child, "-TERM");
+        signal(child, "TERM");
     }
     for (i, child) in children.iter_mut().enumerate() {
         let status = child.wait().unwrap();
@@ -447,17 +442,20 @@ struct Replicas {
 
 /// A place-order body with personal data of its own (`n` makes it unique).
 fn replica_order(n: u32) -> Value {
-    json!({
-        "order_number": format!("ON-REPLICA-{n}"),
-        "merchant_id": "m-1",
-        "currency": "CNY",
-        "amount": 8800,
-        "items": [{"sku": "TEA-250", "name": "Longjing tea", "quantity": 1, "unit_price": 8800}],
-        "consignee": {"name": format!("诸葛亮{n}"), "mobile": format!("1391234{n:04}"),
-            "address": {"province": "湖北省", "city": "襄阳市", "district": "隆中区",
-                "street": format!("卧龙岗路 {n} 号"), "postal_code": "441000"}},
-        "contact": {"email": format!("kongming{n}@example.com")},
-    })
+    OrderBody::new(format!("ON-REPLICA-{n}"))
+        .lines(&[Line::new("TEA-250", "Longjing tea", 1, 8800)])
+        .consignee(format!("诸葛亮{n}"), format!("1391234{n:04}"))
+        .address(
+            Area {
+                province: "湖北省",
+                city: "襄阳市",
+                district: "隆中区",
+                postal_code: "441000",
+            },
+            format!("卧龙岗路 {n} 号"),
+        )
+        .email(format!("kongming{n}@example.com"))
+        .json()
 }
 
 fn plaintext(n: u32) -> Vec<Vec<u8>> {
@@ -783,7 +781,7 @@ async fn replicas(
     shipping_view(client, &bases[2], y, 2).await;
     secrets.extend(key_and_sealed_bytes(brokers, topic, y));
     secrets.extend(plaintext(1));
-    signal(&children[2], "-TERM");
+    signal(&children[2], "TERM");
     assert!(children[2].wait().unwrap().success());
     let (s, r) = send(
         client
@@ -829,7 +827,7 @@ async fn replicas(
     let one = walk_feed(client, &bases[..1], merchant, MERCHANT_M1, 50).await;
     let spread = walk_feed(client, &all, merchant, MERCHANT_M1, 41).await;
     assert_eq!(spread, one, "the merchant feed through four nodes");
-    signal(&child[0], "-TERM");
+    signal(&child[0], "TERM");
     assert!(child[0].wait().unwrap().success());
     Replicas {
         new_node_dir: fresh.data_dir.clone(),

@@ -5,6 +5,7 @@
 mod common;
 
 use common::app::{CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY, TestApp};
+use common::orders::{LUOYANG, Line, OrderBody, contains, get, post_ok as post};
 use orderlog::crypto::{Kek, KekRing, KeyVault, VaultError};
 use orderlog::domain::{FieldClass, fixtures};
 use orderlog::events;
@@ -12,16 +13,17 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn order_body(n: u32) -> Value {
-    json!({
-        "order_number": format!("ON-E-{n}-{}", uuid::Uuid::new_v4().simple()),
-        "merchant_id": "m-1", "currency": "CNY", "amount": 57500,
-        "items": [{"sku": "TEA", "name": "Tea", "quantity": 2, "unit_price": 8800},
-                  {"sku": "DRILL", "name": "Drill", "quantity": 1, "unit_price": 39900, "real_name": true}],
-        "consignee": {"name": format!("司马懿{n}"), "mobile": format!("1391234{:04}", n),
-            "address": {"province": "河南省", "city": "洛阳市", "district": "老城区", "street": format!("中州东路{n}号院"), "postal_code": "471000"}},
-        "contact": {"email": format!("sima.yi{n}@example.com"), "landline": format!("0379-6{:07}", n)},
-        "id_number": fixtures::id_number(n),
-    })
+    OrderBody::new(format!("ON-E-{n}-{}", uuid::Uuid::new_v4().simple()))
+        .lines(&[
+            Line::new("TEA", "Tea", 2, 8800),
+            Line::new("DRILL", "Drill", 1, 39900).real_name(true),
+        ])
+        .consignee(format!("司马懿{n}"), format!("1391234{:04}", n))
+        .address(LUOYANG, format!("中州东路{n}号院"))
+        .email(format!("sima.yi{n}@example.com"))
+        .landline(format!("0379-6{:07}", n))
+        .id_number(fixtures::id_number(n))
+        .json()
 }
 
 fn needles(n: u32) -> Vec<String> {
@@ -37,21 +39,6 @@ fn needles(n: u32) -> Vec<String> {
         b["contact"]["landline"].as_str().unwrap().to_owned(),
         b["id_number"].as_str().unwrap().to_owned(),
     ]
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> Value {
-    let r = app.post(path, token).json(&body).send().await.unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
-}
-
-async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
-    let r = app.get(path, token).send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::app::{CHECKOUT, PRIVACY, TestApp};
+use common::orders::{Area, Line, OrderBody};
 use orderlog::app::App;
 use orderlog::crypto::Kek;
 use orderlog::kafka::{KafkaSettings, TopicSpec, ensure_topics};
@@ -118,12 +119,19 @@ async fn metrics_count_what_a_scenario_did() {
     let app = TestApp::spawn().await;
     let before = metrics(&app).await;
     let order = |n: u32| {
-        json!({
-            "order_number": format!("ON-M-{n}-{}", uuid::Uuid::new_v4().simple()), "merchant_id": "m-1", "currency": "CNY", "amount": 8800,
-            "items": [{"sku": "TEA", "name": "Tea", "quantity": 1, "unit_price": 8800}],
-            "consignee": {"name": "黄月英", "mobile": "13700137000",
-                "address": {"province": "湖北省", "city": "襄阳市", "district": "襄城区", "street": "隆中路 1 号", "postal_code": "441000"}},
-        })
+        OrderBody::new(format!("ON-M-{n}-{}", uuid::Uuid::new_v4().simple()))
+            .lines(&[Line::new("TEA", "Tea", 1, 8800)])
+            .consignee("黄月英", "13700137000")
+            .address(
+                Area {
+                    province: "湖北省",
+                    city: "襄阳市",
+                    district: "襄城区",
+                    postal_code: "441000",
+                },
+                "隆中路 1 号",
+            )
+            .json()
     };
     let mut ids = Vec::new();
     for n in 0..3 {

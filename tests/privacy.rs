@@ -15,6 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::app::{CHECKOUT, PRIVACY, TestApp};
+use common::orders::{self, LUOYANG, Line, OrderBody, contains, send};
 use orderlog::domain::fixtures;
 use orderlog::events::Body;
 use orderlog::events::v3::ErasureReasonV3;
@@ -30,30 +31,17 @@ struct Person {
 }
 
 fn order(p: &Person, real_name: bool) -> Value {
-    let mut body = json!({
-        "order_number": format!("ON-S-{}", uuid::Uuid::new_v4().simple()),
-        "merchant_id": "m-1", "currency": "CNY", "amount": 8800,
-        "items": [{"sku": "TEA", "name": "Tea", "quantity": 1, "unit_price": 8800, "real_name": real_name}],
-        "consignee": {"name": p.name, "mobile": p.mobile,
-            "address": {"province": "河南省", "city": "洛阳市", "district": "老城区", "street": "中州东路1号院", "postal_code": "471000"}},
-        "contact": {"email": p.email},
-    });
-    if real_name {
-        body["id_number"] = json!(p.id_number);
-    }
-    body
+    OrderBody::new(format!("ON-S-{}", uuid::Uuid::new_v4().simple()))
+        .lines(&[Line::new("TEA", "Tea", 1, 8800).real_name(real_name)])
+        .consignee(p.name, p.mobile)
+        .address(LUOYANG, "中州东路1号院")
+        .email(&p.email)
+        .when(real_name, |o| o.id_number(&p.id_number))
+        .json()
 }
 
 async fn place(app: &TestApp, body: Value) -> String {
-    let r = app
-        .post("/v1/orders", CHECKOUT)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let v: Value = r.json().await.unwrap();
-    v["order_id"].as_str().unwrap().to_owned()
+    orders::place(app, &body).await
 }
 
 async fn subject(app: &TestApp, what: &str, body: Value) -> (StatusCode, Value) {
@@ -84,10 +72,6 @@ fn sorted(ids: &[&String]) -> Vec<String> {
     let mut v: Vec<String> = ids.iter().map(|s| (*s).clone()).collect();
     v.sort();
     v
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Files of the data directory holding `needle`.
@@ -329,11 +313,6 @@ fn log_events(app: &TestApp, order_id: &str) -> Vec<orderlog::events::Envelope> 
         .collect();
     evs.sort_by_key(|e| e.meta.sequence);
     evs
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let r = req.send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]

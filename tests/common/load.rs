@@ -232,17 +232,9 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, child: &mut Child)
 }
 
 pub fn order_body(n: u64) -> Value {
-    json!({
-        "order_number": format!("ON-CRASH-{n}"),
-        "merchant_id": "m-1",
-        "currency": "CNY",
-        "amount": 17600,
-        "items": [{"sku": "TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800}],
-        "consignee": {"name": "张三", "mobile": "13800138000",
-            "address": {"province": "广东省", "city": "深圳市", "district": "南山区",
-                "street": "科技园路 1 号", "postal_code": "518057"}},
-        "contact": {"email": "zhang.san@example.com"},
-    })
+    super::orders::OrderBody::new(format!("ON-CRASH-{n}"))
+        .email("zhang.san@example.com")
+        .json()
 }
 
 /// What the load saw: answers by status (and slowest), and the 5xx that

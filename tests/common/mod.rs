@@ -16,7 +16,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod cases;
 pub mod load;
+pub mod orders;
 
 pub const DEFAULT_TEST_PORT: u16 = 19092;
 
@@ -132,6 +134,16 @@ pub fn cluster3() -> (PathBuf, String) {
             (dir, b)
         }
     }
+}
+
+/// Sends `sig` (`KILL`, `STOP`, `CONT`, `TERM`) to process `pid`.
+pub fn signal(pid: impl std::fmt::Display, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
 }
 
 /// A name no other test (in this run or an earlier one) uses.

@@ -6,7 +6,7 @@
 //! neither append events nor read keys; an `auditor` reads the events but
 //! not `orders.keys`; a client without TLS and credentials gets nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

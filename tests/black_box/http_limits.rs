@@ -4,7 +4,7 @@
 //! throughout; past `--http-max-connections`, a new connection is closed as
 //! it arrives and the server takes new ones again once room is made.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! `http/1.1`, which it speaks; plain HTTP on that port gets no answer, and a bad key file
 //! is refused with an error that names the file and not its contents.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

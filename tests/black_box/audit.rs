@@ -2,7 +2,7 @@
 //! verify (a clean log, then tampered, withheld and unapplied records),
 //! replay, history (sealed unless revealed), shares and erasure receipts.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command as Process, Output};

@@ -2,49 +2,36 @@
 //! feeds with cursors, exactly-once projection across a killed projector
 //! process, dead-lettering, and no personal plaintext on disk.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::app::{CHECKOUT, LOGISTICS_SF, MERCHANT_M1, PRIVACY, TestApp};
+use common::orders::{Area, Line, OrderBody, get, post_ok as post};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn order_body(n: u32, real_name: bool, merchant: &str) -> Value {
-    let mut items = vec![
-        json!({"sku": "SKU-TEA-250", "name": "Longjing tea", "quantity": 2, "unit_price": 8800}),
-    ];
-    let mut amount = 17_600;
-    if real_name {
-        items.push(json!({"sku": "SKU-DRILL", "name": "Drill", "quantity": 1, "unit_price": 39900, "real_name": true}));
-        amount += 39_900;
-    }
-    let mut b = json!({
-        "order_number": format!("ON-V-{n}-{}", uuid::Uuid::new_v4().simple()),
-        "merchant_id": merchant,
-        "items": items, "currency": "CNY", "amount": amount,
-        "consignee": {"name": format!("诸葛亮{n}"), "address": {"province": "四川省", "city": "成都市", "district": "武侯区",
-            "street": format!("武侯祠大街{n}号"), "postal_code": "610041"}, "mobile": format!("1380013{:04}", n)},
-        "contact": {"email": format!("kongming{n}@example.com")},
-    });
-    if real_name {
-        b["id_number"] = json!(fixtures::id_number(n));
-    }
-    b
-}
-
-async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> Value {
-    let r = app.post(path, token).json(&body).send().await.unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
-}
-
-async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
-    let r = app.get(path, token).send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+    const CHENGDU: Area = Area {
+        province: "四川省",
+        city: "成都市",
+        district: "武侯区",
+        postal_code: "610041",
+    };
+    OrderBody::new(format!("ON-V-{n}-{}", uuid::Uuid::new_v4().simple()))
+        .merchant(merchant)
+        .lines(&[Line::new("SKU-TEA-250", "Longjing tea", 2, 8800)])
+        .consignee(format!("诸葛亮{n}"), format!("1380013{:04}", n))
+        .address(CHENGDU, format!("武侯祠大街{n}号"))
+        .email(format!("kongming{n}@example.com"))
+        .when(real_name, |o| {
+            o.line(Line::new("SKU-DRILL", "Drill", 1, 39900).real_name(true))
+                .id_number(fixtures::id_number(n))
+        })
+        .json()
 }
 
 /// [`get`] of an order just placed or shared with the caller's party: a view

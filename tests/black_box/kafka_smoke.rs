@@ -2,7 +2,7 @@
 //! records produced with acks=all come back from a consumer, and the
 //! three-broker mode really has three brokers.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! `.json` beside them is what the current decoder must read from it.
 //! Generate only a NEW version's fixtures, once (it refuses a version whose
 //! directory holds files, so golden files are never rewritten):
-//! `ORDERLOG_WRITE_FIXTURES=<N> cargo test --test schema_fixtures -- --ignored`.
+//! `ORDERLOG_WRITE_FIXTURES=<N> cargo test --test black_box schema_fixtures -- --ignored`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

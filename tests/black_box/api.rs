@@ -1,11 +1,13 @@
 //! Black-box tests of the command API: orderlog runs in process on port 0
 //! against the real Kafka broker; requests go over a real socket.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 
 use common::app::{AUDITOR, AUDITOR_NAME, CHECKOUT, LOGISTICS_SF, PRIVACY, TestApp};
+use common::cases::{self, ErrorCase};
+use common::orders::{self, CORDLESS_DRILL, OrderBody, SHENZHEN, TEA_250G, send, send_json};
 use orderlog::domain::fixtures;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -17,62 +19,32 @@ const EMAIL: &str = "ouyang.nana@example.com";
 const LANDLINE: &str = "0755-86001234";
 
 fn order_body(real_name: bool) -> Value {
-    let mut items = vec![
-        json!({"sku": "SKU-TEA-250", "name": "Longjing tea 250 g", "quantity": 2, "unit_price": 8800}),
-    ];
-    let mut amount = 17_600;
-    if real_name {
-        items.push(json!({"sku": "SKU-DRILL-18V", "name": "Cordless drill", "quantity": 1, "unit_price": 39900, "real_name": true}));
-        amount += 39_900;
-    }
-    let mut body = json!({
-        "order_number": format!("ON-{}", uuid::Uuid::new_v4().simple()),
-        "merchant_id": "m-1",
-        "items": items,
-        "currency": "CNY",
-        "amount": amount,
-        "consignee": {
-            "name": NAME,
-            "address": {"province": "广东省", "city": "深圳市", "district": "南山区", "street": STREET, "postal_code": "518057"},
-            "mobile": MOBILE,
-        },
-        "contact": {"landline": LANDLINE, "email": EMAIL},
-    });
-    if real_name {
-        body["id_number"] = json!(fixtures::id_number(7));
-    }
-    body
+    OrderBody::new(format!("ON-{}", uuid::Uuid::new_v4().simple()))
+        .lines(&[TEA_250G])
+        .consignee(NAME, MOBILE)
+        .address(SHENZHEN, STREET)
+        .landline(LANDLINE)
+        .email(EMAIL)
+        .when(real_name, |o| {
+            o.line(CORDLESS_DRILL).id_number(fixtures::id_number(7))
+        })
+        .json()
 }
 
 async fn place(app: &TestApp, body: &Value) -> (StatusCode, Value) {
-    let r = app
-        .post("/v1/orders", CHECKOUT)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
+    send_json(app.post("/v1/orders", CHECKOUT).json(body)).await
 }
 
 async fn placed_id(app: &TestApp, real_name: bool) -> String {
-    let (status, body) = place(app, &order_body(real_name)).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["order_id"].as_str().unwrap().to_owned()
+    orders::place(app, &order_body(real_name)).await
 }
 
 async fn call(app: &TestApp, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    let r = app.post(path, token).json(&body).send().await.unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    send(app.post(path, token).json(&body)).await
 }
 
 async fn get_order(app: &TestApp, id: &str, token: &str) -> (StatusCode, Value) {
-    let r = app
-        .get(&format!("/v1/orders/{id}"), token)
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
+    send_json(app.get(&format!("/v1/orders/{id}"), token)).await
 }
 
 #[tokio::test]
@@ -97,7 +69,8 @@ async fn placing_an_order_answers_201_and_the_order_reads_back_with_its_personal
 
 /// Log lines of this test binary, as JSON lines (fields flattened): a
 /// subscriber installed once for the whole process, which every test's app
-/// logs to.
+/// logs to from then on (the tests of the other modules too: a test finds
+/// its own lines by its order's id).
 fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
     #[derive(Clone)]
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -298,21 +271,15 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     assert_eq!(before, 2);
 
     let url = |p: &str| format!("{}{p}", app.base);
-    let mut cases: Vec<(
-        &str,
-        reqwest::RequestBuilder,
-        StatusCode,
-        &str,
-        Option<&str>,
-    )> = Vec::new();
-    cases.push((
+    let mut cases = Vec::new();
+    cases.push(ErrorCase::new(
         "no token",
         app.client.post(url("/v1/orders")).json(&order_body(false)),
         StatusCode::UNAUTHORIZED,
         "unauthenticated",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "unknown token",
         app.post("/v1/orders", "not-a-known-token-at-all")
             .json(&order_body(false)),
@@ -320,7 +287,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "unauthenticated",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "wrong role",
         app.post("/v1/orders", LOGISTICS_SF)
             .json(&order_body(false)),
@@ -328,7 +295,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "forbidden",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "checkout may not erase",
         app.post(&format!("/v1/orders/{id}/erase"), CHECKOUT)
             .json(&json!({})),
@@ -336,7 +303,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "forbidden",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "unknown order",
         app.post(
             &format!("/v1/orders/{}/cancel", uuid::Uuid::now_v7()),
@@ -347,7 +314,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "order_not_found",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "malformed id",
         app.post("/v1/orders/not-a-uuid/cancel", CHECKOUT)
             .json(&json!({"reason": "other"})),
@@ -355,7 +322,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_order_id",
         Some("id"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "invalid JSON",
         app.post("/v1/orders", CHECKOUT)
             .body("{\"order_number\": ")
@@ -364,7 +331,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_json",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "empty body",
         app.post("/v1/orders", CHECKOUT),
         StatusCode::BAD_REQUEST,
@@ -373,7 +340,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_mobile = order_body(false);
     bad_mobile["consignee"]["mobile"] = json!("12345");
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad mobile",
         app.post("/v1/orders", CHECKOUT).json(&bad_mobile),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -382,7 +349,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_id = order_body(true);
     bad_id["id_number"] = json!("110105194912310021");
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad id checksum",
         app.post("/v1/orders", CHECKOUT).json(&bad_id),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -391,7 +358,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut no_id = order_body(true);
     no_id.as_object_mut().unwrap().remove("id_number");
-    cases.push((
+    cases.push(ErrorCase::new(
         "real-name without id",
         app.post("/v1/orders", CHECKOUT).json(&no_id),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -400,7 +367,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_amount = order_body(false);
     bad_amount["amount"] = json!(1);
-    cases.push((
+    cases.push(ErrorCase::new(
         "amount mismatch",
         app.post("/v1/orders", CHECKOUT).json(&bad_amount),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -409,7 +376,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut unknown = order_body(false);
     unknown["coupon"] = json!("X");
-    cases.push((
+    cases.push(ErrorCase::new(
         "unknown field",
         app.post("/v1/orders", CHECKOUT).json(&unknown),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -418,7 +385,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut bad_email = order_body(false);
     bad_email["contact"]["email"] = json!("ouyang@");
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad email",
         app.post("/v1/orders", CHECKOUT).json(&bad_email),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -427,7 +394,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut empty_name = order_body(false);
     empty_name["consignee"]["name"] = json!("  ");
-    cases.push((
+    cases.push(ErrorCase::new(
         "empty name",
         app.post("/v1/orders", CHECKOUT).json(&empty_name),
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -436,14 +403,14 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
     ));
     let mut long_name = order_body(false);
     long_name["consignee"]["name"] = json!("名".repeat(65));
-    cases.push((
+    cases.push(ErrorCase::new(
         "long name",
         app.post("/v1/orders", CHECKOUT).json(&long_name),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
         Some("consignee.name"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "huge body",
         app.post("/v1/orders", CHECKOUT)
             .body(vec![b' '; 200 * 1024]),
@@ -451,7 +418,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "body_too_large",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "cancel twice",
         app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
             .json(&json!({"reason": "other"})),
@@ -459,7 +426,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "already_cancelled",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "share cancelled",
         app.post(&format!("/v1/orders/{id}/shares"), CHECKOUT)
             .json(&json!({"party": {"kind": "logistics", "id": "sf"}, "fields": ["shipping"]})),
@@ -467,7 +434,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "order_cancelled",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "stale If-Match",
         app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)
             .header("if-match", "1")
@@ -476,7 +443,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "version_mismatch",
         None,
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad reason",
         app.post(&format!("/v1/orders/{id}/cancel"), CHECKOUT)
             .json(&json!({"reason": "bored"})),
@@ -484,7 +451,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_field",
         Some("reason"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "bad field class",
         app.post(&format!("/v1/orders/{id}/erase"), PRIVACY)
             .json(&json!({"fields": ["shoe_size"]})),
@@ -492,7 +459,7 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         "invalid_field",
         Some("fields[0]"),
     ));
-    cases.push((
+    cases.push(ErrorCase::new(
         "no route",
         app.get("/v1/nothing", CHECKOUT),
         StatusCode::NOT_FOUND,
@@ -500,29 +467,12 @@ async fn errors_get_their_status_and_code_and_write_nothing() {
         None,
     ));
 
-    for (name, req, status, code, field) in cases {
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), status, "{name}");
-        let body: Value = r
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("{name}: error body is JSON: {e}"));
-        assert_eq!(body["error"]["code"], code, "{name}: {body}");
-        assert!(
-            !body["error"]["message"].as_str().unwrap().is_empty(),
-            "{name}"
-        );
-        if let Some(f) = field {
-            assert_eq!(body["error"]["field"], f, "{name}: {body}");
-        }
-        let text = body.to_string();
-        for needle in [NAME, MOBILE, EMAIL, "110105194912310021", "ouyang@"] {
-            assert!(
-                !text.contains(needle),
-                "{name}: error echoes personal data: {text}"
-            );
-        }
-    }
+    // No error echoes personal data, whatever the request carried.
+    let cases = cases
+        .into_iter()
+        .map(|c| c.never_echoing([NAME, MOBILE, EMAIL, "110105194912310021", "ouyang@"]))
+        .collect();
+    cases::check_all(cases).await;
     assert_eq!(
         app.raw_records().len(),
         before,
