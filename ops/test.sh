@@ -5,7 +5,7 @@
 # the HTTP API with schemathesis (ops/schemathesis.sh), and stops the broker.
 #
 #   ops/test.sh                   # everything
-#   ops/test.sh --test kafka_smoke  # extra arguments go to `cargo test`
+#   ops/test.sh --test black_box kafka_smoke::  # extra arguments go to `cargo test`
 #
 # Builds go to CARGO_TARGET_DIR (default ~/.cache/orderlog/target), outside
 # the checkout, so a fresh clone on the same machine reuses the compiled
