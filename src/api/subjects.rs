@@ -124,13 +124,11 @@ async fn index_current(state: &AppState, index: &Arc<SubjectIndex>) -> Result<u6
             "this node's views have not caught up with the log yet; retry",
         )
     };
-    if !state.service.reads_ready() {
-        state
-            .service
-            .get_when_ready(Uuid::nil())
-            .await
-            .map_err(|_| lagging())?;
-    }
+    state
+        .service
+        .wait_reads_ready()
+        .await
+        .map_err(|_| lagging())?;
     if let Some(p) = &state.projector {
         while p.covered_ms.load(std::sync::atomic::Ordering::Acquire) < came_in {
             if tokio::time::Instant::now() >= deadline {

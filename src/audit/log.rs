@@ -4,15 +4,16 @@
 //! Records come in offset order within a partition.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::{AuditError, Source};
+use crate::kafka::scan::Scan;
+use crate::shutdown::CancellationToken;
 
 /// How long a scan may go without a record before it gives up.
 pub const STALL_LIMIT: Duration = Duration::from_secs(60);
@@ -79,56 +80,25 @@ pub fn scan(
         }
     };
     let marks = watermarks(source, partitions)?;
-    let consumer = consumer(source)?;
-    let mut tpl = TopicPartitionList::new();
-    // Per partition, the offset at which it is read to its end.
-    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, (low, high)) in &marks {
-        if high > low {
-            tpl.add_partition_offset(&source.topic, *p, Offset::Offset(*low))?;
-            remaining.insert(*p, *high);
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(marks);
-    }
-    consumer.assign(&tpl)?;
-    let mut last_progress = Instant::now();
-    while !remaining.is_empty() {
-        if last_progress.elapsed() > STALL_LIMIT {
-            return Err(AuditError::Stalled(STALL_LIMIT));
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-            crate::kafka::drop_reached(&consumer, &source.topic, &mut remaining);
-            continue;
-        };
-        let m = match msg {
-            Ok(m) => m,
-            Err(KafkaError::PartitionEOF(_)) => {
-                crate::kafka::drop_reached(&consumer, &source.topic, &mut remaining);
-                continue;
+    let reader = Scan::new(&source.settings, &source.topic, "audit")?;
+    let never = CancellationToken::new();
+    reader
+        .read(&marks, STALL_LIMIT, &never, |m| {
+            if !crate::kafka::is_barrier(m) {
+                f(LogRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                });
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "Consume error during an audit scan; retrying.");
-                continue;
+        })
+        .map_err(|e| {
+            if crate::kafka::scan::is_stalled(&e) {
+                AuditError::Stalled(STALL_LIMIT)
+            } else {
+                e.into()
             }
-        };
-        last_progress = Instant::now();
-        let (partition, offset) = (m.partition(), m.offset());
-        let Some(end) = remaining.get(&partition).copied() else {
-            continue;
-        };
-        if offset < end && !crate::kafka::is_barrier(&m) {
-            f(LogRecord {
-                partition,
-                offset,
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().unwrap_or_default().to_vec(),
-            });
-        }
-        if offset + 1 >= end {
-            remaining.remove(&partition);
-        }
-    }
+        })?;
     Ok(marks)
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use uuid::Uuid;
 
-use crate::crypto::{KekRing, KeyVault, OrderKey, Shredded, VaultError};
+use crate::crypto::{KekRing, KeyVault, VaultError};
 use crate::kafka::KafkaSettings;
 use crate::projections::projector::ProjectorError;
 use crate::store::{Store, StoreError};
@@ -99,27 +99,11 @@ impl NodeData {
 
     /// What the vault holds for an order, as the checks need it.
     pub fn key(&self, order_id: Uuid) -> KeyLookup {
-        match self.vault.get(order_id) {
-            Ok(k) => KeyLookup::Live(k),
-            Err(VaultError::Shredded { record, .. }) => KeyLookup::Shredded(record),
-            Err(VaultError::NotFound(_)) => KeyLookup::Missing,
-            Err(e) => KeyLookup::Unreadable(e.to_string()),
-        }
+        KeyLookup::of(self.vault.get(order_id))
     }
 }
 
-/// The state of an order's key in a vault.
-#[derive(Debug)]
-pub enum KeyLookup {
-    /// At least one class subkey lives (shredded classes are absent).
-    Live(OrderKey),
-    /// Every class is shredded; the record holds no key bytes.
-    Shredded(Shredded),
-    /// No key and no shred record.
-    Missing,
-    /// The row exists but cannot be unwrapped (wrong KEK, corrupt row).
-    Unreadable(String),
-}
+pub use crate::crypto::vault::KeyLookup;
 
 /// Milliseconds since the epoch as RFC 3339 (UTC).
 pub fn time_text(ms: i64) -> String {

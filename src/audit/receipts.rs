@@ -104,37 +104,9 @@ pub fn collect<'a>(
 pub fn check(receipt: &mut Receipt, key: &KeyLookup, view: Option<&ProjectedOrder>) {
     let erased = receipt.erased();
     let whole = receipt.scope == "order";
-    match key {
-        KeyLookup::Shredded(_) => receipt
-            .verified
-            .push("vault: order key shredded, only the shred record remains".into()),
-        KeyLookup::Missing => receipt
-            .verified
-            .push("vault: no key for the order (and no shred record)".into()),
-        KeyLookup::Live(k) => {
-            let alive: Vec<&str> = erased
-                .iter()
-                .filter(|c| k.subkey(**c).is_some())
-                .map(|c| c.as_str())
-                .collect();
-            if alive.is_empty() && !whole {
-                receipt
-                    .verified
-                    .push("vault: the erased classes' subkeys are gone".into());
-            } else if alive.is_empty() {
-                receipt
-                    .failures
-                    .push("vault: the order was erased whole, yet a key row remains".into());
-            } else {
-                receipt.failures.push(format!(
-                    "vault: subkeys of erased classes still present: {}",
-                    alive.join(", ")
-                ));
-            }
-        }
-        KeyLookup::Unreadable(e) => receipt
-            .failures
-            .push(format!("vault: the order's key row cannot be read: {e}")),
+    match crate::erasure::receipt::check_vault(key, &erased, whole) {
+        Ok(verified) => receipt.verified.push(verified),
+        Err(failure) => receipt.failures.push(failure),
     }
     match view {
         None => receipt

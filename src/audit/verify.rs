@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::{AuditError, KeyLookup, NodeData, Source, log, replay};
 use crate::domain::FieldClass;
 use crate::events::Body;
+use crate::events::chain::{self, Link};
 use crate::events::codec::class_of;
 use crate::events::{self, Envelope, RecordHash};
 use crate::kafka::partition_of;
@@ -257,39 +258,47 @@ impl ChainChecker {
             ..Default::default()
         });
         let expected = track.next;
-        if seq < expected {
-            let original = track.records.get(&seq).copied();
-            return match original {
-                Some((h, at)) if h == hash => self.finding(
-                    FindingKind::DuplicateRecord,
-                    Some(order_id),
-                    partition,
-                    offset,
-                    format!("event {seq} repeated: an identical copy is at offset {at}"),
-                ),
-                Some((h, at)) => self.finding(
-                    FindingKind::ConflictingRecord,
-                    Some(order_id),
-                    partition,
-                    offset,
-                    format!(
-                        "a different record claims event {seq} (hash {}; the chain's event {seq} is at offset {at}, hash {})",
-                        short(&hash),
-                        short(&h)
+        let head = chain::Head {
+            sequence: expected - 1,
+            hash: track.last_hash,
+        };
+        let placement = matches!(env.body, Body::OrderPlaced { .. });
+        let link = chain::link(head, seq, &env.meta.prev_hash, placement);
+        match link {
+            Link::Repeat => {
+                let original = track.records.get(&seq).copied();
+                return match original {
+                    Some((h, at)) if h == hash => self.finding(
+                        FindingKind::DuplicateRecord,
+                        Some(order_id),
+                        partition,
+                        offset,
+                        format!("event {seq} repeated: an identical copy is at offset {at}"),
                     ),
-                ),
-                None => self.finding(
-                    FindingKind::ConflictingRecord,
-                    Some(order_id),
-                    partition,
-                    offset,
-                    format!("event {seq} arrived after event {} (sequence goes back)", expected - 1),
-                ),
-            };
-        }
-        let is_placed = matches!(env.body, Body::OrderPlaced { .. });
-        if seq == expected {
-            if env.meta.prev_hash != track.last_hash {
+                    Some((h, at)) => self.finding(
+                        FindingKind::ConflictingRecord,
+                        Some(order_id),
+                        partition,
+                        offset,
+                        format!(
+                            "a different record claims event {seq} (hash {}; the chain's event {seq} is at offset {at}, hash {})",
+                            short(&hash),
+                            short(&h)
+                        ),
+                    ),
+                    None => self.finding(
+                        FindingKind::ConflictingRecord,
+                        Some(order_id),
+                        partition,
+                        offset,
+                        format!(
+                            "event {seq} arrived after event {} (sequence goes back)",
+                            expected - 1
+                        ),
+                    ),
+                };
+            }
+            Link::WrongHash => {
                 let (want, got) = (short(&track.last_hash), short(&env.meta.prev_hash));
                 return self.finding(
                     FindingKind::BrokenChain,
@@ -301,22 +310,27 @@ impl ChainChecker {
                     ),
                 );
             }
-        } else {
-            let missing = if seq == expected + 1 {
-                format!("event {expected} is missing")
-            } else {
-                format!("events {expected}..={} are missing", seq - 1)
-            };
-            self.findings.push(Finding {
-                kind: FindingKind::SequenceGap,
-                order_id: Some(order_id),
-                partition: Some(partition),
-                offset: Some(offset),
-                detail: format!("event {seq} follows event {}: {missing}", expected - 1),
-            });
+            // Reported, and the record taken in: what follows it is checked
+            // against it.
+            Link::Gap { expected } => {
+                let missing = if seq == expected + 1 {
+                    format!("event {expected} is missing")
+                } else {
+                    format!("events {expected}..={} are missing", seq - 1)
+                };
+                self.findings.push(Finding {
+                    kind: FindingKind::SequenceGap,
+                    order_id: Some(order_id),
+                    partition: Some(partition),
+                    offset: Some(offset),
+                    detail: format!("event {seq} follows event {}: {missing}", expected - 1),
+                });
+            }
+            Link::Misplaced | Link::Next => {}
         }
-        if is_placed != (seq == 1) {
-            let detail = if is_placed {
+        // Only event 1 places an order (a placement after a gap included).
+        if link == Link::Misplaced || (placement && matches!(link, Link::Gap { .. })) {
+            let detail = if placement {
                 format!("OrderPlaced as event {seq}; only event 1 may place an order")
             } else {
                 format!(

@@ -16,19 +16,19 @@
 //! even that window: a leftover copy wrapped under a destroyed KEK is
 //! unreadable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::vault::{KeyVault, StoredKey, VaultError};
+use crate::kafka::scan::Scan;
 use crate::kafka::{KafkaSettings, TopicSpec};
+use crate::shutdown::CancellationToken;
 use crate::store::{CF_ORDER_KEYS, decode_value, encode_value};
 
 /// `orders.events` -> `orders.keys`; any other name gets `.keys` appended.
@@ -144,7 +144,9 @@ pub struct RestoreReport {
 }
 
 /// Fills an empty vault from the replica topic (last record per order wins;
-/// a tombstone means the key was shredded). Blocking.
+/// a tombstone means the key was shredded), without following it: what a
+/// node restored from the replica alone would hold. A node restores with its
+/// key follower ([`super::KeyFollower`]), which also stays current. Blocking.
 pub fn restore(
     settings: &KafkaSettings,
     topic: &str,
@@ -152,57 +154,36 @@ pub fn restore(
     now_ms: i64,
 ) -> Result<RestoreReport, VaultError> {
     let kafka = |e: KafkaError| VaultError::Replica(crate::error::Cause::of(e));
-    let consumer: BaseConsumer = settings
-        .reader_config()
-        .set("group.id", format!("orderlog-restore-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(kafka)?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (lo, hi) =
-                crate::kafka::watermarks(&consumer, topic, p.id(), Duration::from_secs(30))
-                    .map_err(kafka)?;
-            if hi > lo {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                    .map_err(kafka)?;
-                ends.insert(p.id(), hi);
-            }
-        }
+    let timeout = Duration::from_secs(30);
+    let partitions = crate::kafka::partition_count(settings, topic, timeout).map_err(kafka)?;
+    let reader = Scan::new(settings, topic, "restore").map_err(kafka)?;
+    let mut ranges = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        ranges.insert(p, reader.watermarks(p, timeout).map_err(kafka)?);
     }
     let mut latest: HashMap<Uuid, Option<StoredKey>> = HashMap::new();
-    if !ends.is_empty() {
-        consumer.assign(&tpl).map_err(kafka)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while !ends.is_empty() {
-            if std::time::Instant::now() > deadline {
-                return Err(VaultError::Replica(crate::error::Cause::msg(
-                    "timed out reading the key replica",
-                )));
-            }
-            let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
+    let mut undecodable = None;
+    reader
+        .read(&ranges, timeout, &CancellationToken::new(), |m| {
+            let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) else {
+                return; // a retired log key's row (see `logkey`)
             };
-            let m = msg.map_err(kafka)?;
-            if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
-                let row = match m.payload() {
-                    None => None,
-                    Some(v) => Some(decode_value::<StoredKey>(CF_ORDER_KEYS, v)?),
-                };
-                latest.insert(id, row);
-            }
-            if ends
-                .get(&m.partition())
-                .is_some_and(|hi| m.offset() + 1 >= *hi)
+            let row = match m
+                .payload()
+                .map(|v| decode_value::<StoredKey>(CF_ORDER_KEYS, v))
             {
-                ends.remove(&m.partition());
-            }
-        }
+                None => None,
+                Some(Ok(row)) => Some(row),
+                Some(Err(e)) => {
+                    undecodable.get_or_insert(e);
+                    return;
+                }
+            };
+            latest.insert(id, row);
+        })
+        .map_err(kafka)?;
+    if let Some(e) = undecodable {
+        return Err(e.into());
     }
     let mut report = RestoreReport::default();
     for (id, row) in latest {

@@ -76,6 +76,31 @@ pub struct RewrapReport {
     pub already_current: u64,
 }
 
+/// The state of an order's key in a vault, as audits and receipts check it.
+#[derive(Debug)]
+pub enum KeyLookup {
+    /// At least one class subkey lives (shredded classes are absent).
+    Live(OrderKey),
+    /// Every class is shredded; the record holds no key bytes.
+    Shredded(Shredded),
+    /// No key and no shred record.
+    Missing,
+    /// The row exists but cannot be unwrapped (wrong KEK, corrupt row).
+    Unreadable(String),
+}
+
+impl KeyLookup {
+    /// The lookup a vault's answer stands for.
+    pub fn of(answer: Result<OrderKey, VaultError>) -> Self {
+        match answer {
+            Ok(k) => KeyLookup::Live(k),
+            Err(VaultError::Shredded { record, .. }) => KeyLookup::Shredded(record),
+            Err(VaultError::NotFound(_)) => KeyLookup::Missing,
+            Err(e) => KeyLookup::Unreadable(e.to_string()),
+        }
+    }
+}
+
 pub struct KeyVault {
     store: Store,
     ring: RwLock<KekRing>,

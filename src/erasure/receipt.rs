@@ -3,6 +3,7 @@
 //! checks: this node's vault no longer yields the erased classes, and every
 //! live node's positions have passed the erasure's two records.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 use super::purge::{self, Source};
 use super::{LogRef, NodeErasure, Receipt, Records, Step, Timings};
 use crate::crypto::VaultError;
+use crate::crypto::vault::KeyLookup;
 use crate::domain::{ErasureScope, FieldClass};
 use crate::service::{Outcome, Service, ServiceError};
 
@@ -36,31 +38,67 @@ impl From<crate::store::StoreError> for ReceiptError {
     }
 }
 
-/// What this node's vault says of the erased classes.
+/// What a vault's answer for an erased order proves: `Ok` with what it
+/// verified, or `Err` with what still holds key bytes of an `erased` class
+/// (`whole`: the order itself was erased). The one check of the key half of
+/// an erasure: the receipt an erase request answers and `orderlog receipts`
+/// both make it. Pure.
+pub fn check_vault(
+    key: &KeyLookup,
+    erased: &BTreeSet<FieldClass>,
+    whole: bool,
+) -> Result<String, String> {
+    match key {
+        KeyLookup::Shredded(_) if whole => {
+            Ok("vault: order key shredded, only the shred record remains".into())
+        }
+        // A class erasure that shreds the last subkeys left removes the
+        // whole key row: every class, these included, is gone.
+        KeyLookup::Shredded(_) => {
+            Ok("vault: no subkey of the order is left, the erased classes' included".into())
+        }
+        KeyLookup::Missing => Ok("vault: no key for the order (and no shred record)".into()),
+        KeyLookup::Live(k) => {
+            let alive: Vec<&str> = erased
+                .iter()
+                .filter(|c| k.subkey(**c).is_some())
+                .map(|c| c.as_str())
+                .collect();
+            if !alive.is_empty() {
+                Err(format!(
+                    "vault: subkeys of erased classes still present: {}",
+                    alive.join(", ")
+                ))
+            } else if whole {
+                Err("vault: the order was erased whole, yet a key row remains".into())
+            } else {
+                Ok("vault: the erased classes' subkeys are gone".into())
+            }
+        }
+        KeyLookup::Unreadable(e) => Err(format!("vault: the order's key row cannot be read: {e}")),
+    }
+}
+
+/// What this node's vault says of the erased classes, and whether the key
+/// row is gone; an erased class still in the vault leaves the erasure
+/// unverified.
 fn verify_vault(
     service: &Service,
     order_id: Uuid,
     classes: &[FieldClass],
 ) -> Result<(Vec<String>, bool), ReceiptError> {
-    match service.vault().get(order_id) {
-        Err(VaultError::Shredded { .. }) if classes.len() == FieldClass::ALL.len() => {
-            Ok((vec!["order key no longer in the key vault".to_owned()], true))
+    let key = match service.vault().get(order_id) {
+        // A store or KEK failure is this node's, not the erasure's.
+        Err(e) if !matches!(e, VaultError::Shredded { .. } | VaultError::NotFound(_)) => {
+            return Err(ReceiptError::Service(e.into()));
         }
-        // A class erasure that shreds the last subkeys left removes the
-        // whole key row: every class, these included, is gone.
-        Err(VaultError::Shredded { .. }) => Ok((
-            vec![
-                "erased classes' subkeys no longer in the key vault (no subkey of the order is left)"
-                    .to_owned(),
-            ],
-            true,
-        )),
-        Ok(key) if classes.iter().all(|c| key.subkey(*c).is_none()) => Ok((
-            vec!["erased classes' subkeys no longer in the key vault".to_owned()],
-            false,
-        )),
-        Ok(_) => Err(ReceiptError::Unverified),
-        Err(e) => Err(ReceiptError::Service(e.into())),
+        answer => KeyLookup::of(answer),
+    };
+    let row_gone = !matches!(key, KeyLookup::Live(_));
+    let erased: BTreeSet<FieldClass> = classes.iter().copied().collect();
+    match check_vault(&key, &erased, erased.len() == FieldClass::ALL.len()) {
+        Ok(verified) => Ok((vec![verified], row_gone)),
+        Err(_) => Err(ReceiptError::Unverified),
     }
 }
 

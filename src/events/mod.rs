@@ -5,6 +5,7 @@
 //! The Kafka record key is the order id (16 bytes); record headers carry
 //! nothing personal.
 
+pub mod chain;
 pub mod codec;
 pub mod v1;
 pub mod v3;

@@ -312,6 +312,7 @@ pub async fn ensure_topics(
 }
 
 pub mod embedded;
+pub mod scan;
 
 /// Number of partitions of an existing topic.
 pub fn partition_count(

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::events::Body;
+use crate::events::chain::{self, Link};
 use crate::events::v1::{ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
 use crate::events::{self, Envelope};
 
@@ -218,30 +219,24 @@ pub fn check(
     if record_key.is_some_and(|k| k != order_id.as_bytes()) {
         return Err(ProjectError::KeyMismatch);
     }
-    let expected = current.map_or(1, |c| c.version + 1);
-    if env.meta.sequence != expected {
-        return Err(ProjectError::OutOfSequence {
-            order: order_id,
-            expected,
-            got: env.meta.sequence,
-        });
-    }
-    let prev = current.map_or([0; 32], |c| c.last_hash);
-    if env.meta.prev_hash != prev {
-        return Err(ProjectError::BrokenChain {
+    let head = current.map_or(chain::Head::EMPTY, |c| chain::Head {
+        sequence: c.version,
+        hash: c.last_hash,
+    });
+    let placement = matches!(env.body, Body::OrderPlaced { .. });
+    match chain::link(head, env.meta.sequence, &env.meta.prev_hash, placement) {
+        Link::Next => Ok(()),
+        Link::WrongHash => Err(ProjectError::BrokenChain {
             order: order_id,
             sequence: env.meta.sequence,
-        });
-    }
-    if matches!(env.body, Body::OrderPlaced { .. }) != current.is_none() {
+        }),
         // Sequence 1 must be OrderPlaced and nothing else.
-        return Err(ProjectError::OutOfSequence {
+        Link::Repeat | Link::Gap { .. } | Link::Misplaced => Err(ProjectError::OutOfSequence {
             order: order_id,
-            expected,
+            expected: head.sequence + 1,
             got: env.meta.sequence,
-        });
+        }),
     }
-    Ok(())
 }
 
 /// Applies an event [`check`] accepted (`hash`: its record's hash) to the

@@ -2,15 +2,16 @@
 //! it: the tail after the stored state's checkpoint when a writer takes the
 //! partition, or the records up to a barrier when it settles a failed produce.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::kafka::KafkaSettings;
+use crate::kafka::scan::Scan;
 use crate::shutdown::CancellationToken;
 
 pub const HEADER_IDEMPOTENCY_KEY: &str = "orderlog-idempotency-key";
@@ -68,18 +69,12 @@ pub fn read_range(
     Ok(out)
 }
 
-fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end: i64) -> bool {
-    let mut remaining = std::collections::BTreeMap::from([(partition, end)]);
-    crate::kafka::drop_reached(consumer, topic, &mut remaining);
-    remaining.is_empty()
-}
-
 /// Calls `f` with every record from `from` to the end: the high watermark of
 /// the moment the scan starts, or `until` if that is further. Returns the end,
-/// or `Canceled` once `stop` is set.
+/// or `Canceled` once `stop` is cancelled.
 /// Fails when no record arrives for `stall`, not when a long partition takes
 /// long.
-#[allow(clippy::too_many_arguments)] // one read's whole range, limits and stop flag
+#[allow(clippy::too_many_arguments)] // one read's whole range, limits and stop token
 pub fn scan(
     settings: &KafkaSettings,
     topic: &str,
@@ -90,70 +85,23 @@ pub fn scan(
     stop: &CancellationToken,
     mut f: impl FnMut(RawRecord),
 ) -> Result<i64, KafkaError> {
-    let consumer: BaseConsumer = settings
-        .reader_config()
-        .set("group.id", format!("orderlog-rebuild-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()?;
-    let (low, high) = crate::kafka::watermarks(&consumer, topic, partition, stall)?;
+    let reader = Scan::new(settings, topic, "rebuild")?;
+    let (low, high) = reader.watermarks(partition, stall)?;
     let end = high.max(until.unwrap_or(0));
     let from = from.max(low);
     if end <= from {
         return Ok(end);
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
-    consumer.assign(&tpl)?;
-    let mut last_progress = Instant::now();
-    let mut next = from;
-    while next < end {
-        if stop.is_cancelled() {
-            return Err(KafkaError::Canceled);
-        }
-        if last_progress.elapsed() > stall {
-            return Err(KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-            ));
-        }
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
-            if reached(&consumer, topic, partition, end) {
-                break;
-            }
-            continue;
-        };
-        let m = match msg {
-            Ok(m) => m,
-            // The end was read from the leader; a record before it may take
-            // a moment to be fetchable: keep polling until the stall limit,
-            // unless the position (which moves past transaction markers no
-            // record is delivered for) says the end is reached.
-            Err(KafkaError::PartitionEOF(_)) => {
-                if reached(&consumer, topic, partition, end) {
-                    break;
-                }
-                continue;
-            }
-            // A broker going away, a leader moving: the client reconnects;
-            // the stall limit bounds how long that may take.
-            Err(e) => {
-                tracing::debug!(partition, error = %e, "Consume error while reading the partition; retrying.");
-                continue;
-            }
-        };
-        last_progress = Instant::now();
-        next = m.offset() + 1;
-        if m.offset() >= end {
-            break;
-        }
+    let range = BTreeMap::from([(partition, (from, end))]);
+    reader.read(&range, stall, stop, |m| {
         f(RawRecord {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
-            idempotency: idempotency_headers(&m),
-            barrier: crate::kafka::is_barrier(&m),
-        });
-    }
+            idempotency: idempotency_headers(m),
+            barrier: crate::kafka::is_barrier(m),
+        })
+    })?;
     Ok(end)
 }
 

@@ -758,19 +758,28 @@ impl Service {
     /// (an order in the tail not yet folded would read as missing), waiting
     /// for that within the command timeout.
     pub async fn get_when_ready(&self, order_id: Uuid) -> Result<Option<OrderView>, ServiceError> {
-        if !self.reads_ready() {
-            let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
-            self.wait_ready(deadline).await?;
-            while !self.reads_ready() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ServiceError::Unavailable(crate::error::Cause::msg(
-                        "this node is still reading the log and the key topic after a start",
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        self.wait_reads_ready().await?;
         self.get(order_id)
+    }
+
+    /// Waits, within the command timeout, until [`Service::reads_ready`]:
+    /// for reads that must reflect every erasure made while the node was
+    /// down.
+    pub async fn wait_reads_ready(&self) -> Result<(), ServiceError> {
+        if self.reads_ready() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.command_timeout;
+        self.wait_ready(deadline).await?;
+        while !self.reads_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServiceError::Unavailable(crate::error::Cause::msg(
+                    "this node is still reading the log and the key topic after a start",
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// True once the writers are ready and, since the start, the vault and

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::crypto::KeyId;
 use crate::domain::validation::{Item, MerchantId, Money, OrderNumber, ProviderId};
 use crate::domain::{CancelReason, Event, FieldClass, OrderFacts, Party, State, apply};
+use crate::events::chain::Link;
 use crate::events::{self, Envelope, RecordHash};
 use crate::store::{
     CF_IDEMPOTENCY, CF_META, CF_ORDER_PLACED, CF_ORDER_STATE, CF_VIEW_OFFSETS, Store, StoreError,
@@ -90,11 +91,15 @@ impl OrderRecord {
         let Some(event) = event else {
             return Absorbed::Broken;
         };
-        if env.meta.sequence <= self.state.version {
-            return Absorbed::Already;
-        }
-        if env.meta.sequence != self.state.version + 1 || env.meta.prev_hash != self.last_hash {
-            return Absorbed::Broken;
+        let head = events::chain::Head {
+            sequence: self.state.version,
+            hash: self.last_hash,
+        };
+        let placement = matches!(event, Event::OrderPlaced(_));
+        match events::chain::link(head, env.meta.sequence, &env.meta.prev_hash, placement) {
+            Link::Next => {}
+            Link::Repeat => return Absorbed::Already,
+            Link::Gap { .. } | Link::WrongHash | Link::Misplaced => return Absorbed::Broken,
         }
         if matches!(event, Event::OrderPlaced(_)) {
             self.key_id = Some(env.meta.key_id);
@@ -779,6 +784,34 @@ mod tests {
         let env = events::seal_event(&event, meta, None).unwrap();
         let bytes = events::encode(&env, &events::codec::test_keys());
         (env, bytes)
+    }
+
+    #[test]
+    fn absorb_applies_the_next_event_only() {
+        let id = Uuid::now_v7();
+        let (p, pb) = placed_record(id);
+        let (c, cb) = cancelled_record(id, &pb, p.meta.key_id);
+        let mut rec = OrderRecord::default();
+        // A cancellation before the placement: a gap, left to audit.
+        assert_eq!(rec.absorb(&c, &cb, 1), Absorbed::Broken);
+        assert_eq!(rec.state.version, 0);
+        assert_eq!(rec.absorb(&p, &pb, 0), Absorbed::Applied);
+        assert_eq!(
+            (rec.state.version, rec.placed_at_ms, rec.last_offset),
+            (1, 1_000, 0)
+        );
+        assert_eq!(rec.absorb(&p, &pb, 0), Absorbed::Already);
+        // A second placement as event 2, chained on the first: misplaced.
+        let mut again = p.clone();
+        again.meta.sequence = 2;
+        again.meta.prev_hash = events::record_hash(&pb);
+        assert_eq!(rec.absorb(&again, &pb, 1), Absorbed::Broken);
+        assert_eq!(rec.absorb(&c, &cb, 1), Absorbed::Applied);
+        assert_eq!(
+            (rec.state.version, rec.cancelled_at_ms, rec.updated_at_ms),
+            (2, Some(2_000), 2_000)
+        );
+        assert_eq!(rec.last_hash, events::record_hash(&cb));
     }
 
     #[test]
