@@ -83,6 +83,18 @@ impl<T: Send + 'static> Worker<T> {
         self.join()
     }
 
+    /// [`Worker::stop`] from a task: the join runs off the runtime, and a
+    /// failure is logged.
+    pub async fn stop_from_task(self) {
+        let name = self.name;
+        self.token.cancel();
+        match tokio::task::spawn_blocking(move || self.stop()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Stopping a thread failed."),
+            Err(e) => tracing::error!(thread = name, error = %e, "Joining a thread failed."),
+        }
+    }
+
     fn join(&mut self) -> Result<T, Panicked> {
         let thread = self.thread.take().expect("joined once");
         thread.join().map_err(|panic| Panicked {

@@ -25,12 +25,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::replica::RestoreReport;
-use super::vault::{KeyVault, StoredKey, VaultError};
+use super::vault::{KeyVault, VaultError};
 use crate::domain::FieldClass;
 use crate::erasure::purge::{self, PurgeStatus, Source};
 use crate::kafka::KafkaSettings;
 use crate::shutdown::{self, CancellationToken, Panicked, Retry, Worker};
-use crate::store::{CF_META, CF_ORDER_KEYS, Store, decode_value};
+use crate::store::schema::{OrderKeys, Schema};
+use crate::store::{CF_META, Store, decode_value};
 
 const OFFSET_PREFIX: &[u8] = b"keys-offset/";
 /// `meta` row: when (Unix ms) this vault was last caught up with the key topic.
@@ -219,7 +220,8 @@ impl Run {
         } else if let Some(id) = m.key().and_then(|k| Uuid::from_slice(k).ok()) {
             let row = match m.payload() {
                 None => None,
-                Some(v) => Some(decode_value::<StoredKey>(CF_ORDER_KEYS, v)?),
+                // The replica's rows are the vault's, byte for byte.
+                Some(v) => Some(OrderKeys::decode(v)?),
             };
             let a = self.vault.stage_replica_row(
                 &mut batch,
@@ -318,15 +320,9 @@ impl Run {
     /// away. Destroyed and queued for the purge like any other erasure.
     fn reconcile(&mut self, live: &std::collections::HashSet<Uuid>) -> Result<u64, VaultError> {
         let mut gone = Vec::new();
-        for item in self
-            .store
-            .db()
-            .iterator_cf(self.store.cf(CF_ORDER_KEYS), rocksdb::IteratorMode::Start)
-        {
-            let (k, _) = item.map_err(crate::store::StoreError::from)?;
-            if let Ok(id) = Uuid::from_slice(&k)
-                && !live.contains(&id)
-            {
+        for id in self.store.table::<OrderKeys>().keys() {
+            let id = id?;
+            if !live.contains(&id) {
                 gone.push(id);
             }
         }

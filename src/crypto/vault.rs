@@ -15,9 +15,8 @@ use super::kek::{Kek, KekError, KekId, KekRing};
 use super::keys::{KeyId, OrderKey};
 use super::logkey::{self, LogKeys, SharedLogKeys, WrappedLogKey};
 use crate::domain::FieldClass;
-use crate::store::{
-    CF_META, CF_ORDER_KEYS, CF_SHREDDED_KEYS, Store, StoreError, decode_value, encode_value,
-};
+use crate::store::schema::{OrderKeys, ShreddedKeys};
+use crate::store::{CF_META, Store, StoreError, decode_value, encode_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -277,9 +276,8 @@ impl KeyVault {
 
     /// Generates and stores a new key for an order.
     pub fn create(&self, order_id: Uuid, now_ms: i64) -> Result<OrderKey, VaultError> {
-        let db = self.store.db();
-        let cf = self.store.cf(CF_ORDER_KEYS);
-        if db.get_pinned_cf(cf, order_id.as_bytes())?.is_some() {
+        let keys = self.store.table::<OrderKeys>();
+        if keys.contains(&order_id)? {
             return Err(VaultError::AlreadyExists(order_id));
         }
         if let Some(record) = self.shred_record(order_id)? {
@@ -287,12 +285,7 @@ impl KeyVault {
         }
         let key = OrderKey::generate();
         let stored = Self::wrap(self.ring.read().current(), &order_id, &key, now_ms);
-        db.put_cf_opt(
-            cf,
-            order_id.as_bytes(),
-            encode_value(&stored),
-            &sync_writes(),
-        )?;
+        keys.put_now(&order_id, &stored, &sync_writes())?;
         self.add_live(1);
         Ok(key)
     }
@@ -311,12 +304,11 @@ impl KeyVault {
         if keys.is_empty() {
             return Ok(());
         }
-        let db = self.store.db();
-        let cf = self.store.cf(CF_ORDER_KEYS);
+        let table = self.store.table::<OrderKeys>();
         let ring = self.ring.read();
         let mut batch = WriteBatch::default();
         for (order_id, key) in keys {
-            if db.get_pinned_cf(cf, order_id.as_bytes())?.is_some() {
+            if table.contains(order_id)? {
                 return Err(VaultError::AlreadyExists(*order_id));
             }
             if let Some(record) = self.shred_record(*order_id)? {
@@ -325,13 +317,13 @@ impl KeyVault {
                     record,
                 });
             }
-            batch.put_cf(
-                cf,
-                order_id.as_bytes(),
-                encode_value(&Self::wrap(ring.current(), order_id, key, now_ms)),
+            table.put(
+                &mut batch,
+                order_id,
+                &Self::wrap(ring.current(), order_id, key, now_ms),
             );
         }
-        db.write(batch)?;
+        self.store.db().write(batch)?;
         self.add_live(keys.len() as i64);
         Ok(())
     }
@@ -341,11 +333,9 @@ impl KeyVault {
     pub fn discard(&self, order_id: Uuid) -> Result<(), VaultError> {
         let _rows = self.lock_rows();
         let existed = self.stored(order_id)?.is_some();
-        self.store.db().delete_cf_opt(
-            self.store.cf(CF_ORDER_KEYS),
-            order_id.as_bytes(),
-            &sync_writes(),
-        )?;
+        self.store
+            .table::<OrderKeys>()
+            .delete_now(&order_id, &sync_writes())?;
         if existed {
             self.add_live(-1);
         }
@@ -354,19 +344,11 @@ impl KeyVault {
 
     /// The stored row, if any (wrapped; safe to copy elsewhere, such as a replica topic).
     pub fn stored(&self, order_id: Uuid) -> Result<Option<StoredKey>, VaultError> {
-        let cf = self.store.cf(CF_ORDER_KEYS);
-        match self.store.db().get_pinned_cf(cf, order_id.as_bytes())? {
-            Some(bytes) => Ok(Some(decode_value(CF_ORDER_KEYS, &bytes)?)),
-            None => Ok(None),
-        }
+        Ok(self.store.table::<OrderKeys>().get(&order_id)?)
     }
 
     fn shred_record(&self, order_id: Uuid) -> Result<Option<Shredded>, VaultError> {
-        let cf = self.store.cf(CF_SHREDDED_KEYS);
-        match self.store.db().get_pinned_cf(cf, order_id.as_bytes())? {
-            Some(bytes) => Ok(Some(decode_value(CF_SHREDDED_KEYS, &bytes)?)),
-            None => Ok(None),
-        }
+        Ok(self.store.table::<ShreddedKeys>().get(&order_id)?)
     }
 
     /// The order's key with the subkeys of every class not shredded.
@@ -419,14 +401,11 @@ impl KeyVault {
                 stored.wrapped.retain(|(c, _)| !classes.contains(c));
             }
         }
+        let keys = self.store.table::<OrderKeys>();
         if stored.wrapped.is_empty() {
-            batch.delete_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes());
+            keys.delete(&mut batch, &order_id);
         } else {
-            batch.put_cf(
-                self.store.cf(CF_ORDER_KEYS),
-                order_id.as_bytes(),
-                encode_value(&stored),
-            );
+            keys.put(&mut batch, &order_id, &stored);
         }
         let record = Shredded {
             key_id: stored.key_id,
@@ -434,11 +413,9 @@ impl KeyVault {
             classes: gone,
             at_ms: now_ms,
         };
-        batch.put_cf(
-            self.store.cf(CF_SHREDDED_KEYS),
-            order_id.as_bytes(),
-            encode_value(&record),
-        );
+        self.store
+            .table::<ShreddedKeys>()
+            .put(&mut batch, &order_id, &record);
         db.write_opt(batch, &sync_writes())?;
         if record.whole {
             self.add_live(-1);
@@ -453,30 +430,17 @@ impl KeyVault {
 
     /// True when the vault holds no key and no shred record (a new or lost node).
     pub fn is_empty(&self) -> Result<bool, VaultError> {
-        let db = self.store.db();
-        for cf in [CF_ORDER_KEYS, CF_SHREDDED_KEYS] {
-            if db
-                .iterator_cf(self.store.cf(cf), IteratorMode::Start)
-                .next()
-                .transpose()?
-                .is_some()
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self.store.table::<OrderKeys>().is_empty()?
+            && self.store.table::<ShreddedKeys>().is_empty()?)
     }
 
     /// Writes a row restored from the replica topic as it is (still wrapped).
     pub fn restore_row(&self, order_id: Uuid, row: &StoredKey) -> Result<(), VaultError> {
         let _rows = self.lock_rows();
         let existed = self.stored(order_id)?.is_some();
-        self.store.db().put_cf_opt(
-            self.store.cf(CF_ORDER_KEYS),
-            order_id.as_bytes(),
-            encode_value(row),
-            &sync_writes(),
-        )?;
+        self.store
+            .table::<OrderKeys>()
+            .put_now(&order_id, row, &sync_writes())?;
         if !existed {
             self.add_live(1);
         }
@@ -517,8 +481,8 @@ impl KeyVault {
     ) -> Result<Applied, VaultError> {
         let local = self.stored(order_id)?;
         let shredded = self.shred_record(order_id)?;
-        let keys = self.store.cf(CF_ORDER_KEYS);
-        let records = self.store.cf(CF_SHREDDED_KEYS);
+        let keys = self.store.table::<OrderKeys>();
+        let records = self.store.table::<ShreddedKeys>();
         let Some(row) = row else {
             if shredded.as_ref().is_some_and(|s| s.whole) && local.is_none() {
                 return Ok(Applied::default());
@@ -529,8 +493,8 @@ impl KeyVault {
                 whole: true,
                 at_ms: now_ms,
             };
-            batch.delete_cf(keys, order_id.as_bytes());
-            batch.put_cf(records, order_id.as_bytes(), encode_value(&record));
+            keys.delete(batch, &order_id);
+            records.put(batch, &order_id, &record);
             return Ok(Applied {
                 destroyed: true,
                 live_delta: if local.is_some() { -1 } else { 0 },
@@ -551,9 +515,9 @@ impl KeyVault {
                 if !dropped.is_empty() {
                     let whole = row.wrapped.is_empty();
                     if whole {
-                        batch.delete_cf(keys, order_id.as_bytes());
+                        keys.delete(batch, &order_id);
                     } else {
-                        batch.put_cf(keys, order_id.as_bytes(), encode_value(&row));
+                        keys.put(batch, &order_id, &row);
                     }
                     let record = Shredded {
                         key_id: local.key_id,
@@ -561,7 +525,7 @@ impl KeyVault {
                         whole,
                         at_ms: now_ms,
                     };
-                    batch.put_cf(records, order_id.as_bytes(), encode_value(&record));
+                    records.put(batch, &order_id, &record);
                     return Ok(Applied {
                         destroyed: true,
                         live_delta: if whole { -1 } else { 0 },
@@ -569,13 +533,13 @@ impl KeyVault {
                 }
                 if local != row {
                     // The same classes, re-wrapped (a KEK rotation).
-                    batch.put_cf(keys, order_id.as_bytes(), encode_value(&row));
+                    keys.put(batch, &order_id, &row);
                 }
                 Ok(Applied::default())
             }
             None if !gone.is_empty() || row.wrapped.is_empty() => Ok(Applied::default()),
             None => {
-                batch.put_cf(keys, order_id.as_bytes(), encode_value(&row));
+                keys.put(batch, &order_id, &row);
                 Ok(Applied {
                     destroyed: false,
                     live_delta: 1,
@@ -600,12 +564,12 @@ impl KeyVault {
             at_ms: now_ms,
         };
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.store.cf(CF_ORDER_KEYS), order_id.as_bytes());
-        batch.put_cf(
-            self.store.cf(CF_SHREDDED_KEYS),
-            order_id.as_bytes(),
-            encode_value(&record),
-        );
+        self.store
+            .table::<OrderKeys>()
+            .delete(&mut batch, &order_id);
+        self.store
+            .table::<ShreddedKeys>()
+            .put(&mut batch, &order_id, &record);
         self.store.db().write_opt(batch, &sync_writes())?;
         if existed {
             self.add_live(-1);
@@ -615,20 +579,11 @@ impl KeyVault {
 
     /// Every stored row (for republishing after a rotation).
     pub fn all_rows(&self) -> Result<Vec<(Uuid, StoredKey)>, VaultError> {
-        let mut out = Vec::new();
-        for item in self
+        Ok(self
             .store
-            .db()
-            .iterator_cf(self.store.cf(CF_ORDER_KEYS), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt {
-                cf: CF_ORDER_KEYS,
-                reason: e.to_string(),
-            })?;
-            out.push((id, decode_value(CF_ORDER_KEYS, &v)?));
-        }
-        Ok(out)
+            .table::<OrderKeys>()
+            .rows()
+            .collect::<Result<_, _>>()?)
     }
 
     /// Number of orders with a live (at least partly unshredded) key.
@@ -637,16 +592,7 @@ impl KeyVault {
     }
 
     fn count_rows(&self) -> Result<u64, VaultError> {
-        let mut n = 0;
-        for item in self
-            .store
-            .db()
-            .iterator_cf(self.store.cf(CF_ORDER_KEYS), IteratorMode::Start)
-        {
-            item?;
-            n += 1;
-        }
-        Ok(n)
+        Ok(self.store.table::<OrderKeys>().count()?)
     }
 
     /// Re-wraps every live key under `new`, which becomes the current KEK. The
@@ -691,25 +637,20 @@ impl KeyVault {
             self.store_log_key(&WrappedLogKey::wrap(&new, id, secret, until))?;
         }
         let db = self.store.db();
-        let cf = self.store.cf(CF_ORDER_KEYS);
+        let keys = self.store.table::<OrderKeys>();
         let mut report = RewrapReport::default();
         let mut batch = WriteBatch::default();
-        for item in db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, v) = item?;
-            let stored: StoredKey = decode_value(CF_ORDER_KEYS, &v)?;
+        for row in keys.rows() {
+            let (order_id, stored) = row?;
             if stored.kek_id == new.id() {
                 report.already_current += 1;
                 continue;
             }
-            let order_id = Uuid::from_slice(&k).map_err(|e| StoreError::Corrupt {
-                cf: CF_ORDER_KEYS,
-                reason: e.to_string(),
-            })?;
             let key = self.get(order_id)?;
-            batch.put_cf(
-                cf,
-                &k,
-                encode_value(&Self::wrap(&new, &order_id, &key, stored.created_at_ms)),
+            keys.put(
+                &mut batch,
+                &order_id,
+                &Self::wrap(&new, &order_id, &key, stored.created_at_ms),
             );
             report.rewrapped += 1;
             if batch.len() >= 1000 {

@@ -211,6 +211,47 @@ pub async fn settled(
     }
 }
 
+/// What a receipt states, from which [`Stated::receipt`] derives the rest
+/// (the log references, the names, completeness, the elapsed time): one
+/// shape for the receipt of a fresh erasure and of one read back.
+struct Stated<'a> {
+    order_id: Uuid,
+    erased_at_ms: i64,
+    /// The order itself was erased, not some of its classes.
+    whole: bool,
+    classes: &'a [FieldClass],
+    reason: crate::domain::ErasureReason,
+    records: Records,
+    key_id: Option<String>,
+    purged: Vec<String>,
+    verified: Vec<String>,
+    nodes: Vec<NodeErasure>,
+    started: Instant,
+    timings: Timings,
+}
+
+impl Stated<'_> {
+    fn receipt(self, topic: &str) -> Receipt {
+        let (event, key_row) = refs(topic, &self.records);
+        Receipt {
+            order_id: self.order_id,
+            erased_at: crate::clock::rfc3339(self.erased_at_ms),
+            scope: if self.whole { "order" } else { "classes" }.to_owned(),
+            fields: class_names(self.classes),
+            reason: self.reason.as_str().to_owned(),
+            event,
+            key_row,
+            key_id: self.key_id,
+            purged: self.purged,
+            verified: self.verified,
+            complete: self.nodes.iter().all(|n| n.done),
+            nodes: self.nodes,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            timings_ms: self.timings,
+        }
+    }
+}
+
 /// The receipt of an erasure this node has just written (`outcome`).
 pub async fn after_erase(
     service: &Service,
@@ -241,39 +282,33 @@ pub async fn after_erase(
         event,
     };
     let (nodes, here, cluster) = await_nodes(service, records, wait).await;
-    let (event_ref, key_ref) = refs(topic, &records);
     purged.extend(describe(&nodes, &classes, outcome.version));
-    if nodes.iter().all(|n| n.done) {
+    let complete = nodes.iter().all(|n| n.done);
+    if complete {
         verified.push(format!(
             "every live node ({}) read the key row and the event and purged its disk",
             nodes.len()
         ));
     }
-    Ok(Receipt {
+    Ok(Stated {
         order_id: outcome.order_id,
-        erased_at: crate::clock::rfc3339(outcome.occurred_at_ms),
-        scope: if *scope == ErasureScope::Order {
-            "order"
-        } else {
-            "classes"
-        }
-        .to_owned(),
-        fields: class_names(&classes),
-        reason: crate::domain::ErasureReason::Request.as_str().to_owned(),
-        event: event_ref,
-        key_row: key_ref,
+        erased_at_ms: outcome.occurred_at_ms,
+        whole: *scope == ErasureScope::Order,
+        classes: &classes,
+        reason: crate::domain::ErasureReason::Request,
+        records,
         key_id: outcome.key_id.map(|k| k.to_string()),
         purged,
         verified,
-        complete: nodes.iter().all(|n| n.done),
         nodes,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        timings_ms: Timings {
+        started,
+        timings: Timings {
             logged_and_key_destroyed: logged.as_millis() as u64,
             purged_here: here.map_or(0, |h| (logged + h).as_millis() as u64),
             cluster: (logged + cluster).as_millis() as u64,
         },
-    })
+    }
+    .receipt(topic))
 }
 
 /// The receipt of an order's latest erasure as it stands now, from this
@@ -301,27 +336,20 @@ pub fn current(service: &Service, topic: &str, order_id: Uuid) -> Result<Receipt
         event: (event.0, event.1),
     };
     let nodes = records.on(&service.nodes());
-    let whole = order.status().as_str() == "erased";
-    let (event_ref, key_ref) = refs(topic, &records);
-    Ok(Receipt {
+    let whole = order.status() == crate::domain::Status::Erased;
+    Ok(Stated {
         order_id,
-        erased_at: crate::clock::rfc3339(event.2),
-        scope: if whole { "order" } else { "classes" }.to_owned(),
+        erased_at_ms: event.2,
+        whole,
         purged: describe(&nodes, &classes, view.record.state.version),
-        fields: class_names(&classes),
-        reason: view
-            .record
-            .erased_for
-            .unwrap_or_default()
-            .as_str()
-            .to_owned(),
-        event: event_ref,
-        key_row: key_ref,
+        classes: &classes,
+        reason: view.record.erased_for.unwrap_or_default(),
+        records,
         key_id: view.shredded.as_ref().map(|s| s.key_id.to_string()),
         verified,
-        complete: nodes.iter().all(|n| n.done),
         nodes,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        timings_ms: Timings::default(),
-    })
+        started,
+        timings: Timings::default(),
+    }
+    .receipt(topic))
 }

@@ -10,9 +10,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::model::{FeedEntry, ProjectedOrder, feed_key, feed_position, feed_prefix};
-use crate::store::{
-    CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError, VIEW_COLUMN_FAMILIES, decode_value,
-};
+use crate::store::schema::ViewOrders;
+use crate::store::{CF_VIEW_OFFSETS, Store, StoreError, VIEW_COLUMN_FAMILIES, decode_value};
 
 /// Where a feed reader is: per partition, the next offset it has not seen.
 /// Opaque to clients: `c1.<partition>-<offset>.<partition>-<offset>...`.
@@ -117,13 +116,7 @@ pub fn feed(
 }
 
 pub fn order(store: &Store, id: Uuid) -> Result<Option<ProjectedOrder>, StoreError> {
-    match store
-        .db()
-        .get_pinned_cf(store.cf(CF_VIEW_ORDERS), id.as_bytes())?
-    {
-        Some(v) => Ok(Some(decode_value(CF_VIEW_ORDERS, &v)?)),
-        None => Ok(None),
-    }
+    store.table::<ViewOrders>().get(&id)
 }
 
 /// SHA-256 of every view column family, row by row in key order.

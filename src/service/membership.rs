@@ -248,13 +248,8 @@ impl Members {
     pub async fn leave(&self) {
         let reader = self.reader.lock().take();
         if let Some(reader) = reader {
-            reader.token().cancel();
-            // Joined off the runtime: the reader ends within one poll.
-            match tokio::task::spawn_blocking(move || reader.stop()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "The members reader failed."),
-                Err(e) => tracing::error!(error = %e, "Joining the members reader failed."),
-            }
+            // The reader ends within one poll.
+            reader.stop_from_task().await;
         }
         if let Err(e) = self.publish(None).await {
             tracing::debug!(error = %e, "Writing this node's members tombstone failed.");

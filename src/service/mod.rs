@@ -853,12 +853,7 @@ impl Service {
         // at once instead of after the session timeout.
         let group = self.group.lock().take();
         if let Some(group) = group {
-            group.token().cancel();
-            match tokio::task::spawn_blocking(move || group.stop()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "The writers' group thread failed."),
-                Err(e) => tracing::error!(error = %e, "Joining the writers' group thread failed."),
-            }
+            group.stop_from_task().await;
         }
         self.shared.members.leave().await;
         self.queues.write().take();

@@ -64,6 +64,10 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options};
 
+pub mod schema;
+
+pub use schema::{Schema, Table};
+
 pub const CF_ORDER_KEYS: &str = "order_keys";
 pub const CF_SHREDDED_KEYS: &str = "shredded_keys";
 pub const CF_VIEW_ORDERS: &str = "view_orders";

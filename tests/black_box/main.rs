@@ -9,8 +9,6 @@
 //! - `erasure`, `privacy`: install the process's tracing subscriber (at trace
 //!   and debug level, every crate) and read every log line the process
 //!   wrote; in here they would read, and slow, every other test's logs;
-//! - `ops`: counts on the process-wide metrics recorder, which every other
-//!   test here would move at the same time.
 //!
 //! One test here installs a subscriber too (`api`'s reveal test: `orderlog`
 //! at info, as JSON, into memory); the lines it looks for name its own order.
@@ -27,6 +25,7 @@ mod compose;
 mod http_limits;
 mod kafka_smoke;
 mod model;
+mod ops;
 mod schema_fixtures;
 mod secure_kafka;
 mod serve;
