@@ -321,9 +321,10 @@ impl Run {
     fn reconcile(&mut self, live: &std::collections::HashSet<Uuid>) -> Result<u64, VaultError> {
         let mut gone = Vec::new();
         for id in self.store.table::<OrderKeys>().keys() {
-            let id = id?;
-            if !live.contains(&id) {
-                gone.push(id);
+            match id {
+                Ok(id) if !live.contains(&id) => gone.push(id),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Unreadable key row skipped."),
             }
         }
         for id in &gone {
@@ -490,11 +491,13 @@ impl KeyFollower {
             let (topic, status) = (topic.to_owned(), status.clone());
             Worker::spawn("key-follower-lag", stop.child_token(), move |stop| {
                 while !shutdown::sleep(&stop, Duration::from_millis(500)) {
+                    // A short limit per partition: a stop waits for the
+                    // round in progress, also while Kafka is down.
                     match read_ends(
                         &watcher,
                         &topic,
                         partitions.iter().copied(),
-                        Duration::from_secs(5),
+                        Duration::from_secs(1),
                     ) {
                         Ok(ends) => status.saw_ends(ends),
                         Err(e) => {

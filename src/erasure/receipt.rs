@@ -94,6 +94,12 @@ fn verify_vault(
         }
         answer => KeyLookup::of(answer),
     };
+    // No key and no shred record: this node has not read the key's row yet
+    // (a retry reaching a node whose key follower is behind), which proves
+    // nothing yet.
+    if matches!(key, KeyLookup::Missing) {
+        return Err(ReceiptError::Lagging);
+    }
     let row_gone = !matches!(key, KeyLookup::Live(_));
     let erased: BTreeSet<FieldClass> = classes.iter().copied().collect();
     match check_vault(&key, &erased, erased.len() == FieldClass::ALL.len()) {

@@ -398,7 +398,8 @@ pub fn watermarks<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::Consu
 ) -> Result<(i64, i64), KafkaError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+        // No attempt outlasts `timeout`.
+        match consumer.fetch_watermarks(topic, partition, timeout.min(Duration::from_secs(5))) {
             Ok(w) => return Ok(w),
             Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
                 tracing::debug!(topic, partition, error = %e, "Watermarks not available yet; retrying.");
