@@ -26,7 +26,8 @@ use crate::events::codec::class_of;
 use crate::events::{self, Envelope, RecordHash};
 use crate::kafka::partition_of;
 use crate::projections::query::ViewDigest;
-use crate::store::{CF_VIEW_OFFSETS, Store, StoreError};
+use crate::store::schema::ViewOffsets;
+use crate::store::{Store, StoreError};
 
 /// What is wrong. Serialized in snake_case for `--json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, strum::IntoStaticStr)]
@@ -484,16 +485,10 @@ pub fn check_keys(
 /// Next offset per partition as stored beside the views.
 pub fn view_offsets(store: &Store) -> Result<BTreeMap<u32, u64>, StoreError> {
     let mut out = BTreeMap::new();
-    for item in store
-        .db()
-        .iterator_cf(store.cf(CF_VIEW_OFFSETS), rocksdb::IteratorMode::Start)
-    {
-        let (k, v) = item?;
-        if let (Ok(k), Ok(v)) = (<[u8; 4]>::try_from(&k[..]), <[u8; 8]>::try_from(&v[..])) {
-            let next = u64::from_be_bytes(v);
-            if next > 0 {
-                out.insert(u32::from_be_bytes(k), next);
-            }
+    for row in store.table::<ViewOffsets>().rows() {
+        let (partition, next) = row?;
+        if next > 0 {
+            out.insert(partition as u32, next as u64);
         }
     }
     Ok(out)

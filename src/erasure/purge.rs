@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 use uuid::Uuid;
 
 use crate::shutdown::{CancellationToken, Panicked, Retry, Worker};
+use crate::store::schema::{Erasures, PurgeQueue};
 use crate::store::{
-    CF_ERASURES, CF_ORDER_KEYS, CF_ORDER_PLACED, CF_PURGE_QUEUE, CF_SUBJECT_ORDERS, CF_VIEW_ORDERS,
-    Store, StoreError,
+    CF_ORDER_KEYS, CF_ORDER_PLACED, CF_SUBJECT_ORDERS, CF_VIEW_ORDERS, Store, StoreError,
 };
 
 /// How long the purger waits after the first entry for more to join.
@@ -40,14 +40,14 @@ pub enum Source {
 }
 
 impl Source {
-    fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Source::Keys => b'k',
             Source::Views => b'v',
         }
     }
 
-    fn from_tag(t: u8) -> Option<Self> {
+    pub(crate) fn from_tag(t: u8) -> Option<Self> {
         match t {
             b'k' => Some(Source::Keys),
             b'v' => Some(Source::Views),
@@ -65,55 +65,20 @@ pub struct Entry {
     pub order_id: Uuid,
 }
 
-impl Entry {
-    fn key(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(29);
-        k.push(self.source.tag());
-        k.extend_from_slice(&(self.partition as u32).to_be_bytes());
-        k.extend_from_slice(&(self.offset as u64).to_be_bytes());
-        k.extend_from_slice(self.order_id.as_bytes());
-        k
-    }
-
-    fn from_key(k: &[u8]) -> Option<Self> {
-        if k.len() != 29 {
-            return None;
-        }
-        Some(Self {
-            source: Source::from_tag(k[0])?,
-            partition: u32::from_be_bytes(k[1..5].try_into().ok()?) as i32,
-            offset: u64::from_be_bytes(k[5..13].try_into().ok()?) as i64,
-            order_id: Uuid::from_slice(&k[13..]).ok()?,
-        })
-    }
-}
-
-/// Where this node read an order's latest erasure, per source.
-pub fn mark_key(order_id: &Uuid, source: Source) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[..16].copy_from_slice(order_id.as_bytes());
-    k[16] = source.tag();
-    k
-}
-
 /// Stages the purge of `entry` (and the mark of where the erasure, made at
 /// `at_ms`, was read) in `batch`, which the caller writes with the
 /// destruction. Call [`PurgeStatus::noted`] before writing the batch (so the
 /// purger never drains a row it does not count as pending) and
 /// [`PurgeStatus::forget`] if the write fails.
 pub fn stage(store: &Store, batch: &mut WriteBatch, entry: &Entry, at_ms: i64) {
-    batch.put_cf(store.cf(CF_PURGE_QUEUE), entry.key(), []);
+    store.table::<PurgeQueue>().put(batch, entry, &());
     if entry.partition < 0 {
         return; // read nowhere (a reconciliation): no mark
     }
-    let mut pos = [0u8; 20];
-    pos[..4].copy_from_slice(&entry.partition.to_be_bytes());
-    pos[4..12].copy_from_slice(&entry.offset.to_be_bytes());
-    pos[12..].copy_from_slice(&at_ms.to_be_bytes());
-    batch.put_cf(
-        store.cf(CF_ERASURES),
-        mark_key(&entry.order_id, entry.source),
-        pos,
+    store.table::<Erasures>().put(
+        batch,
+        &(entry.order_id, entry.source),
+        &(entry.partition, entry.offset, at_ms),
     );
 }
 
@@ -124,23 +89,7 @@ pub fn mark(
     order_id: &Uuid,
     source: Source,
 ) -> Result<Option<(i32, i64, i64)>, StoreError> {
-    let Some(v) = store
-        .db()
-        .get_pinned_cf(store.cf(CF_ERASURES), mark_key(order_id, source))?
-    else {
-        return Ok(None);
-    };
-    if v.len() != 20 {
-        return Err(StoreError::Corrupt {
-            cf: CF_ERASURES,
-            reason: format!("{} bytes, not 20", v.len()),
-        });
-    }
-    Ok(Some((
-        i32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
-        i64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
-        i64::from_be_bytes(v[12..].try_into().expect("8 bytes")),
-    )))
+    store.table::<Erasures>().get(&(*order_id, source))
 }
 
 /// What is queued and what was purged, shared with the readers and the API.
@@ -230,14 +179,13 @@ fn ranges(ids: &BTreeSet<Uuid>) -> Vec<(&'static str, Vec<u8>)> {
 
 fn queued_rows(store: &Store) -> Result<Vec<Entry>, StoreError> {
     let mut out = Vec::new();
-    for item in store
-        .db()
-        .iterator_cf(store.cf(CF_PURGE_QUEUE), IteratorMode::Start)
-    {
-        let (k, _) = item?;
-        match Entry::from_key(&k) {
-            Some(e) => out.push(e),
-            None => tracing::warn!("Unreadable purge queue row skipped."),
+    for entry in store.table::<PurgeQueue>().keys() {
+        match entry {
+            Ok(e) => out.push(e),
+            Err(StoreError::Corrupt { .. }) => {
+                tracing::warn!("Unreadable purge queue row skipped.")
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
@@ -252,8 +200,9 @@ fn drain(store: &Store, status: &PurgeStatus) -> Result<usize, StoreError> {
     let ids: BTreeSet<Uuid> = rows.iter().map(|e| e.order_id).collect();
     let report = store.purge(&ranges(&ids))?;
     let mut batch = WriteBatch::default();
+    let queue = store.table::<PurgeQueue>();
     for e in &rows {
-        batch.delete_cf(store.cf(CF_PURGE_QUEUE), e.key());
+        queue.delete(&mut batch, e);
     }
     store.db().write(batch)?;
     {
@@ -340,6 +289,7 @@ impl Purger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Schema;
 
     #[test]
     fn queue_keys_round_trip_and_sort_by_source_partition_offset() {
@@ -349,9 +299,10 @@ mod tests {
             offset: 7,
             order_id: Uuid::now_v7(),
         };
-        assert_eq!(Entry::from_key(&a.key()), Some(a));
+        let key = |e: &Entry| PurgeQueue::key(e).as_ref().to_vec();
+        assert_eq!(PurgeQueue::decode_key(&key(&a)).unwrap(), a);
         let b = Entry { offset: 300, ..a };
-        assert!(a.key() < b.key());
+        assert!(key(&a) < key(&b));
     }
 
     #[test]

@@ -33,9 +33,10 @@ use super::model::{FeedTarget, ProjectError, ProjectedOrder, feed_key};
 use crate::kafka::KafkaSettings;
 use crate::service::state::StateFolder;
 use crate::shutdown::{self, CancellationToken, Panicked, Retry, Worker};
+use crate::store::schema::{ViewOffsets, ViewOrders};
 use crate::store::{
-    CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_OFFSETS, CF_VIEW_ORDERS, Store, StoreError,
-    decode_value, encode_value,
+    CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_ORDERS, Store, StoreError, decode_value,
+    encode_value,
 };
 
 /// Suffix of the dead-letter topic: `<events topic>.dead-letter`.
@@ -645,14 +646,10 @@ impl Run {
             .or_else(|| self.fetched.remove(id))
         {
             Some(o) => Some(o),
-            None => match self
+            None => self
                 .store
-                .db()
-                .get_pinned_cf(self.store.cf(CF_VIEW_ORDERS), id)?
-            {
-                Some(v) => Some(decode_value(CF_VIEW_ORDERS, &v)?),
-                None => None,
-            },
+                .table::<ViewOrders>()
+                .get(&Uuid::from_bytes(*id))?,
         };
         if let Some(o) = row {
             self.overlay.insert(*id, o);
@@ -1057,18 +1054,18 @@ impl Run {
         let mut batch = std::mem::take(&mut self.batch);
         self.state
             .stage_in_flight(&mut batch, crate::clock::now_ms());
+        let (orders, offsets_cf) = (
+            self.store.table::<ViewOrders>(),
+            self.store.table::<ViewOffsets>(),
+        );
         for (id, o) in &self.overlay {
-            batch.put_cf(self.store.cf(CF_VIEW_ORDERS), id, encode_value(o));
+            orders.put(&mut batch, &Uuid::from_bytes(*id), o);
         }
         let views = std::mem::take(&mut self.overlay);
         let mut tpl = TopicPartitionList::new();
         let offsets: Vec<(i32, i64)> = self.dirty.drain().collect();
         for (p, next) in &offsets {
-            batch.put_cf(
-                self.store.cf(CF_VIEW_OFFSETS),
-                (*p as u32).to_be_bytes(),
-                next.to_be_bytes(),
-            );
+            offsets_cf.put(&mut batch, p, next);
             tpl.add_partition_offset(&self.config.topic, *p, Offset::Offset(*next))?;
         }
         // Announced before the write, so the purger never drains a row it

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::model::{FeedEntry, ProjectedOrder, feed_key, feed_position, feed_prefix};
-use crate::store::schema::ViewOrders;
-use crate::store::{CF_VIEW_OFFSETS, Store, StoreError, VIEW_COLUMN_FAMILIES, decode_value};
+use crate::store::schema::{ViewOffsets, ViewOrders};
+use crate::store::{Store, StoreError, VIEW_COLUMN_FAMILIES, decode_value};
 
 /// Where a feed reader is: per partition, the next offset it has not seen.
 /// Opaque to clients: `c1.<partition>-<offset>.<partition>-<offset>...`.
@@ -55,17 +55,11 @@ pub struct FeedItem {
 
 /// Partitions the views have projected anything of.
 pub fn partitions(store: &Store) -> Result<Vec<u32>, StoreError> {
-    let mut out = Vec::new();
-    for item in store
-        .db()
-        .iterator_cf(store.cf(CF_VIEW_OFFSETS), IteratorMode::Start)
-    {
-        let (k, _) = item?;
-        if k.len() == 4 {
-            out.push(u32::from_be_bytes(k[..].try_into().expect("4 bytes")));
-        }
-    }
-    Ok(out)
+    store
+        .table::<ViewOffsets>()
+        .keys()
+        .map(|p| p.map(|p| p as u32))
+        .collect()
 }
 
 /// Up to `limit` entries of `party`'s feed after `after`, and the cursor to

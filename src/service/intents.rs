@@ -9,12 +9,13 @@
 
 use std::collections::BTreeSet;
 
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::FieldClass;
-use crate::store::{CF_ERASE_INTENTS, Store, StoreError, decode_value, encode_value};
+use crate::store::schema::EraseIntents;
+use crate::store::{Store, StoreError};
 
 /// Which erasure an intent is for: the order and the sequence number its
 /// `OrderErased` event takes.
@@ -22,23 +23,6 @@ use crate::store::{CF_ERASE_INTENTS, Store, StoreError, decode_value, encode_val
 pub struct IntentId {
     pub order_id: Uuid,
     pub sequence: u64,
-}
-
-impl IntentId {
-    fn key(&self) -> [u8; 24] {
-        let mut k = [0u8; 24];
-        k[..16].copy_from_slice(self.order_id.as_bytes());
-        k[16..].copy_from_slice(&self.sequence.to_be_bytes());
-        k
-    }
-
-    fn from_key(k: &[u8]) -> Option<Self> {
-        let k = <&[u8; 24]>::try_from(k).ok()?;
-        Some(Self {
-            order_id: Uuid::from_bytes(k[..16].try_into().expect("16 bytes")),
-            sequence: u64::from_be_bytes(k[16..].try_into().expect("8 bytes")),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +39,7 @@ pub fn record(store: &Store, intents: &[(IntentId, EraseIntent)]) -> Result<(), 
     }
     let mut batch = WriteBatch::default();
     for (id, intent) in intents {
-        batch.put_cf(store.cf(CF_ERASE_INTENTS), id.key(), encode_value(intent));
+        store.table::<EraseIntents>().put(&mut batch, id, intent);
     }
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -64,25 +48,14 @@ pub fn record(store: &Store, intents: &[(IntentId, EraseIntent)]) -> Result<(), 
 }
 
 pub fn clear(store: &Store, id: &IntentId) -> Result<(), StoreError> {
-    store.db().delete_cf(store.cf(CF_ERASE_INTENTS), id.key())?;
-    Ok(())
+    store
+        .table::<EraseIntents>()
+        .delete_now(id, &WriteOptions::default())
 }
 
 /// Every intent not yet cleared.
 pub fn pending(store: &Store) -> Result<Vec<(IntentId, EraseIntent)>, StoreError> {
-    let mut out = Vec::new();
-    for item in store
-        .db()
-        .iterator_cf(store.cf(CF_ERASE_INTENTS), IteratorMode::Start)
-    {
-        let (k, v) = item?;
-        let id = IntentId::from_key(&k).ok_or_else(|| StoreError::Corrupt {
-            cf: CF_ERASE_INTENTS,
-            reason: format!("key of {} bytes", k.len()),
-        })?;
-        out.push((id, decode_value(CF_ERASE_INTENTS, &v)?));
-    }
-    Ok(out)
+    store.table::<EraseIntents>().rows().collect()
 }
 
 #[cfg(test)]

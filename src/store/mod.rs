@@ -296,18 +296,10 @@ impl Store {
     /// Next offset of `partition` the views (and the order state, written in
     /// the same batch) have not folded; 0 when nothing is stored.
     pub fn view_offset(&self, partition: i32) -> Result<i64, StoreError> {
-        match self
-            .db
-            .get_cf(self.cf(CF_VIEW_OFFSETS), (partition as u32).to_be_bytes())?
-        {
-            Some(v) => <[u8; 8]>::try_from(&v[..])
-                .map(i64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    cf: CF_VIEW_OFFSETS,
-                    reason: format!("{} bytes, not 8", v.len()),
-                }),
-            None => Ok(0),
-        }
+        Ok(self
+            .table::<schema::ViewOffsets>()
+            .get(&partition)?
+            .unwrap_or(0))
     }
 
     /// The handle of a column family this module declares.
