@@ -18,7 +18,7 @@ use common::app::{CHECKOUT, PRIVACY, TestApp};
 use common::orders::{self, LUOYANG, Line, OrderBody, contains, send};
 use orderlog::domain::fixtures;
 use orderlog::events::Body;
-use orderlog::events::v3::ErasureReasonV3;
+use orderlog::domain::ErasureReason;
 use orderlog::projections::subjects::{Identifier, SubjectKey};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -587,7 +587,7 @@ async fn retention_erases_by_itself_exactly_once_across_two_nodes_and_waits_for_
             .collect();
         assert_eq!(found.len(), erasures, "erasures of {id}: {found:?}");
         assert!(
-            found.iter().all(|r| *r == ErasureReasonV3::Retention),
+            found.iter().all(|r| *r == ErasureReason::Retention),
             "{found:?}"
         );
     }

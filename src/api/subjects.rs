@@ -228,7 +228,7 @@ pub async fn export(
             .map(|s| {
                 json!({
                     "party": crate::audit::shares::party_text(&s.party),
-                    "fields": s.classes.iter().map(|c| crate::events::codec::class_of(*c).as_str()).collect::<Vec<_>>(),
+                    "fields": s.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                     "at": crate::clock::rfc3339(s.at_ms),
                 })
             })

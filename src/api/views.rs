@@ -17,9 +17,7 @@ use super::error::ApiError;
 use crate::clock::rfc3339;
 use crate::crypto::VaultError;
 use crate::domain::validation::{MerchantId, ProviderId};
-use crate::domain::{Event, PersonalFields};
-use crate::events::codec::class_of;
-use crate::events::v1::{ClassV1, PartyV1};
+use crate::domain::{Event, FieldClass, Party, PersonalFields};
 use crate::projections::ProjectedOrder;
 use crate::projections::query::{self, Cursor, FeedItem};
 use crate::store::{CF_MERCHANT_FEED, CF_SHIPPING_FEED};
@@ -81,7 +79,7 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
 fn personal(
     state: &AppState,
     order: &ProjectedOrder,
-    classes: &[ClassV1],
+    classes: &[FieldClass],
 ) -> Result<PersonalFields, ApiError> {
     if order.sealed.is_empty() || classes.is_empty() {
         return Ok(PersonalFields::default());
@@ -129,16 +127,16 @@ fn personal_json(p: &PersonalFields) -> Value {
     })
 }
 
-fn class_names(c: &[ClassV1]) -> Vec<&'static str> {
-    c.iter().map(|c| class_of(*c).as_str()).collect()
+fn class_names(c: &[FieldClass]) -> Vec<&'static str> {
+    c.iter().map(|c| c.as_str()).collect()
 }
 
 fn shipping_json(
     state: &AppState,
     o: &ProjectedOrder,
-    provider: &PartyV1,
+    provider: &Party,
 ) -> Result<Value, ApiError> {
-    let classes: Vec<ClassV1> = o
+    let classes: Vec<FieldClass> = o
         .classes_for(provider)
         .into_iter()
         .filter(|c| !o.erased.contains(c))
@@ -158,8 +156,8 @@ fn shipping_json(
 }
 
 fn merchant_json(state: &AppState, o: &ProjectedOrder) -> Result<Value, ApiError> {
-    let me = PartyV1::Merchant(o.merchant_id.clone());
-    let classes: Vec<ClassV1> = o
+    let me = Party::Merchant(o.merchant_id.clone());
+    let classes: Vec<FieldClass> = o
         .classes_for(&me)
         .into_iter()
         .filter(|c| !o.erased.contains(c))
@@ -260,10 +258,10 @@ async fn visible_order(
     }
 }
 
-fn provider_role(caller: &Caller, provider: &str) -> Result<PartyV1, ApiError> {
+fn provider_role(caller: &Caller, provider: &str) -> Result<Party, ApiError> {
     let id = ProviderId::parse("provider", provider)?;
-    caller.require(&[Role::Logistics(id)])?;
-    Ok(PartyV1::Logistics(provider.to_owned()))
+    caller.require(&[Role::Logistics(id.clone())])?;
+    Ok(Party::Logistics(id))
 }
 
 fn merchant_role(caller: &Caller, merchant: &str) -> Result<(), ApiError> {
@@ -384,7 +382,7 @@ pub async fn merchant_order(
     merchant_role(&caller, &merchant)?;
     let id = parse_id(&id)?;
     let p = params(q)?;
-    match visible_order(&state, id, p.min_version, |o| o.merchant_id == merchant).await? {
+    match visible_order(&state, id, p.min_version, |o| o.merchant_id.as_str() == merchant).await? {
         Some(o) => Ok(Json(merchant_json(&state, &o)?)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

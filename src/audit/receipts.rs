@@ -18,7 +18,6 @@ use super::verify::{ChainChecker, Observed, RecordRef};
 use super::{AuditError, KeyLookup, NodeData, Source, log, time_text};
 use crate::domain::FieldClass;
 use crate::events::Body;
-use crate::events::codec::class_of;
 use crate::projections::{ProjectedOrder, ViewStatus, query};
 
 /// An erasure as the log records it, and what re-verifying it found.
@@ -78,7 +77,7 @@ pub fn collect<'a>(
         let classes: BTreeSet<FieldClass> = if *whole {
             FieldClass::ALL.into_iter().collect()
         } else {
-            classes.iter().copied().map(class_of).collect()
+            classes.iter().copied().collect()
         };
         out.push(Receipt {
             order_id: env.meta.order_id,
@@ -88,7 +87,7 @@ pub fn collect<'a>(
             offset,
             sequence: env.meta.sequence,
             scope: if *whole { "order" } else { "classes" },
-            reason: crate::events::codec::erasure_reason_of(*reason).as_str(),
+            reason: reason.as_str(),
             classes: classes.iter().map(|c| c.as_str()).collect(),
             key_id: env.meta.key_id.to_string(),
             verified: vec![],
@@ -120,7 +119,7 @@ pub fn check(receipt: &mut Receipt, key: &KeyLookup, view: Option<&ProjectedOrde
             let kept: Vec<&str> = row
                 .sealed
                 .iter()
-                .map(|s| class_of(s.class))
+                .map(|s| s.class)
                 .filter(|c| erased.contains(c))
                 .map(|c| c.as_str())
                 .collect();
@@ -302,7 +301,7 @@ mod tests {
     use super::*;
     use crate::audit::verify::tests::Fixture;
     use crate::domain::ErasureScope;
-    use crate::events::v1::{ClassV1, SealedV1};
+    use crate::events::Sealed;
     use crate::projections::model::project;
 
     #[test]
@@ -361,8 +360,8 @@ mod tests {
                 .collect(),
         ));
         let mut stale = view(b).unwrap();
-        stale.sealed.push(SealedV1 {
-            class: ClassV1::Identity,
+        stale.sealed.push(Sealed {
+            class: FieldClass::Identity,
             ciphertext: vec![1, 2, 3],
         });
         check(&mut receipts[1], &full, Some(&stale));

@@ -11,33 +11,34 @@ use uuid::Uuid;
 use super::verify::{ChainChecker, Observed};
 use super::{AuditError, Source, log, time_text};
 use crate::events::Body;
-use crate::events::codec::class_of;
-use crate::events::v1::PartyV1;
+use crate::domain::Party;
+use crate::domain::validation::{MerchantId, ProviderId};
 use crate::kafka::partition_of;
 
 /// A party as the command line names it: `logistics:<id>` or `merchant:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartyFilter(pub PartyV1);
+pub struct PartyFilter(pub Party);
 
 impl std::str::FromStr for PartyFilter {
     type Err = AuditError;
 
     fn from_str(s: &str) -> Result<Self, AuditError> {
+        let bad = || AuditError::BadParty(s.to_owned());
         match s.split_once(':') {
-            Some(("logistics", id)) if !id.is_empty() => {
-                Ok(Self(PartyV1::Logistics(id.to_owned())))
-            }
-            Some(("merchant", id)) if !id.is_empty() => Ok(Self(PartyV1::Merchant(id.to_owned()))),
-            _ => Err(AuditError::BadParty(s.to_owned())),
+            Some(("logistics", id)) => Ok(Self(Party::Logistics(
+                ProviderId::parse("party", id).map_err(|_| bad())?,
+            ))),
+            Some(("merchant", id)) => Ok(Self(Party::Merchant(
+                MerchantId::parse("party", id).map_err(|_| bad())?,
+            ))),
+            _ => Err(bad()),
         }
     }
 }
 
-pub fn party_text(p: &PartyV1) -> String {
-    match p {
-        PartyV1::Logistics(id) => format!("logistics:{id}"),
-        PartyV1::Merchant(id) => format!("merchant:{id}"),
-    }
+/// `logistics:<id>` or `merchant:<id>`, as the command line names it.
+pub fn party_text(p: &Party) -> String {
+    p.to_string()
 }
 
 /// One share as the log records it.
@@ -98,7 +99,7 @@ impl Collector {
             party: party_text(party),
             classes: classes
                 .iter()
-                .map(|c| class_of(*c).as_str().to_owned())
+                .map(|c| c.as_str().to_owned())
                 .collect(),
             at: time_text(env.meta.occurred_at_ms),
             at_ms: env.meta.occurred_at_ms,

@@ -22,7 +22,6 @@ use super::{AuditError, KeyLookup, NodeData, Source, log, replay};
 use crate::domain::FieldClass;
 use crate::events::Body;
 use crate::events::chain::{self, Link};
-use crate::events::codec::class_of;
 use crate::events::{self, Envelope, RecordHash};
 use crate::kafka::partition_of;
 use crate::projections::query::ViewDigest;
@@ -357,7 +356,7 @@ impl ChainChecker {
                 if *whole {
                     track.erased.extend(FieldClass::ALL);
                 } else {
-                    track.erased.extend(classes.iter().copied().map(class_of));
+                    track.erased.extend(classes.iter().copied());
                 }
                 track.erased_at.get_or_insert(offset);
             }
@@ -378,7 +377,7 @@ pub fn check_keys(
         let Some((env, placed_at)) = &track.placed else {
             continue;
         };
-        let sealed: BTreeSet<FieldClass> = env.sealed.iter().map(|s| class_of(s.class)).collect();
+        let sealed: BTreeSet<FieldClass> = env.sealed.iter().map(|s| s.class).collect();
         let at = |kind, offset: i64, detail: String| Finding {
             kind,
             order_id: Some(*order_id),

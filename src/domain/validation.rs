@@ -102,6 +102,12 @@ macro_rules! public_id {
             pub fn parse(field: &str, raw: &str) -> Result<Self> {
                 ident(field, raw).map(Self)
             }
+            /// The id as the log holds it, unchecked: decoding takes the
+            /// log's text as it is, and [`crate::events::public_event`]
+            /// checks it with `parse`.
+            pub fn from_log(text: String) -> Self {
+                Self(text)
+            }
             pub fn as_str(&self) -> &str {
                 &self.0
             }

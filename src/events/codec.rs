@@ -9,7 +9,6 @@
 //! here and nowhere else. Decoding checks the shape only; [`authenticate`]
 //! (or [`decode_authentic`]) checks who wrote it.
 
-use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -39,8 +38,48 @@ const V2_HEADER: usize = 4 + 8;
 /// Upper bound of one encoded event; anything longer is refused before decoding.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// The current in-memory body type; older versions are upcast to it.
-pub type Body = BodyV3;
+/// What an event says, in domain terms: every schema version decodes to it,
+/// so the wire types (`v1`, `v3`) stay inside `events/`. Public text is as
+/// the log holds it; [`public_event`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    OrderPlaced {
+        order_number: OrderNumber,
+        merchant_id: MerchantId,
+        items: Vec<Item>,
+        amount_minor: u64,
+        currency: [u8; 3],
+        /// The classes of personal data the order holds, as logged.
+        classes: Vec<FieldClass>,
+    },
+    OrderShared {
+        party: Party,
+        classes: Vec<FieldClass>,
+    },
+    OrderCancelled {
+        reason: CancelReason,
+    },
+    OrderErased {
+        /// Empty when `whole`.
+        classes: Vec<FieldClass>,
+        whole: bool,
+        reason: ErasureReason,
+    },
+    OrderHeld {
+        reason: HoldReason,
+        until_ms: Option<i64>,
+    },
+    OrderHoldReleased,
+}
+
+/// One sealed class of an `OrderPlaced`: `nonce | SIV tag | ciphertext` of
+/// the class's fields. Its serde form (the class by variant index, then the
+/// bytes) is the v1 wire form, and the views store it as it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sealed {
+    pub class: FieldClass,
+    pub ciphertext: Vec<u8>,
+}
 
 /// Hash of an encoded record: the link of the per-order hash chain.
 pub type RecordHash = [u8; 32];
@@ -76,7 +115,7 @@ pub struct Envelope {
     pub schema_version: u16,
     pub meta: EventMeta,
     pub body: Body,
-    pub sealed: Vec<SealedV1>,
+    pub sealed: Vec<Sealed>,
 }
 
 impl Envelope {
@@ -136,7 +175,7 @@ fn class_v1(c: FieldClass) -> ClassV1 {
     }
 }
 
-pub fn class_of(c: ClassV1) -> FieldClass {
+fn class_of(c: ClassV1) -> FieldClass {
     match c {
         ClassV1::Shipping => FieldClass::Shipping,
         ClassV1::Contact => FieldClass::Contact,
@@ -144,12 +183,12 @@ pub fn class_of(c: ClassV1) -> FieldClass {
     }
 }
 
-fn classes_v1(c: &BTreeSet<FieldClass>) -> Vec<ClassV1> {
+fn classes_v1(c: &[FieldClass]) -> Vec<ClassV1> {
     c.iter().copied().map(class_v1).collect()
 }
 
-fn classes_of(c: &[ClassV1]) -> BTreeSet<FieldClass> {
-    c.iter().copied().map(class_of).collect()
+fn classes_of(c: Vec<ClassV1>) -> Vec<FieldClass> {
+    c.into_iter().map(class_of).collect()
 }
 
 fn reason_v1(r: CancelReason) -> ReasonV1 {
@@ -179,10 +218,143 @@ fn erasure_reason_v3(r: ErasureReason) -> ErasureReasonV3 {
     }
 }
 
-pub fn erasure_reason_of(r: ErasureReasonV3) -> ErasureReason {
+fn erasure_reason_of(r: ErasureReasonV3) -> ErasureReason {
     match r {
         ErasureReasonV3::Request => ErasureReason::Request,
         ErasureReasonV3::Retention => ErasureReason::Retention,
+    }
+}
+
+fn party_v1(p: &Party) -> PartyV1 {
+    match p {
+        Party::Logistics(id) => PartyV1::Logistics(id.as_str().to_owned()),
+        Party::Merchant(id) => PartyV1::Merchant(id.as_str().to_owned()),
+    }
+}
+
+fn party_of(p: PartyV1) -> Party {
+    match p {
+        PartyV1::Logistics(id) => Party::Logistics(ProviderId::from_log(id)),
+        PartyV1::Merchant(id) => Party::Merchant(MerchantId::from_log(id)),
+    }
+}
+
+fn item_v1(i: &Item) -> ItemV1 {
+    ItemV1 {
+        sku: i.sku.as_str().to_owned(),
+        name: i.name.clone(),
+        quantity: i.quantity,
+        unit_price: i.unit_price,
+        real_name: i.real_name,
+    }
+}
+
+fn item_of(i: ItemV1) -> Item {
+    Item {
+        sku: Sku::from_log(i.sku),
+        name: i.name,
+        quantity: i.quantity,
+        unit_price: i.unit_price,
+        real_name: i.real_name,
+    }
+}
+
+fn sealed_v1(s: &Sealed) -> SealedV1 {
+    SealedV1 {
+        class: class_v1(s.class),
+        ciphertext: s.ciphertext.clone(),
+    }
+}
+
+fn sealed_of(s: SealedV1) -> Sealed {
+    Sealed {
+        class: class_of(s.class),
+        ciphertext: s.ciphertext,
+    }
+}
+
+/// The wire body of the current version.
+fn body_v3(b: &Body) -> BodyV3 {
+    match b {
+        Body::OrderPlaced {
+            order_number,
+            merchant_id,
+            items,
+            amount_minor,
+            currency,
+            classes,
+        } => BodyV3::OrderPlaced {
+            order_number: order_number.as_str().to_owned(),
+            merchant_id: merchant_id.as_str().to_owned(),
+            items: items.iter().map(item_v1).collect(),
+            amount_minor: *amount_minor,
+            currency: *currency,
+            classes: classes_v1(classes),
+        },
+        Body::OrderShared { party, classes } => BodyV3::OrderShared {
+            party: party_v1(party),
+            classes: classes_v1(classes),
+        },
+        Body::OrderCancelled { reason } => BodyV3::OrderCancelled {
+            reason: reason_v1(*reason),
+        },
+        Body::OrderErased {
+            classes,
+            whole,
+            reason,
+        } => BodyV3::OrderErased {
+            classes: classes_v1(classes),
+            whole: *whole,
+            reason: erasure_reason_v3(*reason),
+        },
+        Body::OrderHeld { reason, until_ms } => BodyV3::OrderHeld {
+            reason: reason.as_str().to_owned(),
+            until_ms: *until_ms,
+        },
+        Body::OrderHoldReleased => BodyV3::OrderHoldReleased,
+    }
+}
+
+/// A wire body (of any version, upcast to v3) in domain terms, the log's
+/// text taken as it is ([`public_event`] checks it).
+fn body_of(b: BodyV3) -> Body {
+    match b {
+        BodyV3::OrderPlaced {
+            order_number,
+            merchant_id,
+            items,
+            amount_minor,
+            currency,
+            classes,
+        } => Body::OrderPlaced {
+            order_number: OrderNumber::from_log(order_number),
+            merchant_id: MerchantId::from_log(merchant_id),
+            items: items.into_iter().map(item_of).collect(),
+            amount_minor,
+            currency,
+            classes: classes_of(classes),
+        },
+        BodyV3::OrderShared { party, classes } => Body::OrderShared {
+            party: party_of(party),
+            classes: classes_of(classes),
+        },
+        BodyV3::OrderCancelled { reason } => Body::OrderCancelled {
+            reason: reason_of(reason),
+        },
+        BodyV3::OrderErased {
+            classes,
+            whole,
+            reason,
+        } => Body::OrderErased {
+            classes: classes_of(classes),
+            whole,
+            reason: erasure_reason_of(reason),
+        },
+        BodyV3::OrderHeld { reason, until_ms } => Body::OrderHeld {
+            reason: HoldReason::from_log(&reason),
+            until_ms,
+        },
+        BodyV3::OrderHoldReleased => Body::OrderHoldReleased,
     }
 }
 
@@ -215,8 +387,8 @@ pub fn seal_event(
                     postal_code: s.address.postal_code.clone(),
                     mobile: s.mobile.as_str().to_owned(),
                 });
-                sealed.push(SealedV1 {
-                    class: ClassV1::Shipping,
+                sealed.push(Sealed {
+                    class: FieldClass::Shipping,
                     ciphertext: crypto::seal(key, &ctx, FieldClass::Shipping, &plain)?,
                 });
             }
@@ -226,8 +398,8 @@ pub fn seal_event(
                     landline: c.landline.as_ref().map(|l| l.as_str().to_owned()),
                     email: c.email.as_ref().map(|e| e.as_str().to_owned()),
                 });
-                sealed.push(SealedV1 {
-                    class: ClassV1::Contact,
+                sealed.push(Sealed {
+                    class: FieldClass::Contact,
                     ciphertext: crypto::seal(key, &ctx, FieldClass::Contact, &plain)?,
                 });
             }
@@ -235,25 +407,15 @@ pub fn seal_event(
                 let plain = encode_plain(&v1::IdentityV1 {
                     id_number: id.expose().as_str().to_owned(),
                 });
-                sealed.push(SealedV1 {
-                    class: ClassV1::Identity,
+                sealed.push(Sealed {
+                    class: FieldClass::Identity,
                     ciphertext: crypto::seal(key, &ctx, FieldClass::Identity, &plain)?,
                 });
             }
             Body::OrderPlaced {
-                order_number: p.order_number.as_str().to_owned(),
-                merchant_id: p.merchant_id.as_str().to_owned(),
-                items: p
-                    .items
-                    .iter()
-                    .map(|i| ItemV1 {
-                        sku: i.sku.as_str().to_owned(),
-                        name: i.name.clone(),
-                        quantity: i.quantity,
-                        unit_price: i.unit_price,
-                        real_name: i.real_name,
-                    })
-                    .collect(),
+                order_number: p.order_number.clone(),
+                merchant_id: p.merchant_id.clone(),
+                items: p.items.clone(),
                 amount_minor: p.amount.minor,
                 currency: p
                     .amount
@@ -262,36 +424,24 @@ pub fn seal_event(
                     .as_bytes()
                     .try_into()
                     .expect("3 ASCII letters"),
-                classes: classes_v1(&p.classes),
+                classes: p.classes.iter().copied().collect(),
             }
         }
         Event::OrderShared { party, classes } => Body::OrderShared {
-            party: match party {
-                Party::Logistics(p) => PartyV1::Logistics(p.as_str().to_owned()),
-                Party::Merchant(m) => PartyV1::Merchant(m.as_str().to_owned()),
+            party: party.clone(),
+            classes: classes.iter().copied().collect(),
+        },
+        Event::OrderCancelled { reason } => Body::OrderCancelled { reason: *reason },
+        Event::OrderErased { scope, reason } => Body::OrderErased {
+            classes: match scope {
+                ErasureScope::Order => vec![],
+                ErasureScope::Classes(c) => c.iter().copied().collect(),
             },
-            classes: classes_v1(classes),
+            whole: matches!(scope, ErasureScope::Order),
+            reason: *reason,
         },
-        Event::OrderCancelled { reason } => Body::OrderCancelled {
-            reason: reason_v1(*reason),
-        },
-        Event::OrderErased { scope, reason } => {
-            let reason = erasure_reason_v3(*reason);
-            match scope {
-                ErasureScope::Order => Body::OrderErased {
-                    classes: vec![],
-                    whole: true,
-                    reason,
-                },
-                ErasureScope::Classes(c) => Body::OrderErased {
-                    classes: classes_v1(c),
-                    whole: false,
-                    reason,
-                },
-            }
-        }
         Event::OrderHeld(hold) => Body::OrderHeld {
-            reason: hold.reason.as_str().to_owned(),
+            reason: hold.reason.clone(),
             until_ms: hold.until_ms,
         },
         Event::OrderHoldReleased => Body::OrderHoldReleased,
@@ -312,8 +462,8 @@ fn wire(env: &Envelope) -> EnvelopeV3 {
         occurred_at_ms: env.meta.occurred_at_ms,
         key_id: env.meta.key_id.0,
         prev_hash: env.meta.prev_hash,
-        body: env.body.clone(),
-        sealed: env.sealed.clone(),
+        body: body_v3(&env.body),
+        sealed: env.sealed.iter().map(sealed_v1).collect(),
     }
 }
 
@@ -494,8 +644,8 @@ fn from_v3(w: EnvelopeV3) -> Envelope {
             key_id: KeyId(w.key_id),
             prev_hash: w.prev_hash,
         },
-        body: w.body,
-        sealed: w.sealed,
+        body: body_of(w.body),
+        sealed: w.sealed.into_iter().map(sealed_of).collect(),
     }
 }
 
@@ -524,11 +674,8 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
                 .enumerate()
                 .map(|(n, i)| {
                     Ok(Item {
-                        sku: Sku::parse(&format!("items[{n}].sku"), &i.sku)?,
-                        name: i.name.clone(),
-                        quantity: i.quantity,
-                        unit_price: i.unit_price,
-                        real_name: i.real_name,
+                        sku: Sku::parse(&format!("items[{n}].sku"), i.sku.as_str())?,
+                        ..i.clone()
                     })
                 })
                 .collect::<Result<Vec<_>, ValidationError>>()
@@ -536,31 +683,31 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
             let currency = Currency::parse("currency", std::str::from_utf8(currency).unwrap_or(""))
                 .map_err(invalid)?;
             Event::OrderPlaced(OrderPlaced {
-                order_number: OrderNumber::parse("order_number", order_number).map_err(invalid)?,
-                merchant_id: MerchantId::parse("merchant_id", merchant_id).map_err(invalid)?,
+                order_number: OrderNumber::parse("order_number", order_number.as_str())
+                    .map_err(invalid)?,
+                merchant_id: MerchantId::parse("merchant_id", merchant_id.as_str())
+                    .map_err(invalid)?,
                 items,
                 amount: Money {
                     minor: *amount_minor,
                     currency,
                 },
-                classes: classes_of(classes),
+                classes: classes.iter().copied().collect(),
                 personal: PersonalFields::default(),
             })
         }
         Body::OrderShared { party, classes } => Event::OrderShared {
             party: match party {
-                PartyV1::Logistics(p) => {
-                    Party::Logistics(ProviderId::parse("party.id", p).map_err(invalid)?)
+                Party::Logistics(p) => {
+                    Party::Logistics(ProviderId::parse("party.id", p.as_str()).map_err(invalid)?)
                 }
-                PartyV1::Merchant(m) => {
-                    Party::Merchant(MerchantId::parse("party.id", m).map_err(invalid)?)
+                Party::Merchant(m) => {
+                    Party::Merchant(MerchantId::parse("party.id", m.as_str()).map_err(invalid)?)
                 }
             },
-            classes: classes_of(classes),
+            classes: classes.iter().copied().collect(),
         },
-        Body::OrderCancelled { reason } => Event::OrderCancelled {
-            reason: reason_of(*reason),
-        },
+        Body::OrderCancelled { reason } => Event::OrderCancelled { reason: *reason },
         Body::OrderErased {
             classes,
             whole,
@@ -569,12 +716,12 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
             scope: if *whole {
                 ErasureScope::Order
             } else {
-                ErasureScope::Classes(classes_of(classes))
+                ErasureScope::Classes(classes.iter().copied().collect())
             },
-            reason: erasure_reason_of(*reason),
+            reason: *reason,
         },
         Body::OrderHeld { reason, until_ms } => Event::OrderHeld(Hold {
-            reason: HoldReason::from_log(reason),
+            reason: reason.clone(),
             until_ms: *until_ms,
         }),
         Body::OrderHoldReleased => Event::OrderHoldReleased,
@@ -604,10 +751,10 @@ fn decode_plain<T: serde::de::DeserializeOwned>(
 fn open_class(
     env: &Envelope,
     key: &OrderKey,
-    sealed: &SealedV1,
+    sealed: &Sealed,
     out: &mut PersonalFields,
 ) -> Result<(), OpenEventError> {
-    let class = class_of(sealed.class);
+    let class = sealed.class;
     let plain = crypto::open(key, &env.meta.seal_context(), class, &sealed.ciphertext)?;
     match class {
         FieldClass::Shipping => {
@@ -664,8 +811,7 @@ pub fn open_event(env: &Envelope, key: Option<&OrderKey>) -> Result<Event, OpenE
         Event::OrderPlaced(placed) => {
             if let Some(key) = key {
                 for sealed in &env.sealed {
-                    let class = class_of(sealed.class);
-                    if key.subkey(class).is_some() {
+                    if key.subkey(sealed.class).is_some() {
                         open_class(env, key, sealed, &mut placed.personal)?;
                     }
                 }

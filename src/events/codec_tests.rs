@@ -99,8 +99,8 @@ fn another_orders_key_or_a_tampered_record_fails_to_open() {
         Err(OpenEventError::Open(OpenError::Unauthentic(_)))
     ));
     let mut swapped = env.clone();
-    swapped.sealed[0].class = v1::ClassV1::Contact;
-    swapped.sealed[1].class = v1::ClassV1::Shipping;
+    swapped.sealed[0].class = FieldClass::Contact;
+    swapped.sealed[1].class = FieldClass::Shipping;
     assert!(matches!(
         open_event(&swapped, Some(&key)),
         Err(OpenEventError::Open(OpenError::Unauthentic(_)))

@@ -11,7 +11,7 @@ pub mod v1;
 pub mod v3;
 
 pub use codec::{
-    Body, CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash,
+    Body, CURRENT_VERSION, DecodeError, Envelope, EventMeta, OpenEventError, RecordHash, Sealed,
     authenticate, decode, decode_authentic, encode, encode_v1, encode_v2, open_event, public_event,
     record_hash, seal_event,
 };

@@ -1,7 +1,8 @@
 //! What the views store, and the pure function that folds one event into them.
 //!
-//! The stored types reuse the frozen v1 wire types for classes, parties and
-//! items, so a view row's encoding is as stable as the log's. Personal fields
+//! The stored rows hold domain types (classes, parties, items, reasons) whose
+//! bincode form is the one the rows were first written in: enums by variant
+//! index, ids as their text (a test pins it). Personal fields
 //! are kept exactly as sealed in the `OrderPlaced` event (under the order's
 //! key) and are opened on read; erasure drops them from the row.
 
@@ -10,8 +11,9 @@ use uuid::Uuid;
 
 use crate::events::Body;
 use crate::events::chain::{self, Link};
-use crate::events::v1::{ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
-use crate::events::{self, Envelope};
+use crate::domain::validation::{Item, MerchantId, OrderNumber};
+use crate::domain::{CancelReason, FieldClass, Party};
+use crate::events::{self, Envelope, Sealed};
 
 /// Status as downstream parties see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
@@ -31,8 +33,9 @@ impl ViewStatus {
 /// One share as the views remember it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareRow {
-    pub party: PartyV1,
-    pub classes: Vec<ClassV1>,
+    #[serde(with = "crate::store::schema::stored_party")]
+    pub party: Party,
+    pub classes: Vec<FieldClass>,
     pub at_ms: i64,
 }
 
@@ -43,15 +46,15 @@ pub struct ProjectedOrder {
     pub partition: u32,
     pub version: u64,
     pub last_hash: [u8; 32],
-    pub order_number: String,
-    pub merchant_id: String,
-    pub items: Vec<ItemV1>,
+    pub order_number: OrderNumber,
+    pub merchant_id: MerchantId,
+    pub items: Vec<Item>,
     pub amount_minor: u64,
     pub currency: [u8; 3],
-    pub classes: Vec<ClassV1>,
+    pub classes: Vec<FieldClass>,
     pub status: ViewStatus,
-    pub cancel_reason: Option<ReasonV1>,
-    pub erased: Vec<ClassV1>,
+    pub cancel_reason: Option<CancelReason>,
+    pub erased: Vec<FieldClass>,
     pub shares: Vec<ShareRow>,
     pub placed_at_ms: i64,
     pub updated_at_ms: i64,
@@ -60,7 +63,7 @@ pub struct ProjectedOrder {
     pub sealed_event_id: [u8; 16],
     pub sealed_sequence: u64,
     /// Sealed personal fields; purged on erasure.
-    pub sealed: Vec<SealedV1>,
+    pub sealed: Vec<Sealed>,
 }
 
 impl ProjectedOrder {
@@ -69,8 +72,8 @@ impl ProjectedOrder {
     }
 
     /// Classes shared with `party` and not erased.
-    pub fn classes_for(&self, party: &PartyV1) -> Vec<ClassV1> {
-        let mut out: Vec<ClassV1> = Vec::new();
+    pub fn classes_for(&self, party: &Party) -> Vec<FieldClass> {
+        let mut out: Vec<FieldClass> = Vec::new();
         for s in self.shares.iter().filter(|s| &s.party == party) {
             for c in &s.classes {
                 if !out.contains(c) {
@@ -78,11 +81,11 @@ impl ProjectedOrder {
                 }
             }
         }
-        out.sort_by_key(|c| *c as u8);
+        out.sort();
         out
     }
 
-    pub fn shared_with(&self, party: &PartyV1) -> bool {
+    pub fn shared_with(&self, party: &Party) -> bool {
         self.shares.iter().any(|s| &s.party == party)
     }
 
@@ -133,7 +136,7 @@ pub struct FeedEntry {
     pub order_id: [u8; 16],
     pub change: ChangeKind,
     /// Classes the change is about (shared or erased); empty otherwise.
-    pub classes: Vec<ClassV1>,
+    pub classes: Vec<FieldClass>,
     /// The order's version after the change.
     pub version: u64,
     pub at_ms: i64,
@@ -175,10 +178,10 @@ pub struct Projection {
     pub feeds: Vec<(FeedTarget, FeedEntry)>,
 }
 
-fn party_id(p: &PartyV1) -> FeedTarget {
+fn party_id(p: &Party) -> FeedTarget {
     match p {
-        PartyV1::Logistics(id) => FeedTarget::Shipping(id.clone()),
-        PartyV1::Merchant(id) => FeedTarget::Merchant(id.clone()),
+        Party::Logistics(id) => FeedTarget::Shipping(id.as_str().to_owned()),
+        Party::Merchant(id) => FeedTarget::Merchant(id.as_str().to_owned()),
     }
 }
 
@@ -251,7 +254,7 @@ pub fn apply(
 ) -> Option<ProjectedOrder> {
     let order_id = env.meta.order_id;
     let at = env.meta.occurred_at_ms;
-    let entry = |change, classes: Vec<ClassV1>| FeedEntry {
+    let entry = |change, classes: Vec<FieldClass>| FeedEntry {
         order_id: *order_id.as_bytes(),
         change,
         classes,
@@ -272,7 +275,7 @@ pub fn apply(
             None,
         ) => {
             feeds.push((
-                FeedTarget::Merchant(merchant_id.clone()),
+                FeedTarget::Merchant(merchant_id.as_str().to_owned()),
                 entry(ChangeKind::Placed, vec![]),
             ));
             placed.insert(ProjectedOrder {
@@ -322,8 +325,8 @@ pub fn apply(
         // A legal hold changes no view (the order's version and chain do).
         (Body::OrderHeld { .. } | Body::OrderHoldReleased, Some(o)) => o,
         (Body::OrderErased { classes, whole, .. }, Some(o)) => {
-            let gone: Vec<ClassV1> = if *whole {
-                vec![ClassV1::Shipping, ClassV1::Contact, ClassV1::Identity]
+            let gone: Vec<FieldClass> = if *whole {
+                FieldClass::ALL.to_vec()
             } else {
                 classes.clone()
             };
@@ -351,10 +354,10 @@ pub fn apply(
 
 /// The merchant and every logistics provider the order was shared with.
 fn parties(o: &ProjectedOrder) -> Vec<FeedTarget> {
-    let mut out = vec![FeedTarget::Merchant(o.merchant_id.clone())];
+    let mut out = vec![FeedTarget::Merchant(o.merchant_id.as_str().to_owned())];
     for s in &o.shares {
-        if let PartyV1::Logistics(p) = &s.party {
-            let t = FeedTarget::Shipping(p.clone());
+        if let Party::Logistics(p) = &s.party {
+            let t = FeedTarget::Shipping(p.as_str().to_owned());
             if !out.contains(&t) {
                 out.push(t);
             }
@@ -396,7 +399,7 @@ pub fn feed_position(prefix_len: usize, key: &[u8]) -> Option<(u32, u64)> {
 mod tests {
     use super::*;
     use crate::domain::validation::ProviderId;
-    use crate::domain::{CancelReason, Command, ErasureScope, FieldClass, Party, State};
+    use crate::domain::{Command, ErasureScope, State};
     use crate::domain::{decide, fixtures};
     use crate::events::EventMeta;
 
@@ -449,6 +452,121 @@ mod tests {
         (order, feeds)
     }
 
+    /// A view row as rows were first written: the same fields with the v1
+    /// wire types. The domain types must encode to exactly these bytes, or
+    /// rows already on disk stop reading.
+    #[derive(serde::Serialize)]
+    struct RowAsFirstWritten {
+        order_id: [u8; 16],
+        partition: u32,
+        version: u64,
+        last_hash: [u8; 32],
+        order_number: String,
+        merchant_id: String,
+        items: Vec<crate::events::v1::ItemV1>,
+        amount_minor: u64,
+        currency: [u8; 3],
+        classes: Vec<crate::events::v1::ClassV1>,
+        status: ViewStatus,
+        cancel_reason: Option<crate::events::v1::ReasonV1>,
+        erased: Vec<crate::events::v1::ClassV1>,
+        shares: Vec<(crate::events::v1::PartyV1, Vec<crate::events::v1::ClassV1>, i64)>,
+        placed_at_ms: i64,
+        updated_at_ms: i64,
+        key_id: [u8; 16],
+        sealed_event_id: [u8; 16],
+        sealed_sequence: u64,
+        sealed: Vec<crate::events::v1::SealedV1>,
+    }
+
+    #[test]
+    fn a_view_row_keeps_the_bytes_it_was_first_written_in() {
+        use crate::events::v1::{ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
+        let old = RowAsFirstWritten {
+            order_id: [7; 16],
+            partition: 2,
+            version: 5,
+            last_hash: [9; 32],
+            order_number: "SO-1".into(),
+            merchant_id: "m-1".into(),
+            items: vec![ItemV1 {
+                sku: "sku-1".into(),
+                name: "tea".into(),
+                quantity: 3,
+                unit_price: 1250,
+                real_name: true,
+            }],
+            amount_minor: 3750,
+            currency: *b"CNY",
+            classes: vec![ClassV1::Shipping, ClassV1::Contact, ClassV1::Identity],
+            status: ViewStatus::Cancelled,
+            cancel_reason: Some(ReasonV1::FraudSuspected),
+            erased: vec![ClassV1::Contact],
+            shares: vec![
+                (PartyV1::Logistics("sf-express".into()), vec![ClassV1::Shipping], 11),
+                (PartyV1::Merchant("m-1".into()), vec![ClassV1::Identity], 12),
+            ],
+            placed_at_ms: 10,
+            updated_at_ms: 13,
+            key_id: [4; 16],
+            sealed_event_id: [5; 16],
+            sealed_sequence: 1,
+            sealed: vec![SealedV1 {
+                class: ClassV1::Identity,
+                ciphertext: vec![1, 2, 3],
+            }],
+        };
+        let new = ProjectedOrder {
+            order_id: [7; 16],
+            partition: 2,
+            version: 5,
+            last_hash: [9; 32],
+            order_number: OrderNumber::parse("n", "SO-1").unwrap(),
+            merchant_id: MerchantId::parse("m", "m-1").unwrap(),
+            items: vec![Item::parse("i", "sku-1", "tea", 3, 1250, true).unwrap()],
+            amount_minor: 3750,
+            currency: *b"CNY",
+            classes: FieldClass::ALL.to_vec(),
+            status: ViewStatus::Cancelled,
+            cancel_reason: Some(CancelReason::FraudSuspected),
+            erased: vec![FieldClass::Contact],
+            shares: vec![
+                ShareRow {
+                    party: Party::Logistics(ProviderId::parse("p", "sf-express").unwrap()),
+                    classes: vec![FieldClass::Shipping],
+                    at_ms: 11,
+                },
+                ShareRow {
+                    party: Party::Merchant(MerchantId::parse("p", "m-1").unwrap()),
+                    classes: vec![FieldClass::Identity],
+                    at_ms: 12,
+                },
+            ],
+            placed_at_ms: 10,
+            updated_at_ms: 13,
+            key_id: [4; 16],
+            sealed_event_id: [5; 16],
+            sealed_sequence: 1,
+            sealed: vec![Sealed {
+                class: FieldClass::Identity,
+                ciphertext: vec![1, 2, 3],
+            }],
+        };
+        let old_bytes = crate::store::encode_value(&old);
+        assert_eq!(crate::store::encode_value(&new), old_bytes);
+        let read: ProjectedOrder = crate::store::decode_value("view_orders", &old_bytes).unwrap();
+        assert_eq!(read, new);
+        let feed = FeedEntry {
+            order_id: [7; 16],
+            change: ChangeKind::Erased,
+            classes: vec![FieldClass::Contact, FieldClass::Identity],
+            version: 5,
+            at_ms: 13,
+        };
+        let old_feed = ([7u8; 16], ChangeKind::Erased, vec![ClassV1::Contact, ClassV1::Identity], 5u64, 13i64);
+        assert_eq!(crate::store::encode_value(&feed), crate::store::encode_value(&old_feed));
+    }
+
     #[test]
     fn a_placed_order_is_active_with_its_sealed_fields_and_tells_its_merchant() {
         let r = records();
@@ -461,7 +579,7 @@ mod tests {
         assert_eq!(o.last_hash, events::record_hash(&r[0]));
         assert_eq!(o.sealed.len(), 3);
         assert_eq!(feeds[0].len(), 1);
-        assert_eq!(feeds[0][0].0, FeedTarget::Merchant(o.merchant_id.clone()));
+        assert_eq!(feeds[0][0].0, FeedTarget::Merchant(o.merchant_id.to_string()));
         assert_eq!(feeds[0][0].1.change, ChangeKind::Placed);
     }
 
@@ -473,8 +591,8 @@ mod tests {
         assert_eq!((o.version, o.status), (4, ViewStatus::Erased));
         assert!(o.sealed.is_empty(), "erasure drops every sealed field");
         assert_eq!(o.erased.len(), 3);
-        assert_eq!(o.cancel_reason, Some(ReasonV1::OutOfStock));
-        assert!(o.shared_with(&PartyV1::Logistics("sf-express".into())));
+        assert_eq!(o.cancel_reason, Some(CancelReason::OutOfStock));
+        assert!(o.shared_with(&Party::Logistics(ProviderId::parse("p", "sf-express").unwrap())));
         assert_eq!(feeds[1][0].0, FeedTarget::Shipping("sf-express".into()));
         // The cancellation and the erasure go to the merchant and the provider.
         for f in &feeds[2..] {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::crypto::KeyId;
-use crate::domain::validation::{Item, MerchantId, Money, OrderNumber, ProviderId};
+use crate::domain::validation::{Item, MerchantId, Money, OrderNumber};
 use crate::domain::{CancelReason, Event, FieldClass, OrderFacts, Party, State, apply};
 use crate::events::chain::Link;
 use crate::events::{self, Envelope, RecordHash};
@@ -149,7 +149,7 @@ struct FactsV1 {
     cancelled: Option<CancelReason>,
     erased: std::collections::BTreeSet<FieldClass>,
     fully_erased: bool,
-    shares: Vec<(PartyV1, std::collections::BTreeSet<FieldClass>)>,
+    shares: Vec<ShareV1>,
 }
 
 /// Format 2: format 1, then the hold and the time of cancellation.
@@ -192,13 +192,12 @@ impl From<RowV2> for OrderRecord {
     }
 }
 
-/// A party, externally tagged (bincode cannot read the adjacently tagged
-/// JSON form the domain type has).
+/// A share as the row holds it: the party in its stored form.
 #[derive(Serialize, Deserialize)]
-enum PartyV1 {
-    Logistics(ProviderId),
-    Merchant(MerchantId),
-}
+struct ShareV1(
+    #[serde(with = "crate::store::schema::stored_party")] Party,
+    std::collections::BTreeSet<FieldClass>,
+);
 
 impl From<&OrderRecord> for RowV1 {
     fn from(r: &OrderRecord) -> Self {
@@ -217,13 +216,7 @@ impl From<&OrderRecord> for RowV1 {
                 shares: o
                     .shares
                     .iter()
-                    .map(|(p, c)| {
-                        let p = match p {
-                            Party::Logistics(id) => PartyV1::Logistics(id.clone()),
-                            Party::Merchant(id) => PartyV1::Merchant(id.clone()),
-                        };
-                        (p, c.clone())
-                    })
+                    .map(|(p, c)| ShareV1(p.clone(), c.clone()))
                     .collect(),
             }),
             last_hash: r.last_hash,
@@ -253,13 +246,7 @@ impl From<RowV1> for OrderRecord {
                     shares: o
                         .shares
                         .into_iter()
-                        .map(|(p, c)| {
-                            let p = match p {
-                                PartyV1::Logistics(id) => Party::Logistics(id),
-                                PartyV1::Merchant(id) => Party::Merchant(id),
-                            };
-                            (p, c)
-                        })
+                        .map(|ShareV1(p, c)| (p, c))
                         .collect(),
                     hold: None,
                 }),
@@ -746,6 +733,7 @@ impl StateFolder {
 mod tests {
     use super::*;
     use crate::domain::fixtures;
+    use crate::domain::validation::ProviderId;
     use crate::events::EventMeta;
 
     fn placed_record(order_id: Uuid) -> (Envelope, Vec<u8>) {

@@ -29,6 +29,47 @@ pub trait Schema {
     fn decode(bytes: &[u8]) -> Result<Self::Value, StoreError>;
 }
 
+/// A [`Party`](crate::domain::Party) in a stored row, for
+/// `#[serde(with = "crate::store::schema::stored_party")]`: externally
+/// tagged (variant index, then the id), which bincode reads. The domain
+/// type's own serde form is adjacently tagged, for JSON, and bincode cannot
+/// read that back.
+pub mod stored_party {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::domain::Party;
+    use crate::domain::validation::{MerchantId, ProviderId};
+
+    #[derive(Serialize)]
+    #[serde(rename = "StoredParty")]
+    enum Ref<'a> {
+        Logistics(&'a ProviderId),
+        Merchant(&'a MerchantId),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename = "StoredParty")]
+    enum Owned {
+        Logistics(ProviderId),
+        Merchant(MerchantId),
+    }
+
+    pub fn serialize<S: Serializer>(party: &Party, s: S) -> Result<S::Ok, S::Error> {
+        match party {
+            Party::Logistics(id) => Ref::Logistics(id),
+            Party::Merchant(id) => Ref::Merchant(id),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Party, D::Error> {
+        Ok(match Owned::deserialize(d)? {
+            Owned::Logistics(id) => Party::Logistics(id),
+            Owned::Merchant(id) => Party::Merchant(id),
+        })
+    }
+}
+
 /// Schemas keyed by order id (16 bytes) whose value is bincode.
 macro_rules! by_order_id {
     ($(#[$doc:meta])* $name:ident, $cf:expr, $value:ty) => {

@@ -570,7 +570,7 @@ pub fn check_log(brokers: &str, topic: &str, acks: &Acks) -> LogCheck {
     for (id, evs) in &per_order {
         if let orderlog::events::Body::OrderPlaced { order_number, .. } = &evs[0].0.body {
             placements
-                .entry(order_number.clone())
+                .entry(order_number.to_string())
                 .or_default()
                 .push(*id);
         }
