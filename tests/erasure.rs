@@ -632,7 +632,8 @@ async fn kek_rotation_rewraps_both_homes_and_a_destroyed_old_kek_reads_nothing()
 /// topic no longer holds. A vault current a moment ago does not.
 #[tokio::test]
 async fn a_vault_out_of_date_for_hours_drops_the_keys_the_key_topic_no_longer_holds() {
-    use orderlog::crypto::follow::{CURRENT_AT, RECONCILE_AFTER};
+    use orderlog::crypto::follow::RECONCILE_AFTER;
+    use orderlog::store::schema::KeysCurrentAt;
     let app = TestApp::spawn().await;
     let placed = post(&app, "/v1/orders", CHECKOUT, order_body(1)).await;
     let id = uuid::Uuid::parse_str(placed["order_id"].as_str().unwrap()).unwrap();
@@ -653,11 +654,11 @@ async fn a_vault_out_of_date_for_hours_drops_the_keys_the_key_topic_no_longer_ho
                 .unwrap();
         }
         store
-            .db()
-            .put_cf(
-                store.cf(orderlog::store::CF_META),
-                CURRENT_AT,
-                (now - ago.as_millis() as i64).to_be_bytes(),
+            .table::<KeysCurrentAt>()
+            .put_now(
+                &(),
+                &(now - ago.as_millis() as i64),
+                &rocksdb::WriteOptions::default(),
             )
             .unwrap();
     };

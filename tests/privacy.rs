@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::app::{CHECKOUT, PRIVACY, TestApp};
 use common::orders::{self, LUOYANG, Line, OrderBody, contains, send};
+use orderlog::domain::ErasureReason;
 use orderlog::domain::fixtures;
 use orderlog::events::Body;
-use orderlog::domain::ErasureReason;
 use orderlog::projections::subjects::{Identifier, SubjectKey};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

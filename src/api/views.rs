@@ -18,9 +18,10 @@ use crate::clock::rfc3339;
 use crate::crypto::VaultError;
 use crate::domain::validation::{MerchantId, ProviderId};
 use crate::domain::{Event, FieldClass, Party, PersonalFields};
+use crate::projections::FeedEntry;
 use crate::projections::ProjectedOrder;
 use crate::projections::query::{self, Cursor, FeedItem};
-use crate::store::{CF_MERCHANT_FEED, CF_SHIPPING_FEED};
+use crate::store::schema::{FeedKey, MerchantFeed, Schema, ShippingFeed};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -315,9 +316,8 @@ async fn wait_for_cursor(state: &AppState, after: &Cursor) -> Result<(), ApiErro
 }
 
 /// One page of a party's feed, as the query string asks.
-async fn read_feed(
+async fn read_feed<S: Schema<Key = FeedKey, Value = FeedEntry>>(
     state: &AppState,
-    cf: &'static str,
     party: &str,
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(Vec<FeedItem>, Cursor), ApiError> {
@@ -325,7 +325,7 @@ async fn read_feed(
     let after = cursor(p.after.as_deref())?;
     let limit = limit(p.limit)?;
     wait_for_cursor(state, &after).await?;
-    query::feed(&state.store, cf, party, &after, limit).map_err(internal)
+    query::feed::<S>(&state.store, party, &after, limit).map_err(internal)
 }
 
 pub async fn shipping_feed(
@@ -335,7 +335,7 @@ pub async fn shipping_feed(
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let party = provider_role(&caller, &provider)?;
-    let (items, next) = read_feed(&state, CF_SHIPPING_FEED, &provider, q).await?;
+    let (items, next) = read_feed::<ShippingFeed>(&state, &provider, q).await?;
     Ok(Json(feed_json(&state, items, next, |o| {
         shipping_json(&state, o, &party)
     })?))
@@ -367,7 +367,7 @@ pub async fn merchant_feed(
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     merchant_role(&caller, &merchant)?;
-    let (items, next) = read_feed(&state, CF_MERCHANT_FEED, &merchant, q).await?;
+    let (items, next) = read_feed::<MerchantFeed>(&state, &merchant, q).await?;
     Ok(Json(feed_json(&state, items, next, |o| {
         merchant_json(&state, o)
     })?))
@@ -382,7 +382,11 @@ pub async fn merchant_order(
     merchant_role(&caller, &merchant)?;
     let id = parse_id(&id)?;
     let p = params(q)?;
-    match visible_order(&state, id, p.min_version, |o| o.merchant_id.as_str() == merchant).await? {
+    match visible_order(&state, id, p.min_version, |o| {
+        o.merchant_id.as_str() == merchant
+    })
+    .await?
+    {
         Some(o) => Ok(Json(merchant_json(&state, &o)?)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::verify::{ChainChecker, Observed};
 use super::{AuditError, Source, log, time_text};
-use crate::events::Body;
 use crate::domain::Party;
 use crate::domain::validation::{MerchantId, ProviderId};
+use crate::events::Body;
 use crate::kafka::partition_of;
 
 /// A party as the command line names it: `logistics:<id>` or `merchant:<id>`.
@@ -97,10 +97,7 @@ impl Collector {
         self.shares.push(ShareRecord {
             order_id: env.meta.order_id,
             party: party_text(party),
-            classes: classes
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
+            classes: classes.iter().map(|c| c.as_str().to_owned()).collect(),
             at: time_text(env.meta.occurred_at_ms),
             at_ms: env.meta.occurred_at_ms,
             sequence: env.meta.sequence,

@@ -30,12 +30,8 @@ use crate::domain::FieldClass;
 use crate::erasure::purge::{self, PurgeStatus, Source};
 use crate::kafka::KafkaSettings;
 use crate::shutdown::{self, CancellationToken, Panicked, Retry, Worker};
-use crate::store::schema::{OrderKeys, Schema};
-use crate::store::{CF_META, Store, decode_value};
-
-const OFFSET_PREFIX: &[u8] = b"keys-offset/";
-/// `meta` row: when (Unix ms) this vault was last caught up with the key topic.
-pub const CURRENT_AT: &[u8] = b"keys-current-at";
+use crate::store::Store;
+use crate::store::schema::{KeyTopicOffsets, KeysCurrentAt, OrderKeys, RetiredLogKeys, Schema};
 /// A vault last current longer ago than this is reconciled with the whole
 /// key topic at start: the log cleaner drops a tombstone `delete.retention.ms`
 /// (one day) after it was written, so a node down that long could miss one.
@@ -144,19 +140,10 @@ impl std::fmt::Debug for KeyFollower {
     }
 }
 
-fn offset_key(partition: i32) -> Vec<u8> {
-    let mut k = OFFSET_PREFIX.to_vec();
-    k.extend_from_slice(&(partition as u32).to_be_bytes());
-    k
-}
-
 fn stored_offset(store: &Store, partition: i32) -> Result<i64, VaultError> {
-    let v = store
-        .db()
-        .get_cf(store.cf(CF_META), offset_key(partition))
-        .map_err(crate::store::StoreError::from)?;
-    Ok(v.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map(i64::from_be_bytes)
+    Ok(store
+        .table::<KeyTopicOffsets>()
+        .get(&partition)?
         .unwrap_or(0))
 }
 
@@ -265,11 +252,9 @@ impl Run {
             }
             applied = Some(a);
         }
-        batch.put_cf(
-            self.store.cf(CF_META),
-            offset_key(m.partition()),
-            (m.offset() + 1).to_be_bytes(),
-        );
+        self.store
+            .table::<KeyTopicOffsets>()
+            .put(&mut batch, &m.partition(), &(m.offset() + 1));
         let queued: Vec<purge::Entry> = queued.into_iter().collect();
         self.purge.noted(&queued);
         if let Err(e) = self.store.db().write(batch) {
@@ -293,18 +278,18 @@ impl Run {
                     let next = self.next.entry(e.partition()).or_insert(0);
                     if pos > *next {
                         *next = pos;
-                        batch.put_cf(
-                            self.store.cf(CF_META),
-                            offset_key(e.partition()),
-                            pos.to_be_bytes(),
-                        );
+                        self.store
+                            .table::<KeyTopicOffsets>()
+                            .put(&mut batch, &e.partition(), &pos);
                     }
                 }
             }
         }
         let current_at = self.status.current_at_ms.load(Ordering::Acquire);
         if current_at > 0 {
-            batch.put_cf(self.store.cf(CF_META), CURRENT_AT, current_at.to_be_bytes());
+            self.store
+                .table::<KeysCurrentAt>()
+                .put(&mut batch, &(), &current_at);
         }
         self.store
             .db()
@@ -419,12 +404,7 @@ impl KeyFollower {
         for p in ends.keys() {
             stored.insert(*p, stored_offset(&store, *p)?);
         }
-        let current_at = store
-            .db()
-            .get_cf(store.cf(CF_META), CURRENT_AT)
-            .map_err(crate::store::StoreError::from)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(i64::from_be_bytes);
+        let current_at = store.table::<KeysCurrentAt>().get(&())?;
         let reconcile = stored.values().any(|o| *o > 0)
             && current_at
                 .is_none_or(|t| crate::clock::now_ms() - t > RECONCILE_AFTER.as_millis() as i64);
@@ -561,7 +541,7 @@ fn is_log_key(key: &[u8]) -> bool {
 /// once taken. One that does not unwrap under this node's KEKs is kept for a
 /// later KEK, or was not written by orderlog.
 fn take_log_key_row(vault: &KeyVault, partition: i32, offset: i64, value: &[u8]) -> bool {
-    let stored = decode_value::<super::logkey::WrappedLogKey>(CF_META, value)
+    let stored = RetiredLogKeys::decode(value)
         .map_err(VaultError::from)
         .and_then(|row| vault.store_log_key(&row));
     if let Err(e) = &stored {

@@ -7,16 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::RwLock;
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::kek::{Kek, KekError, KekId, KekRing};
 use super::keys::{KeyId, OrderKey};
-use super::logkey::{self, LogKeys, SharedLogKeys, WrappedLogKey};
+use super::logkey::{LogKeys, SharedLogKeys, WrappedLogKey};
 use crate::domain::FieldClass;
-use crate::store::schema::{OrderKeys, ShreddedKeys};
-use crate::store::{CF_META, Store, StoreError, decode_value, encode_value};
+use crate::store::schema::{OrderKeys, RetiredLogKeys, ShreddedKeys};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -164,25 +164,13 @@ impl KeyVault {
             .update(|keys| keys.clone().accepting_v1(accept));
     }
 
-    fn log_key_meta(id: KekId) -> Vec<u8> {
-        format!("{}{id}", logkey::RECORD_PREFIX).into_bytes()
-    }
-
     /// The retired log keys stored here, still wrapped.
     pub fn retired_log_keys(&self) -> Result<Vec<WrappedLogKey>, VaultError> {
-        let prefix = logkey::RECORD_PREFIX.as_bytes();
-        let mut out = Vec::new();
-        for item in self.store.db().iterator_cf(
-            self.store.cf(CF_META),
-            IteratorMode::From(prefix, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push(decode_value(CF_META, &v)?);
-        }
-        Ok(out)
+        self.store
+            .table::<RetiredLogKeys>()
+            .rows()
+            .map(|row| Ok(row?.1))
+            .collect()
     }
 
     /// Takes every stored retired log key that unwraps under this node's
@@ -218,13 +206,10 @@ impl KeyVault {
     /// kept, for a start with it.
     pub fn store_log_key(&self, row: &WrappedLogKey) -> Result<(), VaultError> {
         let taken = self.add_log_key(row);
-        let key = Self::log_key_meta(row.id);
-        let cf = self.store.cf(CF_META);
+        let stored = self.store.table::<RetiredLogKeys>();
         // A row that does not unwrap here never replaces one stored before.
-        if taken.is_ok() || self.store.db().get_pinned_cf(cf, &key)?.is_none() {
-            self.store
-                .db()
-                .put_cf_opt(cf, key, encode_value(row), &sync_writes())?;
+        if taken.is_ok() || !stored.contains(&row.id)? {
+            stored.put_now(&row.id, row, &sync_writes())?;
         }
         taken
     }

@@ -131,18 +131,14 @@ fn due_orders(
     let store = service.store();
     let count = service.partitions();
     let mut out = Vec::new();
-    for item in store.db().iterator_cf(
-        store.cf(crate::store::CF_ORDER_STATE),
-        rocksdb::IteratorMode::Start,
-    ) {
-        let (k, v) = item?;
-        let Ok(id) = Uuid::from_slice(&k) else {
-            continue;
-        };
+    let states = store.table::<crate::store::schema::OrderStates>();
+    for id in states.keys() {
+        let id = id?;
         if !partitions.contains(&(crate::kafka::partition_of(&id, count) as i32)) {
             continue;
         }
-        let Ok(rec) = crate::service::state::decode_state(&v) else {
+        // A row that does not read is left to `verify`, not erased.
+        let Ok(Some(rec)) = states.get(&id) else {
             continue;
         };
         if let Some((rule, scope)) = policy.due(&rec, now_ms) {

@@ -9,7 +9,6 @@
 //! here and nowhere else. Decoding checks the shape only; [`authenticate`]
 //! (or [`decode_authentic`]) checks who wrote it.
 
-
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;

@@ -9,10 +9,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::Body;
-use crate::events::chain::{self, Link};
 use crate::domain::validation::{Item, MerchantId, OrderNumber};
 use crate::domain::{CancelReason, FieldClass, Party};
+use crate::events::Body;
+use crate::events::chain::{self, Link};
 use crate::events::{self, Envelope, Sealed};
 
 /// Status as downstream parties see it.
@@ -366,35 +366,6 @@ fn parties(o: &ProjectedOrder) -> Vec<FeedTarget> {
     out
 }
 
-/// Key of a feed entry: `len(id) | id | partition (u32 BE) | offset (u64 BE)`.
-pub fn feed_key(id: &str, partition: u32, offset: u64) -> Vec<u8> {
-    let mut k = feed_prefix(id);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&offset.to_be_bytes());
-    k
-}
-
-/// Prefix of every feed key of one party.
-pub fn feed_prefix(id: &str) -> Vec<u8> {
-    let b = id.as_bytes();
-    let mut k = Vec::with_capacity(1 + b.len() + 12);
-    k.push(b.len() as u8);
-    k.extend_from_slice(b);
-    k
-}
-
-/// Partition and offset of a feed key with the given prefix.
-pub fn feed_position(prefix_len: usize, key: &[u8]) -> Option<(u32, u64)> {
-    let rest = key.get(prefix_len..)?;
-    if rest.len() != 12 {
-        return None;
-    }
-    Some((
-        u32::from_be_bytes(rest[..4].try_into().ok()?),
-        u64::from_be_bytes(rest[4..].try_into().ok()?),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,7 +441,11 @@ mod tests {
         status: ViewStatus,
         cancel_reason: Option<crate::events::v1::ReasonV1>,
         erased: Vec<crate::events::v1::ClassV1>,
-        shares: Vec<(crate::events::v1::PartyV1, Vec<crate::events::v1::ClassV1>, i64)>,
+        shares: Vec<(
+            crate::events::v1::PartyV1,
+            Vec<crate::events::v1::ClassV1>,
+            i64,
+        )>,
         placed_at_ms: i64,
         updated_at_ms: i64,
         key_id: [u8; 16],
@@ -503,7 +478,11 @@ mod tests {
             cancel_reason: Some(ReasonV1::FraudSuspected),
             erased: vec![ClassV1::Contact],
             shares: vec![
-                (PartyV1::Logistics("sf-express".into()), vec![ClassV1::Shipping], 11),
+                (
+                    PartyV1::Logistics("sf-express".into()),
+                    vec![ClassV1::Shipping],
+                    11,
+                ),
                 (PartyV1::Merchant("m-1".into()), vec![ClassV1::Identity], 12),
             ],
             placed_at_ms: 10,
@@ -563,8 +542,17 @@ mod tests {
             version: 5,
             at_ms: 13,
         };
-        let old_feed = ([7u8; 16], ChangeKind::Erased, vec![ClassV1::Contact, ClassV1::Identity], 5u64, 13i64);
-        assert_eq!(crate::store::encode_value(&feed), crate::store::encode_value(&old_feed));
+        let old_feed = (
+            [7u8; 16],
+            ChangeKind::Erased,
+            vec![ClassV1::Contact, ClassV1::Identity],
+            5u64,
+            13i64,
+        );
+        assert_eq!(
+            crate::store::encode_value(&feed),
+            crate::store::encode_value(&old_feed)
+        );
     }
 
     #[test]
@@ -579,7 +567,10 @@ mod tests {
         assert_eq!(o.last_hash, events::record_hash(&r[0]));
         assert_eq!(o.sealed.len(), 3);
         assert_eq!(feeds[0].len(), 1);
-        assert_eq!(feeds[0][0].0, FeedTarget::Merchant(o.merchant_id.to_string()));
+        assert_eq!(
+            feeds[0][0].0,
+            FeedTarget::Merchant(o.merchant_id.to_string())
+        );
         assert_eq!(feeds[0][0].1.change, ChangeKind::Placed);
     }
 
@@ -592,7 +583,9 @@ mod tests {
         assert!(o.sealed.is_empty(), "erasure drops every sealed field");
         assert_eq!(o.erased.len(), 3);
         assert_eq!(o.cancel_reason, Some(CancelReason::OutOfStock));
-        assert!(o.shared_with(&Party::Logistics(ProviderId::parse("p", "sf-express").unwrap())));
+        assert!(o.shared_with(&Party::Logistics(
+            ProviderId::parse("p", "sf-express").unwrap()
+        )));
         assert_eq!(feeds[1][0].0, FeedTarget::Shipping("sf-express".into()));
         // The cancellation and the erasure go to the merchant and the provider.
         for f in &feeds[2..] {

@@ -29,15 +29,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 use uuid::Uuid;
 
-use super::model::{FeedTarget, ProjectError, ProjectedOrder, feed_key};
+use super::model::{FeedTarget, ProjectError, ProjectedOrder};
 use crate::kafka::KafkaSettings;
 use crate::service::state::StateFolder;
 use crate::shutdown::{self, CancellationToken, Panicked, Retry, Worker};
-use crate::store::schema::{ViewOffsets, ViewOrders};
-use crate::store::{
-    CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_ORDERS, Store, StoreError, decode_value,
-    encode_value,
-};
+use crate::store::schema::{FeedKey, MerchantFeed, ShippingFeed, ViewOffsets, ViewOrders};
+use crate::store::{Store, StoreError};
 
 /// Suffix of the dead-letter topic: `<events topic>.dead-letter`.
 pub const DEAD_LETTER_SUFFIX: &str = ".dead-letter";
@@ -607,7 +604,7 @@ impl Run {
         ids.sort_unstable();
         ids.dedup();
         self.state.prefetch(&ids)?;
-        let missing: Vec<&Uuid> = ids
+        let missing: Vec<Uuid> = ids
             .iter()
             .filter(|id| {
                 let id = id.as_bytes();
@@ -618,16 +615,12 @@ impl Run {
                         .as_ref()
                         .is_some_and(|f| f.views.contains_key(id))
             })
+            .copied()
             .collect();
-        let rows = self.store.db().batched_multi_get_cf(
-            self.store.cf(CF_VIEW_ORDERS),
-            missing.iter().map(|id| id.as_bytes().as_slice()),
-            true,
-        );
+        let rows = self.store.table::<ViewOrders>().get_many(&missing, true)?;
         for (id, row) in missing.into_iter().zip(rows) {
-            if let Some(v) = row? {
-                self.fetched
-                    .insert(*id.as_bytes(), decode_value(CF_VIEW_ORDERS, &v)?);
+            if let Some(row) = row {
+                self.fetched.insert(*id.as_bytes(), row);
             }
         }
         Ok(())
@@ -901,17 +894,25 @@ impl Run {
             self.overlay.insert(id, new);
         }
         let mut erased = false;
-        for (target, entry) in &feeds {
-            let (cf, party) = match target {
-                FeedTarget::Shipping(p) => (CF_SHIPPING_FEED, p),
-                FeedTarget::Merchant(p) => (CF_MERCHANT_FEED, p),
-            };
+        for (target, entry) in feeds.drain(..) {
             erased |= entry.change == super::model::ChangeKind::Erased;
-            self.batch.put_cf(
-                self.store.cf(cf),
-                feed_key(party, partition as u32, offset as u64),
-                encode_value(entry),
-            );
+            let at = |party| FeedKey {
+                party,
+                partition: partition as u32,
+                offset: offset as u64,
+            };
+            match target {
+                FeedTarget::Shipping(p) => {
+                    self.store
+                        .table::<ShippingFeed>()
+                        .put(&mut self.batch, &at(p), &entry)
+                }
+                FeedTarget::Merchant(p) => {
+                    self.store
+                        .table::<MerchantFeed>()
+                        .put(&mut self.batch, &at(p), &entry)
+                }
+            }
         }
         self.feeds = feeds;
         if matches!(

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use rocksdb::{Direction, IteratorMode};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::model::{FeedEntry, ProjectedOrder, feed_key, feed_position, feed_prefix};
-use crate::store::schema::{ViewOffsets, ViewOrders};
-use crate::store::{Store, StoreError, VIEW_COLUMN_FAMILIES, decode_value};
+use super::model::{FeedEntry, ProjectedOrder};
+use crate::store::schema::{FeedKey, Schema, ViewOffsets, ViewOrders};
+use crate::store::{Store, StoreError, VIEW_COLUMN_FAMILIES};
 
 /// Where a feed reader is: per partition, the next offset it has not seen.
 /// Opaque to clients: `c1.<partition>-<offset>.<partition>-<offset>...`.
@@ -64,43 +63,35 @@ pub fn partitions(store: &Store) -> Result<Vec<u32>, StoreError> {
 
 /// Up to `limit` entries of `party`'s feed after `after`, and the cursor to
 /// pass next time. Entries come in log order within each partition.
-pub fn feed(
+pub fn feed<S: Schema<Key = FeedKey, Value = FeedEntry>>(
     store: &Store,
-    cf: &'static str,
     party: &str,
     after: &Cursor,
     limit: usize,
 ) -> Result<(Vec<FeedItem>, Cursor), StoreError> {
-    let prefix = feed_prefix(party);
     let mut next = after.clone();
     let mut items = Vec::new();
+    let table = store.table::<S>();
     for p in partitions(store)? {
         if items.len() >= limit {
             break;
         }
-        let from = after.0.get(&p).copied().unwrap_or(0);
-        let start = feed_key(party, p, from);
-        let iter = store
-            .db()
-            .iterator_cf(store.cf(cf), IteratorMode::From(&start, Direction::Forward));
-        for item in iter {
-            let (k, v) = item?;
-            let Some((kp, offset)) = k
-                .starts_with(&prefix)
-                .then(|| feed_position(prefix.len(), &k))
-                .flatten()
-            else {
-                break;
-            };
-            if kp != p {
+        let start = FeedKey {
+            party: party.to_owned(),
+            partition: p,
+            offset: after.0.get(&p).copied().unwrap_or(0),
+        };
+        for row in table.rows_from(&start) {
+            let (key, entry) = row?;
+            if key.party != party || key.partition != p {
                 break;
             }
             items.push(FeedItem {
                 partition: p,
-                offset,
-                entry: decode_value(cf, &v)?,
+                offset: key.offset,
+                entry,
             });
-            next.0.insert(p, offset + 1);
+            next.0.insert(p, key.offset + 1);
             if items.len() >= limit {
                 break;
             }
@@ -124,17 +115,8 @@ pub fn digest(store: &Store) -> Result<ViewDigest, StoreError> {
     let mut total = Sha256::new();
     let mut per_view = BTreeMap::new();
     for cf in VIEW_COLUMN_FAMILIES {
-        let mut h = Sha256::new();
-        let mut rows = 0u64;
-        for item in store.db().iterator_cf(store.cf(cf), IteratorMode::Start) {
-            let (k, v) = item?;
-            for part in [&k[..], &v[..]] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part);
-            }
-            rows += 1;
-        }
-        let d = hex::encode(h.finalize());
+        let (rows, d) = store.digest(cf)?;
+        let d = hex::encode(d);
         total.update(cf.as_bytes());
         total.update(&d);
         per_view.insert(*cf, (rows, d));

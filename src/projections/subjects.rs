@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{WriteBatch, WriteOptions};
 use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::{Zeroize, Zeroizing};
@@ -52,18 +52,14 @@ use crate::domain::validation::{Email, IdNumber, Mobile, ValidationError};
 use crate::domain::{Event, FieldClass};
 use crate::projections::ProjectorStatus;
 use crate::shutdown::{self, CancellationToken, Retry, Worker};
-use crate::store::{
-    CF_META, CF_ORDER_STATE, CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS, CF_SUBJECT_PENDING, Store,
-    StoreError,
+use crate::store::schema::{
+    OrderStates, SubjectEntry, SubjectIndexKek, SubjectIndexPurging, SubjectIndexRows,
+    SubjectOrders, SubjectPending,
 };
+use crate::store::{CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS, CF_SUBJECT_PENDING, Store, StoreError};
 
 /// HKDF label of the index key (a new KEK gives a new key).
 const KEY_LABEL: &str = "orderlog/v3/subject-index";
-/// `meta`: the id of the KEK the index was built under.
-const META_KEK: &[u8] = b"subject_index.kek";
-/// `meta`: set while removed entries may still be on disk unpurged (a crash
-/// then purges the whole index at the next start).
-const META_PURGING: &[u8] = b"subject_index.purging";
 /// Most pending rows taken in one write.
 const PASS_ROWS: usize = 10_000;
 const BLIND_LEN: usize = 32;
@@ -94,7 +90,7 @@ impl Kind {
         }
     }
 
-    fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Kind::Mobile => 1,
             Kind::Email => 2,
@@ -102,7 +98,7 @@ impl Kind {
         }
     }
 
-    fn from_tag(t: u8) -> Option<Self> {
+    pub(crate) fn from_tag(t: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.tag() == t)
     }
 }
@@ -248,42 +244,21 @@ impl std::fmt::Debug for SubjectIndex {
     }
 }
 
-fn pending_key(order_id: &Uuid, sequence: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(order_id.as_bytes());
-    k[16..].copy_from_slice(&sequence.to_be_bytes());
-    k
-}
-
-/// Bytes of the blind id in an index key: the bucket a lookup scans.
-const BUCKET_LEN: usize = 2;
-
-fn bucket(kind: Kind, blind: &Blind) -> [u8; 1 + BUCKET_LEN] {
-    [kind.tag(), blind[0], blind[1]]
-}
-
-fn index_key(kind: Kind, blind: &Blind, order_id: &Uuid) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + BUCKET_LEN + 16);
-    k.extend_from_slice(&bucket(kind, blind));
-    k.extend_from_slice(order_id.as_bytes());
-    k
-}
-
-fn reverse_key(order_id: &Uuid, kind: Kind) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[..16].copy_from_slice(order_id.as_bytes());
-    k[16] = kind.tag();
-    k
+/// The index key of an entry (the blind id's first two bytes are its bucket).
+fn entry(kind: Kind, blind: &Blind, order_id: Uuid) -> SubjectEntry {
+    SubjectEntry {
+        kind,
+        bucket: [blind[0], blind[1]],
+        order_id,
+    }
 }
 
 /// Queues the order for (re)indexing, in the batch of the event that calls
 /// for it (a placement or an erasure).
 pub fn stage_pending(store: &Store, batch: &mut WriteBatch, order_id: &Uuid, sequence: u64) {
-    batch.put_cf(
-        store.cf(CF_SUBJECT_PENDING),
-        pending_key(order_id, sequence),
-        [],
-    );
+    store
+        .table::<SubjectPending>()
+        .put(batch, &(*order_id, sequence), &());
 }
 
 /// Removes, in `batch`, the order's entries of the identifiers `classes`
@@ -298,25 +273,18 @@ pub fn stage_removal(
     order_id: &Uuid,
     classes: &BTreeSet<FieldClass>,
 ) -> Result<(), StoreError> {
+    let orders = store.table::<SubjectOrders>();
     for kind in Kind::ALL {
         if !classes.contains(&kind.class()) {
             continue;
         }
-        let reverse = reverse_key(order_id, kind);
-        let Some(v) = store
-            .db()
-            .get_pinned_cf(store.cf(CF_SUBJECT_ORDERS), reverse)?
-        else {
+        let Some(blind) = orders.get(&(*order_id, kind))? else {
             continue;
         };
-        let Ok(blind) = Blind::try_from(&v[..]) else {
-            continue;
-        };
-        batch.delete_cf(
-            store.cf(CF_SUBJECT_INDEX),
-            index_key(kind, &blind, order_id),
-        );
-        batch.delete_cf(store.cf(CF_SUBJECT_ORDERS), reverse);
+        store
+            .table::<SubjectIndexRows>()
+            .delete(batch, &entry(kind, &blind, *order_id));
+        orders.delete(batch, &(*order_id, kind));
     }
     Ok(())
 }
@@ -334,42 +302,33 @@ impl SubjectIndex {
             pass: Mutex::new(()),
             waiting: AtomicU64::new(0),
         };
-        let db = index.store.db();
-        let meta = index.store.cf(CF_META);
-        if db.get_cf(meta, META_KEK)?.as_deref() != Some(&kek_id.0[..]) {
-            index.rebuild(&kek_id.0)?;
-        } else if db.get_cf(meta, META_PURGING)?.is_some() {
+        if index.store.table::<SubjectIndexKek>().get(&())? != Some(kek_id) {
+            index.rebuild(kek_id)?;
+        } else if index.store.table::<SubjectIndexPurging>().contains(&())? {
             // A crash between removing entries and purging them.
             index.purge_everything()?;
         }
         Ok(Arc::new(index))
     }
 
-    fn rebuild(&self, kek_id: &[u8; 8]) -> Result<(), IndexError> {
-        let db = self.store.db();
+    fn rebuild(&self, kek_id: crate::crypto::kek::KekId) -> Result<(), IndexError> {
         let mut batch = WriteBatch::default();
-        let mut dropped = 0u64;
-        for cf in [CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS] {
-            for item in db.iterator_cf(self.store.cf(cf), IteratorMode::Start) {
-                let (k, _) = item?;
-                batch.delete_cf(self.store.cf(cf), k);
-                dropped += 1;
-            }
-        }
+        let dropped = self.store.table::<SubjectIndexRows>().clear(&mut batch)?
+            + self.store.table::<SubjectOrders>().clear(&mut batch)?;
         let mut queued = 0u64;
-        for item in db.iterator_cf(self.store.cf(CF_ORDER_STATE), IteratorMode::Start) {
-            let (k, _) = item?;
-            if let Ok(id) = Uuid::from_slice(&k) {
-                stage_pending(&self.store, &mut batch, &id, 0);
-                queued += 1;
-            }
+        for id in self.store.table::<OrderStates>().keys() {
+            stage_pending(&self.store, &mut batch, &id?, 0);
+            queued += 1;
         }
-        let meta = self.store.cf(CF_META);
-        batch.put_cf(meta, META_KEK, kek_id);
+        self.store
+            .table::<SubjectIndexKek>()
+            .put(&mut batch, &(), &kek_id);
         if dropped > 0 {
-            batch.put_cf(meta, META_PURGING, [1]);
+            self.store
+                .table::<SubjectIndexPurging>()
+                .put(&mut batch, &(), &());
         }
-        db.write(batch)?;
+        self.store.db().write(batch)?;
         if dropped > 0 {
             self.purge_everything()?;
         }
@@ -387,8 +346,8 @@ impl SubjectIndex {
         self.store
             .purge_all(&[CF_SUBJECT_INDEX, CF_SUBJECT_ORDERS, CF_SUBJECT_PENDING])?;
         self.store
-            .db()
-            .delete_cf(self.store.cf(CF_META), META_PURGING)?;
+            .table::<SubjectIndexPurging>()
+            .delete_now(&(), &WriteOptions::default())?;
         Ok(())
     }
 
@@ -400,28 +359,21 @@ impl SubjectIndex {
     /// The orders holding any of `ids`, with which of them each holds. Only
     /// entries of classes not erased exist.
     pub fn find(&self, ids: &[Identifier]) -> Result<BTreeMap<Uuid, BTreeSet<Kind>>, IndexError> {
-        let db = self.store.db();
-        let cf = self.store.cf(CF_SUBJECT_INDEX);
+        let rows = self.store.table::<SubjectIndexRows>();
+        let orders = self.store.table::<SubjectOrders>();
         let mut out: BTreeMap<Uuid, BTreeSet<Kind>> = BTreeMap::new();
         for id in ids {
             let blind = self.blind(id);
-            let prefix = bucket(id.kind, &blind);
-            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, _) = item?;
-                if !k.starts_with(&prefix) {
+            let first = entry(id.kind, &blind, Uuid::nil());
+            for key in rows.keys_from(&first) {
+                let key = key?;
+                if (key.kind, key.bucket) != (first.kind, first.bucket) {
                     break;
                 }
-                let Ok(order) = Uuid::from_slice(&k[prefix.len()..]) else {
-                    continue;
-                };
                 // Another identifier in the same bucket, or an entry being
                 // removed: only the order's own blind id counts.
-                let own = db.get_pinned_cf(
-                    self.store.cf(CF_SUBJECT_ORDERS),
-                    reverse_key(&order, id.kind),
-                )?;
-                if own.as_deref() == Some(&blind[..]) {
-                    out.entry(order).or_default().insert(id.kind);
+                if orders.get(&(key.order_id, id.kind))? == Some(blind) {
+                    out.entry(key.order_id).or_default().insert(id.kind);
                 }
             }
         }
@@ -430,22 +382,21 @@ impl SubjectIndex {
 
     /// The order's entries as stored.
     pub fn entries(&self, order_id: &Uuid) -> Result<BTreeMap<Kind, Blind>, IndexError> {
-        let db = self.store.db();
+        let first = Kind::ALL
+            .into_iter()
+            .min_by_key(|k| k.tag())
+            .expect("at least one kind");
         let mut out = BTreeMap::new();
-        for item in db.iterator_cf(
-            self.store.cf(CF_SUBJECT_ORDERS),
-            IteratorMode::From(order_id.as_bytes(), Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(order_id.as_bytes()) {
+        for row in self
+            .store
+            .table::<SubjectOrders>()
+            .rows_from(&(*order_id, first))
+        {
+            let ((id, kind), blind) = row?;
+            if id != *order_id {
                 break;
             }
-            if let (Some(kind), Ok(blind)) = (
-                k.get(16).copied().and_then(Kind::from_tag),
-                Blind::try_from(&v[..]),
-            ) {
-                out.insert(kind, blind);
-            }
+            out.insert(kind, blind);
         }
         Ok(out)
     }
@@ -466,36 +417,29 @@ impl SubjectIndex {
     /// erased classes and purges them from disk before returning.
     pub fn catch_up(&self) -> Result<Pass, IndexError> {
         let _one = self.pass.lock();
-        let db = self.store.db();
-        let (pending_cf, index_cf, orders_cf) = (
-            self.store.cf(CF_SUBJECT_PENDING),
-            self.store.cf(CF_SUBJECT_INDEX),
-            self.store.cf(CF_SUBJECT_ORDERS),
-        );
+        let pending = self.store.table::<SubjectPending>();
+        let rows_of_index = self.store.table::<SubjectIndexRows>();
+        let orders = self.store.table::<SubjectOrders>();
+        let purging = self.store.table::<SubjectIndexPurging>();
         let mut pass = Pass::default();
-        let mut after: Option<Vec<u8>> = None;
+        // The all-zero key comes before every row.
+        let mut after: Option<(Uuid, u64)> = None;
         loop {
             // The next rows, grouped by order.
-            let mut queued: BTreeMap<Uuid, Vec<Box<[u8]>>> = BTreeMap::new();
+            let mut queued: BTreeMap<Uuid, Vec<(Uuid, u64)>> = BTreeMap::new();
             let mut rows = 0;
-            let mode = match &after {
-                Some(k) => IteratorMode::From(k, Direction::Forward),
-                None => IteratorMode::Start,
-            };
             let mut last = None;
-            for item in db.iterator_cf(pending_cf, mode) {
-                let (k, _) = item?;
-                if after.as_deref() == Some(&k[..]) {
+            for key in pending.keys_from(&after.unwrap_or((Uuid::nil(), 0))) {
+                let key = key?;
+                if after == Some(key) {
                     continue;
                 }
                 if rows == PASS_ROWS {
                     break;
                 }
-                if let Ok(id) = Uuid::from_slice(&k[..16.min(k.len())]) {
-                    queued.entry(id).or_default().push(k.clone());
-                }
+                queued.entry(key.0).or_default().push(key);
                 rows += 1;
-                last = Some(k);
+                last = Some(key);
             }
             let Some(last) = last else { break };
             let mut batch = WriteBatch::default();
@@ -508,36 +452,35 @@ impl SubjectIndex {
                 let have = self.entries(order)?;
                 for (kind, blind) in &have {
                     if want.get(kind) != Some(blind) {
-                        let key = index_key(*kind, blind, order);
-                        batch.delete_cf(index_cf, &key);
-                        batch.delete_cf(orders_cf, reverse_key(order, *kind));
+                        rows_of_index.delete(&mut batch, &entry(*kind, blind, *order));
+                        orders.delete(&mut batch, &(*order, *kind));
                         ranges.push((CF_SUBJECT_ORDERS, order.as_bytes().to_vec()));
                         pass.removed += 1;
                     }
                 }
                 for (kind, blind) in &want {
                     if have.get(kind) != Some(blind) {
-                        batch.put_cf(index_cf, index_key(*kind, blind, order), []);
-                        batch.put_cf(orders_cf, reverse_key(order, *kind), blind);
+                        rows_of_index.put(&mut batch, &entry(*kind, blind, *order), &());
+                        orders.put(&mut batch, &(*order, *kind), blind);
                         pass.indexed += 1;
                     }
                 }
                 for k in keys {
-                    batch.delete_cf(pending_cf, k);
+                    pending.delete(&mut batch, k);
                 }
             }
             if !ranges.is_empty() {
-                batch.put_cf(self.store.cf(CF_META), META_PURGING, [1]);
+                purging.put(&mut batch, &(), &());
             }
-            db.write(batch)?;
+            self.store.db().write(batch)?;
             if !ranges.is_empty() {
                 self.store.purge(&ranges)?;
-                db.delete_cf(self.store.cf(CF_META), META_PURGING)?;
+                purging.delete_now(&(), &WriteOptions::default())?;
             }
             if rows < PASS_ROWS {
                 break;
             }
-            after = Some(last.to_vec());
+            after = Some(last);
         }
         self.waiting.store(pass.waiting, Ordering::Relaxed);
         if pass.indexed + pass.removed > 0 {
@@ -631,14 +574,8 @@ pub fn expected(store: &Store, vault: &KeyVault) -> Result<(BTreeSet<Entry>, u64
     let key = SubjectKey(vault.derive_secret(KEY_LABEL).1);
     let mut out = BTreeSet::new();
     let mut no_key = 0;
-    for item in store
-        .db()
-        .iterator_cf(store.cf(CF_ORDER_STATE), IteratorMode::Start)
-    {
-        let (k, _) = item?;
-        let Ok(id) = Uuid::from_slice(&k) else {
-            continue;
-        };
+    for id in store.table::<OrderStates>().keys() {
+        let id = id?;
         match wanted(store, vault, &key, &id)? {
             Some(entries) => out.extend(entries.into_iter().map(|(kind, b)| (kind, b, id))),
             None => no_key += 1,
@@ -650,25 +587,15 @@ pub fn expected(store: &Store, vault: &KeyVault) -> Result<(BTreeSet<Entry>, u64
 /// The index `store` holds (entries present both ways), and how many
 /// orders it has queued for indexing.
 pub fn stored(store: &Store) -> Result<(BTreeSet<Entry>, u64), IndexError> {
-    let db = store.db();
+    let rows_of_index = store.table::<SubjectIndexRows>();
     let mut out = BTreeSet::new();
-    for item in db.iterator_cf(store.cf(CF_SUBJECT_ORDERS), IteratorMode::Start) {
-        let (k, v) = item?;
-        let (Ok(id), Some(kind), Ok(blind)) = (
-            Uuid::from_slice(&k[..16.min(k.len())]),
-            k.get(16).copied().and_then(Kind::from_tag),
-            Blind::try_from(&v[..]),
-        ) else {
-            continue;
-        };
-        let forward = db.get_pinned_cf(store.cf(CF_SUBJECT_INDEX), index_key(kind, &blind, &id))?;
-        if forward.is_some() {
+    for row in store.table::<SubjectOrders>().rows() {
+        let ((id, kind), blind) = row?;
+        if rows_of_index.contains(&entry(kind, &blind, id))? {
             out.insert((kind, blind, id));
         }
     }
-    let queued = db
-        .iterator_cf(store.cf(CF_SUBJECT_PENDING), IteratorMode::Start)
-        .count() as u64;
+    let queued = store.table::<SubjectPending>().count()?;
     Ok((out, queued))
 }
 

@@ -22,12 +22,8 @@ use crate::domain::validation::{Item, MerchantId, Money, OrderNumber};
 use crate::domain::{CancelReason, Event, FieldClass, OrderFacts, Party, State, apply};
 use crate::events::chain::Link;
 use crate::events::{self, Envelope, RecordHash};
-use crate::store::{
-    CF_IDEMPOTENCY, CF_META, CF_ORDER_PLACED, CF_ORDER_STATE, CF_VIEW_OFFSETS, Store, StoreError,
-};
-
-/// `meta` row saying the order state covers the log from its start.
-const META_STATE_FORMAT: &[u8] = b"order_state.format";
+use crate::store::schema::{Idempotency, OrderPlacements, OrderStates, StateFormat, ViewOffsets};
+use crate::store::{CF_IDEMPOTENCY, CF_ORDER_PLACED, CF_ORDER_STATE, Store, StoreError};
 
 /// Format byte of `order_placed` rows, and of `order_state` rows written
 /// before legal holds (read still).
@@ -243,11 +239,7 @@ impl From<RowV1> for OrderRecord {
                     cancelled: o.cancelled,
                     erased: o.erased,
                     fully_erased: o.fully_erased,
-                    shares: o
-                        .shares
-                        .into_iter()
-                        .map(|ShareV1(p, c)| (p, c))
-                        .collect(),
+                    shares: o.shares.into_iter().map(|ShareV1(p, c)| (p, c)).collect(),
                     hold: None,
                 }),
             },
@@ -341,34 +333,41 @@ pub struct IdempotentOutcome {
 
 const IDEMPOTENCY_ROW: usize = 8 + 32 + 16 + 8;
 
-pub fn encode_idempotency(out: &IdempotentOutcome, expires_at_ms: i64) -> [u8; IDEMPOTENCY_ROW] {
-    let mut v = [0u8; IDEMPOTENCY_ROW];
-    v[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
-    v[8..40].copy_from_slice(&out.request_digest);
-    v[40..56].copy_from_slice(out.order_id.as_bytes());
-    v[56..].copy_from_slice(&out.version.to_be_bytes());
-    v
+/// An `idempotency` row: the outcome and when it expires (Unix ms).
+/// Stored `expiry (i64 BE) | request digest | order id | version (u64 BE)`,
+/// the expiry first for the compaction filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutcome {
+    pub outcome: IdempotentOutcome,
+    pub expires_at_ms: i64,
 }
 
-/// The row's outcome, or `None` once it has expired at `now_ms`.
-pub fn decode_idempotency(
-    bytes: &[u8],
-    now_ms: i64,
-) -> Result<Option<IdempotentOutcome>, StoreError> {
-    let Ok(row) = <&[u8; IDEMPOTENCY_ROW]>::try_from(bytes) else {
-        return Err(StoreError::Corrupt {
-            cf: CF_IDEMPOTENCY,
-            reason: format!("{} bytes, not {IDEMPOTENCY_ROW}", bytes.len()),
-        });
-    };
-    if idempotency_expired(row, now_ms) {
-        return Ok(None);
+impl StoredOutcome {
+    pub fn encode(&self) -> [u8; IDEMPOTENCY_ROW] {
+        let mut v = [0u8; IDEMPOTENCY_ROW];
+        v[..8].copy_from_slice(&self.expires_at_ms.to_be_bytes());
+        v[8..40].copy_from_slice(&self.outcome.request_digest);
+        v[40..56].copy_from_slice(self.outcome.order_id.as_bytes());
+        v[56..].copy_from_slice(&self.outcome.version.to_be_bytes());
+        v
     }
-    Ok(Some(IdempotentOutcome {
-        request_digest: row[8..40].try_into().expect("32 bytes"),
-        order_id: Uuid::from_bytes(row[40..56].try_into().expect("16 bytes")),
-        version: u64::from_be_bytes(row[56..].try_into().expect("8 bytes")),
-    }))
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let Ok(row) = <&[u8; IDEMPOTENCY_ROW]>::try_from(bytes) else {
+            return Err(StoreError::Corrupt {
+                cf: CF_IDEMPOTENCY,
+                reason: format!("{} bytes, not {IDEMPOTENCY_ROW}", bytes.len()),
+            });
+        };
+        Ok(Self {
+            expires_at_ms: i64::from_be_bytes(row[..8].try_into().expect("8 bytes")),
+            outcome: IdempotentOutcome {
+                request_digest: row[8..40].try_into().expect("32 bytes"),
+                order_id: Uuid::from_bytes(row[40..56].try_into().expect("16 bytes")),
+                version: u64::from_be_bytes(row[56..].try_into().expect("8 bytes")),
+            },
+        })
+    }
 }
 
 /// True when an `idempotency` row's expiry has passed (the compaction
@@ -380,52 +379,60 @@ pub fn idempotency_expired(row: &[u8], now_ms: i64) -> bool {
 
 /// An order's stored state.
 pub fn load_order(store: &Store, order_id: &Uuid) -> Result<Option<OrderRecord>, StoreError> {
-    match store
-        .db()
-        .get_pinned_cf(store.cf(CF_ORDER_STATE), order_id.as_bytes())?
-    {
-        Some(v) => decode_state(&v).map(Some),
-        None => Ok(None),
-    }
+    store.table::<OrderStates>().get(order_id)
 }
 
-/// Encodes an `order_placed` row: format, the version of the order it is
-/// true from (1 for the placement, the erasure's for the marker that replaces
-/// it), then the `OrderPlaced` record (empty in the marker). The column
-/// family keeps the highest version, as `order_state` does, so a placement
-/// staged from a stale copy of the order can never outlive its erasure.
-fn encode_placed(version: u64, record: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + record.len());
-    v.push(STATE_FORMAT);
-    v.extend_from_slice(&version.to_be_bytes());
-    v.extend_from_slice(record);
-    v
+/// An `order_placed` row: the version of the order it is true from (1 for
+/// the placement, the erasure's for the marker that replaces it), then the
+/// `OrderPlaced` record (empty in the marker). The column family keeps the
+/// highest version, as `order_state` does, so a placement staged from a
+/// stale copy of the order can never outlive its erasure. Stored
+/// `format (1) | version (u64 BE) | record`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedRow {
+    pub version: u64,
+    pub record: Vec<u8>,
+}
+
+impl PlacedRow {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + self.record.len());
+        v.push(STATE_FORMAT);
+        v.extend_from_slice(&self.version.to_be_bytes());
+        v.extend_from_slice(&self.record);
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            cf: CF_ORDER_PLACED,
+            reason,
+        };
+        match bytes.first() {
+            Some(&STATE_FORMAT) if bytes.len() >= 9 => Ok(Self {
+                version: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
+                record: bytes[9..].to_vec(),
+            }),
+            Some(f) => Err(corrupt(format!("unknown row format {f}"))),
+            None => Err(corrupt("empty row".into())),
+        }
+    }
 }
 
 /// An order's sealed `OrderPlaced` record, while the order is not fully erased.
 pub fn load_placed(store: &Store, order_id: &Uuid) -> Result<Option<Envelope>, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        cf: CF_ORDER_PLACED,
-        reason,
-    };
-    let Some(v) = store
-        .db()
-        .get_pinned_cf(store.cf(CF_ORDER_PLACED), order_id.as_bytes())?
-    else {
+    let Some(row) = store.table::<OrderPlacements>().get(order_id)? else {
         return Ok(None);
     };
-    match v.first() {
-        Some(&STATE_FORMAT) if v.len() >= 9 => {}
-        Some(f) => return Err(corrupt(format!("unknown row format {f}"))),
-        None => return Err(corrupt("empty row".into())),
-    }
-    let record = &v[9..];
-    if record.is_empty() {
+    if row.record.is_empty() {
         return Ok(None); // erased
     }
-    events::decode(record)
+    events::decode(&row.record)
         .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+        .map_err(|e| StoreError::Corrupt {
+            cf: CF_ORDER_PLACED,
+            reason: e.to_string(),
+        })
 }
 
 /// One point read: the stored answer to an idempotency key, if it has not expired.
@@ -434,10 +441,11 @@ pub fn lookup_idempotency(
     key: &[u8; 32],
     now_ms: i64,
 ) -> Result<Option<IdempotentOutcome>, StoreError> {
-    match store.db().get_pinned_cf(store.cf(CF_IDEMPOTENCY), key)? {
-        Some(v) => decode_idempotency(&v, now_ms),
-        None => Ok(None),
-    }
+    Ok(store
+        .table::<Idempotency>()
+        .get(key)?
+        .filter(|row| row.expires_at_ms > now_ms)
+        .map(|row| row.outcome))
 }
 
 /// Prepares a data directory before anything folds into it: a new one (no
@@ -446,20 +454,10 @@ pub fn lookup_idempotency(
 /// order state covers the log up to the views' checkpoint; false for a data
 /// directory of an earlier version, whose writers must build it from 0.
 pub fn prepare(store: &Store) -> Result<bool, StoreError> {
-    let built = |store: &Store| -> Result<bool, StoreError> {
-        Ok(store
-            .db()
-            .get_cf(store.cf(CF_META), META_STATE_FORMAT)?
-            .is_some_and(|v| v.first() == Some(&STATE_FORMAT)))
-    };
-    if built(store)? {
+    if store.table::<StateFormat>().get(&())? == Some(STATE_FORMAT) {
         return Ok(true);
     }
-    let fresh = store
-        .db()
-        .iterator_cf(store.cf(CF_VIEW_OFFSETS), rocksdb::IteratorMode::Start)
-        .next()
-        .is_none();
+    let fresh = store.table::<ViewOffsets>().is_empty()?;
     if fresh {
         mark_built(store)?;
     }
@@ -470,9 +468,8 @@ pub fn prepare(store: &Store) -> Result<bool, StoreError> {
 /// partition caught up from offset 0, or from a checkpoint of a state that did).
 pub fn mark_built(store: &Store) -> Result<(), StoreError> {
     store
-        .db()
-        .put_cf(store.cf(CF_META), META_STATE_FORMAT, [STATE_FORMAT])?;
-    Ok(())
+        .table::<StateFormat>()
+        .put_now(&(), &STATE_FORMAT, &rocksdb::WriteOptions::default())
 }
 
 /// Adds an order's changed rows to `batch`: its state, and its placement
@@ -486,23 +483,20 @@ pub fn stage_order(
     rec: &OrderRecord,
     placed: Option<&[u8]>,
 ) {
-    batch.merge_cf(
-        store.cf(CF_ORDER_STATE),
-        order_id.as_bytes(),
-        encode_state(rec),
-    );
+    store.table::<OrderStates>().merge(batch, order_id, rec);
+    let placements = store.table::<OrderPlacements>();
     if rec.fully_erased() {
-        batch.merge_cf(
-            store.cf(CF_ORDER_PLACED),
-            order_id.as_bytes(),
-            encode_placed(rec.state.version, &[]),
-        );
+        let marker = PlacedRow {
+            version: rec.state.version,
+            record: Vec::new(),
+        };
+        placements.merge(batch, order_id, &marker);
     } else if let Some(bytes) = placed {
-        batch.merge_cf(
-            store.cf(CF_ORDER_PLACED),
-            order_id.as_bytes(),
-            encode_placed(1, bytes),
-        );
+        let row = PlacedRow {
+            version: 1,
+            record: bytes.to_vec(),
+        };
+        placements.merge(batch, order_id, &row);
     }
 }
 
@@ -514,11 +508,11 @@ pub fn stage_idempotency(
     outcome: &IdempotentOutcome,
     expires_at_ms: i64,
 ) {
-    batch.put_cf(
-        store.cf(CF_IDEMPOTENCY),
-        key,
-        encode_idempotency(outcome, expires_at_ms),
-    );
+    let row = StoredOutcome {
+        outcome: outcome.clone(),
+        expires_at_ms,
+    };
+    store.table::<Idempotency>().put(batch, key, &row);
 }
 
 /// What one folded record was, for the caller's bookkeeping.
@@ -572,18 +566,13 @@ impl StateFolder {
         if missing.is_empty() {
             return Ok(());
         }
-        let cf = self.store.cf(CF_ORDER_STATE);
-        let rows = self.store.db().batched_multi_get_cf(
-            cf,
-            missing.iter().map(|id| id.as_bytes().as_slice()),
-            false,
-        );
+        let missing: Vec<Uuid> = missing.into_iter().copied().collect();
+        let rows = self
+            .store
+            .table::<OrderStates>()
+            .get_many(&missing, false)?;
         for (id, row) in missing.into_iter().zip(rows) {
-            let rec = match row? {
-                Some(v) => decode_state(&v)?,
-                None => OrderRecord::default(),
-            };
-            self.fetched.insert(*id, rec);
+            self.fetched.insert(id, row.unwrap_or_default());
         }
         Ok(())
     }
@@ -881,17 +870,15 @@ mod tests {
         let (c, cb) = cancelled_record(id, &pb, p.meta.key_id);
         let mut v2 = v1.clone();
         assert_eq!(v2.absorb(&c, &cb, 1), Absorbed::Applied);
-        let cf = store.cf(CF_ORDER_STATE);
         // The writer stored version 2; a lagging projector then merges 1.
-        store
-            .db()
-            .merge_cf(cf, id.as_bytes(), encode_state(&v2))
-            .unwrap();
-        store
-            .db()
-            .merge_cf(cf, id.as_bytes(), encode_state(&v1))
-            .unwrap();
+        let states = store.table::<OrderStates>();
+        for rec in [&v2, &v1] {
+            let mut b = WriteBatch::default();
+            states.merge(&mut b, &id, rec);
+            store.db().write(b).unwrap();
+        }
         assert_eq!(load_order(&store, &id).unwrap().unwrap(), v2);
+        let cf = store.cf(CF_ORDER_STATE);
         // Also once compacted into one value.
         store
             .db()
@@ -980,8 +967,11 @@ mod tests {
             .db()
             .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         assert_eq!(load_placed(&store, &id).unwrap(), None);
-        let row = store.db().get_cf(cf, id.as_bytes()).unwrap().unwrap();
-        assert_eq!(row.len(), 9, "only the marker is left, no sealed bytes");
+        let row = store.table::<OrderPlacements>().get(&id).unwrap().unwrap();
+        assert!(
+            row.record.is_empty(),
+            "only the marker is left, no sealed bytes"
+        );
     }
 
     #[test]
@@ -993,20 +983,21 @@ mod tests {
             order_id: Uuid::now_v7(),
             version: 1,
         };
+        let rows = store.table::<Idempotency>();
+        for (key, expires_at_ms) in [([1u8; 32], 1), ([2u8; 32], i64::MAX)] {
+            let row = StoredOutcome {
+                outcome: out.clone(),
+                expires_at_ms,
+            };
+            rows.put_now(&key, &row, &rocksdb::WriteOptions::default())
+                .unwrap();
+        }
         let cf = store.cf(CF_IDEMPOTENCY);
-        store
-            .db()
-            .put_cf(cf, [1u8; 32], encode_idempotency(&out, 1))
-            .unwrap();
-        store
-            .db()
-            .put_cf(cf, [2u8; 32], encode_idempotency(&out, i64::MAX))
-            .unwrap();
         store.db().flush_cf(cf).unwrap();
         store
             .db()
             .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
-        assert_eq!(store.db().get_cf(cf, [1u8; 32]).unwrap(), None);
-        assert!(store.db().get_cf(cf, [2u8; 32]).unwrap().is_some());
+        assert!(!rows.contains(&[1u8; 32]).unwrap());
+        assert!(rows.contains(&[2u8; 32]).unwrap());
     }
 }

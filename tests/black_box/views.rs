@@ -713,10 +713,8 @@ fn reference_fold(
     log_keys: &orderlog::crypto::LogKeys,
     partitions: usize,
 ) -> (u64, u64) {
-    use orderlog::projections::model::{FeedTarget, feed_key, project};
-    use orderlog::store::{
-        CF_MERCHANT_FEED, CF_SHIPPING_FEED, CF_VIEW_ORDERS, decode_value, encode_value,
-    };
+    use orderlog::projections::model::{FeedTarget, project};
+    use orderlog::store::schema::{FeedKey, MerchantFeed, ShippingFeed, ViewOrders};
     let (mut projected, mut refused) = (0, 0);
     for (partition, offset, key, payload) in records {
         if orderlog::events::authenticate(payload, log_keys, Some((*partition, *offset))).is_err() {
@@ -738,36 +736,35 @@ fn reference_fold(
                 if key == env.meta.order_id.as_bytes() {
                     state.fold(env, payload, *offset, None).unwrap();
                 }
-                store
-                    .db()
-                    .get_cf(store.cf(CF_VIEW_ORDERS), env.meta.order_id.as_bytes())
-                    .unwrap()
-                    .map(|v| {
-                        decode_value::<orderlog::projections::ProjectedOrder>(CF_VIEW_ORDERS, &v)
-                            .unwrap()
-                    })
+                store.table::<ViewOrders>().get(&env.meta.order_id).unwrap()
             }
             None => None,
         };
         state.stage(&mut batch, orderlog::clock::now_ms());
         match project(current.as_ref(), payload, Some(key), *partition as u32) {
             Ok(p) => {
-                for (target, entry) in &p.feeds {
-                    let (cf, id) = match target {
-                        FeedTarget::Shipping(id) => (CF_SHIPPING_FEED, id),
-                        FeedTarget::Merchant(id) => (CF_MERCHANT_FEED, id),
+                for (target, entry) in p.feeds {
+                    let at = |party| FeedKey {
+                        party,
+                        partition: *partition as u32,
+                        offset: *offset as u64,
                     };
-                    batch.put_cf(
-                        store.cf(cf),
-                        feed_key(id, *partition as u32, *offset as u64),
-                        encode_value(entry),
-                    );
+                    match target {
+                        FeedTarget::Shipping(id) => {
+                            store
+                                .table::<ShippingFeed>()
+                                .put(&mut batch, &at(id), &entry)
+                        }
+                        FeedTarget::Merchant(id) => {
+                            store
+                                .table::<MerchantFeed>()
+                                .put(&mut batch, &at(id), &entry)
+                        }
+                    }
                 }
-                batch.put_cf(
-                    store.cf(CF_VIEW_ORDERS),
-                    p.order.order_id,
-                    encode_value(&p.order),
-                );
+                store
+                    .table::<ViewOrders>()
+                    .put(&mut batch, &p.order.id(), &p.order);
                 projected += 1;
             }
             Err(_) => refused += 1,
