@@ -137,9 +137,12 @@ fn due_orders(
         if !partitions.contains(&(crate::kafka::partition_of(&id, count) as i32)) {
             continue;
         }
-        // A row that does not read is left to `verify`, not erased.
-        let Ok(Some(rec)) = states.get(&id) else {
-            continue;
+        let rec = match states.get(&id) {
+            Ok(Some(rec)) => rec,
+            // A row that does not read is left to `verify`, not erased.
+            Ok(None) => continue,
+            Err(e) if e.is_corrupt() => continue,
+            Err(e) => return Err(e),
         };
         if let Some((rule, scope)) = policy.due(&rec, now_ms) {
             out.push((id, rule, scope));

@@ -81,11 +81,8 @@ pub fn feed<S: Schema<Key = FeedKey, Value = FeedEntry>>(
             partition: p,
             offset: after.0.get(&p).copied().unwrap_or(0),
         };
-        for row in table.rows_from(&start) {
+        for row in table.rows_while(&start, |k| k.party == party && k.partition == p) {
             let (key, entry) = row?;
-            if key.party != party || key.partition != p {
-                break;
-            }
             items.push(FeedItem {
                 partition: p,
                 offset: key.offset,

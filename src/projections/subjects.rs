@@ -253,6 +253,18 @@ fn entry(kind: Kind, blind: &Blind, order_id: Uuid) -> SubjectEntry {
     }
 }
 
+/// A row read, or none when it is corrupt (logged: the index is rebuilt
+/// around it rather than stopped by it); RocksDB's own errors pass.
+fn unless_corrupt<T>(read: Result<Option<T>, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Err(e) if e.is_corrupt() => {
+            tracing::warn!(error = %e, "Skipping a subject index row that does not read.");
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
 /// Queues the order for (re)indexing, in the batch of the event that calls
 /// for it (a placement or an erasure).
 pub fn stage_pending(store: &Store, batch: &mut WriteBatch, order_id: &Uuid, sequence: u64) {
@@ -278,7 +290,7 @@ pub fn stage_removal(
         if !classes.contains(&kind.class()) {
             continue;
         }
-        let Some(blind) = orders.get(&(*order_id, kind))? else {
+        let Some(blind) = unless_corrupt(orders.get(&(*order_id, kind)))? else {
             continue;
         };
         store
@@ -302,7 +314,8 @@ impl SubjectIndex {
             pass: Mutex::new(()),
             waiting: AtomicU64::new(0),
         };
-        if index.store.table::<SubjectIndexKek>().get(&())? != Some(kek_id) {
+        let built_under = unless_corrupt(index.store.table::<SubjectIndexKek>().get(&()))?;
+        if built_under != Some(kek_id) {
             index.rebuild(kek_id)?;
         } else if index.store.table::<SubjectIndexPurging>().contains(&())? {
             // A crash between removing entries and purging them.
@@ -317,7 +330,10 @@ impl SubjectIndex {
             + self.store.table::<SubjectOrders>().clear(&mut batch)?;
         let mut queued = 0u64;
         for id in self.store.table::<OrderStates>().keys() {
-            stage_pending(&self.store, &mut batch, &id?, 0);
+            let Some(id) = unless_corrupt(id.map(Some))? else {
+                continue;
+            };
+            stage_pending(&self.store, &mut batch, &id, 0);
             queued += 1;
         }
         self.store
@@ -387,15 +403,9 @@ impl SubjectIndex {
             .min_by_key(|k| k.tag())
             .expect("at least one kind");
         let mut out = BTreeMap::new();
-        for row in self
-            .store
-            .table::<SubjectOrders>()
-            .rows_from(&(*order_id, first))
-        {
-            let ((id, kind), blind) = row?;
-            if id != *order_id {
-                break;
-            }
+        let orders = self.store.table::<SubjectOrders>();
+        for row in orders.rows_while(&(*order_id, first), |(id, _)| id == order_id) {
+            let ((_, kind), blind) = row?;
             out.insert(kind, blind);
         }
         Ok(out)
@@ -430,7 +440,10 @@ impl SubjectIndex {
             let mut rows = 0;
             let mut last = None;
             for key in pending.keys_from(&after.unwrap_or((Uuid::nil(), 0))) {
-                let key = key?;
+                // A row no codec reads stays queued, and in no one's way.
+                let Some(key) = unless_corrupt(key.map(Some))? else {
+                    continue;
+                };
                 if after == Some(key) {
                     continue;
                 }
@@ -575,7 +588,9 @@ pub fn expected(store: &Store, vault: &KeyVault) -> Result<(BTreeSet<Entry>, u64
     let mut out = BTreeSet::new();
     let mut no_key = 0;
     for id in store.table::<OrderStates>().keys() {
-        let id = id?;
+        let Some(id) = unless_corrupt(id.map(Some))? else {
+            continue;
+        };
         match wanted(store, vault, &key, &id)? {
             Some(entries) => out.extend(entries.into_iter().map(|(kind, b)| (kind, b, id))),
             None => no_key += 1,

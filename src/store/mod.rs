@@ -219,6 +219,13 @@ pub enum StoreError {
     Corrupt { cf: &'static str, reason: String },
 }
 
+impl StoreError {
+    /// A row no codec reads (as opposed to RocksDB failing).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. })
+    }
+}
+
 /// A shared handle on the node's RocksDB.
 #[derive(Clone)]
 pub struct Store {

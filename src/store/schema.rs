@@ -518,8 +518,7 @@ impl Schema for KeyTopicOffsets {
     }
 
     fn decode_key(bytes: &[u8]) -> Result<i32, StoreError> {
-        fixed::<4>(Self::CF, &bytes[Self::PREFIX.len().min(bytes.len())..])
-            .map(|b| u32::from_be_bytes(b) as i32)
+        fixed::<4>(Self::CF, unprefixed::<Self>(bytes)?).map(|b| u32::from_be_bytes(b) as i32)
     }
 
     fn encode(next: &i64) -> Vec<u8> {
@@ -547,7 +546,7 @@ impl Schema for RetiredLogKeys {
     }
 
     fn decode_key(bytes: &[u8]) -> Result<Self::Key, StoreError> {
-        let hex_id = &bytes[Self::PREFIX.len().min(bytes.len())..];
+        let hex_id = unprefixed::<Self>(bytes)?;
         let mut id = [0u8; 8];
         hex::decode_to_slice(hex_id, &mut id)
             .map_err(|e| corrupt(Self::CF, format!("log key id: {e}")))?;
@@ -677,6 +676,13 @@ impl Schema for SubjectOrders {
     }
 }
 
+/// A `meta` key without its schema's prefix.
+fn unprefixed<S: Schema>(bytes: &[u8]) -> Result<&[u8], StoreError> {
+    bytes
+        .strip_prefix(S::PREFIX)
+        .ok_or_else(|| corrupt(S::CF, "key without the row kind's prefix".into()))
+}
+
 fn subject_kind(
     cf: &'static str,
     tag: u8,
@@ -788,6 +794,10 @@ impl<S: Schema> Table<'_, S> {
         sorted: bool,
     ) -> Result<Vec<Option<S::Value>>, StoreError> {
         let raw: Vec<_> = keys.iter().map(S::key).collect();
+        debug_assert!(
+            !sorted || raw.windows(2).all(|w| w[0].as_ref() <= w[1].as_ref()),
+            "get_many with sorted = true needs keys in key order"
+        );
         self.store
             .db()
             .batched_multi_get_cf(self.cf(), raw.iter().map(AsRef::as_ref), sorted)
@@ -832,13 +842,26 @@ impl<S: Schema> Table<'_, S> {
         self.scan(None).map(decode_row::<S>)
     }
 
-    /// The rows from `from` on (included), in key order.
-    pub fn rows_from(
-        &self,
+    /// The rows from `from` on (included), in key order, while `within`
+    /// holds for their key: the row that ends the range has only its key
+    /// read, not its value.
+    pub fn rows_while<'t>(
+        &'t self,
         from: &S::Key,
-    ) -> impl Iterator<Item = Result<(S::Key, S::Value), StoreError>> + '_ {
+        mut within: impl FnMut(&S::Key) -> bool + 't,
+    ) -> impl Iterator<Item = Result<(S::Key, S::Value), StoreError>> + 't {
         self.scan(Some(S::key(from).as_ref().to_vec()))
-            .map(decode_row::<S>)
+            .map_while(move |item| {
+                let (k, v) = match item {
+                    Ok(row) => row,
+                    Err(e) => return Some(Err(e)),
+                };
+                match S::decode_key(&k) {
+                    Ok(key) if within(&key) => Some(S::decode(&v).map(|value| (key, value))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
     }
 
     /// Every key, in order (values are not decoded).
@@ -984,5 +1007,22 @@ mod tests {
         raw.extend_from_slice(&2u64.to_be_bytes());
         assert_eq!(feed_key(&key("sf", 1, 2)), raw);
         assert!(decode_feed_key("shipping_feed", &raw[..raw.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn no_meta_row_kind_reads_another_kinds_rows() {
+        let prefixes = [
+            StateFormat::PREFIX,
+            KeysCurrentAt::PREFIX,
+            SubjectIndexKek::PREFIX,
+            SubjectIndexPurging::PREFIX,
+            KeyTopicOffsets::PREFIX,
+            RetiredLogKeys::PREFIX,
+        ];
+        for (i, a) in prefixes.iter().enumerate() {
+            for (j, b) in prefixes.iter().enumerate() {
+                assert!(i == j || !b.starts_with(a), "{a:?} is a prefix of {b:?}");
+            }
+        }
     }
 }
