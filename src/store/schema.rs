@@ -75,9 +75,17 @@ pub mod stored_party {
     }
 }
 
-/// Schemas keyed by order id (16 bytes) whose value is bincode.
+/// Schemas keyed by order id (16 bytes), whose value is bincode unless
+/// the schema names its own codec.
 macro_rules! by_order_id {
     ($(#[$doc:meta])* $name:ident, $cf:expr, $value:ty) => {
+        by_order_id!(
+            $(#[$doc])* $name, $cf, $value,
+            encode_value,
+            |bytes| decode_value(Self::CF, bytes)
+        );
+    };
+    ($(#[$doc:meta])* $name:ident, $cf:expr, $value:ty, $encode:expr, $decode:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
@@ -96,11 +104,13 @@ macro_rules! by_order_id {
             }
 
             fn encode(value: &$value) -> Vec<u8> {
-                encode_value(value)
+                #[allow(clippy::redundant_closure_call)]
+                ($encode)(value)
             }
 
             fn decode(bytes: &[u8]) -> Result<$value, StoreError> {
-                decode_value(Self::CF, bytes)
+                #[allow(clippy::redundant_closure_call)]
+                ($decode)(bytes)
             }
         }
     };
@@ -268,62 +278,27 @@ impl Schema for Erasures {
     }
 }
 
-/// `order_state`: what the writers decide an order's commands against
-/// (its version, facts, last hash, key id). The row codec (format byte,
-/// version, record) is [`crate::service::state`]'s; the column family's
-/// merge operator keeps the highest version.
-#[derive(Debug)]
-pub struct OrderStates;
-
-impl Schema for OrderStates {
-    const CF: &'static str = super::CF_ORDER_STATE;
-    type Key = Uuid;
-    type Value = crate::service::state::OrderRecord;
-
-    fn key(key: &Uuid) -> impl AsRef<[u8]> {
-        *key.as_bytes()
-    }
-
-    fn decode_key(bytes: &[u8]) -> Result<Uuid, StoreError> {
-        Uuid::from_slice(bytes).map_err(|e| corrupt(Self::CF, e.to_string()))
-    }
-
-    fn encode(value: &Self::Value) -> Vec<u8> {
-        crate::service::state::encode_state(value)
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self::Value, StoreError> {
-        crate::service::state::decode_state(bytes)
-    }
-}
-
-/// `order_placed`: an order's sealed `OrderPlaced` record, for reads,
-/// replaced by an empty marker once the whole order is erased. Merged like
-/// `order_state`: the highest version wins.
-#[derive(Debug)]
-pub struct OrderPlacements;
-
-impl Schema for OrderPlacements {
-    const CF: &'static str = super::CF_ORDER_PLACED;
-    type Key = Uuid;
-    type Value = crate::service::state::PlacedRow;
-
-    fn key(key: &Uuid) -> impl AsRef<[u8]> {
-        *key.as_bytes()
-    }
-
-    fn decode_key(bytes: &[u8]) -> Result<Uuid, StoreError> {
-        Uuid::from_slice(bytes).map_err(|e| corrupt(Self::CF, e.to_string()))
-    }
-
-    fn encode(value: &Self::Value) -> Vec<u8> {
-        value.encode()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self::Value, StoreError> {
-        crate::service::state::PlacedRow::decode(bytes)
-    }
-}
+by_order_id!(
+    /// `order_state`: what the writers decide an order's commands against
+    /// (its version, facts, last hash, key id). The row codec (format byte,
+    /// version, record) is [`crate::service::state`]'s; the column family's
+    /// merge operator keeps the highest version.
+    OrderStates,
+    super::CF_ORDER_STATE,
+    crate::service::state::OrderRecord,
+    crate::service::state::encode_state,
+    crate::service::state::decode_state
+);
+by_order_id!(
+    /// `order_placed`: an order's sealed `OrderPlaced` record, for reads,
+    /// replaced by an empty marker once the whole order is erased. Merged
+    /// like `order_state`: the highest version wins.
+    OrderPlacements,
+    super::CF_ORDER_PLACED,
+    crate::service::state::PlacedRow,
+    crate::service::state::PlacedRow::encode,
+    crate::service::state::PlacedRow::decode
+);
 
 /// `idempotency`: the stored answer to an `Idempotency-Key` (its 32-byte
 /// digest), with its expiry; a compaction filter drops expired rows.
