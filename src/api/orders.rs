@@ -8,12 +8,13 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, parse_body};
 use crate::domain::validation::{
     Address, ConsigneeName, Currency, Email, HoldReason, IdNumber, Item, Landline, MerchantId,
@@ -21,91 +22,154 @@ use crate::domain::validation::{
 };
 use crate::domain::{
     CancelReason, Command, ContactInfo, ErasureScope, FieldClass, Hold, NewOrder, Party,
-    PersonalData, PersonalFields, ShippingInfo,
+    PersonalData, PersonalFields, ShippingInfo, Status,
 };
 use crate::service::{Idempotency, OrderView, Outcome, ServiceError};
 
 // Request bodies. They hold personal data as plain strings for the moment of
-// parsing only, so they derive no Debug.
+// parsing only, so they derive no Debug. Their `#[schema]` attributes
+// describe, for the OpenAPI document, the rules the domain's parsing applies;
+// that parsing, not serde, is what refuses a value, naming the field.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PlaceOrder)]
 pub(crate) struct PlaceOrderBody {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     order_number: String,
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     merchant_id: String,
+    #[schema(min_items = 1, max_items = 200)]
     items: Vec<ItemBody>,
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
+    /// Sum of quantity x unit_price, minor units.
+    #[schema(minimum = 0)]
     amount: i64,
+    #[schema(inline)]
     consignee: ConsigneeBody,
     #[serde(default)]
+    #[schema(inline)]
     contact: Option<ContactBody>,
+    /// 18-character PRC resident ID with a real birth date and a valid ISO
+    /// 7064 MOD 11-2 check character; required exactly when an item is
+    /// real_name.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{17}[0-9Xx]$")]
     id_number: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Item)]
 struct ItemBody {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     sku: String,
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    #[schema(minimum = 1, maximum = 100000)]
     quantity: i64,
+    /// Minor units (fen).
+    #[schema(minimum = 0)]
     unit_price: i64,
     #[serde(default)]
+    #[schema(default = false)]
     real_name: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConsigneeBody {
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
     address: AddressBody,
+    /// PRC 11-digit mobile or E.164.
+    #[schema(pattern = r"^(1[3-9][0-9]{9}|\+[1-9][0-9]{7,14})$")]
     mobile: String,
 }
 
-#[derive(Deserialize)]
+/// A delivery address. Also how an answer shows it.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AddressBody {
+#[schema(as = Address)]
+pub struct AddressBody {
+    #[schema(min_length = 1, max_length = 64)]
     province: String,
+    #[schema(min_length = 1, max_length = 64)]
     city: String,
+    #[schema(min_length = 1, max_length = 64)]
     district: String,
+    #[schema(min_length = 1, max_length = 200)]
     street: String,
+    #[schema(pattern = "^[0-9]{6}$")]
     postal_code: String,
 }
 
-#[derive(Deserialize)]
+impl AddressBody {
+    pub(crate) fn of(a: &Address) -> Self {
+        Self {
+            province: a.province.clone(),
+            city: a.city.clone(),
+            district: a.district.clone(),
+            street: a.street.clone(),
+            postal_code: a.postal_code.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ContactBody {
+    /// PRC landline with area code (010-12345678, 0755-1234567-88) or E.164.
     #[serde(default)]
     landline: Option<String>,
     #[serde(default)]
+    #[schema(format = Email)]
     email: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Share)]
 pub(crate) struct ShareBody {
+    #[schema(inline)]
     party: PartyBody,
+    #[schema(value_type = Vec<FieldClass>, min_items = 1)]
     fields: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PartyBody {
+    #[schema(value_type = PartyKind)]
     kind: String,
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     id: String,
 }
 
-#[derive(Deserialize)]
+/// Who an order is shared with.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyKind {
+    Logistics,
+    Merchant,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Cancel)]
 pub(crate) struct CancelBody {
+    #[schema(value_type = CancelReason)]
     reason: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Erase)]
 pub(crate) struct EraseBody {
-    /// Only these field classes; absent = the whole order.
+    /// Only these classes; absent = the whole order.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<FieldClass>>, min_items = 1)]
     fields: Option<Vec<String>>,
 }
 
@@ -189,6 +253,34 @@ fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, Ap
         })
         .collect()
 }
+
+// Parameter descriptions several operations share.
+
+const IF_MATCH: &str =
+    "Expected order version (optimistic concurrency); 412 when the order has moved on.";
+
+macro_rules! command_idempotency {
+    () => {
+        "A retry with the same key and body returns the first answer and writes nothing; the \
+        same key with another body is refused (422 idempotency_key_reused). Keys are kept for \
+        --idempotency-ttl-hours (they also travel in the event's record). Any node answers a \
+        retry: a new order goes to the partition its key maps to, whose writer knows the key. \
+        After 503 outcome_unknown, retry with the same key to learn the outcome (409 \
+        idempotency_key_in_flight while it is still being settled)."
+    };
+}
+
+const COMMAND_IDEMPOTENCY: &str = command_idempotency!();
+
+const PLACE_IDEMPOTENCY: &str = concat!(
+    command_idempotency!(),
+    " If the order was erased since, a retry is refused with 409 idempotency_key_erased: the \
+    request's digest was keyed by the order's key, which the erasure destroyed, so nothing can \
+    tell whether it is the same request."
+);
+
+const HOLD_IDEMPOTENCY: &str =
+    "A retry with the same key and body returns the first answer and writes nothing.";
 
 /// `If-Match: 3` or `If-Match: "3"`.
 fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -345,11 +437,56 @@ fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
-    let mut body = json!({ "order_id": outcome.order_id, "version": outcome.version });
-    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
-        b.extend(e);
+/// A command's answer: the order and its version once the command's events
+/// are acknowledged by Kafka.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Written {
+    pub order_id: Uuid,
+    #[schema(minimum = 1)]
+    pub version: u64,
+}
+
+/// An erase request's answer: the order's version and the erasure's receipt.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Erased {
+    pub order_id: Uuid,
+    #[schema(minimum = 1)]
+    pub version: u64,
+    pub receipt: crate::erasure::Receipt,
+}
+
+/// A hold request's answer: the order's version and its hold (null once
+/// released).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Held {
+    pub order_id: Uuid,
+    #[schema(minimum = 1)]
+    pub version: u64,
+    #[schema(required)]
+    pub hold: Option<HoldState>,
+}
+
+/// A legal hold in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldState {
+    pub reason: String,
+    /// When the hold ends by itself; null: until released.
+    #[schema(required, format = DateTime)]
+    pub until: Option<String>,
+}
+
+impl HoldState {
+    pub fn of(hold: &Hold) -> Self {
+        Self {
+            reason: hold.reason.as_str().to_owned(),
+            until: hold.until_ms.map(crate::clock::rfc3339),
+        }
     }
+}
+
+/// `body` with `status`, the order's version as its ETag, and
+/// `Idempotent-Replayed` on a replayed answer.
+fn written(status: StatusCode, outcome: &Outcome, body: impl Serialize) -> Response {
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut().insert(
         "etag",
@@ -362,6 +499,13 @@ fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
     resp
 }
 
+fn written_body(outcome: &Outcome) -> Written {
+    Written {
+        order_id: outcome.order_id,
+        version: outcome.version,
+    }
+}
+
 /// The body of `POST /v1/orders`, parsed and validated: a new order, or a
 /// 400 naming the first problem. Never panics, whatever the bytes (a fuzz
 /// target drives it).
@@ -370,6 +514,29 @@ pub fn parse_place_order(bytes: &[u8]) -> Result<NewOrder, ApiError> {
     Ok(parsed.into_new_order()?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    operation_id = "placeOrder",
+    summary = "Place an order [checkout]",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+        description = PLACE_IDEMPOTENCY)),
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 201, description = "Written: the order's events are acknowledged by Kafka.",
+            body = Written, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Location" = String, description = "The order's URL."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -404,7 +571,7 @@ pub async fn place_order(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(order_id = %outcome.order_id, version = outcome.version, replayed = outcome.replayed, "Order placed.");
-    let mut resp = written(StatusCode::CREATED, &outcome, json!({}));
+    let mut resp = written(StatusCode::CREATED, &outcome, written_body(&outcome));
     resp.headers_mut().insert(
         "location",
         format!("/v1/orders/{}", outcome.order_id)
@@ -414,6 +581,34 @@ pub async fn place_order(
     Ok(resp)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/shares",
+    operation_id = "shareOrder",
+    summary = "Record that the order was shared with a party [checkout]",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = COMMAND_IDEMPOTENCY),
+    ),
+    request_body = ShareBody,
+    responses(
+        (status = 200, description = "Written: the order's events are acknowledged by Kafka.",
+            body = Written, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn share_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -457,9 +652,37 @@ pub async fn share_order(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(%order_id, %party, version = outcome.version, "Order shared.");
-    Ok(written(StatusCode::OK, &outcome, json!({})))
+    Ok(written(StatusCode::OK, &outcome, written_body(&outcome)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    operation_id = "cancelOrder",
+    summary = "Cancel the order [checkout]",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = COMMAND_IDEMPOTENCY),
+    ),
+    request_body = CancelBody,
+    responses(
+        (status = 200, description = "Written: the order's events are acknowledged by Kafka.",
+            body = Written, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -495,9 +718,37 @@ pub async fn cancel_order(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(%order_id, reason = reason.as_str(), version = outcome.version, "Order cancelled.");
-    Ok(written(StatusCode::OK, &outcome, json!({})))
+    Ok(written(StatusCode::OK, &outcome, written_body(&outcome)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/erase",
+    operation_id = "eraseOrder",
+    summary = "Erase the order's personal data by destroying its key [privacy]",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = "Retries of the same erasure answer its receipt as it stands (not 409 already_erased)."),
+    ),
+    request_body(content = Option<EraseBody>, description = "Absent or `{}`: the whole order."),
+    responses(
+        (status = 200, description = "Erasure receipt", body = Erased, headers(
+            ("ETag" = String, description = "The order's version, quoted."),
+            ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn erase_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -566,16 +817,26 @@ pub(super) async fn erase(
     Ok(written(
         StatusCode::OK,
         &outcome,
-        json!({ "receipt": receipt }),
+        Erased {
+            order_id: outcome.order_id,
+            version: outcome.version,
+            receipt,
+        },
     ))
 }
 
-/// The body of `POST /v1/orders/{id}/hold`.
-#[derive(Debug, Deserialize)]
+/// A legal hold. Its reason is public (stored in clear in the log), so text
+/// that looks like personal data is refused: an '@', or a run of digits
+/// (spaces and dashes inside joined) that is a PRC mobile, a landline with
+/// area code, an E.164 number or an ID number; dates and case numbers pass.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Hold)]
 pub struct HoldBody {
+    #[schema(min_length = 1, max_length = 200)]
     reason: String,
-    /// RFC 3339; none: until released.
+    /// When the hold ends by itself, in the future: an RFC 3339 time, or a
+    /// date (its start, UTC); absent: until released.
     #[serde(default)]
     until: Option<String>,
 }
@@ -583,6 +844,37 @@ pub struct HoldBody {
 /// `POST /v1/orders/{id}/hold`: puts the order under legal hold (or
 /// changes its hold). While the hold is in force, erasure is refused (409
 /// `legal_hold`) and retention passes the order by.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/hold",
+    operation_id = "holdOrder",
+    summary = "Put the order under legal hold, or change its hold [privacy]",
+    description = "While the hold is in force, erasure of the order (by request, by subject or by \
+        retention) is refused with 409 legal_hold naming the hold; retention passes the order by \
+        until the hold is released or ends. 409 order_erased on an erased order.",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = HOLD_IDEMPOTENCY),
+    ),
+    request_body = HoldBody,
+    responses(
+        (status = 200, description = "Written: the hold's event is acknowledged by Kafka.",
+            body = Held, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn hold_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -632,11 +924,43 @@ pub async fn hold_order(
     Ok(written(
         StatusCode::OK,
         &outcome,
-        json!({ "hold": hold_json(&hold) }),
+        Held {
+            order_id: outcome.order_id,
+            version: outcome.version,
+            hold: Some(HoldState::of(&hold)),
+        },
     ))
 }
 
 /// `DELETE /v1/orders/{id}/hold`: ends the order's legal hold.
+#[utoipa::path(
+    delete,
+    path = "/v1/orders/{id}/hold",
+    operation_id = "releaseHold",
+    summary = "Release the order's legal hold [privacy]",
+    description = "409 not_held when the order is under no hold in force. Takes no body.",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = HOLD_IDEMPOTENCY),
+    ),
+    responses(
+        (status = 200, description = "Written: the hold's event is acknowledged by Kafka.",
+            body = Held, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn release_hold(
     State(state): State<AppState>,
     caller: Caller,
@@ -671,19 +995,43 @@ pub async fn release_hold(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(%order_id, token_name = caller.token_name(), version = outcome.version, "Legal hold released.");
-    Ok(written(StatusCode::OK, &outcome, json!({ "hold": null })))
+    Ok(written(
+        StatusCode::OK,
+        &outcome,
+        Held {
+            order_id: outcome.order_id,
+            version: outcome.version,
+            hold: None,
+        },
+    ))
 }
 
-/// A hold as the API shows it.
-pub fn hold_json(hold: &Hold) -> Value {
-    json!({
-        "reason": hold.reason.as_str(),
-        "until": hold.until_ms.map(crate::clock::rfc3339),
-    })
+/// The answer of `GET /v1/orders/{id}/erasure`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureStatus {
+    pub receipt: crate::erasure::Receipt,
 }
 
 /// `GET /v1/orders/{id}/erasure`: the order's latest erasure as it stands
 /// now on every live node, so completion can be confirmed after the receipt.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/erasure",
+    operation_id = "erasureStatus",
+    summary = "Where an erasure stands on every live node [privacy, auditor]",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The order's latest erasure as it stands now on every live \
+            node (404 not_erased when it was never erased; 503 view_lagging when this node has not \
+            read it yet)", body = ErasureStatus),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn erasure_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -696,7 +1044,7 @@ pub async fn erasure_status(
     }
     let receipt = crate::erasure::receipt::current(&state.service, &state.topic, order_id)
         .map_err(receipt_error)?;
-    Ok(Json(json!({ "receipt": receipt })).into_response())
+    Ok(Json(ErasureStatus { receipt }).into_response())
 }
 
 fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {
@@ -730,16 +1078,38 @@ fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {
 }
 
 /// The query of `GET /v1/orders/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GetOrderParams {
-    /// An auditor opens the personal fields only by asking, and the reveal
-    /// is logged with the token's name (as `orderlog history --reveal
-    /// --actor` does on the command line). Checkout reads them without it.
+    // An auditor opens the personal fields only by asking, and the reveal
+    // is logged with the token's name (as `orderlog history --reveal
+    // --actor` does on the command line). Checkout reads them without it.
+    /// Auditors only: answer the personal fields (otherwise `personal` is
+    /// null for an auditor). Each reveal is logged with the token's name,
+    /// never the data. Checkout always gets them.
     #[serde(default)]
+    #[param(default = false)]
     reveal: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    operation_id = "getOrder",
+    summary = "Read an order [checkout, auditor]",
+    params(("id" = Uuid, Path), GetOrderParams),
+    responses(
+        (status = 200, description = "The order", body = OrderBody, headers(
+            ("ETag" = String, description = "The order's version, quoted."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -772,7 +1142,15 @@ pub async fn get_order(
     } else if !view.personal.is_empty() {
         tracing::info!(%order_id, role = %caller.0, "Personal fields read.");
     }
-    let mut resp = Json(order_json(&view)).into_response();
+    // A stored order always begins with its placing.
+    let body = OrderBody::of(&view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "order does not exist",
+        )
+    })?;
+    let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
         "etag",
         format!("\"{}\"", view.record.state.version)
@@ -795,59 +1173,164 @@ fn readable_classes(p: &PersonalFields) -> Vec<&'static str> {
     .collect()
 }
 
-/// The JSON form of an order. Personal fields appear only while readable.
-pub fn order_json(view: &OrderView) -> Value {
-    let Some(o) = &view.record.state.order else {
-        return json!({ "order_id": view.order_id });
-    };
-    let p = &view.personal;
-    let personal = (!p.is_empty()).then(|| {
-        json!({
-            "consignee": p.shipping.as_ref().map(|s| {
+/// An order as `GET /v1/orders/{id}` answers it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order)]
+pub struct OrderBody {
+    pub order_id: Uuid,
+    pub version: u64,
+    pub status: Status,
+    pub order_number: String,
+    pub merchant_id: String,
+    pub items: Vec<OrderItem>,
+    /// Minor units.
+    pub amount: u64,
+    pub currency: String,
+    #[schema(format = DateTime)]
+    pub placed_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    #[schema(required)]
+    pub cancel_reason: Option<CancelReason>,
+    pub shares: Vec<ShareState>,
+    pub erased_fields: Vec<FieldClass>,
+    /// The legal hold in force, if any.
+    #[schema(required)]
+    pub hold: Option<HoldState>,
+    /// Present only while the order's key lives; for an auditor only with
+    /// ?reveal=true.
+    #[schema(required)]
+    pub personal: Option<Personal>,
+}
+
+/// One line of an order as answers show it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderItem {
+    pub sku: String,
+    pub name: String,
+    #[schema(minimum = 1)]
+    pub quantity: u32,
+    /// Minor units (fen).
+    pub unit_price: u64,
+    pub real_name: bool,
+}
+
+impl OrderItem {
+    fn of(i: &Item) -> Self {
+        Self {
+            sku: i.sku.as_str().to_owned(),
+            name: i.name.clone(),
+            quantity: i.quantity,
+            unit_price: i.unit_price,
+            real_name: i.real_name,
+        }
+    }
+}
+
+/// A party the order was shared with and the field classes it received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShareState {
+    pub party: PartyState,
+    pub fields: Vec<FieldClass>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartyState {
+    pub kind: PartyKind,
+    pub id: String,
+}
+
+/// The personal fields of the classes readable here.
+#[derive(Serialize, ToSchema)]
+pub struct Personal {
+    /// Null unless the shipping class is readable here.
+    #[schema(required)]
+    pub consignee: Option<Consignee>,
+    /// Null unless the contact class is readable here.
+    #[schema(required)]
+    pub contact: Option<Contact>,
+    /// Null unless the identity class is readable here.
+    #[schema(required)]
+    pub id_number: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Consignee {
+    pub name: String,
+    pub address: AddressBody,
+    pub mobile: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Contact {
+    #[schema(required)]
+    pub landline: Option<String>,
+    #[schema(required)]
+    pub email: Option<String>,
+}
+
+// The answer's personal fields, in plain text for the moment of answering.
+crate::redacted_debug!(AddressBody, Personal, Consignee, Contact);
+
+impl Contact {
+    pub(crate) fn of(c: &ContactInfo) -> Self {
+        Self {
+            landline: c.landline.as_ref().map(|l| l.as_str().to_owned()),
+            email: c.email.as_ref().map(|e| e.as_str().to_owned()),
+        }
+    }
+}
+
+impl OrderBody {
+    /// The order `view` shows, with its personal fields while readable;
+    /// none for a view with no placed order.
+    pub fn of(view: &OrderView) -> Option<Self> {
+        let o = view.record.state.order.as_ref()?;
+        let p = &view.personal;
+        let personal = (!p.is_empty()).then(|| Personal {
+            consignee: p.shipping.as_ref().map(|s| {
                 let s = s.expose();
-                json!({
-                    "name": s.name.as_str(),
-                    "address": {
-                        "province": s.address.province, "city": s.address.city, "district": s.address.district,
-                        "street": s.address.street, "postal_code": s.address.postal_code,
+                Consignee {
+                    name: s.name.as_str().to_owned(),
+                    address: AddressBody::of(&s.address),
+                    mobile: s.mobile.as_str().to_owned(),
+                }
+            }),
+            contact: p.contact.as_ref().map(|c| Contact::of(c.expose())),
+            id_number: p.identity.as_ref().map(|i| i.expose().as_str().to_owned()),
+        });
+        Some(Self {
+            order_id: view.order_id,
+            version: view.record.state.version,
+            status: o.status(),
+            order_number: o.order_number.as_str().to_owned(),
+            merchant_id: o.merchant_id.as_str().to_owned(),
+            items: o.items.iter().map(OrderItem::of).collect(),
+            amount: o.amount.minor,
+            currency: o.amount.currency.as_str().to_owned(),
+            placed_at: crate::clock::rfc3339(view.record.placed_at_ms),
+            updated_at: crate::clock::rfc3339(view.record.updated_at_ms),
+            cancel_reason: o.cancelled,
+            shares: o
+                .shares
+                .iter()
+                .map(|(party, classes)| ShareState {
+                    party: match party {
+                        Party::Logistics(p) => PartyState {
+                            kind: PartyKind::Logistics,
+                            id: p.as_str().to_owned(),
+                        },
+                        Party::Merchant(m) => PartyState {
+                            kind: PartyKind::Merchant,
+                            id: m.as_str().to_owned(),
+                        },
                     },
-                    "mobile": s.mobile.as_str(),
+                    fields: classes.iter().copied().collect(),
                 })
-            }),
-            "contact": p.contact.as_ref().map(|c| {
-                let c = c.expose();
-                json!({
-                    "landline": c.landline.as_ref().map(|l| l.as_str()),
-                    "email": c.email.as_ref().map(|e| e.as_str()),
-                })
-            }),
-            "id_number": p.identity.as_ref().map(|i| i.expose().as_str()),
+                .collect(),
+            erased_fields: o.erased.iter().copied().collect(),
+            hold: o.hold_at(crate::clock::now_ms()).map(HoldState::of),
+            personal,
         })
-    });
-    json!({
-        "order_id": view.order_id,
-        "version": view.record.state.version,
-        "status": o.status().as_str(),
-        "order_number": o.order_number.as_str(),
-        "merchant_id": o.merchant_id.as_str(),
-        "items": o.items.iter().map(|i| json!({
-            "sku": i.sku.as_str(), "name": i.name, "quantity": i.quantity,
-            "unit_price": i.unit_price, "real_name": i.real_name,
-        })).collect::<Vec<_>>(),
-        "amount": o.amount.minor,
-        "currency": o.amount.currency.as_str(),
-        "placed_at": crate::clock::rfc3339(view.record.placed_at_ms),
-        "updated_at": crate::clock::rfc3339(view.record.updated_at_ms),
-        "cancel_reason": o.cancelled.map(|r| r.as_str()),
-        "shares": o.shares.iter().map(|(party, classes)| json!({
-            "party": match party {
-                Party::Logistics(p) => json!({"kind": "logistics", "id": p.as_str()}),
-                Party::Merchant(m) => json!({"kind": "merchant", "id": m.as_str()}),
-            },
-            "fields": classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "erased_fields": o.erased.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "hold": o.hold_at(crate::clock::now_ms()).map(hold_json),
-        "personal": personal,
-    })
+    }
 }
