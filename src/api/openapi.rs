@@ -48,8 +48,9 @@ const API_VERSION: &str = "1.0.0";
         ops::readyz,
         ops::metrics,
     ),
-    components(responses(ErrorBody)),
-    modifiers(&Bearer),
+    // `Error` is referred to by the `Error` response only, which names it.
+    components(schemas(ErrorBody), responses(ErrorBody)),
+    modifiers(&Bearer, &OptionalEraseBody),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -65,6 +66,29 @@ impl Modify for Bearer {
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+    }
+}
+
+/// The body of `POST /v1/orders/{id}/erase` may be left out (the whole
+/// order), but not be `null`: utoipa spells an optional body only as an
+/// `Option`, which 3.1 also makes nullable, so the body is declared required
+/// in the handler's attribute and made optional here.
+struct OptionalEraseBody;
+
+impl Modify for OptionalEraseBody {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let body = doc
+            .paths
+            .paths
+            .get_mut("/v1/orders/{id}/erase")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        match body {
+            Some(utoipa::openapi::RefOr::T(body)) => {
+                body.required = Some(utoipa::openapi::Required::False)
+            }
+            _ => panic!("POST /v1/orders/{{id}}/erase is documented with an inline body"),
+        }
     }
 }
 

@@ -39,11 +39,12 @@ pub struct Readiness {
     pub status: ReadyStatus,
     /// Why not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reason: Option<&'static str>,
     /// Partition -> records the projector has not read (absent where this
     /// node runs no projector).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<BTreeMap<String, i64>>)]
+    #[schema(value_type = Option<BTreeMap<String, i64>>, nullable = false)]
     pub lag: Option<BTreeMap<i32, i64>>,
     /// This node's membership: partitions it writes, positions, heartbeat.
     #[schema(value_type = Object)]

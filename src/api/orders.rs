@@ -732,7 +732,7 @@ pub async fn cancel_order(
         ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
             description = "Retries of the same erasure answer its receipt as it stands (not 409 already_erased)."),
     ),
-    request_body(content = Option<EraseBody>, description = "Absent or `{}`: the whole order."),
+    request_body(content = EraseBody, description = "Absent or `{}`: the whole order."),
     responses(
         (status = 200, description = "Erasure receipt", body = Erased, headers(
             ("ETag" = String, description = "The order's version, quoted."),

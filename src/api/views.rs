@@ -312,58 +312,82 @@ impl From<ChangeKind> for Change {
     }
 }
 
-/// A page of a party's change feed.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Feed<O> {
-    pub changes: Vec<FeedChange<O>>,
-    /// Where the next page starts: pass it as `after`.
-    pub next_cursor: String,
+/// A feed's page and change types for one kind of view order, with the
+/// page's reading: concrete types (not generic ones) so that the OpenAPI
+/// document names each and keeps `order` nullable.
+macro_rules! feed_types {
+    ($(#[$doc:meta])* $feed:ident, $change:ident, $order:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $feed {
+            pub changes: Vec<$change>,
+            /// Where the next page starts: pass it as `after`.
+            pub next_cursor: String,
+        }
+
+        /// One change of an order, with the order as the party reads it now.
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $change {
+            /// partition-offset of the event.
+            pub position: String,
+            pub order_id: Uuid,
+            pub change: Change,
+            /// The classes the change is about (shared or erased); empty
+            /// otherwise.
+            pub fields: Vec<FieldClass>,
+            /// The order's version after the change.
+            pub version: u64,
+            #[schema(format = DateTime)]
+            pub at: String,
+            /// The order as the party reads it now; null if this node has no
+            /// row for it.
+            #[schema(required)]
+            pub order: Option<$order>,
+        }
+
+        impl $feed {
+            fn read(
+                state: &AppState,
+                items: Vec<FeedItem>,
+                next: Cursor,
+                render: impl Fn(&ProjectedOrder) -> Result<$order, ApiError>,
+            ) -> Result<Self, ApiError> {
+                let mut changes = Vec::with_capacity(items.len());
+                for it in items {
+                    let id = Uuid::from_bytes(it.entry.order_id);
+                    let order = query::order(&state.store, id).map_err(internal)?;
+                    changes.push($change {
+                        position: format!("{}-{}", it.partition, it.offset),
+                        order_id: id,
+                        change: it.entry.change.into(),
+                        fields: classes(&it.entry.classes),
+                        version: it.entry.version,
+                        at: rfc3339(it.entry.at_ms),
+                        order: order.as_ref().map(&render).transpose()?,
+                    });
+                }
+                Ok(Self {
+                    changes,
+                    next_cursor: next.to_string(),
+                })
+            }
+        }
+    };
 }
 
-/// One change of an order, with the order as the party reads it now.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FeedChange<O> {
-    /// partition-offset of the event.
-    pub position: String,
-    pub order_id: Uuid,
-    pub change: Change,
-    /// The classes the change is about (shared or erased); empty otherwise.
-    pub fields: Vec<FieldClass>,
-    /// The order's version after the change.
-    pub version: u64,
-    #[schema(format = DateTime)]
-    pub at: String,
-    /// The order as the party reads it now; null if this node has no row
-    /// for it.
-    #[schema(required)]
-    pub order: Option<O>,
-}
+feed_types!(
+    /// A page of a logistics provider's change feed.
+    ShippingFeed,
+    ShippingChange,
+    ShippingOrder
+);
 
-fn feed<O>(
-    state: &AppState,
-    items: Vec<FeedItem>,
-    next: Cursor,
-    render: impl Fn(&ProjectedOrder) -> Result<O, ApiError>,
-) -> Result<Feed<O>, ApiError> {
-    let mut changes = Vec::with_capacity(items.len());
-    for it in items {
-        let id = Uuid::from_bytes(it.entry.order_id);
-        let order = query::order(&state.store, id).map_err(internal)?;
-        changes.push(FeedChange {
-            position: format!("{}-{}", it.partition, it.offset),
-            order_id: id,
-            change: it.entry.change.into(),
-            fields: classes(&it.entry.classes),
-            version: it.entry.version,
-            at: rfc3339(it.entry.at_ms),
-            order: order.as_ref().map(&render).transpose()?,
-        });
-    }
-    Ok(Feed {
-        changes,
-        next_cursor: next.to_string(),
-    })
-}
+feed_types!(
+    /// A page of a merchant's change feed.
+    MerchantFeed,
+    MerchantChange,
+    MerchantOrder
+);
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "View read failed.");
@@ -494,7 +518,7 @@ async fn read_feed(
         FeedParams,
     ),
     responses(
-        (status = 200, description = "A page of changes", body = Feed<ShippingOrder>),
+        (status = 200, description = "A page of changes", body = ShippingFeed),
         (status = 400, response = ErrorBody),
         (status = 401, response = ErrorBody),
         (status = 403, response = ErrorBody),
@@ -508,10 +532,10 @@ pub async fn shipping_feed(
     caller: Caller,
     Path(provider): Path<String>,
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Feed<ShippingOrder>>, ApiError> {
+) -> Result<Json<ShippingFeed>, ApiError> {
     let party = provider_role(&caller, &provider)?;
     let (items, next) = read_feed(&state, CF_SHIPPING_FEED, &provider, q).await?;
-    Ok(Json(feed(&state, items, next, |o| {
+    Ok(Json(ShippingFeed::read(&state, items, next, |o| {
         shipping_view(&state, o, &party)
     })?))
 }
@@ -566,7 +590,7 @@ pub async fn shipping_order(
         FeedParams,
     ),
     responses(
-        (status = 200, description = "A page of changes", body = Feed<MerchantOrder>),
+        (status = 200, description = "A page of changes", body = MerchantFeed),
         (status = 400, response = ErrorBody),
         (status = 401, response = ErrorBody),
         (status = 403, response = ErrorBody),
@@ -580,10 +604,10 @@ pub async fn merchant_feed(
     caller: Caller,
     Path(merchant): Path<String>,
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Feed<MerchantOrder>>, ApiError> {
+) -> Result<Json<MerchantFeed>, ApiError> {
     merchant_role(&caller, &merchant)?;
     let (items, next) = read_feed(&state, CF_MERCHANT_FEED, &merchant, q).await?;
-    Ok(Json(feed(&state, items, next, |o| {
+    Ok(Json(MerchantFeed::read(&state, items, next, |o| {
         merchant_view(&state, o)
     })?))
 }
