@@ -176,7 +176,7 @@ pub enum SubjectErasureOrder {
         /// The order's erasure receipt, as POST /v1/orders/{id}/erase
         /// answers it under receipt.
         #[schema(required)]
-        receipt: Option<Receipt>,
+        receipt: Option<Box<Receipt>>,
     },
     Refused {
         order_id: Uuid,
@@ -543,7 +543,7 @@ pub async fn erase(
         if status.is_success() {
             let receipt = body
                 .and_then(|b| serde_json::from_slice::<Erased>(&b).ok())
-                .map(|e| e.receipt);
+                .map(|e| Box::new(e.receipt));
             erased += 1;
             complete &= receipt.as_ref().is_some_and(|r| r.complete);
             results.push(SubjectErasureOrder::Erased { order_id, receipt });
