@@ -135,7 +135,8 @@ pub struct ViewConsignee {
     pub mobile_masked: String,
 }
 
-crate::redacted_debug!(ViewConsignee);
+// They hold personal fields in plain text for the moment of answering.
+crate::redacted_debug!(ViewConsignee, ShippingOrder, MerchantOrder);
 
 /// The personal fields a view party may read, each null unless its class
 /// is shared with the party, not erased, and readable here.
@@ -166,7 +167,7 @@ impl ViewPersonal {
 
 /// An order as a logistics provider reads it: only the field classes shared
 /// with the provider and not erased; no prices.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct ShippingOrder {
     pub order_id: Uuid,
     pub order_number: String,
@@ -190,7 +191,7 @@ pub struct ShippingOrder {
 
 /// An order as its merchant reads it: items, amount and status, and the
 /// field classes shared with the merchant and not erased.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct MerchantOrder {
     pub order_id: Uuid,
     pub order_number: String,
