@@ -1,4 +1,16 @@
-//! The command API: place, share, cancel, erase, and read one order.
+//! The command API: place, share, cancel, erase, and read one order. The
+//! request bodies are in [`bodies`], the answers in [`answers`]; here the
+//! handlers and their `#[utoipa::path]`.
+
+mod answers;
+mod bodies;
+
+pub use answers::{
+    Consignee, Contact, Erased, ErasureStatus, Held, HoldState, OrderBody, OrderItem, PartyState,
+    Personal, ShareState, Written,
+};
+pub use bodies::{AddressBody, HoldBody, PartyKind};
+pub(crate) use bodies::{CancelBody, EraseBody, PlaceOrderBody, ShareBody};
 
 use std::collections::BTreeSet;
 
@@ -10,236 +22,19 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, parse_body};
-use crate::domain::validation::{
-    Address, ConsigneeName, Currency, Email, HoldReason, IdNumber, Item, Landline, MerchantId,
-    Mobile, OrderNumber, ProviderId, ValidationError,
-};
+use crate::domain::validation::{HoldReason, MerchantId, ProviderId};
 use crate::domain::{
-    CancelReason, Command, ContactInfo, ErasureScope, FieldClass, Hold, NewOrder, Party,
-    PersonalData, PersonalFields, ShippingInfo, Status,
+    CancelReason, Command, ErasureScope, FieldClass, Hold, NewOrder, Party, PersonalFields,
 };
-use crate::service::{Idempotency, OrderView, Outcome, ServiceError};
+use crate::service::{Idempotency, Outcome, ServiceError};
 
-// Request bodies. They hold personal data as plain strings for the moment of
-// parsing only, so they derive no Debug. Their `#[schema]` attributes
-// describe, for the OpenAPI document, the rules the domain's parsing applies;
-// that parsing, not serde, is what refuses a value, naming the field.
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = PlaceOrder)]
-pub(crate) struct PlaceOrderBody {
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    order_number: String,
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    merchant_id: String,
-    #[schema(min_items = 1, max_items = 200)]
-    items: Vec<ItemBody>,
-    #[schema(pattern = "^[A-Z]{3}$")]
-    currency: String,
-    /// Sum of quantity x unit_price, minor units.
-    #[schema(minimum = 0)]
-    amount: i64,
-    #[schema(inline)]
-    consignee: ConsigneeBody,
-    #[serde(default)]
-    #[schema(inline)]
-    contact: Option<ContactBody>,
-    /// 18-character PRC resident ID with a real birth date and a valid ISO
-    /// 7064 MOD 11-2 check character; required exactly when an item is
-    /// real_name.
-    #[serde(default)]
-    #[schema(pattern = "^[0-9]{17}[0-9Xx]$")]
-    id_number: Option<String>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = Item)]
-struct ItemBody {
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    sku: String,
-    #[schema(min_length = 1, max_length = 200)]
-    name: String,
-    #[schema(minimum = 1, maximum = 100000)]
-    quantity: i64,
-    /// Minor units (fen).
-    #[schema(minimum = 0)]
-    unit_price: i64,
-    #[serde(default)]
-    #[schema(default = false)]
-    real_name: bool,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ConsigneeBody {
-    #[schema(min_length = 1, max_length = 64)]
-    name: String,
-    address: AddressBody,
-    /// PRC 11-digit mobile or E.164.
-    #[schema(pattern = r"^(1[3-9][0-9]{9}|\+[1-9][0-9]{7,14})$")]
-    mobile: String,
-}
-
-/// A delivery address. Also how an answer shows it.
-#[derive(Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = Address)]
-pub struct AddressBody {
-    #[schema(min_length = 1, max_length = 64)]
-    province: String,
-    #[schema(min_length = 1, max_length = 64)]
-    city: String,
-    #[schema(min_length = 1, max_length = 64)]
-    district: String,
-    #[schema(min_length = 1, max_length = 200)]
-    street: String,
-    #[schema(pattern = "^[0-9]{6}$")]
-    postal_code: String,
-}
-
-impl AddressBody {
-    pub(crate) fn of(a: &Address) -> Self {
-        Self {
-            province: a.province.clone(),
-            city: a.city.clone(),
-            district: a.district.clone(),
-            street: a.street.clone(),
-            postal_code: a.postal_code.clone(),
-        }
-    }
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ContactBody {
-    /// PRC landline with area code (010-12345678, 0755-1234567-88) or E.164.
-    #[serde(default)]
-    landline: Option<String>,
-    #[serde(default)]
-    #[schema(format = Email)]
-    email: Option<String>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = Share)]
-pub(crate) struct ShareBody {
-    #[schema(inline)]
-    party: PartyBody,
-    #[schema(value_type = Vec<FieldClass>, min_items = 1)]
-    fields: Vec<String>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PartyBody {
-    #[schema(value_type = PartyKind)]
-    kind: String,
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    id: String,
-}
-
-/// Who an order is shared with.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PartyKind {
-    Logistics,
-    Merchant,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = Cancel)]
-pub(crate) struct CancelBody {
-    #[schema(value_type = CancelReason)]
-    reason: String,
-}
-
-#[derive(Deserialize, Default, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = Erase)]
-pub(crate) struct EraseBody {
-    /// Only these classes; absent = the whole order.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<FieldClass>>, min_items = 1)]
-    fields: Option<Vec<String>>,
-}
-
-impl PlaceOrderBody {
-    pub fn into_new_order(self) -> Result<NewOrder, ValidationError> {
-        let items = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(n, i)| {
-                Item::parse(
-                    &format!("items[{n}]"),
-                    &i.sku,
-                    &i.name,
-                    i.quantity,
-                    i.unit_price,
-                    i.real_name,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let a = &self.consignee.address;
-        let shipping = ShippingInfo {
-            name: ConsigneeName::parse("consignee.name", &self.consignee.name)?,
-            address: Address::parse(
-                "consignee.address",
-                &a.province,
-                &a.city,
-                &a.district,
-                &a.street,
-                &a.postal_code,
-            )?,
-            mobile: Mobile::parse("consignee.mobile", &self.consignee.mobile)?,
-        };
-        let contact = match &self.contact {
-            Some(c) => ContactInfo {
-                landline: c
-                    .landline
-                    .as_deref()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| Landline::parse("contact.landline", s))
-                    .transpose()?,
-                email: c
-                    .email
-                    .as_deref()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| Email::parse("contact.email", s))
-                    .transpose()?,
-            },
-            None => ContactInfo::default(),
-        };
-        let identity = self
-            .id_number
-            .as_deref()
-            .map(|s| IdNumber::parse("id_number", s))
-            .transpose()?;
-        NewOrder::new(
-            OrderNumber::parse("order_number", &self.order_number)?,
-            MerchantId::parse("merchant_id", &self.merchant_id)?,
-            items,
-            Currency::parse("currency", &self.currency)?,
-            self.amount,
-            PersonalData {
-                shipping,
-                contact,
-                identity,
-            },
-        )
-    }
-}
-
+/// The field classes named in `raw`, or a 422 naming the one at fault.
 fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, ApiError> {
     raw.iter()
         .enumerate()
@@ -435,53 +230,6 @@ fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
         ApiError::bad_request("invalid_order_id", "order id must be a UUID").field("id")
     })
-}
-
-/// A command's answer: the order and its version once the command's events
-/// are acknowledged by Kafka.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Written {
-    pub order_id: Uuid,
-    #[schema(minimum = 1)]
-    pub version: u64,
-}
-
-/// An erase request's answer: the order's version and the erasure's receipt.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Erased {
-    pub order_id: Uuid,
-    #[schema(minimum = 1)]
-    pub version: u64,
-    pub receipt: crate::erasure::Receipt,
-}
-
-/// A hold request's answer: the order's version and its hold (null once
-/// released).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Held {
-    pub order_id: Uuid,
-    #[schema(minimum = 1)]
-    pub version: u64,
-    #[schema(required)]
-    pub hold: Option<HoldState>,
-}
-
-/// A legal hold in force.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HoldState {
-    pub reason: String,
-    /// When the hold ends by itself; null: until released.
-    #[schema(required, format = DateTime)]
-    pub until: Option<String>,
-}
-
-impl HoldState {
-    pub fn of(hold: &Hold) -> Self {
-        Self {
-            reason: hold.reason.as_str().to_owned(),
-            until: hold.until_ms.map(crate::clock::rfc3339),
-        }
-    }
 }
 
 /// `body` with `status`, the order's version as its ETag, and
@@ -825,22 +573,6 @@ pub(super) async fn erase(
     ))
 }
 
-/// A legal hold. Its reason is public (stored in clear in the log), so text
-/// that looks like personal data is refused: an '@', or a run of digits
-/// (spaces and dashes inside joined) that is a PRC mobile, a landline with
-/// area code, an E.164 number or an ID number; dates and case numbers pass.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = Hold)]
-pub struct HoldBody {
-    #[schema(min_length = 1, max_length = 200)]
-    reason: String,
-    /// When the hold ends by itself, in the future: an RFC 3339 time, or a
-    /// date (its start, UTC); absent: until released.
-    #[serde(default)]
-    until: Option<String>,
-}
-
 /// `POST /v1/orders/{id}/hold`: puts the order under legal hold (or
 /// changes its hold). While the hold is in force, erasure is refused (409
 /// `legal_hold`) and retention passes the order by.
@@ -1006,12 +738,6 @@ pub async fn release_hold(
     ))
 }
 
-/// The answer of `GET /v1/orders/{id}/erasure`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErasureStatus {
-    pub receipt: crate::erasure::Receipt,
-}
-
 /// `GET /v1/orders/{id}/erasure`: the order's latest erasure as it stands
 /// now on every live node, so completion can be confirmed after the receipt.
 #[utoipa::path(
@@ -1171,166 +897,4 @@ fn readable_classes(p: &PersonalFields) -> Vec<&'static str> {
     .filter(|(_, open)| *open)
     .map(|(class, _)| class.as_str())
     .collect()
-}
-
-/// An order as `GET /v1/orders/{id}` answers it.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Order)]
-pub struct OrderBody {
-    pub order_id: Uuid,
-    pub version: u64,
-    pub status: Status,
-    pub order_number: String,
-    pub merchant_id: String,
-    pub items: Vec<OrderItem>,
-    /// Minor units.
-    pub amount: u64,
-    pub currency: String,
-    #[schema(format = DateTime)]
-    pub placed_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    #[schema(required)]
-    pub cancel_reason: Option<CancelReason>,
-    pub shares: Vec<ShareState>,
-    pub erased_fields: Vec<FieldClass>,
-    /// The legal hold in force, if any.
-    #[schema(required)]
-    pub hold: Option<HoldState>,
-    /// Present only while the order's key lives; for an auditor only with
-    /// ?reveal=true.
-    #[schema(required)]
-    pub personal: Option<Personal>,
-}
-
-/// One line of an order as answers show it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OrderItem {
-    pub sku: String,
-    pub name: String,
-    #[schema(minimum = 1)]
-    pub quantity: u32,
-    /// Minor units (fen).
-    pub unit_price: u64,
-    pub real_name: bool,
-}
-
-impl OrderItem {
-    fn of(i: &Item) -> Self {
-        Self {
-            sku: i.sku.as_str().to_owned(),
-            name: i.name.clone(),
-            quantity: i.quantity,
-            unit_price: i.unit_price,
-            real_name: i.real_name,
-        }
-    }
-}
-
-/// A party the order was shared with and the field classes it received.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ShareState {
-    pub party: PartyState,
-    pub fields: Vec<FieldClass>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PartyState {
-    pub kind: PartyKind,
-    pub id: String,
-}
-
-/// The personal fields of the classes readable here.
-#[derive(Serialize, ToSchema)]
-pub struct Personal {
-    /// Null unless the shipping class is readable here.
-    #[schema(required)]
-    pub consignee: Option<Consignee>,
-    /// Null unless the contact class is readable here.
-    #[schema(required)]
-    pub contact: Option<Contact>,
-    /// Null unless the identity class is readable here.
-    #[schema(required)]
-    pub id_number: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Consignee {
-    pub name: String,
-    pub address: AddressBody,
-    pub mobile: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Contact {
-    #[schema(required)]
-    pub landline: Option<String>,
-    #[schema(required)]
-    pub email: Option<String>,
-}
-
-// The answer's personal fields, in plain text for the moment of answering.
-crate::redacted_debug!(AddressBody, Personal, Consignee, Contact);
-
-impl Contact {
-    pub(crate) fn of(c: &ContactInfo) -> Self {
-        Self {
-            landline: c.landline.as_ref().map(|l| l.as_str().to_owned()),
-            email: c.email.as_ref().map(|e| e.as_str().to_owned()),
-        }
-    }
-}
-
-impl OrderBody {
-    /// The order `view` shows, with its personal fields while readable;
-    /// none for a view with no placed order.
-    pub fn of(view: &OrderView) -> Option<Self> {
-        let o = view.record.state.order.as_ref()?;
-        let p = &view.personal;
-        let personal = (!p.is_empty()).then(|| Personal {
-            consignee: p.shipping.as_ref().map(|s| {
-                let s = s.expose();
-                Consignee {
-                    name: s.name.as_str().to_owned(),
-                    address: AddressBody::of(&s.address),
-                    mobile: s.mobile.as_str().to_owned(),
-                }
-            }),
-            contact: p.contact.as_ref().map(|c| Contact::of(c.expose())),
-            id_number: p.identity.as_ref().map(|i| i.expose().as_str().to_owned()),
-        });
-        Some(Self {
-            order_id: view.order_id,
-            version: view.record.state.version,
-            status: o.status(),
-            order_number: o.order_number.as_str().to_owned(),
-            merchant_id: o.merchant_id.as_str().to_owned(),
-            items: o.items.iter().map(OrderItem::of).collect(),
-            amount: o.amount.minor,
-            currency: o.amount.currency.as_str().to_owned(),
-            placed_at: crate::clock::rfc3339(view.record.placed_at_ms),
-            updated_at: crate::clock::rfc3339(view.record.updated_at_ms),
-            cancel_reason: o.cancelled,
-            shares: o
-                .shares
-                .iter()
-                .map(|(party, classes)| ShareState {
-                    party: match party {
-                        Party::Logistics(p) => PartyState {
-                            kind: PartyKind::Logistics,
-                            id: p.as_str().to_owned(),
-                        },
-                        Party::Merchant(m) => PartyState {
-                            kind: PartyKind::Merchant,
-                            id: m.as_str().to_owned(),
-                        },
-                    },
-                    fields: classes.iter().copied().collect(),
-                })
-                .collect(),
-            erased_fields: o.erased.iter().copied().collect(),
-            hold: o.hold_at(crate::clock::now_ms()).map(HoldState::of),
-            personal,
-        })
-    }
 }
