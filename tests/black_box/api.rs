@@ -904,6 +904,23 @@ fn the_committed_openapi_document_is_the_generated_one() {
 }
 
 #[test]
+fn orderlog_openapi_prints_the_generated_document_and_nothing_else() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderlog"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == orderlog::api::openapi::document_json(),
+        "`orderlog openapi` printed something else than api::openapi::document_json()"
+    );
+}
+
+#[test]
 fn the_openapi_document_names_exactly_the_routes_served() {
     let doc: Value = serde_json::to_value(orderlog::api::openapi::document()).unwrap();
     let mut documented = BTreeSet::new();
