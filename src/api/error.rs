@@ -33,7 +33,7 @@ pub struct ErrorDetail {
     pub message: String,
     /// The request field, header or query parameter at fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "consignee.mobile")]
+    #[schema(example = "consignee.mobile", nullable = false)]
     pub field: Option<String>,
 }
 
