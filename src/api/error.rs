@@ -4,7 +4,8 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::domain::{DomainError, ValidationError};
 use crate::service::ServiceError;
@@ -17,18 +18,54 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+/// What went wrong, for a program (`code`) and for a person (`message`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    #[schema(example = "invalid_field")]
+    pub code: String,
+    pub message: String,
+    /// The request field, header or query parameter at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "consignee.mobile", nullable = false)]
+    pub field: Option<String>,
 }
+
+/// The one error response every operation refers to
+/// (`#/components/responses/Error`).
+impl<'s> utoipa::ToResponse<'s> for ErrorBody {
+    fn response() -> (
+        &'s str,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    ) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        (
+            "Error",
+            ResponseBuilder::new()
+                .description(ERROR_RESPONSE)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Error")))
+                        .build(),
+                )
+                .build()
+                .into(),
+        )
+    }
+}
+
+const ERROR_RESPONSE: &str = "An error: 400 malformed request, 401 no or unknown token, 403 wrong role, \
+404 unknown order or route, 409 conflicts with the order's state, 412 version mismatch, 413 body over \
+64 KiB, 422 invalid field, 503 retry: log_unavailable (nothing written), outcome_unknown (sent, not \
+confirmed within --produce-timeout-ms; retry with the same Idempotency-Key), partition_moving (the \
+order's partition is changing writer node; nothing written), shutting_down, view_lagging.";
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -60,11 +97,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                field: self.field.as_deref(),
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
             },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();

@@ -10,22 +10,82 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Caller, Role};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use crate::service::membership::ClusterStatus;
 use crate::telemetry;
 
+/// What `GET /healthz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(schema_with = ok_schema)]
+    pub status: &'static str,
+}
+
+fn ok_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["ok"]))
+        .build()
+}
+
+/// What `GET /readyz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    /// Why not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<&'static str>,
+    /// Partition -> records the projector has not read (absent where this
+    /// node runs no projector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BTreeMap<String, i64>>, nullable = false)]
+    pub lag: Option<BTreeMap<i32, i64>>,
+    /// This node's membership: partitions it writes, positions, heartbeat.
+    #[schema(value_type = Object)]
+    pub cluster: ClusterStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+    NotReady,
+}
+
 /// The process is up and serving HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    summary = "Liveness: the process is up",
+    security(()),
+    responses((status = 200, description = "up", body = Health))
+)]
 pub async fn healthz() -> Response {
-    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+    (StatusCode::OK, Json(Health { status: "ok" })).into_response()
 }
 
 /// Connected to Kafka and caught up with the log: the writers' stored state
 /// has caught up since the start, and the projector has read the end of
 /// every assigned partition within the last few seconds and has projected up
 /// to it.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    summary = "Readiness: connected to Kafka, the key vault and the projector caught up",
+    security(()),
+    responses(
+        (status = 200, description = "ready, with lag per partition", body = Readiness),
+        (status = 503, description = "not ready, with the reason and lag per partition", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let writers = state.service.ready();
     let cluster = state.service.cluster_status();
@@ -34,19 +94,25 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         "writers are catching up with the log"
     };
+    let answer = |status: StatusCode, reason: Option<&'static str>, lag| {
+        let ready = if status == StatusCode::OK {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::NotReady
+        };
+        let body = Readiness {
+            status: ready,
+            reason,
+            lag,
+            cluster,
+        };
+        (status, Json(body)).into_response()
+    };
     let Some(status) = &state.projector else {
         return if writers {
-            (
-                StatusCode::OK,
-                Json(json!({"status": "ready", "cluster": cluster})),
-            )
-                .into_response()
+            answer(StatusCode::OK, None, None)
         } else {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not_ready", "reason": not_writing, "cluster": cluster})),
-            )
-                .into_response()
+            answer(StatusCode::SERVICE_UNAVAILABLE, Some(not_writing), None)
         };
     };
     let lag = status.lag();
@@ -57,11 +123,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .tracker()
         .is_none_or(|t| t.keys.current(Duration::from_secs(5)));
     if writers && vault && status.ready(Duration::from_secs(5)) {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "lag": lag, "cluster": cluster})),
-        )
-            .into_response()
+        answer(StatusCode::OK, None, Some(lag))
     } else {
         let why = if !writers {
             not_writing
@@ -74,18 +136,78 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         } else {
             "cannot read the end of the log from Kafka"
         };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": why, "lag": lag, "cluster": cluster})),
-        )
-            .into_response()
+        answer(StatusCode::SERVICE_UNAVAILABLE, Some(why), Some(lag))
     }
+}
+
+/// What `GET /v1/cluster` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cluster {
+    /// The node that answered.
+    pub node_id: String,
+    pub topic: String,
+    pub members: Vec<ClusterMember>,
+    /// Partition -> the live node that writes it (null: none right now).
+    #[schema(value_type = BTreeMap<String, Option<String>>)]
+    pub partition_owners: BTreeMap<i32, Option<String>>,
+}
+
+/// A node this one knows of, live or not.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterMember {
+    pub node_id: String,
+    pub url: String,
+    pub this_node: bool,
+    pub live: bool,
+    #[schema(format = DateTime)]
+    pub last_heartbeat: String,
+    pub heartbeat_age_ms: u64,
+    /// The partitions it writes.
+    pub partitions: Vec<i32>,
+    pub vault: VaultPositions,
+    pub views: ViewPositions,
+}
+
+/// How far a node's key vault has applied and purged the key topic, per
+/// partition (partition -> next offset), and its lag behind the topic's end.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VaultPositions {
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub applied: BTreeMap<i32, i64>,
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub purged: BTreeMap<i32, i64>,
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub lag: BTreeMap<i32, i64>,
+}
+
+/// How far a node's views have projected and purged the event log, per
+/// partition (partition -> next offset), and their lag behind its end.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViewPositions {
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub projected: BTreeMap<i32, i64>,
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub purged: BTreeMap<i32, i64>,
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub lag: BTreeMap<i32, i64>,
 }
 
 /// `GET /v1/cluster`: every node this one knows of (live or not), which
 /// partitions each writes, and how far its vault and views have read and
 /// purged, with the lag behind the ends of the topics as this node last read
 /// them.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    operation_id = "cluster",
+    summary = "The cluster: members, partition owners, each node's positions and lag [auditor, privacy]",
+    responses(
+        (status = 200, description = "Members (live or not), partition owners, and per node its \
+            vault and view positions, purged positions, lag and last heartbeat", body = Cluster),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+    )
+)]
 pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(&[Role::Auditor, Role::Privacy])?;
     let tracker = state.service.tracker();
@@ -119,36 +241,45 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Re
             }
         }
         let pos = &m.positions;
-        members.push(json!({
-            "node_id": m.node_id,
-            "url": m.url,
-            "this_node": m.node_id == state.service.node_id(),
-            "live": k.live,
-            "last_heartbeat": crate::clock::rfc3339(m.heartbeat_ms),
-            "heartbeat_age_ms": k.age.as_millis() as u64,
-            "partitions": m.partitions,
-            "vault": {
-                "applied": pos.keys_applied,
-                "purged": pos.keys_purged,
-                "lag": lag(&key_ends, &pos.keys_applied),
+        members.push(ClusterMember {
+            node_id: m.node_id.clone(),
+            url: m.url.clone(),
+            this_node: m.node_id == state.service.node_id(),
+            live: k.live,
+            last_heartbeat: crate::clock::rfc3339(m.heartbeat_ms),
+            heartbeat_age_ms: k.age.as_millis() as u64,
+            partitions: m.partitions.clone(),
+            vault: VaultPositions {
+                applied: pos.keys_applied.clone(),
+                purged: pos.keys_purged.clone(),
+                lag: lag(&key_ends, &pos.keys_applied),
             },
-            "views": {
-                "projected": pos.views_projected,
-                "purged": pos.views_purged,
-                "lag": lag(&log_ends, &pos.views_projected),
+            views: ViewPositions {
+                projected: pos.views_projected.clone(),
+                purged: pos.views_purged.clone(),
+                lag: lag(&log_ends, &pos.views_projected),
             },
-        }));
+        });
     }
-    Ok(Json(json!({
-        "node_id": state.service.node_id(),
-        "topic": &*state.topic,
-        "members": members,
-        "partition_owners": owners,
-    }))
+    Ok(Json(Cluster {
+        node_id: state.service.node_id().to_owned(),
+        topic: state.topic.to_string(),
+        members,
+        partition_owners: owners,
+    })
     .into_response())
 }
 
 /// Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(telemetry::LIVE_KEYS).set(state.service.vault().live_count() as f64);
     (

@@ -17,30 +17,173 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::orders::{Erased, OrderBody};
 use super::{AppState, parse_body};
-use crate::domain::ErasureScope;
+use crate::domain::{ErasureScope, FieldClass, Status};
+use crate::erasure::Receipt;
 use crate::projections::subjects::{Identifier, Kind, SubjectIndex};
 
 fn internal(e: impl std::error::Error + Send + Sync + 'static) -> ApiError {
     crate::service::ServiceError::Internal(crate::error::Cause::of(e)).into()
 }
 
-/// The body of every subject request: one or more identifiers of the person.
-#[derive(Debug, Default, Deserialize)]
+/// One person, named by one or more identifiers. Spellings are normalized:
+/// spaces, dashes, dots and brackets in a mobile number are ignored, and
+/// +86, 0086 or 86 before an 11-digit PRC mobile is the same number without
+/// it; an email compares without regard to case; an ID number ignores
+/// spaces, and x is X. Identifiers travel in this body only, never in a
+/// URL, and are never logged.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Subject, min_properties = 1)]
 pub struct SubjectBody {
+    /// 11-digit PRC mobile (any country-code spelling) or E.164.
     #[serde(default)]
     mobile: Option<String>,
     #[serde(default)]
     email: Option<String>,
+    /// 18-character PRC resident ID (ISO 7064 MOD 11-2).
     #[serde(default)]
     id_number: Option<String>,
+}
+
+/// Which identifier of the person matched.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifierKind {
+    Mobile,
+    Email,
+    IdNumber,
+}
+
+impl From<Kind> for IdentifierKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Mobile => IdentifierKind::Mobile,
+            Kind::Email => IdentifierKind::Email,
+            Kind::IdNumber => IdentifierKind::IdNumber,
+        }
+    }
+}
+
+fn kinds(matched: &BTreeSet<Kind>) -> Vec<IdentifierKind> {
+    matched.iter().map(|k| (*k).into()).collect()
+}
+
+/// What `POST /v1/subjects/search` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectSearch {
+    /// Also in this node's log, with the caller's token name.
+    pub request_id: Uuid,
+    pub orders: Vec<SubjectOrder>,
+    /// Orders this node could not index yet because their key has not
+    /// reached it (normally 0).
+    pub orders_not_indexed_yet: u64,
+}
+
+/// One of the person's orders, as a search lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectOrder {
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub merchant_id: String,
+    pub status: Status,
+    #[schema(format = DateTime)]
+    pub placed_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// The identifiers that found it.
+    pub matched: Vec<IdentifierKind>,
+    pub erased_fields: Vec<FieldClass>,
+}
+
+/// What `POST /v1/subjects/export` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectExport {
+    pub request_id: Uuid,
+    #[schema(format = DateTime)]
+    pub generated_at: String,
+    /// The kinds of identifier the request named.
+    pub identifiers: Vec<IdentifierKind>,
+    pub orders: Vec<ExportedOrder>,
+    pub orders_not_indexed_yet: u64,
+}
+
+/// The order as `GET /v1/orders/{id}` answers it to checkout (personal
+/// fields opened while readable), with what matched, who received which
+/// fields when, and its erasure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportedOrder {
+    #[serde(flatten)]
+    pub order: OrderBody,
+    /// The identifiers that found it.
+    pub matched: Vec<IdentifierKind>,
+    pub share_history: Vec<ShareRecord>,
+    /// Null if never erased.
+    #[schema(required)]
+    pub erasure: Option<ErasureRecord>,
+}
+
+/// One share: the party, the field classes it received, when.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShareRecord {
+    /// `logistics:<id>` or `merchant:<id>`.
+    pub party: String,
+    pub fields: Vec<FieldClass>,
+    #[schema(format = DateTime)]
+    pub at: String,
+}
+
+/// The order's erasure: the classes erased, whether the whole order, when.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureRecord {
+    pub fields: Vec<FieldClass>,
+    pub whole_order: bool,
+    #[schema(format = DateTime)]
+    pub at: String,
+}
+
+/// What `POST /v1/subjects/erase` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectErasure {
+    pub request_id: Uuid,
+    pub erased: u64,
+    pub refused: u64,
+    /// Every order erased, every receipt complete (purged on every live
+    /// node), and no order left unindexed.
+    pub complete: bool,
+    pub orders: Vec<SubjectErasureOrder>,
+    /// Orders this node could not index because their key is missing from
+    /// its vault although its key follower is current (a lost key: verify
+    /// reports key_lost); complete is then false.
+    pub orders_not_indexed_yet: u64,
+}
+
+/// One order of a subject erasure: erased, with its receipt, or refused
+/// (say already erased meanwhile), with the status and error its erase
+/// request got.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SubjectErasureOrder {
+    Erased {
+        order_id: Uuid,
+        /// The order's erasure receipt, as POST /v1/orders/{id}/erase
+        /// answers it under receipt.
+        #[schema(required)]
+        receipt: Option<Box<Receipt>>,
+    },
+    Refused {
+        order_id: Uuid,
+        status: u16,
+        #[schema(required)]
+        error: Option<ErrorDetail>,
+    },
 }
 
 impl SubjectBody {
@@ -71,6 +214,22 @@ pub fn parse_subject(bytes: &[u8]) -> Result<Vec<Identifier>, ApiError> {
     parse_body::<SubjectBody>(bytes)?.identifiers()
 }
 
+macro_rules! waits {
+    () => {
+        "Waits until this node's views cover the log as it was when the request came in, so \
+        every order placed before it is found; 503 index_lagging if they do not within the \
+        command timeout."
+    };
+}
+
+const WAITS: &str = waits!();
+
+const ERASE_WAITS: &str = concat!(
+    waits!(),
+    " 503 index_incomplete when some order's key has not reached this node yet (its owner \
+    cannot be told): retry."
+);
+
 /// One subject request as it came in.
 struct Request {
     id: Uuid,
@@ -79,9 +238,8 @@ struct Request {
 }
 
 impl Request {
-    fn kinds(&self) -> Vec<&'static str> {
-        let kinds: BTreeSet<Kind> = self.ids.iter().map(Identifier::kind).collect();
-        kinds.into_iter().map(Kind::as_str).collect()
+    fn kinds(&self) -> Vec<IdentifierKind> {
+        kinds(&self.ids.iter().map(Identifier::kind).collect())
     }
 }
 
@@ -153,18 +311,17 @@ async fn index_current(state: &AppState, index: &Arc<SubjectIndex>) -> Result<u6
 }
 
 /// What one order is, as a search lists it.
-fn listed(view: &crate::service::OrderView, matched: &BTreeSet<Kind>) -> Value {
-    let full = super::orders::order_json(view);
-    json!({
-        "order_id": view.order_id,
-        "order_number": full["order_number"],
-        "merchant_id": full["merchant_id"],
-        "status": full["status"],
-        "placed_at": full["placed_at"],
-        "updated_at": full["updated_at"],
-        "matched": matched.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-        "erased_fields": full["erased_fields"],
-    })
+fn listed(full: OrderBody, matched: &BTreeSet<Kind>) -> SubjectOrder {
+    SubjectOrder {
+        order_id: full.order_id,
+        order_number: full.order_number,
+        merchant_id: full.merchant_id,
+        status: full.status,
+        placed_at: full.placed_at,
+        updated_at: full.updated_at,
+        matched: kinds(matched),
+        erased_fields: full.erased_fields,
+    }
 }
 
 async fn found(
@@ -182,6 +339,24 @@ async fn found(
 }
 
 /// `POST /v1/subjects/search`: the person's orders with their status.
+#[utoipa::path(
+    post,
+    path = "/v1/subjects/search",
+    operation_id = "subjectSearch",
+    summary = "Find a person's orders [privacy]",
+    description = WAITS,
+    request_body = SubjectBody,
+    responses(
+        (status = 200, description = "The person's orders (with a class not erased that holds the identifier), with their status.", body = SubjectSearch),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
@@ -191,22 +366,45 @@ pub async fn search(
     let (orders, waiting) = found(&state, &request).await?;
     let mut listed_orders = Vec::new();
     for (order_id, matched) in &orders {
-        if let Some(view) = state.service.get(*order_id)? {
-            listed_orders.push(listed(&view, matched));
+        if let Some(full) = state
+            .service
+            .get(*order_id)?
+            .as_ref()
+            .and_then(OrderBody::of)
+        {
+            listed_orders.push(listed(full, matched));
         }
     }
     tracing::info!(request_id = %request.id, token_name = caller.token_name(), orders = listed_orders.len(), "Subject search answered.");
-    Ok(Json(json!({
-        "request_id": request.id,
-        "orders": listed_orders,
-        "orders_not_indexed_yet": waiting,
-    }))
+    Ok(Json(SubjectSearch {
+        request_id: request.id,
+        orders: listed_orders,
+        orders_not_indexed_yet: waiting,
+    })
     .into_response())
 }
 
 /// `POST /v1/subjects/export`: everything orderlog holds about the person,
 /// for the right to a copy: each order with its personal fields opened,
 /// who received which fields when, and what was erased when.
+#[utoipa::path(
+    post,
+    path = "/v1/subjects/export",
+    operation_id = "subjectExport",
+    summary = "Everything held about a person, for the right to a copy [privacy]",
+    description = WAITS,
+    request_body = SubjectBody,
+    responses(
+        (status = 200, description = "The person's orders with personal fields opened, who received which fields when, and erasures.", body = SubjectExport),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
@@ -219,50 +417,63 @@ pub async fn export(
         let Some(view) = state.service.get(*order_id)? else {
             continue;
         };
-        let mut order = super::orders::order_json(&view);
+        let Some(order) = OrderBody::of(&view) else {
+            continue;
+        };
         let row =
             crate::projections::query::order(state.service.store(), *order_id).map_err(internal)?;
-        let shares: Vec<Value> = row
+        let share_history = row
             .iter()
             .flat_map(|r| r.shares.iter())
-            .map(|s| {
-                json!({
-                    "party": crate::audit::shares::party_text(&s.party),
-                    "fields": s.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-                    "at": crate::clock::rfc3339(s.at_ms),
-                })
+            .map(|s| ShareRecord {
+                party: crate::audit::shares::party_text(&s.party),
+                fields: s.classes.clone(),
+                at: crate::clock::rfc3339(s.at_ms),
             })
             .collect();
-        let erasure = view.shredded.as_ref().map(|s| {
-            json!({
-                "fields": s.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-                "whole_order": s.whole,
-                "at": crate::clock::rfc3339(s.at_ms),
-            })
+        let erasure = view.shredded.as_ref().map(|s| ErasureRecord {
+            fields: s.classes.iter().copied().collect(),
+            whole_order: s.whole,
+            at: crate::clock::rfc3339(s.at_ms),
         });
-        if let Value::Object(o) = &mut order {
-            o.insert(
-                "matched".into(),
-                json!(matched.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
-            );
-            o.insert("share_history".into(), Value::Array(shares));
-            o.insert("erasure".into(), erasure.unwrap_or(Value::Null));
-        }
-        exported.push(order);
+        exported.push(ExportedOrder {
+            order,
+            matched: kinds(matched),
+            share_history,
+            erasure,
+        });
     }
     tracing::info!(request_id = %request.id, token_name = caller.token_name(), orders = exported.len(), "Subject data exported.");
-    Ok(Json(json!({
-        "request_id": request.id,
-        "generated_at": crate::clock::rfc3339(crate::clock::now_ms()),
-        "identifiers": request.kinds(),
-        "orders": exported,
-        "orders_not_indexed_yet": waiting,
-    }))
+    Ok(Json(SubjectExport {
+        request_id: request.id,
+        generated_at: crate::clock::rfc3339(crate::clock::now_ms()),
+        identifiers: request.kinds(),
+        orders: exported,
+        orders_not_indexed_yet: waiting,
+    })
     .into_response())
 }
 
 /// `POST /v1/subjects/erase`: erases every order of the person, each
 /// through the normal erasure path, and answers each order's receipt.
+#[utoipa::path(
+    post,
+    path = "/v1/subjects/erase",
+    operation_id = "subjectErase",
+    summary = "Erase every order of a person [privacy]",
+    description = ERASE_WAITS,
+    request_body = SubjectBody,
+    responses(
+        (status = 200, description = "Each order erased through the normal erasure path, with its receipt; a refused one (say already erased meanwhile) with its error.", body = SubjectErasure),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn erase(
     State(state): State<AppState>,
     caller: Caller,
@@ -324,36 +535,35 @@ pub async fn erase(
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .unwrap_or(Value::Null);
+            .ok();
         if status.is_success() {
+            let receipt = body
+                .and_then(|b| serde_json::from_slice::<Erased>(&b).ok())
+                .map(|e| Box::new(e.receipt));
             erased += 1;
-            complete &= body["receipt"]["complete"].as_bool().unwrap_or(false);
-            results.push(json!({
-                "order_id": order_id,
-                "outcome": "erased",
-                "receipt": body["receipt"],
-            }));
+            complete &= receipt.as_ref().is_some_and(|r| r.complete);
+            results.push(SubjectErasureOrder::Erased { order_id, receipt });
         } else {
+            let error = body
+                .and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok())
+                .map(|e| e.error);
             refused += 1;
             complete = false;
-            results.push(json!({
-                "order_id": order_id,
-                "outcome": "refused",
-                "status": status.as_u16(),
-                "error": body["error"],
-            }));
+            results.push(SubjectErasureOrder::Refused {
+                order_id,
+                status: status.as_u16(),
+                error,
+            });
         }
     }
     tracing::info!(request_id = %request.id, token_name = caller.token_name(), erased, refused, "Subject erased.");
-    Ok(Json(json!({
-        "request_id": request.id,
-        "erased": erased,
-        "refused": refused,
-        "complete": complete,
-        "orders": results,
-        "orders_not_indexed_yet": waiting,
-    }))
+    Ok(Json(SubjectErasure {
+        request_id: request.id,
+        erased,
+        refused,
+        complete,
+        orders: results,
+        orders_not_indexed_yet: waiting,
+    })
     .into_response())
 }

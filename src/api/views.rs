@@ -7,37 +7,51 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Caller, Role};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::orders::{AddressBody, Contact, OrderItem};
 use crate::clock::rfc3339;
 use crate::crypto::VaultError;
 use crate::domain::validation::{MerchantId, ProviderId};
-use crate::domain::{Event, FieldClass, Party, PersonalFields};
-use crate::projections::FeedEntry;
-use crate::projections::ProjectedOrder;
+use crate::domain::{Event, FieldClass, Party, PersonalFields, Status};
 use crate::projections::query::{self, Cursor, FeedItem};
-use crate::store::schema::{FeedKey, MerchantFeed, Schema, ShippingFeed};
+use crate::projections::{ChangeKind, FeedEntry, ProjectedOrder, ViewStatus};
+use crate::store::schema::{self, FeedKey, Schema};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 /// Longest a read waits for `min_version`.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Deserialize)]
+/// The query of a feed.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FeedParams {
+    /// Cursor from the previous page's next_cursor; absent = from the
+    /// beginning. Polling with the last cursor returns every change exactly
+    /// once.
     after: Option<String>,
+    /// Changes per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of one order's view.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OrderParams {
+    /// Wait up to 5 s until the view has at least this version of the order
+    /// (the version a write answered); 503 view_lagging otherwise. An order
+    /// this party cannot see (yet) is 404 at once, whatever min_version
+    /// says: retry a 404 right after a share.
+    #[param(minimum = 1)]
     min_version: Option<u64>,
 }
 
@@ -108,107 +122,267 @@ fn personal(
     }
 }
 
-fn personal_json(p: &PersonalFields) -> Value {
-    json!({
-        "consignee": p.shipping.as_ref().map(|s| {
-            let s = s.expose();
-            json!({
-                "name": s.name.as_str(),
-                "address": {"province": s.address.province, "city": s.address.city, "district": s.address.district,
-                            "street": s.address.street, "postal_code": s.address.postal_code},
-                "mobile": s.mobile.as_str(),
-                "mobile_masked": s.mobile.masked(),
-            })
-        }),
-        "contact": p.contact.as_ref().map(|c| {
-            let c = c.expose();
-            json!({"landline": c.landline.as_ref().map(|l| l.as_str()), "email": c.email.as_ref().map(|e| e.as_str())})
-        }),
-        "id_number": p.identity.as_ref().map(|i| i.expose().as_str()),
-    })
+/// The consignee as a view party reads it.
+#[derive(Serialize, ToSchema)]
+pub struct ViewConsignee {
+    pub name: String,
+    pub address: AddressBody,
+    pub mobile: String,
+    /// The mobile masked, for display.
+    #[schema(example = "138****8000")]
+    pub mobile_masked: String,
 }
 
-fn class_names(c: &[FieldClass]) -> Vec<&'static str> {
-    c.iter().map(|c| c.as_str()).collect()
+// They hold personal fields in plain text for the moment of answering.
+crate::redacted_debug!(ViewConsignee, ShippingOrder, MerchantOrder);
+
+/// The personal fields a view party may read, each null unless its class
+/// is shared with the party, not erased, and readable here.
+#[derive(Serialize)]
+struct ViewPersonal {
+    consignee: Option<ViewConsignee>,
+    contact: Option<Contact>,
+    id_number: Option<String>,
 }
 
-fn shipping_json(
+impl ViewPersonal {
+    fn of(p: &PersonalFields) -> Self {
+        Self {
+            consignee: p.shipping.as_ref().map(|s| {
+                let s = s.expose();
+                ViewConsignee {
+                    name: s.name.as_str().to_owned(),
+                    address: AddressBody::of(&s.address),
+                    mobile: s.mobile.as_str().to_owned(),
+                    mobile_masked: s.mobile.masked(),
+                }
+            }),
+            contact: p.contact.as_ref().map(|c| Contact::of(c.expose())),
+            id_number: p.identity.as_ref().map(|i| i.expose().as_str().to_owned()),
+        }
+    }
+}
+
+/// An order as a logistics provider reads it: only the field classes shared
+/// with the provider and not erased; no prices.
+#[derive(Serialize, ToSchema)]
+pub struct ShippingOrder {
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub status: Status,
+    pub version: u64,
+    /// The classes shared with this party and not erased.
+    pub fields: Vec<FieldClass>,
+    pub erased_fields: Vec<FieldClass>,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// Null unless the shipping class is readable here.
+    #[schema(required)]
+    pub consignee: Option<ViewConsignee>,
+    /// Null unless the contact class is readable here.
+    #[schema(required)]
+    pub contact: Option<Contact>,
+    /// Null unless the identity class is readable here.
+    #[schema(required)]
+    pub id_number: Option<String>,
+}
+
+/// An order as its merchant reads it: items, amount and status, and the
+/// field classes shared with the merchant and not erased.
+#[derive(Serialize, ToSchema)]
+pub struct MerchantOrder {
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub status: Status,
+    pub version: u64,
+    pub items: Vec<OrderItem>,
+    /// Minor units.
+    pub amount: u64,
+    pub currency: String,
+    /// The classes shared with this party and not erased.
+    pub fields: Vec<FieldClass>,
+    pub erased_fields: Vec<FieldClass>,
+    #[schema(format = DateTime)]
+    pub placed_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// Null unless the shipping class is readable here.
+    #[schema(required)]
+    pub consignee: Option<ViewConsignee>,
+    /// Null unless the contact class is readable here.
+    #[schema(required)]
+    pub contact: Option<Contact>,
+    /// Null unless the identity class is readable here.
+    #[schema(required)]
+    pub id_number: Option<String>,
+}
+
+fn status(s: ViewStatus) -> Status {
+    match s {
+        ViewStatus::Active => Status::Active,
+        ViewStatus::Cancelled => Status::Cancelled,
+        ViewStatus::Erased => Status::Erased,
+    }
+}
+
+fn shipping_view(
     state: &AppState,
     o: &ProjectedOrder,
     provider: &Party,
-) -> Result<Value, ApiError> {
-    let classes: Vec<FieldClass> = o
+) -> Result<ShippingOrder, ApiError> {
+    let shared: Vec<FieldClass> = o
         .classes_for(provider)
         .into_iter()
         .filter(|c| !o.erased.contains(c))
         .collect();
-    let p = personal(state, o, &classes)?;
-    let mut v = json!({
-        "order_id": o.id(),
-        "order_number": o.order_number,
-        "status": o.status.as_str(),
-        "version": o.version,
-        "fields": class_names(&classes),
-        "erased_fields": class_names(&o.erased),
-        "updated_at": rfc3339(o.updated_at_ms),
-    });
-    merge(&mut v, personal_json(&p));
-    Ok(v)
+    let p = ViewPersonal::of(&personal(state, o, &shared)?);
+    Ok(ShippingOrder {
+        order_id: o.id(),
+        order_number: o.order_number.to_string(),
+        status: status(o.status),
+        version: o.version,
+        fields: shared.clone(),
+        erased_fields: o.erased.clone(),
+        updated_at: rfc3339(o.updated_at_ms),
+        consignee: p.consignee,
+        contact: p.contact,
+        id_number: p.id_number,
+    })
 }
 
-fn merchant_json(state: &AppState, o: &ProjectedOrder) -> Result<Value, ApiError> {
+fn merchant_view(state: &AppState, o: &ProjectedOrder) -> Result<MerchantOrder, ApiError> {
     let me = Party::Merchant(o.merchant_id.clone());
-    let classes: Vec<FieldClass> = o
+    let shared: Vec<FieldClass> = o
         .classes_for(&me)
         .into_iter()
         .filter(|c| !o.erased.contains(c))
         .collect();
-    let p = personal(state, o, &classes)?;
-    let mut v = json!({
-        "order_id": o.id(),
-        "order_number": o.order_number,
-        "status": o.status.as_str(),
-        "version": o.version,
-        "items": o.items.iter().map(|i| json!({"sku": i.sku, "name": i.name, "quantity": i.quantity, "unit_price": i.unit_price, "real_name": i.real_name})).collect::<Vec<_>>(),
-        "amount": o.amount_minor,
-        "currency": String::from_utf8_lossy(&o.currency),
-        "fields": class_names(&classes),
-        "erased_fields": class_names(&o.erased),
-        "placed_at": rfc3339(o.placed_at_ms),
-        "updated_at": rfc3339(o.updated_at_ms),
-    });
-    merge(&mut v, personal_json(&p));
-    Ok(v)
+    let p = ViewPersonal::of(&personal(state, o, &shared)?);
+    Ok(MerchantOrder {
+        order_id: o.id(),
+        order_number: o.order_number.to_string(),
+        status: status(o.status),
+        version: o.version,
+        items: o
+            .items
+            .iter()
+            .map(|i| OrderItem {
+                sku: i.sku.to_string(),
+                name: i.name.clone(),
+                quantity: i.quantity,
+                unit_price: i.unit_price,
+                real_name: i.real_name,
+            })
+            .collect(),
+        amount: o.amount_minor,
+        currency: String::from_utf8_lossy(&o.currency).into_owned(),
+        fields: shared.clone(),
+        erased_fields: o.erased.clone(),
+        placed_at: rfc3339(o.placed_at_ms),
+        updated_at: rfc3339(o.updated_at_ms),
+        consignee: p.consignee,
+        contact: p.contact,
+        id_number: p.id_number,
+    })
 }
 
-fn merge(into: &mut Value, from: Value) {
-    if let (Value::Object(a), Value::Object(b)) = (into, from) {
-        a.extend(b);
+/// What changed, as a feed tells it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Placed,
+    Shared,
+    Cancelled,
+    Erased,
+}
+
+impl From<ChangeKind> for Change {
+    fn from(c: ChangeKind) -> Self {
+        match c {
+            ChangeKind::Placed => Change::Placed,
+            ChangeKind::Shared => Change::Shared,
+            ChangeKind::Cancelled => Change::Cancelled,
+            ChangeKind::Erased => Change::Erased,
+        }
     }
 }
 
-fn feed_json(
-    state: &AppState,
-    items: Vec<FeedItem>,
-    next: Cursor,
-    render: impl Fn(&ProjectedOrder) -> Result<Value, ApiError>,
-) -> Result<Value, ApiError> {
-    let mut changes = Vec::with_capacity(items.len());
-    for it in items {
-        let id = Uuid::from_bytes(it.entry.order_id);
-        let order = query::order(&state.store, id).map_err(internal)?;
-        changes.push(json!({
-            "position": format!("{}-{}", it.partition, it.offset),
-            "order_id": id,
-            "change": it.entry.change.as_str(),
-            "fields": class_names(&it.entry.classes),
-            "version": it.entry.version,
-            "at": rfc3339(it.entry.at_ms),
-            "order": order.as_ref().map(&render).transpose()?,
-        }));
-    }
-    Ok(json!({ "changes": changes, "next_cursor": next.to_string() }))
+/// A feed's page and change types for one kind of view order, with the
+/// page's reading: concrete types (not generic ones) so that the OpenAPI
+/// document names each and keeps `order` nullable.
+macro_rules! feed_types {
+    ($(#[$doc:meta])* $feed:ident, $change:ident, $order:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $feed {
+            pub changes: Vec<$change>,
+            /// Where the next page starts: pass it as `after`.
+            pub next_cursor: String,
+        }
+
+        /// One change of an order, with the order as the party reads it now.
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $change {
+            /// partition-offset of the event.
+            pub position: String,
+            pub order_id: Uuid,
+            pub change: Change,
+            /// The classes the change is about (shared or erased); empty
+            /// otherwise.
+            pub fields: Vec<FieldClass>,
+            /// The order's version after the change.
+            pub version: u64,
+            #[schema(format = DateTime)]
+            pub at: String,
+            /// The order as the party reads it now; null if this node has no
+            /// row for it.
+            #[schema(required)]
+            pub order: Option<$order>,
+        }
+
+        impl $feed {
+            fn read(
+                state: &AppState,
+                items: Vec<FeedItem>,
+                next: Cursor,
+                render: impl Fn(&ProjectedOrder) -> Result<$order, ApiError>,
+            ) -> Result<Self, ApiError> {
+                let mut changes = Vec::with_capacity(items.len());
+                for it in items {
+                    let id = Uuid::from_bytes(it.entry.order_id);
+                    let order = query::order(&state.store, id).map_err(internal)?;
+                    changes.push($change {
+                        position: format!("{}-{}", it.partition, it.offset),
+                        order_id: id,
+                        change: it.entry.change.into(),
+                        fields: it.entry.classes.clone(),
+                        version: it.entry.version,
+                        at: rfc3339(it.entry.at_ms),
+                        order: order.as_ref().map(&render).transpose()?,
+                    });
+                }
+                Ok(Self {
+                    changes,
+                    next_cursor: next.to_string(),
+                })
+            }
+        }
+    };
 }
+
+feed_types!(
+    /// A page of a logistics provider's change feed.
+    ShippingFeed,
+    ShippingChange,
+    ShippingOrder
+);
+
+feed_types!(
+    /// A page of a merchant's change feed.
+    MerchantFeed,
+    MerchantChange,
+    MerchantOrder
+);
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "View read failed.");
@@ -328,30 +502,70 @@ async fn read_feed<S: Schema<Key = FeedKey, Value = FeedEntry>>(
     query::feed::<S>(&state.store, party, &after, limit).map_err(internal)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/shipping/{provider}/orders",
+    operation_id = "shippingFeed",
+    summary = "Change feed of the orders shared with a logistics provider [logistics:{provider}]",
+    params(
+        ("provider" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        FeedParams,
+    ),
+    responses(
+        (status = 200, description = "A page of changes", body = ShippingFeed),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn shipping_feed(
     State(state): State<AppState>,
     caller: Caller,
     Path(provider): Path<String>,
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShippingFeed>, ApiError> {
     let party = provider_role(&caller, &provider)?;
-    let (items, next) = read_feed::<ShippingFeed>(&state, &provider, q).await?;
-    Ok(Json(feed_json(&state, items, next, |o| {
-        shipping_json(&state, o, &party)
+    let (items, next) = read_feed::<schema::ShippingFeed>(&state, &provider, q).await?;
+    Ok(Json(ShippingFeed::read(&state, items, next, |o| {
+        shipping_view(&state, o, &party)
     })?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/shipping/{provider}/orders/{id}",
+    operation_id = "shippingOrder",
+    summary = "One order shared with a logistics provider [logistics:{provider}]",
+    params(
+        ("provider" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("id" = Uuid, Path),
+        OrderParams,
+    ),
+    responses(
+        (status = 200, description = "The order", body = ShippingOrder),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn shipping_order(
     State(state): State<AppState>,
     caller: Caller,
     Path((provider, id)): Path<(String, String)>,
     q: Result<Query<OrderParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShippingOrder>, ApiError> {
     let party = provider_role(&caller, &provider)?;
     let id = parse_id(&id)?;
     let p = params(q)?;
     match visible_order(&state, id, p.min_version, |o| o.shared_with(&party)).await? {
-        Some(o) => Ok(Json(shipping_json(&state, &o, &party)?)),
+        Some(o) => Ok(Json(shipping_view(&state, &o, &party)?)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "order_not_found",
@@ -360,25 +574,65 @@ pub async fn shipping_order(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{merchant}/orders",
+    operation_id = "merchantFeed",
+    summary = "Change feed of a merchant's orders [merchant:{merchant}]",
+    params(
+        ("merchant" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        FeedParams,
+    ),
+    responses(
+        (status = 200, description = "A page of changes", body = MerchantFeed),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn merchant_feed(
     State(state): State<AppState>,
     caller: Caller,
     Path(merchant): Path<String>,
     q: Result<Query<FeedParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantFeed>, ApiError> {
     merchant_role(&caller, &merchant)?;
-    let (items, next) = read_feed::<MerchantFeed>(&state, &merchant, q).await?;
-    Ok(Json(feed_json(&state, items, next, |o| {
-        merchant_json(&state, o)
+    let (items, next) = read_feed::<schema::MerchantFeed>(&state, &merchant, q).await?;
+    Ok(Json(MerchantFeed::read(&state, items, next, |o| {
+        merchant_view(&state, o)
     })?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/merchants/{merchant}/orders/{id}",
+    operation_id = "merchantOrder",
+    summary = "One of a merchant's orders: items, amount, status, and the fields shared with it [merchant:{merchant}]",
+    params(
+        ("merchant" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ("id" = Uuid, Path),
+        OrderParams,
+    ),
+    responses(
+        (status = 200, description = "The order", body = MerchantOrder),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn merchant_order(
     State(state): State<AppState>,
     caller: Caller,
     Path((merchant, id)): Path<(String, String)>,
     q: Result<Query<OrderParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantOrder>, ApiError> {
     merchant_role(&caller, &merchant)?;
     let id = parse_id(&id)?;
     let p = params(q)?;
@@ -387,7 +641,7 @@ pub async fn merchant_order(
     })
     .await?
     {
-        Some(o) => Ok(Json(merchant_json(&state, &o)?)),
+        Some(o) => Ok(Json(merchant_view(&state, &o)?)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "order_not_found",

@@ -60,6 +60,9 @@ enum Cmd {
         #[arg(long, default_value = "orderlog.kek")]
         out: PathBuf,
     },
+    /// Print the OpenAPI document of the HTTP API (JSON). schemas/openapi.json is
+    /// this output: `cargo run -- openapi > schemas/openapi.json`.
+    Openapi,
     /// Make a private CA and a server certificate for the given hosts (for a
     /// deployment with no certificates of its own: compose, a local secure
     /// broker). Writes ca.pem, server.pem, server.key and server-keystore.pem
@@ -101,6 +104,10 @@ pub fn run() -> ExitCode {
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Cmd::Keygen { out } => ok(keys::keygen(out)),
+        Cmd::Openapi => {
+            print!("{}", crate::api::openapi::document_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::TlsCerts { out, hosts } => ok(keys::tls_certs(out, hosts)),
         Cmd::Serve(overrides) => ok(serve::serve(overrides)),
         Cmd::Project(args) => ok(project::project(args)),

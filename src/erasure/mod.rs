@@ -67,8 +67,11 @@ impl Tracker {
     }
 }
 
-/// How far one node is with one half of an erasure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How far one node is with one half of an erasure. purged: applied and
+/// gone from the node's disk; applied: key destroyed / sealed fields
+/// dropped, purge queued; pending: not read yet; unknown: the node never
+/// read the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// Applied, and the old rows are gone from the node's disk.
@@ -102,7 +105,7 @@ impl Step {
 }
 
 /// One node's part of an erasure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeErasure {
     pub node_id: String,
     pub url: String,
@@ -158,15 +161,16 @@ impl Records {
 }
 
 /// A position in a topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogRef {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
 }
 
-/// How long each stage of an erase request took.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How long each stage of an erase request took, in milliseconds (all 0
+/// in a receipt read back later).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// The event and key row committed, the key destroyed on this node.
     pub logged_and_key_destroyed: u64,
@@ -177,19 +181,29 @@ pub struct Timings {
 }
 
 /// The answer to an erase request, and to `GET /v1/orders/{id}/erasure`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub order_id: Uuid,
+    #[schema(format = DateTime)]
     pub erased_at: String,
-    /// `order` or `classes`.
+    /// `order` (the whole order) or `classes` (some field classes).
+    #[schema(schema_with = scope_schema)]
     pub scope: String,
+    /// The field classes erased.
+    #[schema(value_type = Vec<crate::domain::FieldClass>)]
     pub fields: Vec<String>,
-    /// `request` or `retention`.
+    /// Why the order was erased: an erase request (by order or by subject),
+    /// or the retention policy.
+    #[schema(value_type = crate::domain::ErasureReason)]
     pub reason: String,
     /// The `OrderErased` event.
     pub event: LogRef,
-    /// The key's tombstone (or reduced row) in the key topic.
+    /// The key's tombstone (or reduced row) in the key topic, committed with
+    /// the event; null when this node cannot tell where it is.
+    #[schema(required)]
     pub key_row: Option<LogRef>,
+    /// The order key's id.
+    #[schema(required)]
     pub key_id: Option<String>,
     /// What was destroyed and purged, in words.
     pub purged: Vec<String>,
@@ -197,10 +211,18 @@ pub struct Receipt {
     pub verified: Vec<String>,
     /// Every live node's part.
     pub nodes: Vec<NodeErasure>,
-    /// Every live node has destroyed the key and purged its disk.
+    /// Every live node destroyed the key and purged its disk.
     pub complete: bool,
     pub elapsed_ms: u64,
     pub timings_ms: Timings,
+}
+
+/// `scope`'s two values, for the OpenAPI document.
+fn scope_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["order", "classes"]))
+        .build()
 }
 
 #[cfg(test)]

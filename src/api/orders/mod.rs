@@ -1,4 +1,16 @@
-//! The command API: place, share, cancel, erase, and read one order.
+//! The command API: place, share, cancel, erase, and read one order. The
+//! request bodies are in [`bodies`], the answers in [`answers`]; here the
+//! handlers and their `#[utoipa::path]`.
+
+mod answers;
+mod bodies;
+
+pub use answers::{
+    Consignee, Contact, Erased, ErasureStatus, Held, HoldState, OrderBody, OrderItem, PartyState,
+    Personal, ShareState, Written,
+};
+pub use bodies::{AddressBody, HoldBody, PartyKind};
+pub(crate) use bodies::{CancelBody, EraseBody, PlaceOrderBody, ShareBody};
 
 use std::collections::BTreeSet;
 
@@ -8,174 +20,21 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, parse_body};
-use crate::domain::validation::{
-    Address, ConsigneeName, Currency, Email, HoldReason, IdNumber, Item, Landline, MerchantId,
-    Mobile, OrderNumber, ProviderId, ValidationError,
-};
+use crate::domain::validation::{HoldReason, MerchantId, ProviderId};
 use crate::domain::{
-    CancelReason, Command, ContactInfo, ErasureScope, FieldClass, Hold, NewOrder, Party,
-    PersonalData, PersonalFields, ShippingInfo,
+    CancelReason, Command, ErasureScope, FieldClass, Hold, NewOrder, Party, PersonalFields,
 };
-use crate::service::{Idempotency, OrderView, Outcome, ServiceError};
+use crate::service::{Idempotency, Outcome, ServiceError};
 
-// Request bodies. They hold personal data as plain strings for the moment of
-// parsing only, so they derive no Debug.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PlaceOrderBody {
-    order_number: String,
-    merchant_id: String,
-    items: Vec<ItemBody>,
-    currency: String,
-    amount: i64,
-    consignee: ConsigneeBody,
-    #[serde(default)]
-    contact: Option<ContactBody>,
-    #[serde(default)]
-    id_number: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ItemBody {
-    sku: String,
-    name: String,
-    quantity: i64,
-    unit_price: i64,
-    #[serde(default)]
-    real_name: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsigneeBody {
-    name: String,
-    address: AddressBody,
-    mobile: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddressBody {
-    province: String,
-    city: String,
-    district: String,
-    street: String,
-    postal_code: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContactBody {
-    #[serde(default)]
-    landline: Option<String>,
-    #[serde(default)]
-    email: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ShareBody {
-    party: PartyBody,
-    fields: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartyBody {
-    kind: String,
-    id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CancelBody {
-    reason: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EraseBody {
-    /// Only these field classes; absent = the whole order.
-    #[serde(default)]
-    fields: Option<Vec<String>>,
-}
-
-impl PlaceOrderBody {
-    pub fn into_new_order(self) -> Result<NewOrder, ValidationError> {
-        let items = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(n, i)| {
-                Item::parse(
-                    &format!("items[{n}]"),
-                    &i.sku,
-                    &i.name,
-                    i.quantity,
-                    i.unit_price,
-                    i.real_name,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let a = &self.consignee.address;
-        let shipping = ShippingInfo {
-            name: ConsigneeName::parse("consignee.name", &self.consignee.name)?,
-            address: Address::parse(
-                "consignee.address",
-                &a.province,
-                &a.city,
-                &a.district,
-                &a.street,
-                &a.postal_code,
-            )?,
-            mobile: Mobile::parse("consignee.mobile", &self.consignee.mobile)?,
-        };
-        let contact = match &self.contact {
-            Some(c) => ContactInfo {
-                landline: c
-                    .landline
-                    .as_deref()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| Landline::parse("contact.landline", s))
-                    .transpose()?,
-                email: c
-                    .email
-                    .as_deref()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| Email::parse("contact.email", s))
-                    .transpose()?,
-            },
-            None => ContactInfo::default(),
-        };
-        let identity = self
-            .id_number
-            .as_deref()
-            .map(|s| IdNumber::parse("id_number", s))
-            .transpose()?;
-        NewOrder::new(
-            OrderNumber::parse("order_number", &self.order_number)?,
-            MerchantId::parse("merchant_id", &self.merchant_id)?,
-            items,
-            Currency::parse("currency", &self.currency)?,
-            self.amount,
-            PersonalData {
-                shipping,
-                contact,
-                identity,
-            },
-        )
-    }
-}
-
+/// The field classes named in `raw`, or a 422 naming the one at fault.
 fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, ApiError> {
     raw.iter()
         .enumerate()
@@ -189,6 +48,34 @@ fn parse_classes(field: &str, raw: &[String]) -> Result<BTreeSet<FieldClass>, Ap
         })
         .collect()
 }
+
+// Parameter descriptions several operations share.
+
+const IF_MATCH: &str =
+    "Expected order version (optimistic concurrency); 412 when the order has moved on.";
+
+macro_rules! command_idempotency {
+    () => {
+        "A retry with the same key and body returns the first answer and writes nothing; the \
+        same key with another body is refused (422 idempotency_key_reused). Keys are kept for \
+        --idempotency-ttl-hours (they also travel in the event's record). Any node answers a \
+        retry: a new order goes to the partition its key maps to, whose writer knows the key. \
+        After 503 outcome_unknown, retry with the same key to learn the outcome (409 \
+        idempotency_key_in_flight while it is still being settled)."
+    };
+}
+
+const COMMAND_IDEMPOTENCY: &str = command_idempotency!();
+
+const PLACE_IDEMPOTENCY: &str = concat!(
+    command_idempotency!(),
+    " If the order was erased since, a retry is refused with 409 idempotency_key_erased: the \
+    request's digest was keyed by the order's key, which the erasure destroyed, so nothing can \
+    tell whether it is the same request."
+);
+
+const HOLD_IDEMPOTENCY: &str =
+    "A retry with the same key and body returns the first answer and writes nothing.";
 
 /// `If-Match: 3` or `If-Match: "3"`.
 fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -345,11 +232,9 @@ fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
-    let mut body = json!({ "order_id": outcome.order_id, "version": outcome.version });
-    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
-        b.extend(e);
-    }
+/// `body` with `status`, the order's version as its ETag, and
+/// `Idempotent-Replayed` on a replayed answer.
+fn written(status: StatusCode, outcome: &Outcome, body: impl Serialize) -> Response {
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut().insert(
         "etag",
@@ -362,6 +247,13 @@ fn written(status: StatusCode, outcome: &Outcome, extra: Value) -> Response {
     resp
 }
 
+fn written_body(outcome: &Outcome) -> Written {
+    Written {
+        order_id: outcome.order_id,
+        version: outcome.version,
+    }
+}
+
 /// The body of `POST /v1/orders`, parsed and validated: a new order, or a
 /// 400 naming the first problem. Never panics, whatever the bytes (a fuzz
 /// target drives it).
@@ -370,6 +262,29 @@ pub fn parse_place_order(bytes: &[u8]) -> Result<NewOrder, ApiError> {
     Ok(parsed.into_new_order()?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    operation_id = "placeOrder",
+    summary = "Place an order [checkout]",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+        description = PLACE_IDEMPOTENCY)),
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 201, description = "Written: the order's events are acknowledged by Kafka.",
+            body = Written, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Location" = String, description = "The order's URL."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -404,7 +319,7 @@ pub async fn place_order(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(order_id = %outcome.order_id, version = outcome.version, replayed = outcome.replayed, "Order placed.");
-    let mut resp = written(StatusCode::CREATED, &outcome, json!({}));
+    let mut resp = written(StatusCode::CREATED, &outcome, written_body(&outcome));
     resp.headers_mut().insert(
         "location",
         format!("/v1/orders/{}", outcome.order_id)
@@ -414,6 +329,34 @@ pub async fn place_order(
     Ok(resp)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/shares",
+    operation_id = "shareOrder",
+    summary = "Record that the order was shared with a party [checkout]",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = COMMAND_IDEMPOTENCY),
+    ),
+    request_body = ShareBody,
+    responses(
+        (status = 200, description = "Written: the order's events are acknowledged by Kafka.",
+            body = Written, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn share_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -457,9 +400,37 @@ pub async fn share_order(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(%order_id, %party, version = outcome.version, "Order shared.");
-    Ok(written(StatusCode::OK, &outcome, json!({})))
+    Ok(written(StatusCode::OK, &outcome, written_body(&outcome)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    operation_id = "cancelOrder",
+    summary = "Cancel the order [checkout]",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = COMMAND_IDEMPOTENCY),
+    ),
+    request_body = CancelBody,
+    responses(
+        (status = 200, description = "Written: the order's events are acknowledged by Kafka.",
+            body = Written, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -495,9 +466,37 @@ pub async fn cancel_order(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(%order_id, reason = reason.as_str(), version = outcome.version, "Order cancelled.");
-    Ok(written(StatusCode::OK, &outcome, json!({})))
+    Ok(written(StatusCode::OK, &outcome, written_body(&outcome)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/erase",
+    operation_id = "eraseOrder",
+    summary = "Erase the order's personal data by destroying its key [privacy]",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = "Retries of the same erasure answer its receipt as it stands (not 409 already_erased)."),
+    ),
+    request_body(content = EraseBody, description = "Absent or `{}`: the whole order."),
+    responses(
+        (status = 200, description = "Erasure receipt", body = Erased, headers(
+            ("ETag" = String, description = "The order's version, quoted."),
+            ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn erase_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -566,23 +565,48 @@ pub(super) async fn erase(
     Ok(written(
         StatusCode::OK,
         &outcome,
-        json!({ "receipt": receipt }),
+        Erased {
+            order_id: outcome.order_id,
+            version: outcome.version,
+            receipt,
+        },
     ))
-}
-
-/// The body of `POST /v1/orders/{id}/hold`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HoldBody {
-    reason: String,
-    /// RFC 3339; none: until released.
-    #[serde(default)]
-    until: Option<String>,
 }
 
 /// `POST /v1/orders/{id}/hold`: puts the order under legal hold (or
 /// changes its hold). While the hold is in force, erasure is refused (409
 /// `legal_hold`) and retention passes the order by.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/hold",
+    operation_id = "holdOrder",
+    summary = "Put the order under legal hold, or change its hold [privacy]",
+    description = "While the hold is in force, erasure of the order (by request, by subject or by \
+        retention) is refused with 409 legal_hold naming the hold; retention passes the order by \
+        until the hold is released or ends. 409 order_erased on an erased order.",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = HOLD_IDEMPOTENCY),
+    ),
+    request_body = HoldBody,
+    responses(
+        (status = 200, description = "Written: the hold's event is acknowledged by Kafka.",
+            body = Held, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn hold_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -632,11 +656,43 @@ pub async fn hold_order(
     Ok(written(
         StatusCode::OK,
         &outcome,
-        json!({ "hold": hold_json(&hold) }),
+        Held {
+            order_id: outcome.order_id,
+            version: outcome.version,
+            hold: Some(HoldState::of(&hold)),
+        },
     ))
 }
 
 /// `DELETE /v1/orders/{id}/hold`: ends the order's legal hold.
+#[utoipa::path(
+    delete,
+    path = "/v1/orders/{id}/hold",
+    operation_id = "releaseHold",
+    summary = "Release the order's legal hold [privacy]",
+    description = "409 not_held when the order is under no hold in force. Takes no body.",
+    params(
+        ("id" = Uuid, Path),
+        ("If-Match" = Option<String>, Header, nullable = false, description = IF_MATCH),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = HOLD_IDEMPOTENCY),
+    ),
+    responses(
+        (status = 200, description = "Written: the hold's event is acknowledged by Kafka.",
+            body = Held, headers(
+                ("ETag" = String, description = "The order's version, quoted."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 412, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 422, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn release_hold(
     State(state): State<AppState>,
     caller: Caller,
@@ -671,19 +727,37 @@ pub async fn release_hold(
         Done::There(resp) => return Ok(resp),
     };
     tracing::info!(%order_id, token_name = caller.token_name(), version = outcome.version, "Legal hold released.");
-    Ok(written(StatusCode::OK, &outcome, json!({ "hold": null })))
-}
-
-/// A hold as the API shows it.
-pub fn hold_json(hold: &Hold) -> Value {
-    json!({
-        "reason": hold.reason.as_str(),
-        "until": hold.until_ms.map(crate::clock::rfc3339),
-    })
+    Ok(written(
+        StatusCode::OK,
+        &outcome,
+        Held {
+            order_id: outcome.order_id,
+            version: outcome.version,
+            hold: None,
+        },
+    ))
 }
 
 /// `GET /v1/orders/{id}/erasure`: the order's latest erasure as it stands
 /// now on every live node, so completion can be confirmed after the receipt.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/erasure",
+    operation_id = "erasureStatus",
+    summary = "Where an erasure stands on every live node [privacy, auditor]",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The order's latest erasure as it stands now on every live \
+            node (404 not_erased when it was never erased; 503 view_lagging when this node has not \
+            read it yet)", body = ErasureStatus),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn erasure_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -696,7 +770,7 @@ pub async fn erasure_status(
     }
     let receipt = crate::erasure::receipt::current(&state.service, &state.topic, order_id)
         .map_err(receipt_error)?;
-    Ok(Json(json!({ "receipt": receipt })).into_response())
+    Ok(Json(ErasureStatus { receipt }).into_response())
 }
 
 fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {
@@ -730,16 +804,38 @@ fn receipt_error(e: crate::erasure::receipt::ReceiptError) -> ApiError {
 }
 
 /// The query of `GET /v1/orders/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GetOrderParams {
-    /// An auditor opens the personal fields only by asking, and the reveal
-    /// is logged with the token's name (as `orderlog history --reveal
-    /// --actor` does on the command line). Checkout reads them without it.
+    // An auditor opens the personal fields only by asking, and the reveal
+    // is logged with the token's name (as `orderlog history --reveal
+    // --actor` does on the command line). Checkout reads them without it.
+    /// Auditors only: answer the personal fields (otherwise `personal` is
+    /// null for an auditor). Each reveal is logged with the token's name,
+    /// never the data. Checkout always gets them.
     #[serde(default)]
+    #[param(default = false)]
     reveal: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    operation_id = "getOrder",
+    summary = "Read an order [checkout, auditor]",
+    params(("id" = Uuid, Path), GetOrderParams),
+    responses(
+        (status = 200, description = "The order", body = OrderBody, headers(
+            ("ETag" = String, description = "The order's version, quoted."))),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 500, response = ErrorBody),
+        (status = 503, response = ErrorBody)
+    )
+)]
 pub async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -772,7 +868,15 @@ pub async fn get_order(
     } else if !view.personal.is_empty() {
         tracing::info!(%order_id, role = %caller.0, "Personal fields read.");
     }
-    let mut resp = Json(order_json(&view)).into_response();
+    // A stored order always begins with its placing.
+    let body = OrderBody::of(&view).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "order does not exist",
+        )
+    })?;
+    let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
         "etag",
         format!("\"{}\"", view.record.state.version)
@@ -793,61 +897,4 @@ fn readable_classes(p: &PersonalFields) -> Vec<&'static str> {
     .filter(|(_, open)| *open)
     .map(|(class, _)| class.as_str())
     .collect()
-}
-
-/// The JSON form of an order. Personal fields appear only while readable.
-pub fn order_json(view: &OrderView) -> Value {
-    let Some(o) = &view.record.state.order else {
-        return json!({ "order_id": view.order_id });
-    };
-    let p = &view.personal;
-    let personal = (!p.is_empty()).then(|| {
-        json!({
-            "consignee": p.shipping.as_ref().map(|s| {
-                let s = s.expose();
-                json!({
-                    "name": s.name.as_str(),
-                    "address": {
-                        "province": s.address.province, "city": s.address.city, "district": s.address.district,
-                        "street": s.address.street, "postal_code": s.address.postal_code,
-                    },
-                    "mobile": s.mobile.as_str(),
-                })
-            }),
-            "contact": p.contact.as_ref().map(|c| {
-                let c = c.expose();
-                json!({
-                    "landline": c.landline.as_ref().map(|l| l.as_str()),
-                    "email": c.email.as_ref().map(|e| e.as_str()),
-                })
-            }),
-            "id_number": p.identity.as_ref().map(|i| i.expose().as_str()),
-        })
-    });
-    json!({
-        "order_id": view.order_id,
-        "version": view.record.state.version,
-        "status": o.status().as_str(),
-        "order_number": o.order_number.as_str(),
-        "merchant_id": o.merchant_id.as_str(),
-        "items": o.items.iter().map(|i| json!({
-            "sku": i.sku.as_str(), "name": i.name, "quantity": i.quantity,
-            "unit_price": i.unit_price, "real_name": i.real_name,
-        })).collect::<Vec<_>>(),
-        "amount": o.amount.minor,
-        "currency": o.amount.currency.as_str(),
-        "placed_at": crate::clock::rfc3339(view.record.placed_at_ms),
-        "updated_at": crate::clock::rfc3339(view.record.updated_at_ms),
-        "cancel_reason": o.cancelled.map(|r| r.as_str()),
-        "shares": o.shares.iter().map(|(party, classes)| json!({
-            "party": match party {
-                Party::Logistics(p) => json!({"kind": "logistics", "id": p.as_str()}),
-                Party::Merchant(m) => json!({"kind": "merchant", "id": m.as_str()}),
-            },
-            "fields": classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "erased_fields": o.erased.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "hold": o.hold_at(crate::clock::now_ms()).map(hold_json),
-        "personal": personal,
-    })
 }
