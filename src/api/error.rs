@@ -37,6 +37,55 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+/// Declares a set of error statuses a group of operations answers, each
+/// with the shared `Error` response, for `responses(...)` in their
+/// `#[utoipa::path]`.
+macro_rules! error_responses {
+    ($($(#[$doc:meta])* $name:ident: $($status:literal),+;)+) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $name;
+
+            impl utoipa::IntoResponses for $name {
+                fn responses() -> std::collections::BTreeMap<
+                    String,
+                    utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+                > {
+                    [$($status),+]
+                        .into_iter()
+                        .map(|status: u16| {
+                            (
+                                status.to_string(),
+                                utoipa::openapi::Ref::from_response_name("Error").into(),
+                            )
+                        })
+                        .collect()
+                }
+            }
+        )+
+    };
+}
+
+error_responses! {
+    /// Placing an order.
+    PlaceErrors: 400, 401, 403, 409, 413, 422, 503;
+    /// A command on an existing order.
+    OrderCommandErrors: 400, 401, 403, 404, 409, 412, 413, 422, 503;
+    /// Erasing an order (its receipt may fail to be checked: 500).
+    EraseErrors: 400, 401, 403, 404, 409, 412, 413, 422, 500, 503;
+    /// Reading an order or its erasure.
+    OrderReadErrors: 400, 401, 403, 404, 500, 503;
+    /// A subject request.
+    SubjectErrors: 400, 401, 403, 413, 422, 500, 503;
+    /// Reading a feed.
+    FeedErrors: 400, 401, 403, 422, 500, 503;
+    /// Reading one order of a view.
+    ViewOrderErrors: 400, 401, 403, 404, 422, 500, 503;
+    /// An authenticated read of the node's own state.
+    AuthErrors: 401, 403;
+}
+
 /// The one error response every operation refers to
 /// (`#/components/responses/Error`).
 impl<'s> utoipa::ToResponse<'s> for ErrorBody {

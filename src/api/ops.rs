@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, AuthErrors};
 use crate::service::membership::ClusterStatus;
 use crate::telemetry;
 
@@ -204,8 +204,7 @@ pub struct ViewPositions {
     responses(
         (status = 200, description = "Members (live or not), partition owners, and per node its \
             vault and view positions, purged positions, lag and last heartbeat", body = Cluster),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
+        AuthErrors
     )
 )]
 pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::error::{ApiError, ErrorBody, ErrorDetail, SubjectErrors};
 use super::orders::{Erased, OrderBody};
 use super::{AppState, parse_body};
 use crate::domain::{ErasureScope, FieldClass, Status};
@@ -348,13 +348,7 @@ async fn found(
     request_body = SubjectBody,
     responses(
         (status = 200, description = "The person's orders (with a class not erased that holds the identifier), with their status.", body = SubjectSearch),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        SubjectErrors
     )
 )]
 pub async fn search(
@@ -396,13 +390,7 @@ pub async fn search(
     request_body = SubjectBody,
     responses(
         (status = 200, description = "The person's orders with personal fields opened, who received which fields when, and erasures.", body = SubjectExport),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        SubjectErrors
     )
 )]
 pub async fn export(
@@ -465,13 +453,7 @@ pub async fn export(
     request_body = SubjectBody,
     responses(
         (status = 200, description = "Each order erased through the normal erasure path, with its receipt; a refused one (say already erased meanwhile) with its error.", body = SubjectErasure),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        SubjectErrors
     )
 )]
 pub async fn erase(

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, FeedErrors, ViewOrderErrors};
 use super::orders::{AddressBody, Contact, OrderItem};
 use crate::clock::rfc3339;
 use crate::crypto::VaultError;
@@ -513,12 +513,7 @@ async fn read_feed<S: Schema<Key = FeedKey, Value = FeedEntry>>(
     ),
     responses(
         (status = 200, description = "A page of changes", body = ShippingFeed),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        FeedErrors
     )
 )]
 pub async fn shipping_feed(
@@ -546,13 +541,7 @@ pub async fn shipping_feed(
     ),
     responses(
         (status = 200, description = "The order", body = ShippingOrder),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        ViewOrderErrors
     )
 )]
 pub async fn shipping_order(
@@ -585,12 +574,7 @@ pub async fn shipping_order(
     ),
     responses(
         (status = 200, description = "A page of changes", body = MerchantFeed),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        FeedErrors
     )
 )]
 pub async fn merchant_feed(
@@ -618,13 +602,7 @@ pub async fn merchant_feed(
     ),
     responses(
         (status = 200, description = "The order", body = MerchantOrder),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        ViewOrderErrors
     )
 )]
 pub async fn merchant_order(

@@ -26,7 +26,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, EraseErrors, OrderCommandErrors, OrderReadErrors, PlaceErrors};
 use super::{AppState, parse_body};
 use crate::domain::validation::{HoldReason, MerchantId, ProviderId};
 use crate::domain::{
@@ -276,13 +276,7 @@ pub fn parse_place_order(bytes: &[u8]) -> Result<NewOrder, ApiError> {
                 ("ETag" = String, description = "The order's version, quoted."),
                 ("Location" = String, description = "The order's URL."),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 409, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        PlaceErrors
     )
 )]
 pub async fn place_order(
@@ -346,15 +340,7 @@ pub async fn place_order(
             body = Written, headers(
                 ("ETag" = String, description = "The order's version, quoted."),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 409, response = ErrorBody),
-        (status = 412, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        OrderCommandErrors
     )
 )]
 pub async fn share_order(
@@ -420,15 +406,7 @@ pub async fn share_order(
             body = Written, headers(
                 ("ETag" = String, description = "The order's version, quoted."),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 409, response = ErrorBody),
-        (status = 412, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        OrderCommandErrors
     )
 )]
 pub async fn cancel_order(
@@ -485,16 +463,7 @@ pub async fn cancel_order(
         (status = 200, description = "Erasure receipt", body = Erased, headers(
             ("ETag" = String, description = "The order's version, quoted."),
             ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 409, response = ErrorBody),
-        (status = 412, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        EraseErrors
     )
 )]
 pub async fn erase_order(
@@ -596,15 +565,7 @@ pub(super) async fn erase(
             body = Held, headers(
                 ("ETag" = String, description = "The order's version, quoted."),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 409, response = ErrorBody),
-        (status = 412, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        OrderCommandErrors
     )
 )]
 pub async fn hold_order(
@@ -682,15 +643,7 @@ pub async fn hold_order(
             body = Held, headers(
                 ("ETag" = String, description = "The order's version, quoted."),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is the first answer to an earlier request with the same Idempotency-Key."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 409, response = ErrorBody),
-        (status = 412, response = ErrorBody),
-        (status = 413, response = ErrorBody),
-        (status = 422, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        OrderCommandErrors
     )
 )]
 pub async fn release_hold(
@@ -750,12 +703,7 @@ pub async fn release_hold(
         (status = 200, description = "The order's latest erasure as it stands now on every live \
             node (404 not_erased when it was never erased; 503 view_lagging when this node has not \
             read it yet)", body = ErasureStatus),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        OrderReadErrors
     )
 )]
 pub async fn erasure_status(
@@ -828,12 +776,7 @@ pub struct GetOrderParams {
     responses(
         (status = 200, description = "The order", body = OrderBody, headers(
             ("ETag" = String, description = "The order's version, quoted."))),
-        (status = 400, response = ErrorBody),
-        (status = 401, response = ErrorBody),
-        (status = 403, response = ErrorBody),
-        (status = 404, response = ErrorBody),
-        (status = 500, response = ErrorBody),
-        (status = 503, response = ErrorBody)
+        OrderReadErrors
     )
 )]
 pub async fn get_order(
