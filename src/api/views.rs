@@ -37,7 +37,7 @@ pub struct FeedParams {
     /// beginning. Polling with the last cursor returns every change exactly
     /// once.
     after: Option<String>,
-    /// Changes per page.
+    /// Changes per page; a larger limit is served as 1000.
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<usize>,
 }
