@@ -47,7 +47,6 @@ pub struct Readiness {
     #[schema(value_type = Option<BTreeMap<String, i64>>, nullable = false)]
     pub lag: Option<BTreeMap<i32, i64>>,
     /// This node's membership: partitions it writes, positions, heartbeat.
-    #[schema(value_type = Object)]
     pub cluster: ClusterStatus,
 }
 

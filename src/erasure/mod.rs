@@ -34,15 +34,23 @@ use crate::projections::ProjectorStatus;
 /// How far this node's readers have applied the two topics, and up to where
 /// what they destroyed is purged from its disk: per partition, the next
 /// offset (everything before it is done).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Positions {
+    /// Key topic partition -> next offset the key follower has not applied.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub keys_applied: BTreeMap<i32, i64>,
+    /// Key topic partition -> offset below which destroyed keys are off disk.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub keys_purged: BTreeMap<i32, i64>,
+    /// Event topic partition -> next offset the views have not projected.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub views_projected: BTreeMap<i32, i64>,
+    /// Event topic partition -> offset below which erased view rows are off disk.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub views_purged: BTreeMap<i32, i64>,
 }
 

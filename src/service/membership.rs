@@ -44,7 +44,7 @@ pub const POSITIONS_EVERY: Duration = Duration::from_millis(500);
 const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// One node's row in the members topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub node_id: String,
     /// Base URL of the node's API, as other nodes reach it.
@@ -70,11 +70,12 @@ pub struct Known {
 }
 
 /// This node and what it knows of the others (for `/readyz`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub node_id: String,
     pub url: String,
     /// Per partition: `owned`, `taking_over` or `elsewhere`.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub partitions: BTreeMap<i32, &'static str>,
     /// Live nodes, this one included.
     pub members: Vec<Member>,
