@@ -230,18 +230,14 @@ fn shipping_view(
     o: &ProjectedOrder,
     provider: &Party,
 ) -> Result<ShippingOrder, ApiError> {
-    let shared: Vec<FieldClass> = o
-        .classes_for(provider)
-        .into_iter()
-        .filter(|c| !o.erased.contains(c))
-        .collect();
+    let shared = o.classes_for(provider);
     let p = ViewPersonal::of(&personal(state, o, &shared)?);
     Ok(ShippingOrder {
         order_id: o.id(),
         order_number: o.order_number.to_string(),
         status: status(o.status),
         version: o.version,
-        fields: shared.clone(),
+        fields: shared,
         erased_fields: o.erased.clone(),
         updated_at: rfc3339(o.updated_at_ms),
         consignee: p.consignee,
@@ -252,11 +248,7 @@ fn shipping_view(
 
 fn merchant_view(state: &AppState, o: &ProjectedOrder) -> Result<MerchantOrder, ApiError> {
     let me = Party::Merchant(o.merchant_id.clone());
-    let shared: Vec<FieldClass> = o
-        .classes_for(&me)
-        .into_iter()
-        .filter(|c| !o.erased.contains(c))
-        .collect();
+    let shared = o.classes_for(&me);
     let p = ViewPersonal::of(&personal(state, o, &shared)?);
     Ok(MerchantOrder {
         order_id: o.id(),
@@ -276,7 +268,7 @@ fn merchant_view(state: &AppState, o: &ProjectedOrder) -> Result<MerchantOrder, 
             .collect(),
         amount: o.amount_minor,
         currency: String::from_utf8_lossy(&o.currency).into_owned(),
-        fields: shared.clone(),
+        fields: shared,
         erased_fields: o.erased.clone(),
         placed_at: rfc3339(o.placed_at_ms),
         updated_at: rfc3339(o.updated_at_ms),

@@ -132,15 +132,11 @@ fn due_orders(
     let count = service.partitions();
     let mut out = Vec::new();
     let states = store.table::<crate::store::schema::OrderStates>();
-    for id in states.keys() {
-        let id = id?;
-        if !partitions.contains(&(crate::kafka::partition_of(&id, count) as i32)) {
-            continue;
-        }
-        let rec = match states.get(&id) {
-            Ok(Some(rec)) => rec,
+    let owned = |id: &Uuid| partitions.contains(&(crate::kafka::partition_of(id, count) as i32));
+    for row in states.rows_if(owned) {
+        let (id, rec) = match row {
+            Ok(row) => row,
             // A row that does not read is left to `verify`, not erased.
-            Ok(None) => continue,
             Err(e) if e.is_corrupt() => continue,
             Err(e) => return Err(e),
         };

@@ -674,7 +674,10 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
                 .map(|(n, i)| {
                     Ok(Item {
                         sku: Sku::parse(&format!("items[{n}].sku"), i.sku.as_str())?,
-                        ..i.clone()
+                        name: i.name.clone(),
+                        quantity: i.quantity,
+                        unit_price: i.unit_price,
+                        real_name: i.real_name,
                     })
                 })
                 .collect::<Result<Vec<_>, ValidationError>>()

@@ -76,7 +76,7 @@ impl ProjectedOrder {
         let mut out: Vec<FieldClass> = Vec::new();
         for s in self.shares.iter().filter(|s| &s.party == party) {
             for c in &s.classes {
-                if !out.contains(c) {
+                if !out.contains(c) && !self.erased.contains(c) {
                     out.push(*c);
                 }
             }
@@ -583,9 +583,11 @@ mod tests {
         assert!(o.sealed.is_empty(), "erasure drops every sealed field");
         assert_eq!(o.erased.len(), 3);
         assert_eq!(o.cancel_reason, Some(CancelReason::OutOfStock));
-        assert!(o.shared_with(&Party::Logistics(
-            ProviderId::parse("p", "sf-express").unwrap()
-        )));
+        let sf = Party::Logistics(ProviderId::parse("p", "sf-express").unwrap());
+        assert!(o.shared_with(&sf));
+        // Shared shipping, then erased: nothing left to read for the provider.
+        assert_eq!(o.shares[0].classes, vec![FieldClass::Shipping]);
+        assert!(o.classes_for(&sf).is_empty());
         assert_eq!(feeds[1][0].0, FeedTarget::Shipping("sf-express".into()));
         // The cancellation and the erasure go to the merchant and the provider.
         for f in &feeds[2..] {

@@ -839,6 +839,25 @@ impl<S: Schema> Table<'_, S> {
             })
     }
 
+    /// The rows whose key `keep` takes, in key order; the value of a row
+    /// it does not take is not decoded.
+    pub fn rows_if<'t>(
+        &'t self,
+        mut keep: impl FnMut(&S::Key) -> bool + 't,
+    ) -> impl Iterator<Item = Result<(S::Key, S::Value), StoreError>> + 't {
+        self.scan(None).filter_map(move |item| {
+            let (k, v) = match item {
+                Ok(row) => row,
+                Err(e) => return Some(Err(e)),
+            };
+            match S::decode_key(&k) {
+                Ok(key) if keep(&key) => Some(S::decode(&v).map(|value| (key, value))),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
     /// Every key, in order (values are not decoded).
     pub fn keys(&self) -> impl Iterator<Item = Result<S::Key, StoreError>> + '_ {
         self.scan(None).map(|item| S::decode_key(&item?.0))
@@ -975,6 +994,11 @@ mod tests {
             .get_many(&[key("sf", 1, 2), key("sf", 1, 3), key("zto", 0, 1)], true)
             .unwrap();
         assert_eq!(got, vec![Some(entry(2)), None, Some(entry(1))]);
+        let zto: Vec<(FeedKey, _)> = feed
+            .rows_if(|k| k.party == "zto")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(zto, vec![(key("zto", 0, 1), entry(1))]);
         // `len(id) | id | partition | offset`, as feeds were always written.
         let mut raw = vec![2u8];
         raw.extend_from_slice(b"sf");
