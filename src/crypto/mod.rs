@@ -21,6 +21,7 @@ pub mod keys;
 pub mod logkey;
 pub mod replica;
 pub mod seal;
+pub mod siv;
 pub mod vault;
 
 pub use follow::{FollowStatus, KeyFollower};

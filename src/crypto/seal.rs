@@ -6,17 +6,15 @@
 //! ciphertext moved to another order, event, position or class fails to open,
 //! and equal plaintexts never give equal ciphertexts.
 
-use aes_siv::KeyInit;
-use aes_siv::siv::Aes256Siv;
 use rand::RngCore;
 use uuid::Uuid;
 
 use super::keys::{KeyId, OrderKey};
+use super::siv::{Siv, TAG_LEN};
 use crate::domain::FieldClass;
 
 const LABEL: &[u8] = b"orderlog/v1/sealed-field";
 pub const NONCE_LEN: usize = 16;
-const TAG_LEN: usize = 16;
 
 /// Where a sealed field belongs; all of it is authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +63,9 @@ fn headers<'a>(
     ]
 }
 
-fn cipher(key: &OrderKey, class: FieldClass) -> Result<Aes256Siv, OpenError> {
+fn cipher(key: &OrderKey, class: FieldClass) -> Result<Siv, OpenError> {
     let sub = key.subkey(class).ok_or(OpenError::Shredded(class))?;
-    Ok(Aes256Siv::new(sub.as_ref().into()))
+    Ok(Siv::new(sub))
 }
 
 /// Seals `plaintext` of `class` under the order key, bound to `ctx`.
@@ -89,12 +87,16 @@ pub fn seal(
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
     let seq = ctx.sequence.to_be_bytes();
-    let ct = cipher(key, class)?
-        .encrypt(headers(ctx, class, &seq, &nonce), plaintext)
-        .expect("AES-SIV encryption cannot fail for fewer than 126 headers");
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    let siv = cipher(key, class)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + TAG_LEN + plaintext.len());
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(&[0; TAG_LEN]);
+    out.extend_from_slice(plaintext);
+    let tag = siv.encrypt_in_place(
+        &headers(ctx, class, &seq, &nonce),
+        &mut out[NONCE_LEN + TAG_LEN..],
+    );
+    out[NONCE_LEN..NONCE_LEN + TAG_LEN].copy_from_slice(&tag);
     Ok(out)
 }
 
@@ -115,12 +117,18 @@ pub fn open(
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(OpenError::Truncated(class));
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (tag, ct) = rest.split_at(TAG_LEN);
     let seq = ctx.sequence.to_be_bytes();
-    cipher(key, class)?
-        .decrypt(headers(ctx, class, &seq, nonce), ct)
-        .map(zeroize::Zeroizing::new)
-        .map_err(|_| OpenError::Unauthentic(class))
+    let siv = cipher(key, class)?;
+    let mut plain = zeroize::Zeroizing::new(ct.to_vec());
+    siv.decrypt_in_place(
+        &headers(ctx, class, &seq, nonce),
+        &mut plain,
+        tag.try_into().expect("16 bytes"),
+    )
+    .map_err(|_| OpenError::Unauthentic(class))?;
+    Ok(plain)
 }
 
 #[cfg(test)]

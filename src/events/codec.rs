@@ -77,6 +77,7 @@ pub enum Body {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sealed {
     pub class: FieldClass,
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 

@@ -37,6 +37,9 @@ pub enum ClassV1 {
 pub struct SealedV1 {
     pub class: ClassV1,
     /// `nonce | SIV tag | ciphertext` of the class's bincode-encoded fields.
+    /// bincode writes a byte string and a `u8` sequence alike (length, then
+    /// the bytes); `serde_bytes` only spares a call per byte.
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
