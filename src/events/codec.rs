@@ -493,9 +493,9 @@ fn encode_version(env: &Envelope, version: u16, log_key: Option<KekId>) -> Vec<u
         out.extend_from_slice(&id.0);
     }
     let written = if version >= v3::VERSION {
-        bincode::serde::encode_into_std_write(wire(env), &mut out, bincode_config())
+        bincode::encode_into_std_write(wire(env), &mut out, bincode_config())
     } else {
-        bincode::serde::encode_into_std_write(wire_v1(env), &mut out, bincode_config())
+        bincode::encode_into_std_write(wire_v1(env), &mut out, bincode_config())
     };
     written.expect("writing to a Vec cannot fail");
     out
@@ -577,12 +577,9 @@ fn header(bytes: &[u8]) -> Result<u16, DecodeError> {
     Ok(u16::from_be_bytes([bytes[2], bytes[3]]))
 }
 
-fn decode_wire<W: serde::de::DeserializeOwned>(
-    version: u16,
-    body: &[u8],
-) -> Result<W, DecodeError> {
+fn decode_wire<W: bincode::Decode<()>>(version: u16, body: &[u8]) -> Result<W, DecodeError> {
     let (wire, n): (W, usize) =
-        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| {
+        bincode::decode_from_slice(body, bincode_config()).map_err(|e| {
             DecodeError::Malformed {
                 version,
                 reason: e.to_string(),

@@ -7,13 +7,19 @@
 //!
 //! bincode (standard configuration: varint integers, enum variants as varint
 //! indices, length-prefixed sequences) encodes fields in declaration order.
+//! Records are written and read with bincode's own derive (`Encode`,
+//! `Decode`), which gives the same bytes as its serde path but copies byte
+//! arrays and byte strings in one piece instead of a call per byte; the serde
+//! derives remain for the view rows that hold these types, and the fixtures
+//! hold both to the same bytes.
 
+use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub const VERSION: u16 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct EnvelopeV1 {
     pub event_id: [u8; 16],
     pub order_id: [u8; 16],
@@ -26,14 +32,14 @@ pub struct EnvelopeV1 {
 }
 
 /// Field classes, by variant index: 0 shipping, 1 contact, 2 identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum ClassV1 {
     Shipping,
     Contact,
     Identity,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct SealedV1 {
     pub class: ClassV1,
     /// `nonce | SIV tag | ciphertext` of the class's bincode-encoded fields.
@@ -43,7 +49,7 @@ pub struct SealedV1 {
     pub ciphertext: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum BodyV1 {
     OrderPlaced {
         order_number: String,
@@ -67,7 +73,7 @@ pub enum BodyV1 {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct ItemV1 {
     pub sku: String,
     pub name: String,
@@ -76,13 +82,13 @@ pub struct ItemV1 {
     pub real_name: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum PartyV1 {
     Logistics(String),
     Merchant(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum ReasonV1 {
     CustomerRequest,
     PaymentFailed,

@@ -7,13 +7,14 @@
 //! Everything not redefined here (items, parties, classes, cancellation
 //! reasons, sealed fields and their plaintexts) is v1's, unchanged.
 
+use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use super::v1::{BodyV1, ClassV1, ItemV1, PartyV1, ReasonV1, SealedV1};
 
 pub const VERSION: u16 = 3;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct EnvelopeV3 {
     pub event_id: [u8; 16],
     pub order_id: [u8; 16],
@@ -26,7 +27,7 @@ pub struct EnvelopeV3 {
 }
 
 /// v1's four bodies (the erasure with its reason), then the legal hold's two.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum BodyV3 {
     OrderPlaced {
         order_number: String,
@@ -59,7 +60,7 @@ pub enum BodyV3 {
 }
 
 /// Why an erasure happened, by variant index: 0 request, 1 retention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum ErasureReasonV3 {
     Request,
     Retention,
