@@ -40,14 +40,15 @@ pub const MAX_ITEMS: usize = 200;
 pub const MAX_QUANTITY: u32 = 100_000;
 
 /// Trimmed free text: non-empty, at most `max` characters, no control characters.
-fn text(field: &str, raw: &str, max: usize) -> Result<String> {
+/// `field` is formatted only for an error: these run for every order read.
+fn text(field: impl fmt::Display, raw: &str, max: usize) -> Result<String> {
     let s = raw.trim();
     if s.is_empty() {
-        return Err(ValidationError::new(field, "must not be empty"));
+        return Err(ValidationError::new(field.to_string(), "must not be empty"));
     }
     if s.chars().count() > max {
         return Err(ValidationError::new(
-            field,
+            field.to_string(),
             format!("must be at most {max} characters"),
         ));
     }
@@ -55,11 +56,22 @@ fn text(field: &str, raw: &str, max: usize) -> Result<String> {
         .any(|c| c.is_control() || is_invisible_format_char(c))
     {
         return Err(ValidationError::new(
-            field,
+            field.to_string(),
             "must not contain control or invisible formatting characters",
         ));
     }
     Ok(s.to_owned())
+}
+
+/// The name of a field inside another (`consignee.address` and `city`:
+/// `consignee.address.city`), formatted only when an error names it.
+#[derive(Clone, Copy)]
+struct Sub<'a>(&'a str, &'static str);
+
+impl fmt::Display for Sub<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
 }
 
 /// Bidi overrides and zero-width characters let text display as something it is
@@ -69,13 +81,13 @@ fn is_invisible_format_char(c: char) -> bool {
 }
 
 /// An identifier: 1 to 64 of `A-Z a-z 0-9 . _ -`.
-fn ident(field: &str, raw: &str) -> Result<String> {
+fn ident(field: impl fmt::Display, raw: &str) -> Result<String> {
     if raw.is_empty() {
-        return Err(ValidationError::new(field, "must not be empty"));
+        return Err(ValidationError::new(field.to_string(), "must not be empty"));
     }
     if raw.len() > MAX_ID_CHARS {
         return Err(ValidationError::new(
-            field,
+            field.to_string(),
             format!("must be at most {MAX_ID_CHARS} characters"),
         ));
     }
@@ -84,7 +96,7 @@ fn ident(field: &str, raw: &str) -> Result<String> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
         return Err(ValidationError::new(
-            field,
+            field.to_string(),
             "may contain only letters, digits, '.', '_' and '-'",
         ));
     }
@@ -99,7 +111,7 @@ macro_rules! public_id {
         pub struct $name(String);
 
         impl $name {
-            pub fn parse(field: &str, raw: &str) -> Result<Self> {
+            pub fn parse(field: impl fmt::Display, raw: &str) -> Result<Self> {
                 ident(field, raw).map(Self)
             }
             /// The id as the log holds it, unchecked: decoding takes the
@@ -491,18 +503,10 @@ impl Address {
             ));
         }
         Ok(Self {
-            province: text(
-                &format!("{field}.province"),
-                province,
-                MAX_ADDRESS_PART_CHARS,
-            )?,
-            city: text(&format!("{field}.city"), city, MAX_ADDRESS_PART_CHARS)?,
-            district: text(
-                &format!("{field}.district"),
-                district,
-                MAX_ADDRESS_PART_CHARS,
-            )?,
-            street: text(&format!("{field}.street"), street, MAX_STREET_CHARS)?,
+            province: text(Sub(field, "province"), province, MAX_ADDRESS_PART_CHARS)?,
+            city: text(Sub(field, "city"), city, MAX_ADDRESS_PART_CHARS)?,
+            district: text(Sub(field, "district"), district, MAX_ADDRESS_PART_CHARS)?,
+            street: text(Sub(field, "street"), street, MAX_STREET_CHARS)?,
             postal_code: postal.to_owned(),
         })
     }
@@ -571,8 +575,8 @@ impl Item {
             ));
         }
         Ok(Self {
-            sku: Sku::parse(&format!("{field}.sku"), sku)?,
-            name: text(&format!("{field}.name"), name, MAX_ITEM_NAME_CHARS)?,
+            sku: Sku::parse(Sub(field, "sku"), sku)?,
+            name: text(Sub(field, "name"), name, MAX_ITEM_NAME_CHARS)?,
             quantity: quantity as u32,
             unit_price: unit_price as u64,
             real_name,

@@ -231,3 +231,23 @@ proptest! {
         prop_assert_eq!(open_event(&back, Some(&key)).unwrap(), event);
     }
 }
+
+/// The borrowed writer gives the bytes of the wire record, derived encoder
+/// and serde alike, for a placement with every class and for a public event.
+#[test]
+fn the_borrowed_v3_writer_gives_the_wire_records_bytes() {
+    let key = OrderKey::generate();
+    for event in [
+        placed(3, true),
+        Event::OrderCancelled {
+            reason: crate::domain::CancelReason::OutOfStock,
+        },
+    ] {
+        let env = seal_event(&event, meta(&key, 2), Some(&key)).unwrap();
+        let borrowed = bincode::encode_to_vec(WireV3(&env), bincode_config()).unwrap();
+        let derived = bincode::encode_to_vec(wire(&env), bincode_config()).unwrap();
+        let serde = bincode::serde::encode_to_vec(wire(&env), bincode_config()).unwrap();
+        assert_eq!(borrowed, derived);
+        assert_eq!(borrowed, serde);
+    }
+}

@@ -98,7 +98,7 @@ pub enum ReasonV1 {
 }
 
 /// Sealed plaintext of the shipping class.
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[derive(Serialize, Deserialize, Encode, Decode, Zeroize, ZeroizeOnDrop)]
 pub struct ShippingV1 {
     pub name: String,
     pub province: String,
@@ -110,14 +110,14 @@ pub struct ShippingV1 {
 }
 
 /// Sealed plaintext of the contact class.
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[derive(Serialize, Deserialize, Encode, Decode, Zeroize, ZeroizeOnDrop)]
 pub struct ContactV1 {
     pub landline: Option<String>,
     pub email: Option<String>,
 }
 
 /// Sealed plaintext of the identity class.
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[derive(Serialize, Deserialize, Encode, Decode, Zeroize, ZeroizeOnDrop)]
 pub struct IdentityV1 {
     pub id_number: String,
 }
