@@ -484,7 +484,6 @@ impl bincode::Encode for WireV3<'_> {
         &self,
         e: &mut E,
     ) -> Result<(), bincode::error::EncodeError> {
-        use bincode::Encode;
         let m = &self.0.meta;
         m.event_id.as_bytes().encode(e)?;
         m.order_id.as_bytes().encode(e)?;
@@ -615,11 +614,9 @@ fn header(bytes: &[u8]) -> Result<u16, DecodeError> {
 
 fn decode_wire<W: bincode::Decode<()>>(version: u16, body: &[u8]) -> Result<W, DecodeError> {
     let (wire, n): (W, usize) =
-        bincode::decode_from_slice(body, bincode_config()).map_err(|e| {
-            DecodeError::Malformed {
-                version,
-                reason: e.to_string(),
-            }
+        bincode::decode_from_slice(body, bincode_config()).map_err(|e| DecodeError::Malformed {
+            version,
+            reason: e.to_string(),
         })?;
     if n != body.len() {
         return Err(DecodeError::TrailingBytes(body.len() - n));
@@ -707,7 +704,7 @@ pub fn public_event(env: &Envelope) -> Result<Event, DecodeError> {
                 .enumerate()
                 .map(|(n, i)| {
                     Ok(Item {
-                        sku: Sku::parse(&format!("items[{n}].sku"), i.sku.as_str())?,
+                        sku: Sku::parse(format_args!("items[{n}].sku"), i.sku.as_str())?,
                         name: i.name.clone(),
                         quantity: i.quantity,
                         unit_price: i.unit_price,
