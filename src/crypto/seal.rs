@@ -9,7 +9,7 @@
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::keys::{KeyId, OrderKey};
+use super::keys::{KeyId, OrderKey, Subkey};
 use super::siv::{Siv, TAG_LEN};
 use crate::domain::FieldClass;
 
@@ -63,9 +63,8 @@ fn headers<'a>(
     ]
 }
 
-fn cipher(key: &OrderKey, class: FieldClass) -> Result<Siv, OpenError> {
-    let sub = key.subkey(class).ok_or(OpenError::Shredded(class))?;
-    Ok(Siv::new(sub))
+fn subkey(key: &OrderKey, class: FieldClass) -> Result<&Subkey, OpenError> {
+    key.subkey(class).ok_or(OpenError::Shredded(class))
 }
 
 /// Seals `plaintext` of `class` under the order key, bound to `ctx`.
@@ -87,7 +86,7 @@ pub fn seal(
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
     let seq = ctx.sequence.to_be_bytes();
-    let siv = cipher(key, class)?;
+    let siv = Siv::new(subkey(key, class)?);
     let mut out = Vec::with_capacity(NONCE_LEN + TAG_LEN + plaintext.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&[0; TAG_LEN]);
@@ -120,7 +119,7 @@ pub fn open(
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (tag, ct) = rest.split_at(TAG_LEN);
     let seq = ctx.sequence.to_be_bytes();
-    let siv = cipher(key, class)?;
+    let siv = Siv::new(subkey(key, class)?);
     let mut plain = zeroize::Zeroizing::new(ct.to_vec());
     siv.decrypt_in_place(
         &headers(ctx, class, &seq, nonce),

@@ -83,11 +83,9 @@ fn blocks(len: usize) -> usize {
 impl Siv {
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
         let (mac_key, ctr_key) = key.split_at(KEY_LEN / 2);
-        let mac = Aes256Enc::new(mac_key.into());
-        let ctr = Aes256Enc::new(ctr_key.into());
         let mut siv = Self {
-            mac,
-            ctr,
+            mac: Aes256Enc::new(mac_key.into()),
+            ctr: Aes256Enc::new(ctr_key.into()),
             k1: 0,
             k2: 0,
             d0: 0,
