@@ -385,13 +385,13 @@ pub fn seal_event(
             if let Some(s) = &p.personal.shipping {
                 let s = s.expose();
                 let plain = encode_plain(&v1::ShippingV1 {
-                    name: s.name.as_str().to_owned(),
-                    province: s.address.province.clone(),
-                    city: s.address.city.clone(),
-                    district: s.address.district.clone(),
-                    street: s.address.street.clone(),
-                    postal_code: s.address.postal_code.clone(),
-                    mobile: s.mobile.as_str().to_owned(),
+                    name: s.name.as_str(),
+                    province: &s.address.province,
+                    city: &s.address.city,
+                    district: &s.address.district,
+                    street: &s.address.street,
+                    postal_code: &s.address.postal_code,
+                    mobile: s.mobile.as_str(),
                 });
                 sealed.push(Sealed {
                     class: FieldClass::Shipping,
@@ -401,8 +401,8 @@ pub fn seal_event(
             if let Some(c) = &p.personal.contact {
                 let c = c.expose();
                 let plain = encode_plain(&v1::ContactV1 {
-                    landline: c.landline.as_ref().map(|l| l.as_str().to_owned()),
-                    email: c.email.as_ref().map(|e| e.as_str().to_owned()),
+                    landline: c.landline.as_ref().map(|l| l.as_str()),
+                    email: c.email.as_ref().map(|e| e.as_str()),
                 });
                 sealed.push(Sealed {
                     class: FieldClass::Contact,
@@ -411,7 +411,7 @@ pub fn seal_event(
             }
             if let Some(id) = &p.personal.identity {
                 let plain = encode_plain(&v1::IdentityV1 {
-                    id_number: id.expose().as_str().to_owned(),
+                    id_number: id.expose().as_str(),
                 });
                 sealed.push(Sealed {
                     class: FieldClass::Identity,
@@ -768,11 +768,11 @@ fn malformed(class: FieldClass) -> impl Fn(ValidationError) -> OpenEventError {
     }
 }
 
-fn decode_plain<T: bincode::Decode<()>>(
+fn decode_plain<'a, T: bincode::BorrowDecode<'a, ()>>(
     class: FieldClass,
-    bytes: &[u8],
+    bytes: &'a [u8],
 ) -> Result<T, OpenEventError> {
-    bincode::decode_from_slice(bytes, bincode_config())
+    bincode::borrow_decode_from_slice(bytes, bincode_config())
         .map(|(v, _)| v)
         .map_err(|e| OpenEventError::Malformed {
             class,
@@ -794,17 +794,17 @@ fn open_class(
             let s: v1::ShippingV1 = decode_plain(class, &plain)?;
             let m = malformed(class);
             out.shipping = Some(Personal::new(ShippingInfo {
-                name: ConsigneeName::parse("consignee.name", &s.name).map_err(&m)?,
+                name: ConsigneeName::parse("consignee.name", s.name).map_err(&m)?,
                 address: Address::parse(
                     "consignee.address",
-                    &s.province,
-                    &s.city,
-                    &s.district,
-                    &s.street,
-                    &s.postal_code,
+                    s.province,
+                    s.city,
+                    s.district,
+                    s.street,
+                    s.postal_code,
                 )
                 .map_err(&m)?,
-                mobile: Mobile::parse("consignee.mobile", &s.mobile).map_err(&m)?,
+                mobile: Mobile::parse("consignee.mobile", s.mobile).map_err(&m)?,
             }));
         }
         FieldClass::Contact => {
@@ -813,13 +813,11 @@ fn open_class(
             out.contact = Some(Personal::new(ContactInfo {
                 landline: c
                     .landline
-                    .as_deref()
                     .map(|l| Landline::parse("contact.landline", l))
                     .transpose()
                     .map_err(&m)?,
                 email: c
                     .email
-                    .as_deref()
                     .map(|e| Email::parse("contact.email", e))
                     .transpose()
                     .map_err(&m)?,
@@ -828,7 +826,7 @@ fn open_class(
         FieldClass::Identity => {
             let i: v1::IdentityV1 = decode_plain(class, &plain)?;
             out.identity = Some(Personal::new(
-                IdNumber::parse("id_number", &i.id_number).map_err(malformed(class))?,
+                IdNumber::parse("id_number", i.id_number).map_err(malformed(class))?,
             ));
         }
     }

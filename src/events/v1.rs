@@ -13,9 +13,8 @@
 //! derives remain for the view rows that hold these types, and the fixtures
 //! hold both to the same bytes.
 
-use bincode::{Decode, Encode};
+use bincode::{BorrowDecode, Decode, Encode};
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub const VERSION: u16 = 1;
 
@@ -97,29 +96,35 @@ pub enum ReasonV1 {
     Other,
 }
 
+// The sealed plaintexts borrow their text: from the domain value a field
+// is sealed from, or from the opened (zeroed on drop) buffer it is read
+// from, so no copy of personal data is left to zero. bincode writes a `&str`
+// as it writes a `String` (length, then the bytes), and reads it back
+// checked as UTF-8.
+
 /// Sealed plaintext of the shipping class.
-#[derive(Serialize, Deserialize, Encode, Decode, Zeroize, ZeroizeOnDrop)]
-pub struct ShippingV1 {
-    pub name: String,
-    pub province: String,
-    pub city: String,
-    pub district: String,
-    pub street: String,
-    pub postal_code: String,
-    pub mobile: String,
+#[derive(Encode, BorrowDecode)]
+pub struct ShippingV1<'a> {
+    pub name: &'a str,
+    pub province: &'a str,
+    pub city: &'a str,
+    pub district: &'a str,
+    pub street: &'a str,
+    pub postal_code: &'a str,
+    pub mobile: &'a str,
 }
 
 /// Sealed plaintext of the contact class.
-#[derive(Serialize, Deserialize, Encode, Decode, Zeroize, ZeroizeOnDrop)]
-pub struct ContactV1 {
-    pub landline: Option<String>,
-    pub email: Option<String>,
+#[derive(Encode, BorrowDecode)]
+pub struct ContactV1<'a> {
+    pub landline: Option<&'a str>,
+    pub email: Option<&'a str>,
 }
 
 /// Sealed plaintext of the identity class.
-#[derive(Serialize, Deserialize, Encode, Decode, Zeroize, ZeroizeOnDrop)]
-pub struct IdentityV1 {
-    pub id_number: String,
+#[derive(Encode, BorrowDecode)]
+pub struct IdentityV1<'a> {
+    pub id_number: &'a str,
 }
 
-crate::redacted_debug!(ShippingV1, ContactV1, IdentityV1);
+crate::redacted_debug!(ShippingV1<'_>, ContactV1<'_>, IdentityV1<'_>);
