@@ -490,9 +490,22 @@ impl KeyFollower {
         };
         let worker = Worker::spawn("key-follower", stop, move |stop| {
             let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
+            // Right after a record, only take what is already fetched: an
+            // empty poll stores and publishes the position at once, so an
+            // erase request waiting on it sees the tombstone applied within
+            // milliseconds, not after the next poll's wait.
+            let mut applied = false;
             while !stop.is_cancelled() {
-                match run.step(Duration::from_millis(100)) {
-                    Ok(_) => retry.reset(),
+                let wait = if applied {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(100)
+                };
+                match run.step(wait) {
+                    Ok(a) => {
+                        applied = a;
+                        retry.reset();
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "Applying the key topic failed; retrying.");
                         shutdown::sleep(&stop, retry.pause());

@@ -217,6 +217,12 @@ fn drain(store: &Store, status: &PurgeStatus) -> Result<usize, StoreError> {
     tracing::debug!(
         orders = ids.len(),
         elapsed_ms = report.elapsed.as_millis() as u64,
+        flush_ms = report.flush.as_millis() as u64,
+        compactions_ms = ?report
+            .compactions
+            .iter()
+            .map(|(cf, t)| (*cf, t.as_millis() as u64))
+            .collect::<Vec<_>>(),
         "Erased rows purged from disk."
     );
     Ok(ids.len())

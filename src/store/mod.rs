@@ -132,7 +132,10 @@ pub const DEFAULT_BLOCK_CACHE_MB: usize = 128;
 
 /// SST file size of the column families an erasure purges (RocksDB's
 /// default is 64 MiB).
-const PURGED_FILE_BYTES: u64 = 4 << 20;
+const PURGED_FILE_BYTES: u64 = 1 << 20;
+
+/// RocksDB's background flushes and compactions (a quarter of them flushes).
+const BACKGROUND_JOBS: i32 = 8;
 
 impl Default for StoreTuning {
     fn default() -> Self {
@@ -253,6 +256,12 @@ impl Store {
         opts.set_wal_ttl_seconds(0);
         opts.set_wal_size_limit_mb(0);
         opts.set_keep_log_file_num(5);
+        // RocksDB's default of two background jobs is one flush thread and
+        // one compaction thread: an erasure's purge (a flush of every column
+        // family, then a range compaction in four of them) would queue its
+        // four compactions behind each other and behind the projector's.
+        // The jobs mostly wait on the disk, so more threads than cores pay.
+        opts.set_max_background_jobs(BACKGROUND_JOBS);
         opts.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
             tuning.memtables_total_bytes,
             false,
@@ -318,11 +327,15 @@ impl Store {
 }
 
 /// What a physical purge did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeReport {
     /// WAL files left after the purge (only the live one should remain).
     pub wal_files: usize,
     pub elapsed: std::time::Duration,
+    /// Of `elapsed`, the flush of the memtables and the WAL.
+    pub flush: std::time::Duration,
+    /// Of `elapsed`, each column family's range compaction (side by side).
+    pub compactions: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Store {
@@ -336,6 +349,7 @@ impl Store {
         let started = std::time::Instant::now();
         let db = self.db();
         self.flush_everything()?;
+        let flush = started.elapsed();
         let mut compact = rocksdb::CompactOptions::default();
         compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         compact.set_exclusive_manual_compaction(false);
@@ -360,18 +374,27 @@ impl Store {
         }
         // The column families' compactions run side by side: each is mostly
         // waiting on its own files.
-        std::thread::scope(|s| {
-            for (cf, (start, end)) in &spans {
-                let (cf, compact) = (self.cf(cf), &compact);
-                s.spawn(move || {
-                    db.compact_range_cf_opt(
-                        cf,
-                        Some(start.as_slice()),
-                        Some(end.as_slice()),
-                        compact,
-                    );
-                });
-            }
+        let compactions = std::thread::scope(|s| {
+            let running: Vec<_> = spans
+                .iter()
+                .map(|(name, (start, end))| {
+                    let (cf, compact) = (self.cf(name), &compact);
+                    s.spawn(move || {
+                        let t = std::time::Instant::now();
+                        db.compact_range_cf_opt(
+                            cf,
+                            Some(start.as_slice()),
+                            Some(end.as_slice()),
+                            compact,
+                        );
+                        (*name, t.elapsed())
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|h| h.join().expect("a range compaction does not panic"))
+                .collect()
         });
         let wal_files = std::fs::read_dir(&self.path)
             .map(|d| {
@@ -383,6 +406,8 @@ impl Store {
         Ok(PurgeReport {
             wal_files,
             elapsed: started.elapsed(),
+            flush,
+            compactions,
         })
     }
 
