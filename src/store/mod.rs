@@ -262,6 +262,16 @@ impl Store {
         // four compactions behind each other and behind the projector's.
         // The jobs mostly wait on the disk, so more threads than cores pay.
         opts.set_max_background_jobs(BACKGROUND_JOBS);
+        // Compactions (a burst of erasures' purges among them) run at a lower
+        // CPU priority than the node's own threads, so on a busy machine they
+        // give way to placements and reads; flushes keep theirs, so memtables
+        // never wait on them. The pools are the process's default Env's.
+        let mut env = rocksdb::Env::new().map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        env.lower_thread_pool_cpu_priority();
+        opts.set_env(&env);
         opts.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
             tuning.memtables_total_bytes,
             false,
@@ -351,7 +361,9 @@ impl Store {
         self.flush_everything()?;
         let flush = started.elapsed();
         let mut compact = rocksdb::CompactOptions::default();
-        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        // The files this compaction writes into the bottom level already
+        // had the range merged: they are not compacted a second time.
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
         compact.set_exclusive_manual_compaction(false);
         // One compaction per column family over the span of the given keys:
         // each compaction rewrites whole SST files, so many small ranges
