@@ -98,6 +98,10 @@ pub struct PurgeStatus {
     /// Queued (written) and not purged yet.
     pending: Mutex<BTreeSet<Entry>>,
     wake: Condvar,
+    /// Told after every purge: an erase request waiting for its rows to be
+    /// gone from disk looks again at once (the purge is almost always the
+    /// last of its steps).
+    drained: tokio::sync::Notify,
     /// Purges run (each one flush and one compaction per column family).
     pub purges: AtomicU64,
     /// Orders whose rows were purged.
@@ -146,6 +150,11 @@ impl PurgeStatus {
             }
         }
         out
+    }
+
+    /// Completes after the next purge (or stop).
+    pub async fn drained(&self) {
+        self.drained.notified().await
     }
 
     /// Queued purges not run yet.
@@ -211,6 +220,7 @@ fn drain(store: &Store, status: &PurgeStatus) -> Result<usize, StoreError> {
             pending.remove(e);
         }
     }
+    status.drained.notify_waiters();
     status.purges.fetch_add(1, Ordering::Relaxed);
     status.purged.fetch_add(ids.len() as u64, Ordering::Relaxed);
     metrics::counter!(crate::telemetry::PURGES).increment(1);

@@ -125,7 +125,16 @@ async fn await_nodes(
         if nodes.iter().all(|n| n.done) || started.elapsed() >= limit {
             return (nodes, here, started.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let pause = tokio::time::sleep(Duration::from_millis(10));
+        match service.tracker() {
+            Some(t) => {
+                tokio::select! {
+                    _ = t.purge.drained() => {}
+                    _ = pause => {}
+                }
+            }
+            None => pause.await,
+        }
     }
 }
 
