@@ -109,6 +109,19 @@ async fn main() {
         t.await.unwrap();
     }
     let settled = settle(&svc).await;
+    // ORDERLOG_BENCH_LOADED=N: N clients keep placing orders while the
+    // erasures run one after another (erasure under load; 0: an idle node).
+    let loaded: usize = std::env::var("ORDERLOG_BENCH_LOADED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let load_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = (loaded > 0).then(|| {
+        let (svc, stop) = (svc.clone(), load_stop.clone());
+        tokio::spawn(
+            async move { place_for(&svc, loaded, Duration::from_secs(3600), Some(stop)).await },
+        )
+    });
     let client = reqwest::Client::new();
     let mut total = Vec::new();
     let mut disk = Vec::new();
@@ -142,6 +155,11 @@ async fn main() {
             disk.push(purge_ms);
         }
     }
+    load_stop.store(true, std::sync::atomic::Ordering::Release);
+    let load_rate = match load {
+        Some(l) => Some(l.await.unwrap()),
+        None => None,
+    };
     total.sort_by(f64::total_cmp);
     disk.sort_by(f64::total_cmp);
     println!(
@@ -152,6 +170,12 @@ async fn main() {
             "release"
         }
     );
+    match load_rate {
+        Some(rate) => println!(
+            "# meanwhile {loaded} clients placed orders through the library API: {rate:.0} orders/s"
+        ),
+        None => println!("# no other load (ORDERLOG_BENCH_LOADED=N adds N placing clients)"),
+    }
     println!(
         "# the node settled {:.1} s after the fill (reads caught up; no flush or compaction pending or running)",
         settled.as_secs_f64()
