@@ -134,6 +134,10 @@ pub const DEFAULT_BLOCK_CACHE_MB: usize = 128;
 /// default is 64 MiB).
 const PURGED_FILE_BYTES: u64 = 1 << 20;
 
+/// Target size of the first level below level 0 in those column families
+/// (RocksDB's default is 256 MiB; the levels below grow tenfold each).
+const PURGED_LEVEL_BASE_BYTES: u64 = 2 << 20;
+
 /// RocksDB's background flushes and compactions (a quarter of them flushes).
 const BACKGROUND_JOBS: i32 = 8;
 
@@ -169,6 +173,13 @@ impl StoreTuning {
             // that rewrite (and the erase request's wait) short however
             // many orders the store holds.
             opts.set_target_file_size_base(PURGED_FILE_BYTES);
+            // A purge's flush puts the erasure's tombstone in a level-0 file
+            // with every order written since the last flush (the newest
+            // ids), so that file spans from the erased id to the newest, and
+            // the range compaction takes along every file of the level below
+            // in that span. A small base level keeps that level small: below
+            // it, the compaction narrows to the files holding the order.
+            opts.set_max_bytes_for_level_base(PURGED_LEVEL_BASE_BYTES);
         }
         if matches!(name, CF_VIEW_ORDERS | CF_ORDER_STATE | CF_ORDER_PLACED) {
             // Folding a batch looks up every order it touches, mostly in
@@ -262,16 +273,6 @@ impl Store {
         // four compactions behind each other and behind the projector's.
         // The jobs mostly wait on the disk, so more threads than cores pay.
         opts.set_max_background_jobs(BACKGROUND_JOBS);
-        // Compactions (a burst of erasures' purges among them) run at a lower
-        // CPU priority than the node's own threads, so on a busy machine they
-        // give way to placements and reads; flushes keep theirs, so memtables
-        // never wait on them. The pools are the process's default Env's.
-        let mut env = rocksdb::Env::new().map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        env.lower_thread_pool_cpu_priority();
-        opts.set_env(&env);
         opts.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(
             tuning.memtables_total_bytes,
             false,
