@@ -337,6 +337,17 @@ impl Store {
     }
 }
 
+/// A compaction that takes a range down to the bottom level, dropping deleted
+/// values with their tombstones. The files it writes into the bottom level
+/// already had the range merged, so they are not compacted a second time
+/// (`ForceOptimized`); automatic compactions go on meanwhile.
+fn purge_compaction() -> rocksdb::CompactOptions {
+    let mut compact = rocksdb::CompactOptions::default();
+    compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+    compact.set_exclusive_manual_compaction(false);
+    compact
+}
+
 /// What a physical purge did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -361,11 +372,7 @@ impl Store {
         let db = self.db();
         self.flush_everything()?;
         let flush = started.elapsed();
-        let mut compact = rocksdb::CompactOptions::default();
-        // The files this compaction writes into the bottom level already
-        // had the range merged: they are not compacted a second time.
-        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-        compact.set_exclusive_manual_compaction(false);
+        let compact = purge_compaction();
         // One compaction per column family over the span of the given keys:
         // each compaction rewrites whole SST files, so many small ranges
         // (a rebuild that met thousands of erasures) would rewrite the same
@@ -441,8 +448,7 @@ impl Store {
     pub fn purge_all(&self, names: &[&'static str]) -> Result<(), StoreError> {
         let db = self.db();
         self.flush_everything()?;
-        let mut compact = rocksdb::CompactOptions::default();
-        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        let compact = purge_compaction();
         for name in names {
             db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &compact);
         }
