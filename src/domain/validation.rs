@@ -253,6 +253,12 @@ macro_rules! personal_text {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The value as an orderlog node sealed it, opened: not checked
+            /// again (see [`crate::events::open_event`]).
+            pub(crate) fn from_sealed(text: &str) -> Self {
+                Self(text.to_owned())
+            }
         }
 
         impl fmt::Debug for $name {
