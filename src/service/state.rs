@@ -534,10 +534,37 @@ pub struct StateFolder {
     touched: HashMap<Uuid, (OrderRecord, Option<Vec<u8>>)>,
     /// Stored rows read ahead by [`StateFolder::prefetch`], not folded yet.
     fetched: HashMap<Uuid, OrderRecord>,
-    /// Rows of the last [`StateFolder::stage`], read instead of the store's
-    /// until [`StateFolder::release_staged`] says their batch is written.
-    staged: HashMap<Uuid, OrderRecord>,
+    /// Rows of the last [`StateFolder::take_in_flight`], read instead of
+    /// the store's until [`StateFolder::release_staged`] says their batch
+    /// is written.
+    staged: Option<std::sync::Arc<StagedRows>>,
     keys: Vec<([u8; 32], IdempotentOutcome, i64)>,
+}
+
+/// The rows of the orders folded for one batch (order state, sealed
+/// placement, idempotency keys), not yet encoded: the projector's writer
+/// thread encodes them into the batch ([`StagedRows::stage`]) while the
+/// folder reads them for the next one.
+#[derive(Debug, Default)]
+pub struct StagedRows {
+    rows: HashMap<Uuid, (OrderRecord, Option<Vec<u8>>)>,
+    keys: Vec<([u8; 32], IdempotentOutcome, i64)>,
+    now_ms: i64,
+}
+
+impl StagedRows {
+    /// Adds the rows to `batch` (idempotency keys expired by `now_ms` are
+    /// left out).
+    pub fn stage(&self, store: &Store, batch: &mut WriteBatch) {
+        for (id, (rec, placed)) in &self.rows {
+            stage_order(store, batch, id, rec, placed.as_deref());
+        }
+        for (key, outcome, expires) in &self.keys {
+            if *expires > self.now_ms {
+                stage_idempotency(store, batch, key, outcome, *expires);
+            }
+        }
+    }
 }
 
 impl StateFolder {
@@ -547,7 +574,7 @@ impl StateFolder {
             ttl_ms: idempotency_ttl.as_millis().min(i64::MAX as u128) as i64,
             touched: HashMap::new(),
             fetched: HashMap::new(),
-            staged: HashMap::new(),
+            staged: None,
             keys: Vec::new(),
         }
     }
@@ -560,7 +587,7 @@ impl StateFolder {
             .filter(|id| {
                 !self.touched.contains_key(*id)
                     && !self.fetched.contains_key(*id)
-                    && !self.staged.contains_key(*id)
+                    && self.staged(id).is_none()
             })
             .collect();
         if missing.is_empty() {
@@ -579,8 +606,14 @@ impl StateFolder {
 
     /// The batch of the last [`StateFolder::stage`] is written (or dropped):
     /// its rows are read from the store again.
-    pub fn release_staged(&mut self) {
-        self.staged.clear();
+    /// Returns them, for the caller to drop where it costs least.
+    pub fn release_staged(&mut self) -> Option<std::sync::Arc<StagedRows>> {
+        self.staged.take()
+    }
+
+    /// The row of `order_id` in the batch in flight, if it has one.
+    fn staged(&self, order_id: &Uuid) -> Option<&OrderRecord> {
+        self.staged.as_ref()?.rows.get(order_id).map(|(rec, _)| rec)
     }
 
     /// Forgets the rows read ahead and not folded (they may change on disk).
@@ -592,8 +625,7 @@ impl StateFolder {
     pub fn order(&mut self, order_id: &Uuid) -> Result<&mut OrderRecord, StoreError> {
         if !self.touched.contains_key(order_id) {
             let rec = match self
-                .staged
-                .get(order_id)
+                .staged(order_id)
                 .cloned()
                 .or_else(|| self.fetched.remove(order_id))
             {
@@ -690,30 +722,26 @@ impl StateFolder {
     /// Adds the rows of every order folded since the last call to `batch`,
     /// and forgets them.
     pub fn stage(&mut self, batch: &mut WriteBatch, now_ms: i64) {
-        self.stage_rows(batch, now_ms, false);
+        self.take(now_ms).stage(&self.store, batch);
     }
 
-    /// [`StateFolder::stage`] for a batch written while the next is folded:
-    /// its rows are kept, and read instead of the store's, until
-    /// [`StateFolder::release_staged`].
-    pub fn stage_in_flight(&mut self, batch: &mut WriteBatch, now_ms: i64) {
-        self.stage_rows(batch, now_ms, true);
+    /// The rows of every order folded since the last call, for a batch
+    /// written while the next is folded: staged by the writer, and read
+    /// instead of the store's until [`StateFolder::release_staged`].
+    pub fn take_in_flight(&mut self, now_ms: i64) -> std::sync::Arc<StagedRows> {
+        let rows = std::sync::Arc::new(self.take(now_ms));
+        self.staged = Some(rows.clone());
+        rows
     }
 
-    fn stage_rows(&mut self, batch: &mut WriteBatch, now_ms: i64, keep: bool) {
-        self.staged.clear();
-        for (id, (rec, placed)) in self.touched.drain() {
-            if rec.state.version > 0 {
-                stage_order(&self.store, batch, &id, &rec, placed.as_deref());
-                if keep {
-                    self.staged.insert(id, rec);
-                }
-            }
-        }
-        for (key, outcome, expires) in self.keys.drain(..) {
-            if expires > now_ms {
-                stage_idempotency(&self.store, batch, &key, &outcome, expires);
-            }
+    fn take(&mut self, now_ms: i64) -> StagedRows {
+        let capacity = self.touched.len();
+        let mut rows = std::mem::replace(&mut self.touched, HashMap::with_capacity(capacity));
+        rows.retain(|_, (rec, _)| rec.state.version > 0);
+        StagedRows {
+            rows,
+            keys: std::mem::take(&mut self.keys),
+            now_ms,
         }
     }
 }
