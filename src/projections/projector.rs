@@ -367,9 +367,6 @@ struct Run {
     writer: Writer,
     /// The batch the writer has, until it says it is written.
     inflight: Option<Inflight>,
-    /// The rows of the batch written last, handed to the writer with the
-    /// next batch to be freed there.
-    retired: Option<Retired>,
     /// Threads that authenticate and decode a polled batch side by side.
     decoders: Arc<rayon::ThreadPool>,
 }
@@ -391,15 +388,7 @@ struct ToWrite {
     batch: WriteBatch,
     views: Arc<HashMap<[u8; 16], ProjectedOrder>>,
     state: Arc<crate::service::state::StagedRows>,
-    /// The rows of the batch before, no longer read: freed by the writer.
-    retired: Option<Retired>,
 }
-
-/// The rows of a written batch, freed on the writer thread.
-type Retired = (
-    Arc<HashMap<[u8; 16], ProjectedOrder>>,
-    Option<Arc<crate::service::state::StagedRows>>,
-);
 
 /// The projector's writer thread: writes each batch it is handed and
 /// answers with the result, in order. It ends when the run is dropped.
@@ -433,18 +422,17 @@ impl Writer {
                     mut batch,
                     views,
                     state,
-                    retired,
                 } in todo
                 {
                     for (id, o) in views.iter() {
                         orders.put(&mut batch, &Uuid::from_bytes(*id), o);
                     }
                     state.stage(&store, &mut batch);
+                    // The folding thread holds them too, and frees them.
+                    drop((views, state));
                     if tell.send(store.db().write(batch)).is_err() {
                         return;
                     }
-                    // Freed here, after the answer, not on the folding thread.
-                    drop((views, state, retired));
                 }
             })
             .expect("spawn projector writer thread");
@@ -620,7 +608,6 @@ impl Run {
             feeds: Vec::new(),
             writer: Writer::start(store_w),
             inflight: None,
-            retired: None,
             decoders: Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .thread_name(|i| format!("projector-decode-{i}"))
@@ -1137,7 +1124,6 @@ impl Run {
             batch,
             views: views.clone(),
             state,
-            retired: self.retired.take(),
         });
         self.inflight = Some(Inflight {
             views,
@@ -1160,7 +1146,10 @@ impl Run {
             Ok(r) => r.map_err(ProjectorError::from),
             Err(_) => Err(ProjectorError::WriterGone),
         };
-        self.retired = Some((inflight.views, self.state.release_staged()));
+        // Freed here rather than on the writer: mostly memory this thread
+        // allocated, which mimalloc frees faster on the thread that owns it.
+        self.state.release_staged();
+        drop(inflight.views);
         if let Err(e) = result {
             if let Some(purge) = &self.config.purge {
                 purge.forget(&inflight.queued);

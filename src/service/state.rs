@@ -545,11 +545,20 @@ pub struct StateFolder {
 /// placement, idempotency keys), not yet encoded: the projector's writer
 /// thread encodes them into the batch ([`StagedRows::stage`]) while the
 /// folder reads them for the next one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct StagedRows {
     rows: HashMap<Uuid, (OrderRecord, Option<Vec<u8>>)>,
     keys: Vec<([u8; 32], IdempotentOutcome, i64)>,
     now_ms: i64,
+}
+
+impl std::fmt::Debug for StagedRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedRows")
+            .field("orders", &self.rows.len())
+            .field("idempotency_keys", &self.keys.len())
+            .finish()
+    }
 }
 
 impl StagedRows {
@@ -606,9 +615,8 @@ impl StateFolder {
 
     /// The batch of the last [`StateFolder::stage`] is written (or dropped):
     /// its rows are read from the store again.
-    /// Returns them, for the caller to drop where it costs least.
-    pub fn release_staged(&mut self) -> Option<std::sync::Arc<StagedRows>> {
-        self.staged.take()
+    pub fn release_staged(&mut self) {
+        self.staged = None;
     }
 
     /// The row of `order_id` in the batch in flight, if it has one.
