@@ -152,9 +152,11 @@ impl PurgeStatus {
         out
     }
 
-    /// Completes after the next purge (or stop).
-    pub async fn drained(&self) {
-        self.drained.notified().await
+    /// Completes after the next purge (or stop) from the moment it is
+    /// enabled (`Notified::enable`): a waiter enables it before it looks at
+    /// the positions, so a purge that ends meanwhile still wakes it.
+    pub fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
     }
 
     /// Queued purges not run yet.

@@ -108,8 +108,18 @@ fn verify_vault(
     }
 }
 
+/// The first pause between two looks at the positions when no purge wakes
+/// the waiter; it doubles up to [`LAST_TICK`].
+const FIRST_TICK: Duration = Duration::from_millis(10);
+/// Peers' positions come from their members rows: a waiter for a peer looks
+/// at least this often. (A tick of 10 ms throughout had each of a burst's
+/// thousand waiters rebuild this node's positions 100 times a second.)
+const LAST_TICK: Duration = Duration::from_millis(100);
+
 /// Polls every live node's positions until all are done or `limit`; returns
-/// the last statuses and when this node and the cluster were done.
+/// the last statuses and when this node and the cluster were done. This
+/// node's purges wake it at once; otherwise it looks again after a pause
+/// that grows from [`FIRST_TICK`] to [`LAST_TICK`].
 async fn await_nodes(
     service: &Service,
     records: Records,
@@ -117,7 +127,12 @@ async fn await_nodes(
 ) -> (Vec<NodeErasure>, Option<Duration>, Duration) {
     let started = Instant::now();
     let mut here = None;
+    let mut tick = FIRST_TICK;
     loop {
+        let mut drained = std::pin::pin!(service.tracker().map(|t| t.purge.drained()));
+        if let Some(d) = drained.as_mut().as_pin_mut() {
+            d.enable();
+        }
         let nodes = records.on(&service.nodes());
         if here.is_none() && nodes.iter().any(|n| n.this_node && n.done) {
             here = Some(started.elapsed());
@@ -125,15 +140,17 @@ async fn await_nodes(
         if nodes.iter().all(|n| n.done) || started.elapsed() >= limit {
             return (nodes, here, started.elapsed());
         }
-        let pause = tokio::time::sleep(Duration::from_millis(10));
-        match service.tracker() {
-            Some(t) => {
-                tokio::select! {
-                    _ = t.purge.drained() => {}
-                    _ = pause => {}
-                }
+        let purged = async {
+            match drained.as_mut().as_pin_mut() {
+                Some(d) => d.await,
+                None => std::future::pending().await,
             }
-            None => pause.await,
+        };
+        tokio::select! {
+            () = purged => {}
+            () = tokio::time::sleep(tick.min(limit.saturating_sub(started.elapsed()))) => {
+                tick = (tick * 2).min(LAST_TICK);
+            }
         }
     }
 }
