@@ -1,5 +1,6 @@
 //! The CPU features this build is compiled to use (`.cargo/config.toml`
-//! turns on AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 for AES-SIV's speed). A CPU
+//! turns on AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 for AES-SIV's speed, and
+//! SSE4.2 for RocksDB's CRC32C). A CPU
 //! without one of them would die with SIGILL at the first such instruction,
 //! so the binary checks them first and names what is missing.
 
@@ -15,6 +16,7 @@ pub fn missing_features() -> Vec<&'static str> {
             ("pclmulqdq", cfg!(target_feature = "pclmulqdq"), 1),
             ("ssse3", cfg!(target_feature = "ssse3"), 9),
             ("sse4.1", cfg!(target_feature = "sse4.1"), 19),
+            ("sse4.2", cfg!(target_feature = "sse4.2"), 20),
         ]
         .into_iter()
         .filter(|(_, compiled_in, bit)| *compiled_in && (ecx >> bit) & 1 == 0)
