@@ -117,7 +117,10 @@ pub enum Forged {
 
 /// One log key: its bytes, and HMAC's state keyed with them, cloned for
 /// each record instead of hashing the padded key twice again (2 of the
-/// about 12 SHA-256 blocks of a placement's MAC).
+/// about 12 SHA-256 blocks of a placement's MAC). That state is as good as
+/// the key for making MACs, and `hmac` does not clear it on drop, unlike
+/// the bytes beside it: it lives as long as the node's `LogKeys`, which
+/// hold the key for the node's life anyway.
 #[derive(Clone)]
 struct LogKey {
     secret: LogSecret,

@@ -255,7 +255,8 @@ macro_rules! personal_text {
             }
 
             /// The value as an orderlog node sealed it, opened: not checked
-            /// again (see [`crate::events::open_event`]).
+            /// again, as the AES-SIV tag proves a node sealed it, and nodes
+            /// seal only parsed values (see [`crate::events::open_event`]).
             pub(crate) fn from_sealed(text: &str) -> Self {
                 Self(text.to_owned())
             }

@@ -152,9 +152,10 @@ impl PurgeStatus {
         out
     }
 
-    /// Completes after the next purge (or stop) from the moment it is
-    /// enabled (`Notified::enable`): a waiter enables it before it looks at
-    /// the positions, so a purge that ends meanwhile still wakes it.
+    /// Completes after the next purge that ends once it is created
+    /// (`notify_waiters` reaches every `Notified` from its creation): a
+    /// waiter creates it before it looks at the positions, so a purge that
+    /// ends meanwhile still wakes it.
     pub fn drained(&self) -> tokio::sync::futures::Notified<'_> {
         self.drained.notified()
     }

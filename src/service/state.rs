@@ -525,8 +525,9 @@ pub struct Folded {
 }
 
 /// Folds records of the log into order-state rows. Orders touched since the
-/// last [`StateFolder::stage`] are kept in memory (a batch's worth), the rest
-/// read from the store.
+/// last [`StateFolder::stage`] or [`StateFolder::take_in_flight`] are kept in
+/// memory (a batch's worth), and those of a batch in flight until it is
+/// written; the rest are read from the store.
 #[derive(Debug)]
 pub struct StateFolder {
     store: Store,
@@ -545,7 +546,6 @@ pub struct StateFolder {
 /// placement, idempotency keys), not yet encoded: the projector's writer
 /// thread encodes them into the batch ([`StagedRows::stage`]) while the
 /// folder reads them for the next one.
-#[derive(Default)]
 pub struct StagedRows {
     rows: HashMap<Uuid, (OrderRecord, Option<Vec<u8>>)>,
     keys: Vec<([u8; 32], IdempotentOutcome, i64)>,
@@ -613,8 +613,8 @@ impl StateFolder {
         Ok(())
     }
 
-    /// The batch of the last [`StateFolder::stage`] is written (or dropped):
-    /// its rows are read from the store again.
+    /// The batch of the last [`StateFolder::take_in_flight`] is written (or
+    /// dropped): its rows are read from the store again.
     pub fn release_staged(&mut self) {
         self.staged = None;
     }
@@ -728,7 +728,8 @@ impl StateFolder {
     }
 
     /// Adds the rows of every order folded since the last call to `batch`,
-    /// and forgets them.
+    /// and forgets them (for a caller that writes the batch before it folds
+    /// again; a batch in flight is [`StateFolder::take_in_flight`]'s).
     pub fn stage(&mut self, batch: &mut WriteBatch, now_ms: i64) {
         self.take(now_ms).stage(&self.store, batch);
     }
