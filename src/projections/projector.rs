@@ -91,6 +91,9 @@ pub struct ProjectorStatus {
     pub assigned: AtomicBool,
     /// When the end of the log was last read from Kafka (Unix ms).
     pub refreshed_at_ms: std::sync::atomic::AtomicI64,
+    /// When (Unix ms) the reading behind `positions` began: its ends are
+    /// the log's as of that time or later.
+    pub positions_read_ms: std::sync::atomic::AtomicI64,
     /// Next offset per assigned partition as written to RocksDB, published by
     /// the projector thread (no I/O) for the watermark watcher.
     pub flushed: Mutex<BTreeMap<i32, i64>>,
@@ -326,6 +329,7 @@ fn watch_lag(
         previous = positions.iter().map(|(p, (_, high))| (*p, *high)).collect();
         previous_read_ms = read_ms;
         *status.positions.lock() = positions;
+        status.positions_read_ms.store(read_ms, Ordering::Release);
         status
             .refreshed_at_ms
             .store(crate::clock::now_ms(), Ordering::Release);

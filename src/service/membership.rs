@@ -91,6 +91,8 @@ pub struct Members {
     rows: Arc<RwLock<HashMap<String, (Member, Instant)>>>,
     /// Set once every partition was seen owned (here or by a live node).
     covered: AtomicBool,
+    /// When `covered` was set (Unix ms).
+    covered_at_ms: std::sync::atomic::AtomicI64,
     wake: tokio::sync::Notify,
     /// Follows the members topic until `leave`.
     reader: parking_lot::Mutex<Option<Worker>>,
@@ -135,6 +137,7 @@ impl Members {
             producer,
             rows,
             covered: AtomicBool::new(false),
+            covered_at_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             wake: tokio::sync::Notify::new(),
             reader: parking_lot::Mutex::new(Some(reader)),
         }))
@@ -186,6 +189,12 @@ impl Members {
     /// node can then carry out (or forward) any command.
     pub fn covered(&self) -> bool {
         self.covered.load(Ordering::Acquire)
+    }
+
+    /// When (Unix ms) every partition first had a writer: every take-over
+    /// barrier of that start is in the log by then. `i64::MAX` before.
+    pub fn covered_at_ms(&self) -> i64 {
+        self.covered_at_ms.load(Ordering::Acquire)
     }
 
     /// Asks for this node's row to be written now (ownership changed).
@@ -240,6 +249,8 @@ impl Members {
             s.is_owned() || others.iter().any(|m| m.partitions.contains(&(p as i32)))
         });
         if all {
+            self.covered_at_ms
+                .store(crate::clock::now_ms(), Ordering::Release);
             self.covered.store(true, Ordering::Release);
         }
         all

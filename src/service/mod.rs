@@ -564,6 +564,12 @@ impl Service {
         self.shared.ready.load(Ordering::Acquire) && self.shared.members.covered()
     }
 
+    /// When (Unix ms) every partition first had a writer, so every
+    /// take-over barrier of this start was in the log (`i64::MAX` before).
+    pub fn writers_ready_at_ms(&self) -> i64 {
+        self.shared.members.covered_at_ms()
+    }
+
     /// True once the start's catch-up is done (the order state covers the
     /// log; partitions are then taken over as the writers' group assigns them).
     pub fn ready_to_start(&self) -> bool {
