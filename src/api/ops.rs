@@ -124,10 +124,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     // The lag must be of a reading of the log's end made after the writers
     // were all in place: a reading from before the last take-over barrier
     // shows no lag while the barrier is still to be projected.
-    let fresh = status
-        .positions_read_ms
-        .load(std::sync::atomic::Ordering::Acquire)
-        > state.service.writers_ready_at_ms();
+    let fresh = status.caught_up_since(state.service.writers_ready_at_ms());
     if writers && vault && fresh && status.ready(Duration::from_secs(5)) {
         answer(StatusCode::OK, None, Some(lag))
     } else {
@@ -137,7 +134,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "the key vault is catching up with the key topic"
         } else if !status.assigned.load(std::sync::atomic::Ordering::Acquire) {
             "no partitions assigned yet"
-        } else if !status.caught_up() || !fresh {
+        } else if !fresh {
             "projector is catching up with the log"
         } else {
             "cannot read the end of the log from Kafka"

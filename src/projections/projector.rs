@@ -89,11 +89,9 @@ pub struct ProjectorStatus {
     pub dead_lettered: AtomicU64,
     pub batches: AtomicU64,
     pub assigned: AtomicBool,
-    /// When the end of the log was last read from Kafka (Unix ms).
+    /// When (Unix ms) the last reading of the log's end from Kafka began:
+    /// the ends in `positions` are the log's as of then or later.
     pub refreshed_at_ms: std::sync::atomic::AtomicI64,
-    /// When (Unix ms) the reading behind `positions` began: its ends are
-    /// the log's as of that time or later.
-    pub positions_read_ms: std::sync::atomic::AtomicI64,
     /// Next offset per assigned partition as written to RocksDB, published by
     /// the projector thread (no I/O) for the watermark watcher.
     pub flushed: Mutex<BTreeMap<i32, i64>>,
@@ -133,6 +131,12 @@ impl ProjectorStatus {
     /// True once partitions are assigned and none lags.
     pub fn caught_up(&self) -> bool {
         self.assigned.load(Ordering::Acquire) && self.lag().values().all(|l| *l == 0)
+    }
+
+    /// Caught up with an end of the log read after `since_ms` (Unix ms):
+    /// everything in the log by then is projected.
+    pub fn caught_up_since(&self, since_ms: i64) -> bool {
+        self.caught_up() && self.refreshed_at_ms.load(Ordering::Acquire) > since_ms
     }
 }
 
@@ -229,9 +233,7 @@ impl Projector {
         // Only an end of the log read after this call counts.
         let since = crate::clock::now_ms();
         while Instant::now() < deadline {
-            if self.status.caught_up()
-                && self.status.refreshed_at_ms.load(Ordering::Acquire) > since
-            {
+            if self.status.caught_up_since(since) {
                 return true;
             }
             if !self.is_running() {
@@ -329,10 +331,7 @@ fn watch_lag(
         previous = positions.iter().map(|(p, (_, high))| (*p, *high)).collect();
         previous_read_ms = read_ms;
         *status.positions.lock() = positions;
-        status.positions_read_ms.store(read_ms, Ordering::Release);
-        status
-            .refreshed_at_ms
-            .store(crate::clock::now_ms(), Ordering::Release);
+        status.refreshed_at_ms.store(read_ms, Ordering::Release);
         status.assigned.store(true, Ordering::Release);
     }
 }
@@ -463,10 +462,9 @@ const POLL_BATCH: usize = 4096;
 struct Polled<'m> {
     partition: i32,
     offset: i64,
-    barrier: bool,
     key: Option<&'m [u8]>,
     payload: &'m [u8],
-    idempotency: Option<([u8; 32], [u8; 32])>,
+    head: Head,
 }
 
 /// What a message's headers say: read once, by the decoding threads (a
@@ -492,10 +490,9 @@ impl<'m> Polled<'m> {
         Self {
             partition: m.partition(),
             offset: m.offset(),
-            barrier: head.barrier,
             key: m.key(),
             payload: m.payload().unwrap_or_default(),
-            idempotency: head.idempotency,
+            head,
         }
     }
 }
@@ -518,7 +515,7 @@ struct Decoded {
 /// The pure, per-record work: no state, so records of every partition are
 /// prepared side by side.
 fn prepare(m: &Polled<'_>, keys: &crate::crypto::LogKeys, partitions: usize) -> Prepared {
-    if m.barrier {
+    if m.head.barrier {
         return Prepared::Barrier;
     }
     // A record not written by an orderlog node (no valid log MAC) is
@@ -925,7 +922,7 @@ impl Run {
                 d.hash,
                 m.payload,
                 offset,
-                m.idempotency,
+                m.head.idempotency,
             )?;
         }
         let id = *env.meta.order_id.as_bytes();
