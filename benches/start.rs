@@ -8,7 +8,7 @@
 //!
 //! Printed per size: time from process start to `/healthz` and to `/readyz`
 //! answering 200, and resident memory (VmRSS) once ready and after the extra
-//! orders.
+//! orders, with RocksDB's part of it (the node's `orderlog_store_memory_bytes`).
 //!
 //! Run: `cargo bench --profile dev --bench start` (1M, 3M and 10M events;
 //! `ORDERLOG_BENCH_START_EVENTS=1000000,3000000` to choose;
@@ -120,6 +120,34 @@ fn rss_mb(child: &Child) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
+}
+
+/// RocksDB's share of the node's memory, from its `/metrics`.
+async fn store_memory(client: &reqwest::Client, base: &str) -> String {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mb = |kind: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(orderlog::telemetry::STORE_MEMORY)
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            / (1u64 << 20) as f64
+    };
+    format!(
+        "of which RocksDB: block cache {:.0} MB, memtables {:.0} MB, table readers {:.0} MB",
+        mb("block_cache"),
+        mb("memtables"),
+        mb("table_readers")
+    )
 }
 
 fn stop(mut child: Child) {
@@ -237,6 +265,7 @@ async fn main() {
         let cold = start(&client, &bin, &brokers, &topic, &data, &kek).await;
         let rss = rss_mb(&cold.child);
         row("empty data dir", &cold, rss);
+        println!("{:>10}  {}", "", store_memory(&client, &cold.base).await);
         stop(cold.child);
 
         let warm = start(&client, &bin, &brokers, &topic, &data, &kek).await;
@@ -250,6 +279,7 @@ async fn main() {
             "",
             rss_mb(&warm.child)
         );
+        println!("{:>10}  {}", "", store_memory(&client, &warm.base).await);
         stop(warm.child);
     }
 }

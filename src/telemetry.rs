@@ -25,6 +25,9 @@ pub const ERASURES: &str = "orderlog_erasures_total";
 pub const ERASE_LATENCY: &str = "orderlog_erase_duration_seconds";
 /// Orders whose key (or part of it) is alive in this node's vault.
 pub const LIVE_KEYS: &str = "orderlog_live_keys";
+/// RocksDB's memory by `kind` (block_cache, block_cache_pinned, memtables,
+/// table_readers), from its own accounting, read at each scrape.
+pub const STORE_MEMORY: &str = "orderlog_store_memory_bytes";
 /// Partitions this node took over (writers' group assignments carried out).
 pub const PARTITIONS_TAKEN: &str = "orderlog_partitions_taken_total";
 /// Commands this node forwarded to the partition's owner.
@@ -54,6 +57,7 @@ pub const ALL: &[&str] = &[
     ERASURES,
     ERASE_LATENCY,
     LIVE_KEYS,
+    STORE_MEMORY,
     PARTITIONS_TAKEN,
     FORWARDED,
     PURGES,
@@ -116,6 +120,12 @@ pub fn register_all() {
         drop(metrics::histogram!(name));
     }
     metrics::gauge!(LIVE_KEYS).set(0.0);
+    for kind in crate::store::StoreMemory::default()
+        .by_kind()
+        .map(|(kind, _)| kind)
+    {
+        metrics::gauge!(STORE_MEMORY, "kind" => kind).set(0.0);
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

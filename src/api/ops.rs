@@ -284,6 +284,9 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Re
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(telemetry::LIVE_KEYS).set(state.service.vault().live_count() as f64);
+    for (kind, bytes) in state.service.store().memory().by_kind() {
+        metrics::gauge!(telemetry::STORE_MEMORY, "kind" => kind).set(bytes as f64);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -348,6 +348,34 @@ fn purge_compaction() -> rocksdb::CompactOptions {
     compact
 }
 
+/// RocksDB's memory by kind, in bytes (see [`Store::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreMemory {
+    /// Blocks, index and filter blocks in the shared cache (bounded by
+    /// `--block-cache-mb`).
+    pub block_cache: u64,
+    /// Of `block_cache`, the part pinned (level-0 index and filter blocks,
+    /// blocks held by open iterators).
+    pub block_cache_pinned: u64,
+    /// Every column family's memtables, the active and those being flushed
+    /// (bounded by the write buffer manager).
+    pub memtables: u64,
+    /// SST readers' memory outside the cache.
+    pub table_readers: u64,
+}
+
+impl StoreMemory {
+    /// The kinds, named as the metric labels them.
+    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
+        [
+            ("block_cache", self.block_cache),
+            ("block_cache_pinned", self.block_cache_pinned),
+            ("memtables", self.memtables),
+            ("table_readers", self.table_readers),
+        ]
+    }
+}
+
 /// What a physical purge did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -453,6 +481,34 @@ impl Store {
             db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &compact);
         }
         Ok(())
+    }
+
+    /// What RocksDB holds in memory now, from its own accounting.
+    pub fn memory(&self) -> StoreMemory {
+        let db = self.db();
+        let sum = |property: &str| -> u64 {
+            COLUMN_FAMILIES
+                .iter()
+                .filter_map(|name| {
+                    db.property_int_value_cf(self.cf(name), property)
+                        .ok()
+                        .flatten()
+                })
+                .sum()
+        };
+        // One cache serves every column family: any of them reports it whole.
+        let cache = |property: &str| -> u64 {
+            db.property_int_value_cf(self.cf(COLUMN_FAMILIES[0]), property)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        StoreMemory {
+            block_cache: cache("rocksdb.block-cache-usage"),
+            block_cache_pinned: cache("rocksdb.block-cache-pinned-usage"),
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     /// SHA-256 over a column family's rows in key order (each key and value

@@ -304,6 +304,16 @@ async fn metrics_count_what_a_scenario_did() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // RocksDB's memory, read at the scrape: the memtables hold what the
+    // scenario wrote since the erasure's purge flushed them, and the cache
+    // holds the blocks that reads and the purge's compactions went through.
+    for kind in ["memtables", "block_cache"] {
+        let bytes = sample(&latest, t::STORE_MEMORY, &[("kind", kind)]);
+        assert!(
+            bytes > 0.0 && bytes < (1u64 << 30) as f64,
+            "store memory {kind}: {bytes} bytes"
+        );
+    }
     for name in t::ALL {
         assert!(
             // Nothing is dead-lettered or forwarded on one healthy node.
