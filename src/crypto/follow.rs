@@ -37,6 +37,14 @@ use crate::store::schema::{KeyTopicOffsets, KeysCurrentAt, OrderKeys, RetiredLog
 /// (one day) after it was written, so a node down that long could miss one.
 pub const RECONCILE_AFTER: Duration = Duration::from_secs(6 * 3600);
 
+/// How often the time the vault was last current is stored while nothing
+/// else changes. It only decides whether a start reconciles (after
+/// [`RECONCILE_AFTER`]), and a stored time that is older errs towards
+/// reconciling; storing it at every empty poll kept an idle node writing
+/// ten times a second, so its store was never quiet (see
+/// `erasure::purge`).
+const STORE_CURRENT_AT_EVERY_MS: i64 = 60_000;
+
 /// What the follower has applied, per partition of the key topic.
 #[derive(Debug, Default)]
 pub struct FollowStatus {
@@ -187,6 +195,8 @@ struct Run {
     next: BTreeMap<i32, i64>,
     report: RestoreReport,
     last_checkpoint: Instant,
+    /// The time last stored as when the vault was current (Unix ms).
+    stored_current_at: i64,
     /// While reconciling: the orders the key topic holds a live row for.
     live: Option<std::collections::HashSet<Uuid>>,
 }
@@ -269,8 +279,9 @@ impl Run {
     }
 
     /// Moves the stored offsets past transaction markers (which no record
-    /// is delivered at) and publishes the positions.
-    fn checkpoint(&mut self) -> Result<(), VaultError> {
+    /// is delivered at) and publishes the positions. Stores when the vault
+    /// was last current if `always`, or if that moved a minute.
+    fn checkpoint(&mut self, always: bool) -> Result<(), VaultError> {
         let mut batch = rocksdb::WriteBatch::default();
         if let Ok(positions) = self.consumer.position() {
             for e in positions.elements_for_topic(&self.topic) {
@@ -286,15 +297,22 @@ impl Run {
             }
         }
         let current_at = self.status.current_at_ms.load(Ordering::Acquire);
-        if current_at > 0 {
+        let store_current_at = current_at > 0
+            && (always || current_at - self.stored_current_at >= STORE_CURRENT_AT_EVERY_MS);
+        if store_current_at {
             self.store
                 .table::<KeysCurrentAt>()
                 .put(&mut batch, &(), &current_at);
         }
-        self.store
-            .db()
-            .write(batch)
-            .map_err(crate::store::StoreError::from)?;
+        if !batch.is_empty() {
+            self.store
+                .db()
+                .write(batch)
+                .map_err(crate::store::StoreError::from)?;
+        }
+        if store_current_at {
+            self.stored_current_at = current_at;
+        }
         self.status.publish(self.next.clone());
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -342,7 +360,7 @@ impl Run {
     fn step(&mut self, wait: Duration) -> Result<bool, VaultError> {
         match self.consumer.poll(wait) {
             None => {
-                self.checkpoint()?;
+                self.checkpoint(false)?;
                 Ok(false)
             }
             Some(Ok(m)) => {
@@ -362,7 +380,7 @@ impl Run {
                 // publish the position on a timer too, so a take-over
                 // waiting for it sees it move.
                 if self.last_checkpoint.elapsed() >= Duration::from_millis(100) {
-                    self.checkpoint()?;
+                    self.checkpoint(false)?;
                 }
                 Ok(true)
             }
@@ -434,9 +452,10 @@ impl KeyFollower {
             next,
             report: RestoreReport::default(),
             last_checkpoint: Instant::now(),
+            stored_current_at: current_at.unwrap_or(0),
             live: reconcile.then(Default::default),
         };
-        run.checkpoint()?;
+        run.checkpoint(true)?;
         let mut last_progress = Instant::now();
         while !status.reached(&ends) {
             if last_progress.elapsed() > timeout {
@@ -459,7 +478,7 @@ impl KeyFollower {
         // (given twice: `current` compares with the ends read the time before).
         status.saw_ends(ends.clone());
         status.saw_ends(ends);
-        run.checkpoint()?;
+        run.checkpoint(true)?;
         let report = run.report;
         let lag = {
             let watcher: BaseConsumer = settings
@@ -512,7 +531,7 @@ impl KeyFollower {
                     }
                 }
             }
-            if let Err(e) = run.checkpoint() {
+            if let Err(e) = run.checkpoint(true) {
                 tracing::warn!(error = %e, "Storing the key follower's position at stop failed; the next start reads from the one before.");
             }
         })

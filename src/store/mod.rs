@@ -462,7 +462,7 @@ impl Store {
     /// Flushes every column family's memtables, then the WAL: what was
     /// deleted is then only in SST files (the WAL that held it is obsolete,
     /// and deleted at once as archiving is off).
-    fn flush_everything(&self) -> Result<(), StoreError> {
+    pub fn flush_everything(&self) -> Result<(), StoreError> {
         let mut flush = rocksdb::FlushOptions::default();
         flush.set_wait(true);
         let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
