@@ -11,6 +11,9 @@
 //! The queue also tells how far this node's disk is clean: per source and
 //! partition, every destruction read before the first offset still queued is
 //! purged ([`PurgeStatus::purged_up_to`]).
+//!
+//! Between purges, the same thread flushes the memtables of a store that has
+//! gone quiet, so the next erasure's flush holds only its own rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
