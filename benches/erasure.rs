@@ -19,10 +19,9 @@ use uuid::Uuid;
 
 /// Waits until the node has digested the fill: its reads caught up with the
 /// log, the fill's memtables flushed, and RocksDB running or owing no flush
-/// or compaction. Erasures timed
-/// before that measure the fill's compactions, not the erasure (at 1M orders
-/// the first few took 0.7-2 s, then every one 150-220 ms). Gives up after
-/// ten minutes.
+/// or compaction. Erasures timed before that measure the fill's flush and
+/// compactions, not the erasure (at 1M orders the first few took 0.7-2 s,
+/// then every one 150-220 ms). Gives up after ten minutes, and says so.
 async fn settle(svc: &orderlog::service::Service) -> Duration {
     const BUSY: [&str; 4] = [
         "rocksdb.mem-table-flush-pending",
@@ -46,8 +45,14 @@ async fn settle(svc: &orderlog::service::Service) -> Duration {
         // The fill's rows still in the memtables: a quiet node flushes them
         // after 2 s without writes (`erasure::purge`), as it would long
         // before an erasure came on a node that had gone quiet.
-        let unflushed = store.memory().memtables >= 1 << 20;
-        if (!busy && !unflushed && svc.reads_ready()) || t.elapsed() > Duration::from_secs(600) {
+        let unflushed = store.unflushed_rows() >= orderlog::erasure::purge::QUIET_FLUSH_MIN_ROWS;
+        if !busy && !unflushed && svc.reads_ready() {
+            return t.elapsed();
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            println!(
+                "# the node did not settle within 10 minutes (RocksDB busy: {busy}, fill unflushed: {unflushed}); timing anyway"
+            );
             return t.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

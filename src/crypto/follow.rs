@@ -43,7 +43,16 @@ pub const RECONCILE_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// reconciling; storing it at every empty poll kept an idle node writing
 /// ten times a second, so its store was never quiet (see
 /// `erasure::purge`).
-const STORE_CURRENT_AT_EVERY_MS: i64 = 60_000;
+const STORE_CURRENT_AT_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a checkpoint stores when the vault was last current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CurrentAt {
+    /// Always: at start, once caught up, at stop.
+    Store,
+    /// Only if it moved [`STORE_CURRENT_AT_EVERY`] since last stored.
+    IfStale,
+}
 
 /// What the follower has applied, per partition of the key topic.
 #[derive(Debug, Default)]
@@ -279,9 +288,9 @@ impl Run {
     }
 
     /// Moves the stored offsets past transaction markers (which no record
-    /// is delivered at) and publishes the positions. Stores when the vault
-    /// was last current if `always`, or if that moved a minute.
-    fn checkpoint(&mut self, always: bool) -> Result<(), VaultError> {
+    /// is delivered at) and publishes the positions; stores when the vault
+    /// was last current as `rule` says.
+    fn checkpoint(&mut self, rule: CurrentAt) -> Result<(), VaultError> {
         let mut batch = rocksdb::WriteBatch::default();
         if let Ok(positions) = self.consumer.position() {
             for e in positions.elements_for_topic(&self.topic) {
@@ -298,7 +307,9 @@ impl Run {
         }
         let current_at = self.status.current_at_ms.load(Ordering::Acquire);
         let store_current_at = current_at > 0
-            && (always || current_at - self.stored_current_at >= STORE_CURRENT_AT_EVERY_MS);
+            && (rule == CurrentAt::Store
+                || current_at - self.stored_current_at
+                    >= STORE_CURRENT_AT_EVERY.as_millis() as i64);
         if store_current_at {
             self.store
                 .table::<KeysCurrentAt>()
@@ -360,7 +371,7 @@ impl Run {
     fn step(&mut self, wait: Duration) -> Result<bool, VaultError> {
         match self.consumer.poll(wait) {
             None => {
-                self.checkpoint(false)?;
+                self.checkpoint(CurrentAt::IfStale)?;
                 Ok(false)
             }
             Some(Ok(m)) => {
@@ -380,7 +391,7 @@ impl Run {
                 // publish the position on a timer too, so a take-over
                 // waiting for it sees it move.
                 if self.last_checkpoint.elapsed() >= Duration::from_millis(100) {
-                    self.checkpoint(false)?;
+                    self.checkpoint(CurrentAt::IfStale)?;
                 }
                 Ok(true)
             }
@@ -455,7 +466,7 @@ impl KeyFollower {
             stored_current_at: current_at.unwrap_or(0),
             live: reconcile.then(Default::default),
         };
-        run.checkpoint(true)?;
+        run.checkpoint(CurrentAt::Store)?;
         let mut last_progress = Instant::now();
         while !status.reached(&ends) {
             if last_progress.elapsed() > timeout {
@@ -478,7 +489,7 @@ impl KeyFollower {
         // (given twice: `current` compares with the ends read the time before).
         status.saw_ends(ends.clone());
         status.saw_ends(ends);
-        run.checkpoint(true)?;
+        run.checkpoint(CurrentAt::Store)?;
         let report = run.report;
         let lag = {
             let watcher: BaseConsumer = settings
@@ -531,7 +542,7 @@ impl KeyFollower {
                     }
                 }
             }
-            if let Err(e) = run.checkpoint(true) {
+            if let Err(e) = run.checkpoint(CurrentAt::Store) {
                 tracing::warn!(error = %e, "Storing the key follower's position at stop failed; the next start reads from the one before.");
             }
         })
