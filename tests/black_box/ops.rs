@@ -27,6 +27,23 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// An order whose number starts with `prefix` (and is unique), as JSON.
+fn order_json(prefix: &str) -> Value {
+    OrderBody::new(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()))
+        .lines(&[Line::new("TEA", "Tea", 1, 8800)])
+        .consignee("黄月英", "13700137000")
+        .address(
+            Area {
+                province: "湖北省",
+                city: "襄阳市",
+                district: "襄城区",
+                postal_code: "441000",
+            },
+            "隆中路 1 号",
+        )
+        .json()
+}
+
 #[tokio::test]
 async fn readiness_turns_true_only_once_the_projector_has_caught_up() {
     // A log with a backlog the projector needs a moment for.
@@ -191,21 +208,7 @@ async fn metrics_count_what_a_scenario_did() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let before = app.metrics().await;
-    let order = |n: u32| {
-        OrderBody::new(format!("ON-M-{n}-{}", uuid::Uuid::new_v4().simple()))
-            .lines(&[Line::new("TEA", "Tea", 1, 8800)])
-            .consignee("黄月英", "13700137000")
-            .address(
-                Area {
-                    province: "湖北省",
-                    city: "襄阳市",
-                    district: "襄城区",
-                    postal_code: "441000",
-                },
-                "隆中路 1 号",
-            )
-            .json()
-    };
+    let order = |n: u32| order_json(&format!("ON-M-{n}"));
     let mut ids = Vec::new();
     for n in 0..3 {
         let r: Value = app
@@ -348,21 +351,7 @@ async fn an_idle_node_stops_writing_to_its_store() {
         .client
         .post(format!("{}/v1/orders", t.base))
         .bearer_auth(CHECKOUT)
-        .json(
-            &OrderBody::new(format!("ON-Q-{}", uuid::Uuid::new_v4().simple()))
-                .lines(&[Line::new("TEA", "Tea", 1, 8800)])
-                .consignee("黄月英", "13700137000")
-                .address(
-                    Area {
-                        province: "湖北省",
-                        city: "襄阳市",
-                        district: "襄城区",
-                        postal_code: "441000",
-                    },
-                    "隆中路 1 号",
-                )
-                .json(),
-        )
+        .json(&order_json("ON-Q"))
         .send()
         .await
         .unwrap();
