@@ -133,13 +133,7 @@ async fn store_memory(client: &reqwest::Client, base: &str) -> String {
         .await
         .unwrap();
     let mb = |kind: &str| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with(orderlog::telemetry::STORE_MEMORY)
-                    && l.contains(&format!("kind=\"{kind}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+        common::metric_sample(&text, orderlog::telemetry::STORE_MEMORY, &[("kind", kind)])
             / (1u64 << 20) as f64
     };
     format!(

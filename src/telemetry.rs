@@ -25,8 +25,8 @@ pub const ERASURES: &str = "orderlog_erasures_total";
 pub const ERASE_LATENCY: &str = "orderlog_erase_duration_seconds";
 /// Orders whose key (or part of it) is alive in this node's vault.
 pub const LIVE_KEYS: &str = "orderlog_live_keys";
-/// RocksDB's memory by `kind` (block_cache, block_cache_pinned, memtables,
-/// table_readers), from its own accounting, read at each scrape.
+/// RocksDB's memory by `kind` (block_cache, memtables, table_readers; they
+/// add up), from its own accounting, read at each scrape.
 pub const STORE_MEMORY: &str = "orderlog_store_memory_bytes";
 /// Partitions this node took over (writers' group assignments carried out).
 pub const PARTITIONS_TAKEN: &str = "orderlog_partitions_taken_total";

@@ -462,39 +462,44 @@ impl Store {
     /// deleted is then only in SST files (the WAL that held it is obsolete,
     /// and deleted at once as archiving is off).
     fn flush_everything(&self) -> Result<(), StoreError> {
-        let mut flush = rocksdb::FlushOptions::default();
-        flush.set_wait(true);
-        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
-        self.db().flush_cfs_opt(&cfs, &flush)?;
+        self.flush_memtables(true)?;
         self.db().flush_wal(true)?;
         Ok(())
+    }
+
+    /// Flushes every column family's memtables, waiting for it or not.
+    fn flush_memtables(&self, wait: bool) -> Result<(), StoreError> {
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(wait);
+        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
+        self.db().flush_cfs_opt(&cfs, &flush)?;
+        Ok(())
+    }
+
+    /// An integer property of RocksDB's, summed over every column family.
+    fn sum_property(&self, property: &str) -> u64 {
+        COLUMN_FAMILIES
+            .iter()
+            .filter_map(|name| {
+                self.db()
+                    .property_int_value_cf(self.cf(name), property)
+                    .ok()
+                    .flatten()
+            })
+            .sum()
     }
 
     /// Rows written to the memtables and not flushed yet, every column
     /// family together (what a flush now would write out).
     pub fn unflushed_rows(&self) -> u64 {
-        let db = self.db();
-        COLUMN_FAMILIES
-            .iter()
-            .flat_map(|name| {
-                [
-                    "rocksdb.num-entries-active-mem-table",
-                    "rocksdb.num-entries-imm-mem-tables",
-                ]
-                .map(|p| db.property_int_value_cf(self.cf(name), p).ok().flatten())
-            })
-            .flatten()
-            .sum()
+        self.sum_property("rocksdb.num-entries-active-mem-table")
+            + self.sum_property("rocksdb.num-entries-imm-mem-tables")
     }
 
     /// Starts a flush of every column family's memtables and returns:
     /// housekeeping, not a purge (the WAL is neither waited for nor synced).
     pub(crate) fn flush_in_background(&self) -> Result<(), StoreError> {
-        let mut flush = rocksdb::FlushOptions::default();
-        flush.set_wait(false);
-        let cfs: Vec<&ColumnFamily> = COLUMN_FAMILIES.iter().map(|n| self.cf(n)).collect();
-        self.db().flush_cfs_opt(&cfs, &flush)?;
-        Ok(())
+        self.flush_memtables(false)
     }
 
     /// [`Store::purge`] of whole column families: flushed with the WAL, then
@@ -511,28 +516,17 @@ impl Store {
 
     /// What RocksDB holds in memory now, from its own accounting.
     pub fn memory(&self) -> StoreMemory {
-        let db = self.db();
-        let sum = |property: &str| -> u64 {
-            COLUMN_FAMILIES
-                .iter()
-                .filter_map(|name| {
-                    db.property_int_value_cf(self.cf(name), property)
-                        .ok()
-                        .flatten()
-                })
-                .sum()
-        };
-        // One cache serves every column family: any of them reports it whole.
-        let cache = |property: &str| -> u64 {
-            db.property_int_value_cf(self.cf(COLUMN_FAMILIES[0]), property)
+        StoreMemory {
+            // One cache serves every column family: any of them reports it
+            // whole.
+            block_cache: self
+                .db()
+                .property_int_value_cf(self.cf(COLUMN_FAMILIES[0]), "rocksdb.block-cache-usage")
                 .ok()
                 .flatten()
-                .unwrap_or(0)
-        };
-        StoreMemory {
-            block_cache: cache("rocksdb.block-cache-usage"),
-            memtables: sum("rocksdb.cur-size-all-mem-tables"),
-            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+                .unwrap_or(0),
+            memtables: self.sum_property("rocksdb.cur-size-all-mem-tables"),
+            table_readers: self.sum_property("rocksdb.estimate-table-readers-mem"),
         }
     }
 

@@ -3,6 +3,7 @@
 //! a node in a process of its own, so the counts are its own).
 
 use crate::common;
+use common::metric_sample as sample;
 
 use std::time::{Duration, Instant};
 
@@ -12,20 +13,6 @@ use orderlog::app::App;
 use orderlog::crypto::Kek;
 use orderlog::kafka::{KafkaSettings, TopicSpec, ensure_topics};
 use serde_json::{Value, json};
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// An order whose number starts with `prefix` (and is unique), as JSON.
 fn order_json(prefix: &str) -> Value {

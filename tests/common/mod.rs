@@ -147,6 +147,21 @@ pub fn signal(pid: impl std::fmt::Display, sig: &str) {
 }
 
 /// A name no other test (in this run or an earlier one) uses.
+/// In Prometheus text `text`: the sum of the samples of `name` whose labels
+/// include all of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
