@@ -144,7 +144,7 @@ fi
 # 3. Ready, then the seeded orders; their ids go to schemathesis dictionaries:
 # the reads get orders in every state that no fuzzed write touches, the
 # writes (share, cancel, erase) orders of their own to move along.
-ST_BASE=$base "$py" - "$work/read.txt" "$work/write.txt" <<'PY'
+ST_BASE=$base "$py" - "$work/read.txt" "$work/write.txt" "$work/erased.txt" <<'PY'
 import json, os, sys, time, urllib.error, urllib.request, uuid
 
 base = os.environ["ST_BASE"]
@@ -214,21 +214,20 @@ def shared(identity=False, contact=True):
 read = [shared(identity=True), shared(contact=False)]  # active
 o = shared(); read.append(o)  # cancelled
 ok("POST", f"/v1/orders/{o}/cancel", "ST_CHECKOUT", {"reason": "customer_request"})
-o = place(identity=True); read.append(o)  # erased
+erased = []
+o = place(identity=True); read.append(o); erased.append(o)  # erased
 share(o, "logistics", "sf-express", ["shipping", "contact", "identity"])
 ok("POST", f"/v1/orders/{o}/erase", "ST_PRIVACY", {})
-o = place(identity=True); read.append(o)  # one field class erased
+o = place(identity=True); read.append(o); erased.append(o)  # one field class erased
 share(o, "logistics", "sf-express", ["shipping", "identity"])
 ok("POST", f"/v1/orders/{o}/erase", "ST_PRIVACY", {"fields": ["identity"]})
 for fields in ({}, {"fields": ["contact"]}):
-    # More erased orders, so that the fuzzed reads of an erasure's status
-    # meet one often (it is 404 for an order never erased).
-    o = shared(identity=True); read.append(o)
+    o = shared(identity=True); read.append(o); erased.append(o)
     ok("POST", f"/v1/orders/{o}/erase", "ST_PRIVACY", fields)
 o = place(merchant="m-2", contact=False); read.append(o)  # neither view party's
 share(o, "logistics", "yto", ["shipping"])
 write = [shared(identity=True), shared(), shared(contact=False), place(), place(identity=True)]
-for path, ids in zip(sys.argv[1:], (read, write)):
+for path, ids in zip(sys.argv[1:], (read, write, erased)):
     with open(path, "w") as f:
         f.write("".join(json.dumps(i) + "\n" for i in ids))
 PY
@@ -314,6 +313,7 @@ not_a_server_error = { expected-statuses = ["2xx", "3xx", "4xx", "503"] }
 [dictionaries]
 read = { from-file = "$work/read.txt" }
 write = { from-file = "$work/write.txt" }
+erased = { from-file = "$work/erased.txt" }
 providers = { values = ["sf-express"] }
 merchants = { values = ["m-1"] }
 versions = { values = [1, 2, 3] }
@@ -342,8 +342,16 @@ headers = { Authorization = "Bearer ${ST_PRIVACY}" }
 parameters = { "path.id" = { dictionary = "write", probability = 0.7 } }
 
 [[operations]]
-include-operation-id = ["erasureStatus", "subjectSearch", "subjectExport", "subjectErase"]
+include-operation-id = ["subjectSearch", "subjectExport", "subjectErase"]
 headers = { Authorization = "Bearer ${ST_PRIVACY}" }
+
+# An erasure's status is 404 for an order never erased: its ids come from the
+# erased orders, so that a run reaches its 2xx answer (a run once drew only
+# ids that were never erased and failed reads_reach_2xx).
+[[operations]]
+include-operation-id = "erasureStatus"
+headers = { Authorization = "Bearer ${ST_PRIVACY}" }
+parameters = { "path.id" = { dictionary = "erased", probability = 0.7 } }
 
 [[operations]]
 include-operation-id = "cluster"
@@ -365,8 +373,13 @@ EOF
   cat <<'EOF'
 
 [[operations]]
-include-operation-id = ["getOrder", "erasureStatus", "cluster"]
+include-operation-id = ["getOrder", "cluster"]
 headers = { Authorization = "Bearer ${ST_AUDITOR}" }
+
+[[operations]]
+include-operation-id = "erasureStatus"
+headers = { Authorization = "Bearer ${ST_AUDITOR}" }
+parameters = { "path.id" = { dictionary = "erased", probability = 0.7 } }
 EOF
 } >"$work/auditor.toml"
 
